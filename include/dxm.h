@@ -1,0 +1,171 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * dxm - device-exclusive memory access for Linux user space.
+ *
+ * A device that cannot do atomics coherently with the CPU asks for exclusive
+ * access to a range of a process's memory; dxm revokes every CPU mapping of
+ * those pages; a later CPU access faults, dxm runs the device's invalidation
+ * callbacks and only then restores the mapping.  This is the user-space
+ * counterpart of the kernel's make_device_exclusive_range().
+ *
+ * Conventions: every function returns 0 or a non-negative count on success
+ * and a negative errno on failure; handles are opaque; structures that cross
+ * the API carry their size.  See dxm(7).
+ */
+#ifndef DXM_H
+#define DXM_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define DXM_VERSION_MAJOR 0
+#define DXM_VERSION_MINOR 1
+
+struct dxm_ctx;
+struct dxm_notifier;
+
+/* ---------------------------------------------------------------- context */
+
+/* dxm_ctx_opts.flags */
+#define DXM_CTX_REQUIRE_KERNEL_FAULTS (1u << 0) /* fail with -EPERM unless system
+						   calls touching exclusive pages
+						   are resolved (not user-mode-only) */
+
+struct dxm_ctx_opts {
+	size_t sz;		  /* sizeof(struct dxm_ctx_opts) */
+	unsigned flags;		  /* DXM_CTX_* */
+	unsigned handler_threads; /* 0: default (1, or $DXM_HANDLER_THREADS) */
+};
+
+int dxm_ctx_create(struct dxm_ctx **ctxp, const struct dxm_ctx_opts *opts);
+void dxm_ctx_destroy(struct dxm_ctx *ctx);
+
+/* How the context's userfaultfd resolves faults (dxm_stats.uffd_mode). */
+enum dxm_uffd_mode {
+	DXM_UFFD_DEV = 1,	/* /dev/userfaultfd: user and kernel faults */
+	DXM_UFFD_SYSCALL = 2,	/* userfaultfd(2): user and kernel faults */
+	DXM_UFFD_USER_ONLY = 3, /* UFFD_USER_MODE_ONLY: a system call whose
+				   buffer is an exclusive page fails with EFAULT */
+};
+
+/* ----------------------------------------------------------------- memory */
+
+/* dxm_alloc flags */
+#define DXM_ALLOC_INHERIT (1u << 0) /* reserved: let a fork()ed child inherit the
+				       region (outside dxm's protection) */
+
+int dxm_alloc(struct dxm_ctx *ctx, size_t len, unsigned flags, void **addrp);
+int dxm_alias(struct dxm_ctx *ctx, void *addr, void **aliasp);
+int dxm_adopt(struct dxm_ctx *ctx, void *addr, size_t len, unsigned flags);
+int dxm_free(struct dxm_ctx *ctx, void *addr);
+int dxm_mprotect(struct dxm_ctx *ctx, void *addr, size_t len, int prot);
+
+/* ------------------------------------------------------------- notifiers */
+
+enum dxm_event {
+	DXM_EVENT_CLEAR,      /* CPU access revokes exclusivity */
+	DXM_EVENT_EXCLUSIVE,  /* conversion to exclusive by `owner` */
+	DXM_EVENT_UNMAP,      /* munmap, MADV_REMOVE, dxm_free */
+	DXM_EVENT_PROTECTION, /* dxm_mprotect */
+	DXM_EVENT_FORK,	      /* fork of a private region */
+	DXM_EVENT_REMAP,      /* mremap */
+};
+
+struct dxm_range {
+	void *start, *end; /* page aligned, end exclusive */
+	enum dxm_event event;
+	const void *owner; /* set for DXM_EVENT_EXCLUSIVE, else NULL */
+};
+
+struct dxm_notifier_ops {
+	/*
+	 * Runs before the change takes effect; when it returns, the device
+	 * must no longer access [start, end).  Call
+	 * dxm_notifier_set_seq(n, cur_seq) under the driver's own lock.
+	 * Return true (false is reserved).
+	 */
+	bool (*invalidate)(struct dxm_notifier *n, const struct dxm_range *r,
+			   unsigned long cur_seq);
+};
+
+int dxm_notifier_insert(struct dxm_ctx *ctx, void *start, size_t len,
+			const struct dxm_notifier_ops *ops, void *priv,
+			struct dxm_notifier **np);
+void dxm_notifier_remove(struct dxm_notifier *n);
+void *dxm_notifier_priv(const struct dxm_notifier *n);
+unsigned long dxm_notifier_read_begin(struct dxm_notifier *n);
+bool dxm_notifier_read_retry(struct dxm_notifier *n, unsigned long seq);
+void dxm_notifier_set_seq(struct dxm_notifier *n, unsigned long seq);
+
+/* -------------------------------------------------------- exclusive access */
+
+long dxm_make_exclusive(struct dxm_ctx *ctx, void *start, size_t len,
+			const void *owner, void **dev);
+void dxm_exclusive_unlock(struct dxm_ctx *ctx, void *start, size_t len,
+			  void **dev);
+bool dxm_check_exclusive(struct dxm_ctx *ctx, void *start, size_t len,
+			 void **dev);
+
+/* dxm_range_fault flags */
+#define DXM_FAULT_WRITE (1u << 0) /* the caller will write: refuse (-EPERM) a
+				     range the CPU view cannot write */
+
+/*
+ * Bring [start, start+len) back to the CPU (like hmm_range_fault()): every
+ * exclusive page is invalidated (DXM_EVENT_CLEAR) and mapped again in every
+ * CPU view.  If dev is not NULL, dev[i] receives the device-side address of
+ * page i for an ordinary (non-exclusive) device access.  Returns the number
+ * of pages or -errno.
+ */
+long dxm_range_fault(struct dxm_ctx *ctx, void *start, size_t len,
+		     unsigned flags, void **dev);
+
+/* ------------------------------------------------------------- statistics */
+
+struct dxm_stats {
+	uint64_t conversions;	  /* dxm_make_exclusive calls that converted >= 1 page */
+	uint64_t pages_converted; /* pages made exclusive */
+	uint64_t pages_refused;	  /* pages returned as dev[i] == NULL */
+	uint64_t cpu_faults;	  /* CPU faults resolved by the handler */
+	uint64_t restores;	  /* exclusive pages given back to the CPU */
+	uint64_t deferred_faults; /* faults that waited for an unlock/invalidation */
+	uint64_t notifier_calls;  /* invalidate callbacks run */
+	uint64_t notifier_ns;	  /* time spent in them */
+	uint64_t events_unmap;	  /* UNMAP events handled */
+	uint64_t events_remap;	  /* REMAP events handled */
+	uint64_t regions;	  /* live regions */
+	uint64_t managed_pages;	  /* pages in live regions */
+	uint64_t metadata_bytes;  /* page-state bytes for them */
+	uint32_t uffd_mode;	  /* enum dxm_uffd_mode */
+	uint32_t handler_threads;
+	uint64_t uffd_features;	  /* UFFD_FEATURE_* enabled on the userfaultfd */
+};
+
+int dxm_stats(struct dxm_ctx *ctx, struct dxm_stats *st, size_t size);
+
+/* ---------------------------------------------------------------- logging */
+
+enum dxm_log_level {
+	DXM_LOG_ERROR,
+	DXM_LOG_WARN,
+	DXM_LOG_INFO,
+	DXM_LOG_DEBUG,
+};
+
+typedef int (*dxm_print_fn)(enum dxm_log_level level, const char *fmt,
+			    va_list ap);
+
+/* Returns the previous function; NULL silences the library. */
+dxm_print_fn dxm_set_print(dxm_print_fn fn);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* DXM_H */

@@ -1,0 +1,77 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * dxm_mirror - a software reference device built on dxm's public API only,
+ * the way an outside driver would be (the counterpart of the kernel's
+ * lib/test_hmm.c "dmirror").
+ *
+ * It keeps its own page table (CPU page address -> device-side address,
+ * with READ/WRITE/ATOMIC tags) that its notifier erases, and an atomic
+ * engine whose read-modify-write is NOT atomic with respect to the CPU (a
+ * load, a pause, a store): it is only correct while the device holds the
+ * page exclusive, which is what dxm is for.
+ *
+ * All functions return 0 (or a count) on success and a negative errno.
+ */
+#ifndef DXM_MIRROR_H
+#define DXM_MIRROR_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "dxm.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct dxm_mirror;
+
+struct dxm_mirror_stats {
+	uint64_t invalidations;	    /* notifier calls that erased entries */
+	uint64_t entries_erased;
+	uint64_t exclusive_calls;   /* dxm_make_exclusive calls */
+	uint64_t exclusive_retries; /* read_retry said "again" */
+	uint64_t faults;	    /* dxm_range_fault calls */
+	uint64_t atomics;	    /* atomic_add operations done */
+	uint64_t stale_accesses;    /* device accesses to a page dxm no longer
+				       held exclusive: must stay 0 */
+};
+
+int dxm_mirror_create(struct dxm_ctx *ctx, struct dxm_mirror **mp);
+void dxm_mirror_destroy(struct dxm_mirror *m);
+
+/* Ordinary device access to [addr, addr+len) (page aligned). */
+int dxm_mirror_read(struct dxm_mirror *m, void *addr, void *buf, size_t len);
+int dxm_mirror_write(struct dxm_mirror *m, void *addr, const void *buf,
+		     size_t len);
+
+/*
+ * Take [addr, addr+len) exclusive (nouveau's loop: read_begin ->
+ * dxm_make_exclusive -> lock -> read_retry -> map ATOMIC -> unlock ->
+ * dxm_exclusive_unlock).  0 if every page is now held exclusive, -EBUSY if
+ * some could not be (the others are held), -EPERM if not writable.
+ */
+int dxm_mirror_exclusive(struct dxm_mirror *m, void *addr, size_t len);
+
+/* Pages of [addr, addr+len) the device still holds exclusive (0: none). */
+long dxm_mirror_check_exclusive(struct dxm_mirror *m, void *addr, size_t len);
+
+/* Device atomic on a 64-bit word: takes the page exclusive if needed, then a
+ * non-atomic load/pause/store.  *old (if not NULL) gets the value before. */
+int dxm_mirror_atomic_add(struct dxm_mirror *m, uint64_t *addr, uint64_t delta,
+			  uint64_t *old);
+
+/* The same read-modify-write through an ordinary (non-exclusive) device
+ * access: races with the CPU and loses updates.  For demonstrations. */
+int dxm_mirror_racy_add(struct dxm_mirror *m, uint64_t *addr, uint64_t delta);
+
+/* Drop every entry (like a device TLB flush). */
+void dxm_mirror_flush(struct dxm_mirror *m);
+
+void dxm_mirror_get_stats(struct dxm_mirror *m, struct dxm_mirror_stats *st);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* DXM_MIRROR_H */

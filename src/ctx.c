@@ -1,0 +1,452 @@
+// SPDX-License-Identifier: MIT
+/*
+ * The context: its userfaultfd, the handler threads that read it, and the
+ * process-wide registry of live contexts.
+ *
+ * Handler threads ("dxm-fault/N", all signals blocked) poll the userfaultfd,
+ * a stop eventfd (never read: once written it wakes every thread) and a
+ * wake eventfd (deferred faults became ready).  Each reads messages in
+ * batches and resolves them (fault.c, region.c).
+ *
+ * Locking
+ *   ctx->gate (rwlock, writer-preferring): a handler holds it for reading
+ *   from read() of a batch until it has detached the views that the
+ *   batch's UNMAP events removed and moved those REMAP moved; dxm_alloc and
+ *   dxm_alias hold it for writing from mmap() until their view is in the
+ *   table.  A munmap returns once its UNMAP event was read, so this keeps a
+ *   stale event from tearing down a new mapping at the same address.  No
+ *   callback runs under the gate: notifications for those events are sent
+ *   after it is dropped.
+ *
+ *   registry_mtx protects the registry (a short array of live contexts):
+ *   every public call checks its ctx there first (ctx_check) so that a
+ *   destroyed or foreign context gives -EBADF rather than a crash.
+ */
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "compat_uffd.h"
+#include "internal.h"
+
+#define MAX_HANDLERS 64
+#define BATCH 64
+
+uint64_t now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* ---------------------------------------------------------------- registry */
+
+#define MAX_CTX 256
+static pthread_mutex_t registry_mtx = PTHREAD_MUTEX_INITIALIZER;
+static struct dxm_ctx *_Atomic registry[MAX_CTX];
+static atomic_int registry_hi; /* slots in use are below this */
+
+static int registry_add(struct dxm_ctx *ctx)
+{
+	pthread_mutex_lock(&registry_mtx);
+	int hi = atomic_load(&registry_hi);
+	for (int i = 0; i < MAX_CTX; i++) {
+		if (atomic_load(&registry[i]))
+			continue;
+		atomic_store(&registry[i], ctx);
+		if (i >= hi)
+			atomic_store(&registry_hi, i + 1);
+		pthread_mutex_unlock(&registry_mtx);
+		return 0;
+	}
+	pthread_mutex_unlock(&registry_mtx);
+	pr_err("dxm_ctx_create: more than %d live contexts", MAX_CTX);
+	return -EMFILE;
+}
+
+static bool registry_del(struct dxm_ctx *ctx)
+{
+	bool found = false;
+	pthread_mutex_lock(&registry_mtx);
+	int hi = atomic_load(&registry_hi);
+	for (int i = 0; i < hi; i++)
+		if (atomic_load(&registry[i]) == ctx) {
+			atomic_store(&registry[i], NULL);
+			found = true;
+		}
+	pthread_mutex_unlock(&registry_mtx);
+	return found;
+}
+
+bool ctx_live(struct dxm_ctx *ctx)
+{
+	int hi = atomic_load(&registry_hi);
+	for (int i = 0; i < hi; i++)
+		if (atomic_load_explicit(&registry[i], memory_order_acquire) ==
+		    ctx)
+			return true;
+	return false;
+}
+
+int ctx_check(struct dxm_ctx *ctx)
+{
+	if (!ctx)
+		return -EINVAL;
+	if (!ctx_live(ctx))
+		return -EBADF;
+	if (ctx->pid != getpid())
+		return -ECHILD; /* a fork()ed child: not its memory */
+	return 0;
+}
+
+/* ----------------------------------------------------------------- handler */
+
+static __thread struct dxm_ctx *handler_of;
+
+bool ctx_on_handler(struct dxm_ctx *ctx)
+{
+	return handler_of == ctx;
+}
+
+void ctx_kick(struct dxm_ctx *ctx)
+{
+	uint64_t one = 1;
+	if (write(ctx->wake_fd, &one, sizeof(one)) < 0 && errno != EAGAIN)
+		pr_err("cannot wake the fault handler: %s", strerror(errno));
+}
+
+/* One batch of messages: events first (under the gate), then faults. */
+static void handle_batch(struct dxm_ctx *ctx)
+{
+	struct uffd_msg msg[BATCH];
+	struct dxm_gone *gone[BATCH];
+	struct {
+		uintptr_t from, len;
+	} moved[BATCH];
+	size_t ngone = 0, nmoved = 0;
+
+	pthread_rwlock_rdlock(&ctx->gate);
+	ssize_t got = read(ctx->uffd, msg, sizeof(msg));
+	if (got < 0) {
+		pthread_rwlock_unlock(&ctx->gate);
+		if (errno != EAGAIN && errno != EINTR)
+			pr_err("read(userfaultfd): %s", strerror(errno));
+		return;
+	}
+	size_t n = (size_t)got / sizeof(msg[0]);
+	for (size_t i = 0; i < n; i++) {
+		struct uffd_msg *m = &msg[i];
+		if (m->event == UFFD_EVENT_UNMAP) {
+			gone[ngone++] = region_unmap_detach(
+				ctx, m->arg.remove.start, m->arg.remove.end);
+		} else if (m->event == UFFD_EVENT_REMAP) {
+			region_remap_move(ctx, m->arg.remap.from,
+					  m->arg.remap.to, m->arg.remap.len);
+			moved[nmoved].from = m->arg.remap.from;
+			moved[nmoved++].len = m->arg.remap.len;
+		}
+	}
+	pthread_rwlock_unlock(&ctx->gate);
+
+	for (size_t i = 0; i < nmoved; i++)
+		notify_range(ctx, moved[i].from, moved[i].from + moved[i].len,
+			     DXM_EVENT_REMAP, NULL);
+	for (size_t i = 0; i < ngone; i++)
+		region_unmap_finish(ctx, gone[i]);
+	for (size_t i = 0; i < n; i++) {
+		struct uffd_msg *m = &msg[i];
+		if (m->event == UFFD_EVENT_PAGEFAULT) {
+			/* Counted before the thread can be woken. */
+			stat_add(&ctx->c.cpu_faults, 1);
+			fault_resolve(ctx, m->arg.pagefault.address);
+		}
+		else if (m->event != UFFD_EVENT_UNMAP &&
+			 m->event != UFFD_EVENT_REMAP)
+			pr_warn("unexpected userfaultfd event %u", m->event);
+	}
+}
+
+static void *handler_main(void *arg)
+{
+	struct dxm_handler *h = arg;
+	struct dxm_ctx *ctx = h->ctx;
+	handler_of = ctx;
+	struct pollfd pfd[3] = {
+		{ .fd = ctx->uffd, .events = POLLIN },
+		{ .fd = ctx->wake_fd, .events = POLLIN },
+		{ .fd = ctx->stop_fd, .events = POLLIN },
+	};
+	for (;;) {
+		int rc = poll(pfd, 3, -1);
+		if (rc < 0) {
+			if (errno == EINTR)
+				continue;
+			pr_err("poll(userfaultfd): %s", strerror(errno));
+			break;
+		}
+		if (pfd[2].revents)
+			break;
+		if (pfd[1].revents) {
+			uint64_t v;
+			if (read(ctx->wake_fd, &v, sizeof(v)) < 0 &&
+			    errno != EAGAIN)
+				pr_err("read(eventfd): %s", strerror(errno));
+		}
+		if (pfd[0].revents & POLLIN)
+			handle_batch(ctx);
+		else if (pfd[0].revents & (POLLERR | POLLHUP))
+			break;
+		fault_drain_ready(ctx);
+	}
+	return NULL;
+}
+
+static int start_handlers(struct dxm_ctx *ctx)
+{
+	sigset_t all, old;
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	int err = 0;
+	for (unsigned i = 0; i < ctx->nhandlers; i++) {
+		struct dxm_handler *h = &ctx->handlers[i];
+		h->ctx = ctx;
+		h->idx = i;
+		err = -pthread_create(&h->tid, NULL, handler_main, h);
+		if (err)
+			break;
+		h->started = true;
+		char name[16];
+		snprintf(name, sizeof(name), "dxm-fault/%u", i % 100);
+		pthread_setname_np(h->tid, name);
+	}
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	return err;
+}
+
+static void stop_handlers(struct dxm_ctx *ctx)
+{
+	uint64_t one = 1;
+	if (write(ctx->stop_fd, &one, sizeof(one)) < 0)
+		pr_err("cannot stop the fault handler: %s", strerror(errno));
+	for (unsigned i = 0; i < ctx->nhandlers; i++)
+		if (ctx->handlers[i].started) {
+			if (pthread_equal(ctx->handlers[i].tid,
+					  pthread_self())) {
+				pr_err("dxm_ctx_destroy called from a callback "
+				       "on the fault handler: leaking it");
+				pthread_detach(ctx->handlers[i].tid);
+			} else {
+				pthread_join(ctx->handlers[i].tid, NULL);
+			}
+		}
+}
+
+/* --------------------------------------------------------------- create */
+
+static unsigned env_threads(void)
+{
+	const char *e = getenv("DXM_HANDLER_THREADS");
+	if (!e)
+		return 1;
+	long v = strtol(e, NULL, 10);
+	return v >= 1 && v <= MAX_HANDLERS ? (unsigned)v : 1;
+}
+
+static const char *mode_name(int mode)
+{
+	switch (mode) {
+	case DXM_UFFD_DEV:
+		return "/dev/userfaultfd (system calls on exclusive pages are "
+		       "resolved)";
+	case DXM_UFFD_SYSCALL:
+		return "userfaultfd(2) (system calls on exclusive pages are "
+		       "resolved)";
+	default:
+		return "user-mode-only userfaultfd (a system call whose buffer "
+		       "is an exclusive page fails with EFAULT)";
+	}
+}
+
+static void ctx_free(struct dxm_ctx *ctx)
+{
+	if (ctx->uffd >= 0)
+		close(ctx->uffd);
+	if (ctx->stop_fd >= 0)
+		close(ctx->stop_fd);
+	if (ctx->wake_fd >= 0)
+		close(ctx->wake_fd);
+	pthread_rwlock_destroy(&ctx->gate);
+	pthread_rwlock_destroy(&ctx->vt_lock);
+	pthread_mutex_destroy(&ctx->defer_mtx);
+	pthread_mutex_destroy(&ctx->n_mtx);
+	pthread_cond_destroy(&ctx->n_cond);
+	free(ctx->handlers);
+	free(ctx);
+}
+
+DXM_API int dxm_ctx_create(struct dxm_ctx **ctxp, const struct dxm_ctx_opts *opts)
+{
+	struct dxm_ctx_opts o = { .sz = sizeof(o) };
+	if (!ctxp)
+		return -EINVAL;
+	if (opts) {
+		if (opts->sz < offsetof(struct dxm_ctx_opts, flags) +
+				       sizeof(opts->flags) ||
+		    opts->sz > 4096)
+			return -EINVAL;
+		/* A newer caller's bigger struct: unknown fields must be 0. */
+		for (size_t i = sizeof(o); i < opts->sz; i++)
+			if (((const char *)opts)[i])
+				return -E2BIG;
+		memcpy(&o, opts, opts->sz < sizeof(o) ? opts->sz : sizeof(o));
+	}
+	if (o.flags & ~DXM_CTX_REQUIRE_KERNEL_FAULTS)
+		return -EINVAL;
+	if (o.handler_threads > MAX_HANDLERS)
+		return -EINVAL;
+
+	struct dxm_ctx *ctx = calloc(1, sizeof(*ctx));
+	if (!ctx)
+		return -ENOMEM;
+	ctx->uffd = ctx->stop_fd = ctx->wake_fd = -1;
+	ctx->psize = (size_t)sysconf(_SC_PAGESIZE);
+	ctx->pshift = (unsigned)__builtin_ctzl(ctx->psize);
+	ctx->pid = getpid();
+	pthread_rwlockattr_t ra;
+	pthread_rwlockattr_init(&ra);
+	pthread_rwlockattr_setkind_np(&ra,
+				      PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+	pthread_rwlock_init(&ctx->gate, &ra);
+	pthread_rwlock_init(&ctx->vt_lock, &ra);
+	pthread_rwlockattr_destroy(&ra);
+	pthread_mutex_init(&ctx->defer_mtx, NULL);
+	pthread_mutex_init(&ctx->n_mtx, NULL);
+	pthread_cond_init(&ctx->n_cond, NULL);
+	atomic_init(&ctx->n_seq, 0);
+	ctx->nhandlers = o.handler_threads ? o.handler_threads : env_threads();
+
+	int err = -ENOMEM;
+	ctx->handlers = calloc(ctx->nhandlers, sizeof(*ctx->handlers));
+	if (!ctx->handlers)
+		goto fail;
+
+	const uint64_t required = UFFD_FEATURE_MINOR_SHMEM |
+				  UFFD_FEATURE_MISSING_SHMEM |
+				  UFFD_FEATURE_EVENT_UNMAP |
+				  UFFD_FEATURE_EVENT_REMAP |
+				  UFFD_FEATURE_THREAD_ID;
+	/* Not UFFD_FEATURE_EVENT_REMOVE: it makes every zap on this fd,
+	 * dxm's own revokes included, 5-9x slower (KERNEL-NOTES.md); a
+	 * program's MADV_DONTNEED of a memfd region loses nothing and the
+	 * next CPU access faults to the handler anyway (dxm_alloc(3)).
+	 * MOVE is for anonymous memory; EVENT_FORK is not enabled: shared
+	 * regions are not inherited (MADV_DONTFORK). */
+	const uint64_t optional = UFFD_FEATURE_MOVE;
+	err = uffd_open(&ctx->uinfo, required, optional);
+	if (err < 0)
+		goto fail;
+	ctx->uffd = err;
+	if ((o.flags & DXM_CTX_REQUIRE_KERNEL_FAULTS) &&
+	    ctx->uinfo.mode == DXM_UFFD_USER_ONLY) {
+		pr_err("dxm_ctx_create: kernel-mode fault resolution needs "
+		       "access to /dev/userfaultfd, "
+		       "vm.unprivileged_userfaultfd = 1, or CAP_SYS_PTRACE");
+		err = -EPERM;
+		goto fail;
+	}
+	ctx->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	ctx->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (ctx->stop_fd < 0 || ctx->wake_fd < 0) {
+		err = -errno;
+		goto fail;
+	}
+	err = registry_add(ctx);
+	if (err)
+		goto fail;
+	err = start_handlers(ctx);
+	if (err) {
+		stop_handlers(ctx);
+		registry_del(ctx);
+		goto fail;
+	}
+	static atomic_bool said;
+	if (!atomic_exchange(&said, true))
+		pr_info("userfaultfd mode: %s", mode_name(ctx->uinfo.mode));
+	*ctxp = ctx;
+	return 0;
+fail:
+	ctx_free(ctx);
+	return err;
+}
+
+DXM_API void dxm_ctx_destroy(struct dxm_ctx *ctx)
+{
+	if (!ctx || !ctx_live(ctx))
+		return;
+	if (ctx->pid != getpid()) {
+		/* A fork()ed child: the memory is the parent's business. */
+		return;
+	}
+	if (ctx_on_handler(ctx)) {
+		pr_err("dxm_ctx_destroy: called from a notifier callback; "
+		       "refused");
+		return;
+	}
+	/* Regions first: devices are told (DXM_EVENT_UNMAP) while the
+	 * handlers still run, so every waiting fault is resolved. */
+	region_destroy_all(ctx);
+	fault_drain_ready(ctx);
+	if (!registry_del(ctx))
+		return;
+	stop_handlers(ctx);
+	notifier_destroy_all(ctx);
+	pthread_mutex_lock(&ctx->defer_mtx);
+	struct dxm_fault *lists[2] = { ctx->deferred, ctx->ready };
+	pthread_mutex_unlock(&ctx->defer_mtx);
+	for (int k = 0; k < 2; k++)
+		while (lists[k]) {
+			struct dxm_fault *f = lists[k];
+			lists[k] = f->next;
+			free(f);
+		}
+	ctx_free(ctx);
+}
+
+DXM_API int dxm_stats(struct dxm_ctx *ctx, struct dxm_stats *st, size_t size)
+{
+	int err = ctx_check(ctx);
+	if (err)
+		return err;
+	if (!st || size < sizeof(uint64_t))
+		return -EINVAL;
+	struct dxm_stats s = { 0 };
+	struct dxm_counters *c = &ctx->c;
+	s.conversions = atomic_load(&c->conversions);
+	s.pages_converted = atomic_load(&c->pages_converted);
+	s.pages_refused = atomic_load(&c->pages_refused);
+	s.cpu_faults = atomic_load(&c->cpu_faults);
+	s.restores = atomic_load(&c->restores);
+	s.deferred_faults = atomic_load(&c->deferred_faults);
+	s.notifier_calls = atomic_load(&c->notifier_calls);
+	s.notifier_ns = atomic_load(&c->notifier_ns);
+	s.events_unmap = atomic_load(&c->events_unmap);
+	s.events_remap = atomic_load(&c->events_remap);
+	s.regions = atomic_load(&c->regions);
+	s.managed_pages = atomic_load(&c->managed_pages);
+	s.metadata_bytes = s.managed_pages * sizeof(dxm_pstate_t);
+	s.uffd_mode = (uint32_t)ctx->uinfo.mode;
+	s.handler_threads = ctx->nhandlers;
+	s.uffd_features = ctx->uinfo.features;
+	memcpy(st, &s, size < sizeof(s) ? size : sizeof(s));
+	if (size > sizeof(s))
+		memset((char *)st + sizeof(s), 0, size - sizeof(s));
+	return 0;
+}

@@ -1,0 +1,178 @@
+// SPDX-License-Identifier: MIT
+/*
+ * Exclusive access: dxm_make_exclusive (kernel: make_device_exclusive_range),
+ * dxm_exclusive_unlock (unlock_page), dxm_check_exclusive
+ * (check_device_exclusive_range, seed v4) and dxm_range_fault
+ * (hmm_range_fault).  No lock of its own: page states are CAS'd
+ * (pstate.h), the region is held with region_enter() so a teardown waits
+ * for us, and notifiers run with no library lock held.
+ */
+#include <errno.h>
+#include <sched.h>
+#include <sys/mman.h>
+
+#include "internal.h"
+
+/* Common prologue: check arguments, find the region, enter it. */
+static int begin(struct dxm_ctx *ctx, void *start, size_t len,
+		 struct dxm_where *w, size_t *pg)
+{
+	int err = ctx_check(ctx);
+	if (err)
+		return err;
+	if (!range_ok(ctx, start, len))
+		return -EINVAL;
+	if (region_lookup_range(ctx, (uintptr_t)start, len, w))
+		return -EFAULT;
+	if (!region_enter(w->r)) {
+		region_put(w->r);
+		return -EFAULT;
+	}
+	*pg = w->pgoff + (((uintptr_t)start - w->vstart) >> ctx->pshift);
+	return 0;
+}
+
+static void end(struct dxm_where *w)
+{
+	region_exit(w->r);
+	region_put(w->r);
+}
+
+static inline void *dev_addr(struct dxm_region *r, size_t pg)
+{
+	return r->dev + (pg << r->ctx->pshift);
+}
+
+DXM_API long dxm_make_exclusive(struct dxm_ctx *ctx, void *start, size_t len,
+				const void *owner, void **dev)
+{
+	struct dxm_where w;
+	size_t pg;
+	if (!dev)
+		return -EINVAL;
+	int err = begin(ctx, start, len, &w, &pg);
+	if (err)
+		return err;
+	struct dxm_region *r = w.r;
+	size_t n = len >> ctx->pshift, done = 0;
+	/* Like GUP with FOLL_WRITE in the kernel: a range the CPU view
+	 * cannot write is refused. */
+	if (!(w.prot & PROT_WRITE)) {
+		end(&w);
+		return -EPERM;
+	}
+
+	for (size_t i = 0; i < n; i++) {
+		dxm_pstate_t *p = &r->st[pg + i];
+		dev[i] = NULL;
+		for (;;) {
+			uint8_t s = ps_load(p);
+			unsigned st = ps_state(s);
+			if (st == PS_CPU && (s & PS_MAPPING)) {
+				/* A thread is mapping it: our zap must come
+				 * after its mapping.  It never blocks. */
+				sched_yield();
+				continue;
+			}
+			if (st != PS_CPU && st != PS_EXCLUSIVE)
+				break; /* locked or being invalidated: fails */
+			if (!ps_cas(p, &s, PS_LOCKED))
+				continue;
+			dev[i] = dev_addr(r, pg + i);
+			done++;
+			break;
+		}
+	}
+	if (done) {
+		/* Devices first (they give the pages up), then every CPU
+		 * view loses its mappings: after this returns no CPU access
+		 * completes without the handler. */
+		notify_region_pages(r, pg, n, DXM_EVENT_EXCLUSIVE, owner);
+		region_zap(r, pg, n, dev);
+		stat_add(&ctx->c.conversions, 1);
+		stat_add(&ctx->c.pages_converted, done);
+	}
+	stat_add(&ctx->c.pages_refused, n - done);
+	end(&w);
+	return (long)n;
+}
+
+DXM_API void dxm_exclusive_unlock(struct dxm_ctx *ctx, void *start, size_t len,
+				  void **dev)
+{
+	struct dxm_where w;
+	size_t pg;
+	if (!dev || begin(ctx, start, len, &w, &pg)) {
+		pr_warn("dxm_exclusive_unlock: invalid range %p+%#zx", start,
+			len);
+		return;
+	}
+	struct dxm_region *r = w.r;
+	size_t n = len >> ctx->pshift, bad = 0;
+	for (size_t i = 0; i < n; i++) {
+		if (!dev[i])
+			continue;
+		dxm_pstate_t *p = &r->st[pg + i];
+		uint8_t s = ps_load(p);
+		if (dev[i] != dev_addr(r, pg + i)) {
+			bad++;
+			continue;
+		}
+		do {
+			if (ps_state(s) != PS_LOCKED) {
+				bad++;
+				break;
+			}
+		} while (!ps_cas(p, &s, PS_EXCLUSIVE));
+		if (ps_state(s) == PS_LOCKED && (s & PS_WAITERS))
+			fault_release_waiters(r, pg + i, 1);
+	}
+	if (bad)
+		pr_warn("dxm_exclusive_unlock: %zu page(s) of %p were not "
+			"locked by dxm_make_exclusive",
+			bad, start);
+	end(&w);
+}
+
+DXM_API bool dxm_check_exclusive(struct dxm_ctx *ctx, void *start, size_t len,
+				 void **dev)
+{
+	struct dxm_where w;
+	size_t pg;
+	if (!dev || begin(ctx, start, len, &w, &pg))
+		return false;
+	struct dxm_region *r = w.r;
+	size_t n = len >> ctx->pshift;
+	bool ok = true;
+	for (size_t i = 0; i < n && ok; i++)
+		ok = dev[i] == dev_addr(r, pg + i) &&
+		     ps_is_exclusive(ps_load(&r->st[pg + i]));
+	end(&w);
+	return ok;
+}
+
+DXM_API long dxm_range_fault(struct dxm_ctx *ctx, void *start, size_t len,
+			     unsigned flags, void **dev)
+{
+	struct dxm_where w;
+	size_t pg;
+	if (flags & ~DXM_FAULT_WRITE)
+		return -EINVAL;
+	if (ctx_on_handler(ctx))
+		return -EDEADLK; /* it may wait for a page the handler owns */
+	int err = begin(ctx, start, len, &w, &pg);
+	if (err)
+		return err;
+	size_t n = len >> ctx->pshift;
+	if (!(w.prot & PROT_READ) ||
+	    ((flags & DXM_FAULT_WRITE) && !(w.prot & PROT_WRITE))) {
+		end(&w);
+		return -EPERM;
+	}
+	pages_to_cpu(w.r, pg, n, PTC_INVALIDATE | PTC_WAIT);
+	if (dev)
+		for (size_t i = 0; i < n; i++)
+			dev[i] = dev_addr(w.r, pg + i);
+	end(&w);
+	return (long)n;
+}

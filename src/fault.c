@@ -1,0 +1,245 @@
+// SPDX-License-Identifier: MIT
+/*
+ * Resolving CPU faults, and giving pages back to the CPU.
+ *
+ * The handler calls into page state (pstate.h), notifiers (notifier.c) and
+ * regions (region.c); none of them calls back into the handler.
+ *
+ * A fault on page p (through CPU view address a) is resolved by its page
+ * state:
+ *   CPU            take PS_MAPPING, UFFDIO_CONTINUE a, drop PS_MAPPING
+ *   EXCLUSIVE      -> INVALIDATING, notifiers (DXM_EVENT_CLEAR) for p in
+ *                  every view, -> CPU|PS_MAPPING, UFFDIO_CONTINUE a, drop
+ *   LOCKED         deferred: the driver holds the page (kernel: page lock)
+ *   INVALIDATING   deferred: another thread is giving it back
+ *   CPU|MAPPING    deferred: another thread is mapping it
+ * The handler never blocks on a driver: a fault it cannot resolve now is
+ * deferred, never waited for.
+ *
+ * Locking: ctx->defer_mtx protects ctx->deferred (faults waiting for a
+ * page) and ctx->ready (faults to resolve again).  A fault is deferred by
+ * setting PS_WAITERS with a CAS that also checks the state is still one
+ * that defers, with defer_mtx held, and queuing it before the lock is
+ * dropped.  Whoever moves the page out of that state sees PS_WAITERS in
+ * the value its own CAS replaced and calls fault_release_waiters(), which
+ * takes defer_mtx: so the fault is already queued and is never lost.
+ * Released faults go to ctx->ready and a handler thread resolves them
+ * again from scratch (by address).
+ */
+#include <errno.h>
+#include <sched.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+
+#include "internal.h"
+
+/* ------------------------------------------------------------- deferral */
+
+static bool try_defer(struct dxm_region *r, size_t pg, uintptr_t addr,
+		      uint8_t s)
+{
+	struct dxm_ctx *ctx = r->ctx;
+	struct dxm_fault *f = malloc(sizeof(*f));
+	if (!f)
+		return false; /* the caller retries */
+	f->r = r;
+	f->pg = pg;
+	f->addr = addr;
+	pthread_mutex_lock(&ctx->defer_mtx);
+	uint8_t cur = s;
+	bool ok = ps_cas(&r->st[pg], &cur, s | PS_WAITERS);
+	if (ok) {
+		f->next = ctx->deferred;
+		ctx->deferred = f;
+	}
+	pthread_mutex_unlock(&ctx->defer_mtx);
+	if (ok)
+		stat_add(&ctx->c.deferred_faults, 1);
+	else
+		free(f);
+	return ok;
+}
+
+/* Move the faults deferred on region pages [pg, pg+n) to the ready list. */
+void fault_release_waiters(struct dxm_region *r, size_t pg, size_t n)
+{
+	struct dxm_ctx *ctx = r->ctx;
+	bool any = false;
+	pthread_mutex_lock(&ctx->defer_mtx);
+	for (struct dxm_fault **pp = &ctx->deferred; *pp;) {
+		struct dxm_fault *f = *pp;
+		if (f->r == r && f->pg >= pg && f->pg < pg + n) {
+			*pp = f->next;
+			f->next = ctx->ready;
+			ctx->ready = f;
+			any = true;
+		} else {
+			pp = &f->next;
+		}
+	}
+	pthread_mutex_unlock(&ctx->defer_mtx);
+	if (any)
+		ctx_kick(ctx);
+}
+
+/* The region is going away (or lost a view): resolve its deferred faults
+ * again; those on addresses that are gone are woken to retry. */
+void fault_forget_region(struct dxm_region *r)
+{
+	fault_release_waiters(r, 0, r->npages);
+}
+
+void fault_drain_ready(struct dxm_ctx *ctx)
+{
+	for (;;) {
+		pthread_mutex_lock(&ctx->defer_mtx);
+		struct dxm_fault *list = ctx->ready;
+		ctx->ready = NULL;
+		pthread_mutex_unlock(&ctx->defer_mtx);
+		if (!list)
+			return;
+		while (list) {
+			struct dxm_fault *f = list;
+			list = f->next;
+			fault_resolve(ctx, f->addr);
+			free(f);
+		}
+	}
+}
+
+/* Clear PS_MAPPING (and PS_WAITERS) on a page we own the mapping of. */
+static void mapping_done(struct dxm_region *r, size_t pg)
+{
+	uint8_t s = atomic_fetch_and_explicit(&r->st[pg],
+					      (uint8_t) ~(PS_MAPPING | PS_WAITERS),
+					      memory_order_acq_rel);
+	if (s & PS_WAITERS)
+		fault_release_waiters(r, pg, 1);
+}
+
+/* INVALIDATING -> CPU|MAPPING, keeping PS_WAITERS for mapping_done(). */
+static void invalidated(struct dxm_region *r, size_t pg)
+{
+	uint8_t s = ps_load(&r->st[pg]);
+	while (!ps_cas(&r->st[pg], &s,
+		       PS_CPU | PS_MAPPING | (s & PS_WAITERS)))
+		;
+}
+
+/* ------------------------------------------------------------ the fault */
+
+static void resolve(struct dxm_region *r, size_t pg, uintptr_t addr)
+{
+	struct dxm_ctx *ctx = r->ctx;
+	for (;;) {
+		uint8_t s = ps_load(&r->st[pg]);
+		switch (ps_state(s)) {
+		case PS_CPU:
+			if (s & PS_MAPPING)
+				break; /* defer below */
+			if (!ps_cas(&r->st[pg], &s, s | PS_MAPPING))
+				continue;
+			region_continue(r, pg, 1, addr);
+			mapping_done(r, pg);
+			return;
+		case PS_EXCLUSIVE:
+			if (!ps_cas(&r->st[pg], &s,
+				    PS_INVALIDATING | (s & PS_WAITERS)))
+				continue;
+			notify_region_pages(r, pg, 1, DXM_EVENT_CLEAR, NULL);
+			stat_add(&ctx->c.restores, 1);
+			invalidated(r, pg);
+			region_continue(r, pg, 1, addr);
+			mapping_done(r, pg);
+			return;
+		default: /* LOCKED, INVALIDATING */
+			break;
+		}
+		if (try_defer(r, pg, addr, s))
+			return;
+		sched_yield();
+	}
+}
+
+void fault_resolve(struct dxm_ctx *ctx, uintptr_t addr)
+{
+	addr &= ~(uintptr_t)(ctx->psize - 1);
+	struct dxm_where w;
+	if (region_lookup(ctx, addr, &w)) {
+		/* Not a managed address (any more): the view was unmapped or
+		 * is being set up.  Let the thread fault again. */
+		uffd_wake(ctx->uffd, addr, ctx->psize);
+		return;
+	}
+	size_t pg = w.pgoff + ((addr - w.vstart) >> ctx->pshift);
+	resolve(w.r, pg, addr);
+	region_put(w.r);
+}
+
+/* ------------------------------------------------- giving pages back */
+
+static void nap(unsigned *us)
+{
+	struct timespec ts = { 0, (long)*us * 1000 };
+	nanosleep(&ts, NULL);
+	if (*us < 1000)
+		*us *= 2;
+}
+
+/* Finish a run [a, b) whose pages we own (MAPPING or INVALIDATING). */
+static void flush_run(struct dxm_region *r, size_t a, size_t b, bool inv)
+{
+	if (a == b)
+		return;
+	if (inv) {
+		notify_region_pages(r, a, b - a, DXM_EVENT_CLEAR, NULL);
+		for (size_t i = a; i < b; i++)
+			if (ps_state(ps_load(&r->st[i])) == PS_INVALIDATING) {
+				stat_add(&r->ctx->c.restores, 1);
+				invalidated(r, i);
+			}
+	}
+	region_continue(r, a, b - a, 0);
+	for (size_t i = a; i < b; i++)
+		mapping_done(r, i);
+}
+
+/*
+ * Give region pages [pg, pg+n) to the CPU and map them in every view.
+ * PTC_INVALIDATE: exclusive pages are invalidated (DXM_EVENT_CLEAR) first;
+ * otherwise they are left exclusive.  PTC_WAIT: wait for pages a driver
+ * holds locked or another thread is busy with; otherwise skip them.
+ * Never called from a handler thread with PTC_WAIT.
+ */
+void pages_to_cpu(struct dxm_region *r, size_t pg, size_t n, unsigned flags)
+{
+	size_t a = pg, i = pg, end = pg + n;
+	bool inv = false;
+	unsigned us = 20;
+	while (i < end) {
+		uint8_t s = ps_load(&r->st[i]);
+		unsigned st = ps_state(s);
+		if (st == PS_CPU && !(s & PS_MAPPING)) {
+			if (ps_cas(&r->st[i], &s, s | PS_MAPPING))
+				i++;
+			continue;
+		}
+		if (st == PS_EXCLUSIVE && (flags & PTC_INVALIDATE)) {
+			if (ps_cas(&r->st[i], &s, PS_INVALIDATING))
+				i++, inv = true;
+			continue;
+		}
+		/* A page we cannot take now: finish the run before it. */
+		flush_run(r, a, i, inv);
+		inv = false;
+		if ((flags & PTC_WAIT) && st != PS_EXCLUSIVE) {
+			nap(&us);
+		} else {
+			i++;
+		}
+		a = i;
+	}
+	flush_run(r, a, i, inv);
+}

@@ -1,0 +1,203 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Internal structures shared by the library's files.  Each lock is described
+ * at the top of the file that owns it:
+ *   ctx.c       ctx->gate (event read gate), handler threads, ctx registry
+ *   region.c    ctx->vt_lock (view table), region refs, inflight, dying
+ *   fault.c     ctx->defer_mtx (deferred and ready fault lists)
+ *   notifier.c  ctx->n_mtx (notifier list, sequence protocol)
+ *   pstate.h    the per-page state byte (lock-free, CAS)
+ * Lock order: gate -> vt_lock -> defer_mtx; n_mtx is never held while taking
+ * another library lock, and no library lock is held while a notifier
+ * callback runs.
+ */
+#ifndef DXM_INTERNAL_H
+#define DXM_INTERNAL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "dxm.h"
+#include "pstate.h"
+
+#define DXM_API __attribute__((visibility("default")))
+
+/* ------------------------------------------------------------------ log.c */
+void dxm_log(enum dxm_log_level level, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+#define pr_err(...) dxm_log(DXM_LOG_ERROR, __VA_ARGS__)
+#define pr_warn(...) dxm_log(DXM_LOG_WARN, __VA_ARGS__)
+#define pr_info(...) dxm_log(DXM_LOG_INFO, __VA_ARGS__)
+#define pr_debug(...) dxm_log(DXM_LOG_DEBUG, __VA_ARGS__)
+
+/* ----------------------------------------------------------------- uffd.c */
+struct dxm_uffd_info {
+	int mode;	   /* enum dxm_uffd_mode */
+	uint64_t features; /* enabled on the fd */
+	uint64_t offered;  /* what the kernel reported */
+};
+int uffd_open(struct dxm_uffd_info *info, uint64_t required, uint64_t optional);
+int uffd_register(int uffd, uintptr_t start, size_t len, uint64_t mode);
+int uffd_unregister(int uffd, uintptr_t start, size_t len);
+long uffd_continue(int uffd, uintptr_t start, size_t len);
+int uffd_wake(int uffd, uintptr_t start, size_t len);
+int sys_madvise(void *addr, size_t len, int advice);
+
+/* --------------------------------------------------------------- region.c */
+struct dxm_region;
+
+/* A piece of a CPU view: contiguous CPU addresses, one protection. */
+struct dxm_view {
+	uintptr_t start;
+	size_t npages;
+	size_t pgoff;		/* first page of the region it shows */
+	struct dxm_region *r;
+	unsigned group;		/* 0: the dxm_alloc view, k: the k-th alias */
+	int prot;
+	struct dxm_view *rnext; /* next piece of the same region (vt_lock) */
+};
+
+struct dxm_region {
+	struct dxm_ctx *ctx;
+	atomic_long refs;
+	atomic_int inflight; /* conversions / range faults in progress */
+	atomic_bool dying;
+	size_t npages;
+	char *dev;	    /* device view: MAP_SHARED, never registered */
+	dxm_pstate_t *st;   /* one byte per page */
+	unsigned next_group; /* under vt_lock (write) */
+	struct dxm_view *views; /* under vt_lock */
+};
+
+/* The result of a lookup: a referenced region and the view piece's data. */
+struct dxm_where {
+	struct dxm_region *r;
+	uintptr_t vstart;  /* piece start */
+	size_t vnpages;
+	size_t pgoff;	   /* region page of vstart */
+	unsigned group;
+	int prot;
+};
+
+int region_lookup(struct dxm_ctx *ctx, uintptr_t addr, struct dxm_where *w);
+int region_lookup_range(struct dxm_ctx *ctx, uintptr_t start, size_t len,
+			struct dxm_where *w);
+void region_get(struct dxm_region *r);
+void region_put(struct dxm_region *r);
+bool region_enter(struct dxm_region *r);
+void region_exit(struct dxm_region *r);
+size_t region_view_addrs(struct dxm_region *r, size_t pg, size_t n,
+			 uintptr_t *out, size_t max);
+bool region_range_writable(struct dxm_ctx *ctx, uintptr_t start, size_t len);
+struct dxm_gone;
+struct dxm_gone *region_unmap_detach(struct dxm_ctx *ctx, uintptr_t start,
+				     uintptr_t end);
+void region_unmap_finish(struct dxm_ctx *ctx, struct dxm_gone *list);
+void region_remap_move(struct dxm_ctx *ctx, uintptr_t from, uintptr_t to,
+		       size_t len);
+void region_zap(struct dxm_region *r, size_t pg, size_t n, void **dev);
+int region_continue(struct dxm_region *r, size_t pg, size_t n,
+		    uintptr_t only_addr);
+void region_destroy_all(struct dxm_ctx *ctx);
+
+/* ---------------------------------------------------------------- fault.c */
+struct dxm_fault {
+	struct dxm_region *r;
+	size_t pg;
+	uintptr_t addr;
+	struct dxm_fault *next;
+};
+void fault_resolve(struct dxm_ctx *ctx, uintptr_t addr);
+void fault_drain_ready(struct dxm_ctx *ctx);
+void fault_release_waiters(struct dxm_region *r, size_t pg, size_t n);
+void fault_forget_region(struct dxm_region *r);
+#define PTC_INVALIDATE 1u /* invalidate exclusive pages (else skip them) */
+#define PTC_WAIT 2u	  /* wait for locked/busy pages (else skip them) */
+void pages_to_cpu(struct dxm_region *r, size_t pg, size_t n, unsigned flags);
+
+/* ------------------------------------------------------------- notifier.c */
+struct dxm_notifier {
+	struct dxm_ctx *ctx;
+	uintptr_t start, end;
+	const struct dxm_notifier_ops *ops;
+	void *priv;
+	atomic_ulong seq;
+	unsigned busy;	/* callbacks in flight (n_mtx) */
+	bool removed;	/* (n_mtx) */
+	struct dxm_notifier *next;
+};
+void notify_range(struct dxm_ctx *ctx, uintptr_t start, uintptr_t end,
+		  enum dxm_event ev, const void *owner);
+void notify_region_pages(struct dxm_region *r, size_t pg, size_t n,
+			 enum dxm_event ev, const void *owner);
+void notifier_destroy_all(struct dxm_ctx *ctx);
+
+/* ------------------------------------------------------------------ ctx.c */
+struct dxm_handler {
+	struct dxm_ctx *ctx;
+	pthread_t tid;
+	unsigned idx;
+	bool started;
+};
+
+struct dxm_counters {
+	atomic_ulong conversions, pages_converted, pages_refused;
+	atomic_ulong cpu_faults, restores, deferred_faults;
+	atomic_ulong notifier_calls, notifier_ns;
+	atomic_ulong events_unmap, events_remap;
+	atomic_ulong regions, managed_pages;
+};
+
+struct dxm_ctx {
+	int uffd;
+	struct dxm_uffd_info uinfo;
+	size_t psize;
+	unsigned pshift;
+
+	pthread_rwlock_t gate; /* ctx.c */
+
+	pthread_rwlock_t vt_lock; /* region.c */
+	struct dxm_view **vt;
+	size_t vt_n, vt_cap;
+
+	pthread_mutex_t defer_mtx; /* fault.c */
+	struct dxm_fault *deferred;
+	struct dxm_fault *ready;
+
+	pthread_mutex_t n_mtx; /* notifier.c */
+	pthread_cond_t n_cond;
+	struct dxm_notifier *notifiers;
+	size_t n_count;
+	atomic_ulong n_seq;
+	unsigned n_active;
+
+	int stop_fd, wake_fd;
+	unsigned nhandlers;
+	struct dxm_handler *handlers;
+	pid_t pid; /* creator: calls from a fork()ed child are refused */
+
+	struct dxm_counters c;
+};
+
+static inline void stat_add(atomic_ulong *c, unsigned long v)
+{
+	atomic_fetch_add_explicit(c, v, memory_order_relaxed);
+}
+
+bool ctx_live(struct dxm_ctx *ctx);
+int ctx_check(struct dxm_ctx *ctx);
+void ctx_kick(struct dxm_ctx *ctx);
+bool ctx_on_handler(struct dxm_ctx *ctx);
+uint64_t now_ns(void);
+
+static inline bool range_ok(struct dxm_ctx *ctx, const void *start, size_t len)
+{
+	uintptr_t s = (uintptr_t)start;
+	return start && len && !(s & (ctx->psize - 1)) &&
+	       !(len & (ctx->psize - 1)) && s + len > s;
+}
+
+#endif /* DXM_INTERNAL_H */

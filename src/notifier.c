@@ -1,0 +1,202 @@
+// SPDX-License-Identifier: MIT
+/*
+ * Interval notifiers with the kernel's mmu_interval_notifier sequence
+ * protocol (mm/mmu_notifier.c).
+ *
+ * Locking: ctx->n_mtx protects the notifier list, ctx->n_seq, ctx->n_active
+ * and each notifier's busy/removed fields; ctx->n_cond is signalled when an
+ * invalidation pass ends or a callback returns.  Callbacks run with no
+ * library lock held.
+ *
+ * Sequence protocol:
+ *   ctx->n_seq is even while no invalidation runs and odd while at least
+ *   one does (n_active > 0).  An invalidation pass passes the odd value as
+ *   cur_seq; the driver stores it with dxm_notifier_set_seq() under its own
+ *   lock.  read_begin() returns the notifier's seq, first waiting while the
+ *   notifier has been invalidated by a pass that is still running
+ *   (n->seq == ctx->n_seq, odd); read_retry() is true iff the notifier's
+ *   seq changed since.  So a driver that does
+ *       seq = read_begin(n); ...set up...; lock; if (read_retry(n, seq))
+ *       retry; ...program the device...; unlock
+ *   never programs the device with state an invalidation already revoked.
+ *
+ * Removal waits until no callback of the notifier runs; after
+ * dxm_notifier_remove() returns none will.
+ */
+#include <errno.h>
+#include <sched.h>
+#include <stdlib.h>
+
+#include "internal.h"
+
+DXM_API int dxm_notifier_insert(struct dxm_ctx *ctx, void *start, size_t len,
+				const struct dxm_notifier_ops *ops, void *priv,
+				struct dxm_notifier **np)
+{
+	int err = ctx_check(ctx);
+	if (err)
+		return err;
+	uintptr_t s = (uintptr_t)start;
+	if (!np || !ops || !ops->invalidate || !len || s + len < s)
+		return -EINVAL;
+	struct dxm_notifier *n = calloc(1, sizeof(*n));
+	if (!n)
+		return -ENOMEM;
+	n->ctx = ctx;
+	n->start = s;
+	n->end = s + len;
+	n->ops = ops;
+	n->priv = priv;
+	pthread_mutex_lock(&ctx->n_mtx);
+	/* While a pass runs, a new notifier must wait for it in read_begin
+	 * (it may cover the range being invalidated); otherwise its seq is
+	 * an odd value no future pass will use. */
+	unsigned long cur = atomic_load(&ctx->n_seq);
+	atomic_store(&n->seq, ctx->n_active ? cur : cur - 1);
+	n->next = ctx->notifiers;
+	ctx->notifiers = n;
+	ctx->n_count++;
+	pthread_mutex_unlock(&ctx->n_mtx);
+	*np = n;
+	return 0;
+}
+
+DXM_API void dxm_notifier_remove(struct dxm_notifier *n)
+{
+	if (!n)
+		return;
+	struct dxm_ctx *ctx = n->ctx;
+	pthread_mutex_lock(&ctx->n_mtx);
+	for (struct dxm_notifier **pp = &ctx->notifiers; *pp;
+	     pp = &(*pp)->next)
+		if (*pp == n) {
+			*pp = n->next;
+			ctx->n_count--;
+			break;
+		}
+	n->removed = true;
+	while (n->busy)
+		pthread_cond_wait(&ctx->n_cond, &ctx->n_mtx);
+	pthread_mutex_unlock(&ctx->n_mtx);
+	free(n);
+}
+
+DXM_API void *dxm_notifier_priv(const struct dxm_notifier *n)
+{
+	return n ? n->priv : NULL;
+}
+
+DXM_API unsigned long dxm_notifier_read_begin(struct dxm_notifier *n)
+{
+	struct dxm_ctx *ctx = n->ctx;
+	unsigned long seq = atomic_load(&n->seq);
+	if (seq != atomic_load(&ctx->n_seq) || !(seq & 1))
+		return seq; /* no pass that invalidated n is running */
+	pthread_mutex_lock(&ctx->n_mtx);
+	while ((seq = atomic_load(&n->seq)) == atomic_load(&ctx->n_seq) &&
+	       (seq & 1))
+		pthread_cond_wait(&ctx->n_cond, &ctx->n_mtx);
+	pthread_mutex_unlock(&ctx->n_mtx);
+	return seq;
+}
+
+DXM_API bool dxm_notifier_read_retry(struct dxm_notifier *n, unsigned long seq)
+{
+	return atomic_load(&n->seq) != seq;
+}
+
+DXM_API void dxm_notifier_set_seq(struct dxm_notifier *n, unsigned long seq)
+{
+	atomic_store(&n->seq, seq);
+}
+
+#define NOTIFY_STACK 16
+
+void notify_range(struct dxm_ctx *ctx, uintptr_t start, uintptr_t end,
+		  enum dxm_event ev, const void *owner)
+{
+	struct dxm_notifier *stack[NOTIFY_STACK], **hit = stack;
+	size_t nhit, cap = NOTIFY_STACK;
+	unsigned long cur;
+
+	pthread_mutex_lock(&ctx->n_mtx);
+	/* Every overlapping notifier is called: never skip one for want of
+	 * memory, wait for it instead. */
+	while (ctx->n_count > cap) {
+		size_t want = ctx->n_count + 8;
+		pthread_mutex_unlock(&ctx->n_mtx);
+		struct dxm_notifier **more;
+		while (!(more = malloc(want * sizeof(*more))))
+			sched_yield();
+		if (hit != stack)
+			free(hit);
+		hit = more;
+		cap = want;
+		pthread_mutex_lock(&ctx->n_mtx);
+	}
+	if (ctx->n_active++ == 0)
+		atomic_fetch_add(&ctx->n_seq, 1); /* odd: a pass is running */
+	cur = atomic_load(&ctx->n_seq);
+	nhit = 0;
+	for (struct dxm_notifier *n = ctx->notifiers; n; n = n->next) {
+		if (n->end <= start || n->start >= end)
+			continue;
+		n->busy++;
+		hit[nhit++] = n;
+	}
+	pthread_mutex_unlock(&ctx->n_mtx);
+
+	if (nhit) {
+		uint64_t t0 = now_ns();
+		for (size_t i = 0; i < nhit; i++) {
+			struct dxm_notifier *n = hit[i];
+			struct dxm_range r = {
+				.start = (void *)(start > n->start ? start
+								   : n->start),
+				.end = (void *)(end < n->end ? end : n->end),
+				.event = ev,
+				.owner = ev == DXM_EVENT_EXCLUSIVE ? owner
+								   : NULL,
+			};
+			n->ops->invalidate(n, &r, cur);
+		}
+		stat_add(&ctx->c.notifier_ns, now_ns() - t0);
+		stat_add(&ctx->c.notifier_calls, nhit);
+	}
+
+	pthread_mutex_lock(&ctx->n_mtx);
+	for (size_t i = 0; i < nhit; i++)
+		hit[i]->busy--;
+	if (--ctx->n_active == 0)
+		atomic_fetch_add(&ctx->n_seq, 1); /* even: no pass running */
+	pthread_cond_broadcast(&ctx->n_cond);
+	pthread_mutex_unlock(&ctx->n_mtx);
+	if (hit != stack)
+		free(hit);
+}
+
+/* Notify region pages [pg, pg+n) at their addresses in every CPU view. */
+void notify_region_pages(struct dxm_region *r, size_t pg, size_t n,
+			 enum dxm_event ev, const void *owner)
+{
+	uintptr_t runs[2 * 32];
+	size_t k = region_view_addrs(r, pg, n, runs, 2 * 32);
+	for (size_t i = 0; i < k; i++)
+		notify_range(r->ctx, runs[2 * i], runs[2 * i + 1], ev, owner);
+}
+
+void notifier_destroy_all(struct dxm_ctx *ctx)
+{
+	pthread_mutex_lock(&ctx->n_mtx);
+	struct dxm_notifier *n = ctx->notifiers;
+	ctx->notifiers = NULL;
+	ctx->n_count = 0;
+	pthread_mutex_unlock(&ctx->n_mtx);
+	while (n) {
+		struct dxm_notifier *next = n->next;
+		pr_warn("dxm_ctx_destroy: notifier [%#lx, %#lx) was not "
+			"removed; freeing it", n->start, n->end);
+		free(n);
+		n = next;
+	}
+}

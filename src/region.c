@@ -1,0 +1,797 @@
+// SPDX-License-Identifier: MIT
+/*
+ * Regions and their CPU views.
+ *
+ * A region is a memfd's pages: a device view (one MAP_SHARED mapping that is
+ * never registered with the userfaultfd; device-side addresses point into
+ * it) and one or more CPU views (the dxm_alloc mapping and its aliases), all
+ * registered for MISSING and MINOR faults.  A CPU view is kept as pieces
+ * (struct dxm_view): contiguous addresses with one protection.  Pieces are
+ * split by dxm_mprotect, partial munmap and partial mremap.
+ *
+ * Locking
+ *   ctx->vt_lock (rwlock, writer-preferring) protects the sorted piece table
+ *   ctx->vt, every region's piece list and next_group.  Lookups take it for
+ *   reading and leave with a region reference (refs), never with the lock:
+ *   no library lock is held while a notifier runs.
+ *
+ *   ctx->gate (ctx.c) is taken for writing around "mmap + insert into the
+ *   table" here, and for reading by a handler thread around "read() events +
+ *   detach the pieces they unmapped".  A munmap completes when a handler has
+ *   read its UNMAP event, so without the gate a new mapping at the same
+ *   address could be inserted before the stale event is applied and be torn
+ *   down by it.  Lock order: gate -> vt_lock.
+ *
+ *   r->refs: the table holds one reference for the region while it has
+ *   pieces; lookups add one each.  The last put unmaps the device view and
+ *   frees the page states.
+ *
+ *   r->inflight / r->dying: operations that change page states
+ *   (make_exclusive, range_fault, mprotect) enter with region_enter(), which
+ *   fails once dying is set; teardown sets dying and waits for inflight to
+ *   drain, so after that no page is converted behind its back.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <sched.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "compat_uffd.h"
+#include "internal.h"
+
+
+#define REG_MODE (UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_MINOR)
+
+/* ------------------------------------------------------------ piece table */
+
+/* Index of the first piece whose end is above addr (vt_lock held). */
+static size_t vt_search(struct dxm_ctx *ctx, uintptr_t addr)
+{
+	size_t lo = 0, hi = ctx->vt_n;
+	while (lo < hi) {
+		size_t mid = (lo + hi) / 2;
+		struct dxm_view *v = ctx->vt[mid];
+		if (v->start + (v->npages << ctx->pshift) <= addr)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+static struct dxm_view *vt_find(struct dxm_ctx *ctx, uintptr_t addr)
+{
+	size_t i = vt_search(ctx, addr);
+	if (i < ctx->vt_n && ctx->vt[i]->start <= addr)
+		return ctx->vt[i];
+	return NULL;
+}
+
+static int vt_insert(struct dxm_ctx *ctx, struct dxm_view *v)
+{
+	if (ctx->vt_n == ctx->vt_cap) {
+		size_t cap = ctx->vt_cap ? ctx->vt_cap * 2 : 16;
+		struct dxm_view **nv = realloc(ctx->vt, cap * sizeof(*nv));
+		if (!nv)
+			return -ENOMEM;
+		ctx->vt = nv;
+		ctx->vt_cap = cap;
+	}
+	size_t i = vt_search(ctx, v->start);
+	memmove(&ctx->vt[i + 1], &ctx->vt[i],
+		(ctx->vt_n - i) * sizeof(ctx->vt[0]));
+	ctx->vt[i] = v;
+	ctx->vt_n++;
+	v->rnext = v->r->views;
+	v->r->views = v;
+	return 0;
+}
+
+static void vt_remove(struct dxm_ctx *ctx, struct dxm_view *v)
+{
+	size_t i = vt_search(ctx, v->start);
+	if (i < ctx->vt_n && ctx->vt[i] == v) {
+		memmove(&ctx->vt[i], &ctx->vt[i + 1],
+			(ctx->vt_n - i - 1) * sizeof(ctx->vt[0]));
+		ctx->vt_n--;
+	}
+	for (struct dxm_view **pp = &v->r->views; *pp; pp = &(*pp)->rnext)
+		if (*pp == v) {
+			*pp = v->rnext;
+			break;
+		}
+}
+
+/* Split the piece containing addr so that a piece starts at addr.  The
+ * table needs room for one more entry (vt_lock held for writing). */
+static int vt_split(struct dxm_ctx *ctx, uintptr_t addr)
+{
+	struct dxm_view *v = vt_find(ctx, addr);
+	if (!v || v->start == addr)
+		return 0;
+	struct dxm_view *t = malloc(sizeof(*t));
+	if (!t)
+		return -ENOMEM;
+	size_t head = (addr - v->start) >> ctx->pshift;
+	*t = *v;
+	t->start = addr;
+	t->npages = v->npages - head;
+	t->pgoff = v->pgoff + head;
+	v->npages = head;
+	int err = vt_insert(ctx, t);
+	if (err) {
+		v->npages += t->npages;
+		free(t);
+	}
+	return err;
+}
+
+static void fill_where(struct dxm_view *v, struct dxm_where *w)
+{
+	w->r = v->r;
+	w->vstart = v->start;
+	w->vnpages = v->npages;
+	w->pgoff = v->pgoff;
+	w->group = v->group;
+	w->prot = v->prot;
+}
+
+/* ------------------------------------------------------- region lifetime */
+
+void region_get(struct dxm_region *r)
+{
+	atomic_fetch_add_explicit(&r->refs, 1, memory_order_relaxed);
+}
+
+void region_put(struct dxm_region *r)
+{
+	if (atomic_fetch_sub_explicit(&r->refs, 1, memory_order_acq_rel) != 1)
+		return;
+	struct dxm_ctx *ctx = r->ctx;
+	munmap(r->dev, r->npages << ctx->pshift);
+	stat_add(&ctx->c.regions, -1ul);
+	stat_add(&ctx->c.managed_pages, -r->npages);
+	free((void *)r->st);
+	free(r);
+}
+
+bool region_enter(struct dxm_region *r)
+{
+	atomic_fetch_add(&r->inflight, 1);
+	if (atomic_load(&r->dying)) {
+		atomic_fetch_sub(&r->inflight, 1);
+		return false;
+	}
+	return true;
+}
+
+void region_exit(struct dxm_region *r)
+{
+	atomic_fetch_sub(&r->inflight, 1);
+}
+
+/* Set dying and wait until no conversion runs on the region.  Returns
+ * false if another thread is already tearing it down. */
+static bool region_begin_teardown(struct dxm_region *r)
+{
+	if (atomic_exchange(&r->dying, true))
+		return false;
+	while (atomic_load(&r->inflight))
+		sched_yield();
+	return true;
+}
+
+int region_lookup(struct dxm_ctx *ctx, uintptr_t addr, struct dxm_where *w)
+{
+	pthread_rwlock_rdlock(&ctx->vt_lock);
+	struct dxm_view *v = vt_find(ctx, addr);
+	if (v) {
+		fill_where(v, w);
+		region_get(v->r);
+	}
+	pthread_rwlock_unlock(&ctx->vt_lock);
+	return v ? 0 : -EFAULT;
+}
+
+/*
+ * Find the region behind [start, start+len): the range must lie in one CPU
+ * view (any number of pieces of it, contiguous).  w describes the piece at
+ * start; w->prot is the intersection of the pieces' protections.
+ */
+int region_lookup_range(struct dxm_ctx *ctx, uintptr_t start, size_t len,
+			struct dxm_where *w)
+{
+	int err = -EFAULT;
+	pthread_rwlock_rdlock(&ctx->vt_lock);
+	size_t i = vt_search(ctx, start);
+	if (i >= ctx->vt_n || ctx->vt[i]->start > start)
+		goto out;
+	struct dxm_view *v = ctx->vt[i];
+	fill_where(v, w);
+	uintptr_t end = start + len, cur = v->start;
+	size_t pg = v->pgoff;
+	for (; i < ctx->vt_n; i++) {
+		struct dxm_view *p = ctx->vt[i];
+		if (p->start != cur || p->r != v->r || p->group != v->group ||
+		    p->pgoff != pg)
+			break;
+		w->prot &= p->prot;
+		cur += p->npages << ctx->pshift;
+		pg += p->npages;
+		if (cur >= end) {
+			region_get(v->r);
+			err = 0;
+			break;
+		}
+	}
+out:
+	pthread_rwlock_unlock(&ctx->vt_lock);
+	return err;
+}
+
+bool region_range_writable(struct dxm_ctx *ctx, uintptr_t start, size_t len)
+{
+	struct dxm_where w;
+	if (region_lookup_range(ctx, start, len, &w))
+		return false;
+	region_put(w.r);
+	return w.prot & PROT_WRITE;
+}
+
+/* The CPU addresses of region pages [pg, pg+n) in every view: writes
+ * start addresses of the covered runs, one per piece that overlaps. */
+size_t region_view_addrs(struct dxm_region *r, size_t pg, size_t n,
+			 uintptr_t *out, size_t max)
+{
+	struct dxm_ctx *ctx = r->ctx;
+	size_t k = 0;
+	pthread_rwlock_rdlock(&ctx->vt_lock);
+	for (struct dxm_view *v = r->views; v; v = v->rnext) {
+		size_t a = v->pgoff > pg ? v->pgoff : pg;
+		size_t b = v->pgoff + v->npages < pg + n ? v->pgoff + v->npages
+							 : pg + n;
+		if (a >= b)
+			continue;
+		if (k + 2 > max)
+			break;
+		out[k++] = v->start + ((a - v->pgoff) << ctx->pshift);
+		out[k++] = v->start + ((b - v->pgoff) << ctx->pshift);
+	}
+	pthread_rwlock_unlock(&ctx->vt_lock);
+	return k / 2;
+}
+
+/* --------------------------------------------------------------- creation */
+
+static int add_piece(struct dxm_ctx *ctx, struct dxm_region *r, void *addr,
+		     unsigned group)
+{
+	struct dxm_view *v = calloc(1, sizeof(*v));
+	if (!v)
+		return -ENOMEM;
+	v->start = (uintptr_t)addr;
+	v->npages = r->npages;
+	v->r = r;
+	v->group = group;
+	v->prot = PROT_READ | PROT_WRITE;
+	int err = vt_insert(ctx, v);
+	if (err)
+		free(v);
+	return err;
+}
+
+/*
+ * A new CPU view of r: a second mapping of the same shared pages, made
+ * without keeping the memfd open (mremap() of a shared mapping with
+ * old_size 0), inserted into the table under the gate (see ctx.c), then
+ * populated (only a brand-new region: nobody knows its address yet, so no
+ * page of it can be exclusive), then registered.
+ */
+static int detach_range(struct dxm_ctx *ctx, uintptr_t start, uintptr_t end,
+			int group, struct dxm_gone **list);
+static void finish_gone(struct dxm_ctx *ctx, struct dxm_gone *list,
+			bool unmap);
+
+/* On failure, *torn tells whether the view had been inserted and was torn
+ * down again (which drops the table's reference when it was the last). */
+static int new_view(struct dxm_ctx *ctx, struct dxm_region *r, bool populate,
+		    void **addrp, bool *torn)
+{
+	*torn = false;
+	size_t len = r->npages << ctx->pshift;
+	int err = 0;
+	pthread_rwlock_wrlock(&ctx->gate);
+	void *p = mremap(r->dev, 0, len, MREMAP_MAYMOVE);
+	if (p == MAP_FAILED) {
+		err = -errno;
+	} else {
+		pthread_rwlock_wrlock(&ctx->vt_lock);
+		unsigned group = r->next_group++;
+		err = add_piece(ctx, r, p, group);
+		pthread_rwlock_unlock(&ctx->vt_lock);
+	}
+	pthread_rwlock_unlock(&ctx->gate);
+	if (err) {
+		if (p != MAP_FAILED)
+			munmap(p, len);
+		return err;
+	}
+	if (populate)
+		err = sys_madvise(p, len, MADV_POPULATE_WRITE);
+	if (!err)
+		err = uffd_register(ctx->uffd, (uintptr_t)p, len, REG_MODE);
+	if (err) {
+		struct dxm_gone *list = NULL;
+		pthread_rwlock_wrlock(&ctx->vt_lock);
+		int e2 = detach_range(ctx, (uintptr_t)p, (uintptr_t)p + len,
+				      -1, &list);
+		pthread_rwlock_unlock(&ctx->vt_lock);
+		if (e2)
+			pr_err("cannot undo a failed view: %s", strerror(-e2));
+		finish_gone(ctx, list, true);
+		*torn = true;
+		return err;
+	}
+	*addrp = p;
+	return 0;
+}
+
+DXM_API int dxm_alloc(struct dxm_ctx *ctx, size_t len, unsigned flags,
+		      void **addrp)
+{
+	int err = ctx_check(ctx);
+	if (err)
+		return err;
+	if (!addrp || !len || (flags & ~DXM_ALLOC_INHERIT))
+		return -EINVAL;
+	if (flags & DXM_ALLOC_INHERIT) {
+		pr_warn("dxm_alloc: DXM_ALLOC_INHERIT is not supported yet");
+		return -EOPNOTSUPP;
+	}
+	if (len > SIZE_MAX / 2)
+		return -ENOMEM;
+	len = (len + ctx->psize - 1) & ~(ctx->psize - 1);
+
+	struct dxm_region *r = calloc(1, sizeof(*r));
+	if (!r)
+		return -ENOMEM;
+	r->ctx = ctx;
+	r->npages = len >> ctx->pshift;
+	r->st = calloc(r->npages, sizeof(*r->st));
+	atomic_init(&r->refs, 1);
+	if (!r->st) {
+		free(r);
+		return -ENOMEM;
+	}
+
+	int fd = memfd_create("dxm", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	if (fd < 0) {
+		err = -errno;
+		goto fail;
+	}
+	if (ftruncate(fd, (off_t)len) || fallocate(fd, 0, 0, (off_t)len) ||
+	    fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL)) {
+		err = -errno;
+		close(fd);
+		goto fail;
+	}
+	r->dev = mmap(NULL, len, PROT_READ | PROT_WRITE,
+		      MAP_SHARED | MAP_POPULATE, fd, 0);
+	err = -errno;
+	close(fd);
+	if (r->dev == MAP_FAILED)
+		goto fail;
+	/* No view is inherited by a fork()ed child: its page tables could
+	 * not be revoked from here (DESIGN.md, B7).  mremap copies this. */
+	madvise(r->dev, len, MADV_DONTFORK);
+	stat_add(&ctx->c.regions, 1);
+	stat_add(&ctx->c.managed_pages, r->npages);
+
+	void *addr;
+	bool torn;
+	err = new_view(ctx, r, true, &addr, &torn);
+	if (err) {
+		if (!torn)
+			region_put(r); /* the only reference: frees r */
+		return err == -ENOSPC || err == -EFBIG ? -ENOMEM : err;
+	}
+	*addrp = addr;
+	return 0;
+
+fail:
+	free((void *)r->st);
+	free(r);
+	return err == -ENOSPC || err == -EFBIG ? -ENOMEM : err;
+}
+
+DXM_API int dxm_alias(struct dxm_ctx *ctx, void *addr, void **aliasp)
+{
+	int err = ctx_check(ctx);
+	if (err)
+		return err;
+	if (!addr || !aliasp)
+		return -EINVAL;
+	struct dxm_where w;
+	if (region_lookup(ctx, (uintptr_t)addr, &w))
+		return -ENOENT;
+	struct dxm_region *r = w.r;
+	if (w.vstart != (uintptr_t)addr || w.pgoff != 0) {
+		region_put(r);
+		return -EINVAL;
+	}
+	if (!region_enter(r)) {
+		region_put(r);
+		return -ENOENT;
+	}
+	void *p;
+	bool torn;
+	err = new_view(ctx, r, false, &p, &torn);
+	if (!err) {
+		/* Map every page the CPU owns now; exclusive pages stay
+		 * unmapped and fault like in every other view. */
+		pages_to_cpu(r, 0, r->npages, 0);
+		*aliasp = p;
+	}
+	region_exit(r);
+	region_put(r);
+	return err;
+}
+
+DXM_API int dxm_adopt(struct dxm_ctx *ctx, void *addr, size_t len,
+		      unsigned flags)
+{
+	int err = ctx_check(ctx);
+	if (err)
+		return err;
+	(void)addr;
+	(void)len;
+	(void)flags;
+	pr_warn("dxm_adopt: anonymous memory is not supported in this "
+		"version; use dxm_alloc");
+	return -EOPNOTSUPP;
+}
+
+/* ---------------------------------------------------------------- removal */
+
+/* A detached run of CPU addresses, to notify and unmap outside the locks. */
+struct dxm_gone {
+	struct dxm_region *r; /* referenced */
+	uintptr_t start, end;
+	size_t pgoff;
+	bool last;	      /* the region has no piece left */
+	struct dxm_gone *next;
+};
+
+/* Detach the pieces covering [start, end) (vt_lock held for writing). */
+static int detach_range(struct dxm_ctx *ctx, uintptr_t start, uintptr_t end,
+			int group, struct dxm_gone **list)
+{
+	int err = vt_split(ctx, start);
+	if (!err)
+		err = vt_split(ctx, end);
+	if (err)
+		return err;
+	size_t i = vt_search(ctx, start);
+	while (i < ctx->vt_n && ctx->vt[i]->start < end) {
+		struct dxm_view *v = ctx->vt[i];
+		if (group >= 0 && v->group != (unsigned)group) {
+			i++;
+			continue;
+		}
+		struct dxm_gone *g = malloc(sizeof(*g));
+		if (!g)
+			return -ENOMEM;
+		g->r = v->r;
+		region_get(v->r);
+		g->start = v->start;
+		g->end = v->start + (v->npages << ctx->pshift);
+		g->pgoff = v->pgoff;
+		vt_remove(ctx, v);
+		g->last = v->r->views == NULL;
+		g->next = *list;
+		*list = g;
+		free(v);
+	}
+	return 0;
+}
+
+/*
+ * Finish what detach_range started: tell the notifiers, and when a region
+ * lost its last view, give every exclusive page up and drop the table's
+ * reference.  `unmap`: dxm_free (unregister and munmap here) rather than a
+ * munmap the program already did.
+ */
+static void finish_gone(struct dxm_ctx *ctx, struct dxm_gone *list, bool unmap)
+{
+	while (list) {
+		struct dxm_gone *g = list;
+		list = g->next;
+		size_t len = g->end - g->start;
+		if (g->last)
+			region_begin_teardown(g->r);
+		notify_range(ctx, g->start, g->end, DXM_EVENT_UNMAP, NULL);
+		if (unmap) {
+			uffd_unregister(ctx->uffd, g->start, len);
+			munmap((void *)g->start, len);
+		}
+		if (g->last) {
+			/* The device was told to stop; nothing maps these
+			 * pages through a CPU view any more. */
+			for (size_t i = 0; i < g->r->npages; i++)
+				atomic_store(&g->r->st[i], PS_CPU);
+			fault_forget_region(g->r);
+			region_put(g->r); /* the table's reference */
+		} else {
+			fault_forget_region(g->r);
+		}
+		stat_add(&ctx->c.events_unmap, !unmap);
+		region_put(g->r);
+		free(g);
+	}
+}
+
+DXM_API int dxm_free(struct dxm_ctx *ctx, void *addr)
+{
+	int err = ctx_check(ctx);
+	if (err)
+		return err;
+	if (!addr)
+		return -EINVAL;
+	struct dxm_gone *list = NULL;
+	pthread_rwlock_wrlock(&ctx->vt_lock);
+	struct dxm_view *v = vt_find(ctx, (uintptr_t)addr);
+	if (!v || v->start != (uintptr_t)addr || v->pgoff != 0) {
+		pthread_rwlock_unlock(&ctx->vt_lock);
+		return v ? -EINVAL : -ENOENT;
+	}
+	struct dxm_region *r = v->r;
+	int group = v->group;
+	/* Freeing the dxm_alloc view frees the region with all its aliases. */
+	struct dxm_view *p = r->views;
+	while (p && !err) {
+		struct dxm_view *next = p->rnext;
+		if (group == 0 || p->group == (unsigned)group) {
+			uintptr_t s = p->start;
+			err = detach_range(ctx, s, s + (p->npages << ctx->pshift),
+					   p->group, &list);
+			next = r->views; /* the list changed: restart */
+		}
+		p = next;
+	}
+	pthread_rwlock_unlock(&ctx->vt_lock);
+	finish_gone(ctx, list, true);
+	return err;
+}
+
+struct dxm_gone *region_unmap_detach(struct dxm_ctx *ctx, uintptr_t start,
+				     uintptr_t end)
+{
+	struct dxm_gone *list = NULL;
+	pthread_rwlock_wrlock(&ctx->vt_lock);
+	int err = detach_range(ctx, start, end, -1, &list);
+	pthread_rwlock_unlock(&ctx->vt_lock);
+	if (err)
+		pr_err("cannot track munmap of [%#lx, %#lx): %s", start, end,
+		       strerror(-err));
+	return list;
+}
+
+void region_unmap_finish(struct dxm_ctx *ctx, struct dxm_gone *list)
+{
+	finish_gone(ctx, list, false);
+}
+
+void region_remap_move(struct dxm_ctx *ctx, uintptr_t from, uintptr_t to,
+		       size_t len)
+{
+	stat_add(&ctx->c.events_remap, 1);
+	pthread_rwlock_wrlock(&ctx->vt_lock);
+	int err = vt_split(ctx, from);
+	if (!err)
+		err = vt_split(ctx, from + len);
+	if (err) {
+		pthread_rwlock_unlock(&ctx->vt_lock);
+		pr_err("cannot track mremap of %#lx: %s", from, strerror(-err));
+		return;
+	}
+	/* Move every piece in [from, from+len) to its new address; the new
+	 * range cannot overlap the old one. */
+	size_t i;
+	while ((i = vt_search(ctx, from)) < ctx->vt_n &&
+	       ctx->vt[i]->start < from + len) {
+		struct dxm_view *v = ctx->vt[i];
+		vt_remove(ctx, v);
+		v->start = v->start - from + to;
+		vt_insert(ctx, v); /* cannot fail: a slot was just freed */
+	}
+	pthread_rwlock_unlock(&ctx->vt_lock);
+}
+
+/*
+ * Zap region pages [pg, pg+n) whose dev[i] is set, in every CPU view, one
+ * madvise per contiguous run.  Under vt_lock so that no address is zapped
+ * after it was unmapped and reused by another mapping.
+ */
+void region_zap(struct dxm_region *r, size_t pg, size_t n, void **dev)
+{
+	struct dxm_ctx *ctx = r->ctx;
+	pthread_rwlock_rdlock(&ctx->vt_lock);
+	for (struct dxm_view *v = r->views; v; v = v->rnext) {
+		size_t a = v->pgoff > pg ? v->pgoff : pg;
+		size_t b = v->pgoff + v->npages < pg + n ? v->pgoff + v->npages
+							 : pg + n;
+		while (a < b) {
+			while (a < b && !dev[a - pg])
+				a++;
+			size_t e = a;
+			while (e < b && dev[e - pg])
+				e++;
+			if (e > a) {
+				uintptr_t s = v->start +
+					      ((a - v->pgoff) << ctx->pshift);
+				int err = sys_madvise((void *)s,
+						      (e - a) << ctx->pshift,
+						      MADV_DONTNEED);
+				if (err)
+					pr_err("zap of %#lx failed: %s", s,
+					       strerror(-err));
+			}
+			a = e;
+		}
+	}
+	pthread_rwlock_unlock(&ctx->vt_lock);
+}
+
+/* Make a page the handler cannot resolve from the page cache (a hole the
+ * program punched with MADV_REMOVE) exist again, zero-filled. */
+static int fill_hole(struct dxm_region *r, size_t pg)
+{
+	struct dxm_ctx *ctx = r->ctx;
+	return sys_madvise(r->dev + (pg << ctx->pshift), ctx->psize,
+			   MADV_POPULATE_WRITE);
+}
+
+static int continue_run(struct dxm_region *r, uintptr_t s, size_t pg,
+			size_t n)
+{
+	struct dxm_ctx *ctx = r->ctx;
+	int tries = 0;
+	while (n) {
+		long got = uffd_continue(ctx->uffd, s, n << ctx->pshift);
+		if (got > 0) {
+			size_t k = (size_t)got >> ctx->pshift;
+			s += k << ctx->pshift, pg += k, n -= k;
+			continue;
+		}
+		if (got == -EEXIST) {
+			/* Already mapped (a duplicate fault): wake whoever
+			 * waits on it and go on with the next page. */
+			uffd_wake(ctx->uffd, s, ctx->psize);
+			s += ctx->psize, pg++, n--;
+		} else if (got == -EAGAIN && ++tries < 1000) {
+			sched_yield(); /* the address space is changing */
+		} else if ((got == -EFAULT || got == -ENOENT) && tries++ < 3 &&
+			   !fill_hole(r, pg)) {
+			continue;
+		} else {
+			/* Not ours any more (unmapped, unregistered): let
+			 * the faulting threads retry on their own. */
+			uffd_wake(ctx->uffd, s, n << ctx->pshift);
+			return (int)got;
+		}
+	}
+	return 0;
+}
+
+/*
+ * UFFDIO_CONTINUE region pages [pg, pg+n) into CPU views: into every view
+ * when only_addr is 0, else into the one page at only_addr (the faulting
+ * view).  The caller owns the pages' PS_MAPPING bits.
+ */
+int region_continue(struct dxm_region *r, size_t pg, size_t n,
+		    uintptr_t only_addr)
+{
+	struct dxm_ctx *ctx = r->ctx;
+	int ret = 0;
+	bool found = !only_addr;
+	pthread_rwlock_rdlock(&ctx->vt_lock);
+	for (struct dxm_view *v = r->views; v; v = v->rnext) {
+		size_t a = v->pgoff > pg ? v->pgoff : pg;
+		size_t b = v->pgoff + v->npages < pg + n ? v->pgoff + v->npages
+							 : pg + n;
+		if (a >= b)
+			continue;
+		uintptr_t s = v->start + ((a - v->pgoff) << ctx->pshift);
+		if (only_addr) {
+			if (only_addr < s ||
+			    only_addr >= s + ((b - a) << ctx->pshift))
+				continue;
+			a += (only_addr - s) >> ctx->pshift;
+			s = only_addr;
+			b = a + 1;
+			found = true;
+		}
+		int err = continue_run(r, s, a, b - a);
+		if (err && !ret)
+			ret = err;
+		if (only_addr)
+			break;
+	}
+	pthread_rwlock_unlock(&ctx->vt_lock);
+	if (!found) {
+		/* The view went away: let the faulting thread retry. */
+		uffd_wake(ctx->uffd, only_addr, ctx->psize);
+		ret = -EFAULT;
+	}
+	return ret;
+}
+
+/* ctx_destroy: free every region that is left. */
+void region_destroy_all(struct dxm_ctx *ctx)
+{
+	for (;;) {
+		pthread_rwlock_rdlock(&ctx->vt_lock);
+		void *addr = NULL;
+		for (size_t i = 0; i < ctx->vt_n && !addr; i++)
+			if (ctx->vt[i]->group == 0 && ctx->vt[i]->pgoff == 0)
+				addr = (void *)ctx->vt[i]->start;
+		pthread_rwlock_unlock(&ctx->vt_lock);
+		if (!addr)
+			break;
+		dxm_free(ctx, addr);
+	}
+	/* Pieces whose start piece the program unmapped itself. */
+	struct dxm_gone *list = NULL;
+	pthread_rwlock_wrlock(&ctx->vt_lock);
+	while (ctx->vt_n) {
+		struct dxm_view *v = ctx->vt[0];
+		if (detach_range(ctx, v->start,
+				 v->start + (v->npages << ctx->pshift), -1,
+				 &list))
+			break;
+	}
+	pthread_rwlock_unlock(&ctx->vt_lock);
+	finish_gone(ctx, list, true);
+	free(ctx->vt);
+	ctx->vt = NULL;
+}
+
+/* ---------------------------------------------------------------- mprotect */
+
+DXM_API int dxm_mprotect(struct dxm_ctx *ctx, void *addr, size_t len, int prot)
+{
+	int err = ctx_check(ctx);
+	if (err)
+		return err;
+	if (!range_ok(ctx, addr, len) ||
+	    (prot & ~(PROT_READ | PROT_WRITE | PROT_EXEC)))
+		return -EINVAL;
+	struct dxm_where w;
+	uintptr_t start = (uintptr_t)addr, end = start + len;
+	if (region_lookup_range(ctx, start, len, &w))
+		return -EFAULT;
+	if (!region_enter(w.r)) {
+		region_put(w.r);
+		return -EFAULT;
+	}
+	/* Tell the devices first: a device write must not slip in between
+	 * the change and the notification. */
+	notify_range(ctx, start, end, DXM_EVENT_PROTECTION, NULL);
+	pthread_rwlock_wrlock(&ctx->vt_lock);
+	err = vt_split(ctx, start);
+	if (!err)
+		err = vt_split(ctx, end);
+	if (!err && mprotect(addr, len, prot))
+		err = -errno;
+	if (!err)
+		for (size_t i = vt_search(ctx, start);
+		     i < ctx->vt_n && ctx->vt[i]->start < end; i++)
+			ctx->vt[i]->prot = prot;
+	pthread_rwlock_unlock(&ctx->vt_lock);
+	region_exit(w.r);
+	region_put(w.r);
+	return err;
+}

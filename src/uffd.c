@@ -1,0 +1,208 @@
+// SPDX-License-Identifier: MIT
+/*
+ * The userfaultfd: opening the strongest one the process may have, probing
+ * its features once per process, and the ioctl wrappers.  This is the one
+ * place where system-call failures become negative errno values.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "compat_uffd.h"
+#include "internal.h"
+
+static int open_dev(void)
+{
+	int dfd = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
+	if (dfd < 0)
+		return -errno;
+	int fd = ioctl(dfd, USERFAULTFD_IOC_NEW, O_CLOEXEC | O_NONBLOCK);
+	int err = errno;
+	close(dfd);
+	return fd < 0 ? -err : fd;
+}
+
+static int open_sys(int extra)
+{
+	int fd = syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | extra);
+	return fd < 0 ? -errno : fd;
+}
+
+static int open_mode(int mode)
+{
+	switch (mode) {
+	case DXM_UFFD_DEV:
+		return open_dev();
+	case DXM_UFFD_SYSCALL:
+		return open_sys(0);
+	default:
+		return open_sys(UFFD_USER_MODE_ONLY);
+	}
+}
+
+static int api(int fd, uint64_t features, uint64_t *out)
+{
+	struct uffdio_api a = { .api = UFFD_API, .features = features };
+	if (ioctl(fd, UFFDIO_API, &a))
+		return -errno;
+	if (out)
+		*out = a.features;
+	return 0;
+}
+
+static const struct {
+	uint64_t bit;
+	const char *name;
+} feature_names[] = {
+	{ UFFD_FEATURE_MINOR_SHMEM, "UFFD_FEATURE_MINOR_SHMEM (Linux 5.14)" },
+	{ UFFD_FEATURE_MISSING_SHMEM, "UFFD_FEATURE_MISSING_SHMEM (Linux 4.11)" },
+	{ UFFD_FEATURE_EVENT_UNMAP, "UFFD_FEATURE_EVENT_UNMAP (Linux 4.11)" },
+	{ UFFD_FEATURE_EVENT_REMAP, "UFFD_FEATURE_EVENT_REMAP (Linux 4.11)" },
+	{ UFFD_FEATURE_THREAD_ID, "UFFD_FEATURE_THREAD_ID (Linux 4.14)" },
+	{ UFFD_FEATURE_MOVE, "UFFD_FEATURE_MOVE (Linux 6.8)" },
+	{ UFFD_FEATURE_EVENT_FORK, "UFFD_FEATURE_EVENT_FORK" },
+};
+
+static const char *feature_name(uint64_t bit)
+{
+	for (size_t i = 0; i < sizeof(feature_names) / sizeof(feature_names[0]);
+	     i++)
+		if (feature_names[i].bit == bit)
+			return feature_names[i].name;
+	return "an unnamed userfaultfd feature";
+}
+
+/*
+ * Process-wide probe, done once: which mode opens, and what the kernel
+ * offers in it.  Cached; a context only asks for what is offered.
+ */
+static pthread_once_t probe_once = PTHREAD_ONCE_INIT;
+static int probe_mode;	     /* 0: none */
+static int probe_err;	     /* errno of the last open attempt when none */
+static uint64_t probe_offer; /* features offered in probe_mode */
+
+static void probe(void)
+{
+	static const int modes[] = { DXM_UFFD_DEV, DXM_UFFD_SYSCALL,
+				     DXM_UFFD_USER_ONLY };
+	probe_err = -ENOSYS;
+	for (size_t i = 0; i < 3; i++) {
+		int fd = open_mode(modes[i]);
+		if (fd < 0) {
+			/* Prefer reporting a permission problem over ENOENT
+			 * from a missing /dev/userfaultfd. */
+			if (fd != -ENOENT || probe_err == -ENOSYS)
+				probe_err = fd;
+			continue;
+		}
+		uint64_t offer = 0;
+		int err = api(fd, 0, &offer);
+		close(fd);
+		if (err) {
+			probe_err = err;
+			continue;
+		}
+		probe_mode = modes[i];
+		probe_offer = offer;
+		return;
+	}
+}
+
+int uffd_open(struct dxm_uffd_info *info, uint64_t required, uint64_t optional)
+{
+	pthread_once(&probe_once, probe);
+	if (!probe_mode) {
+		if (probe_err == -ENOSYS)
+			pr_err("userfaultfd is not available in this kernel "
+			       "(CONFIG_USERFAULTFD)");
+		else
+			pr_err("cannot open a userfaultfd: %s; grant access "
+			       "to /dev/userfaultfd or set "
+			       "vm.unprivileged_userfaultfd=1",
+			       strerror(-probe_err));
+		return probe_err == -EACCES ? -EPERM : probe_err;
+	}
+	uint64_t missing = required & ~probe_offer;
+	if (missing) {
+		uint64_t bit = missing & -missing;
+		pr_err("the kernel lacks %s, which dxm needs",
+		       feature_name(bit));
+		return -ENOSYS;
+	}
+	uint64_t want = required | (optional & probe_offer);
+	for (;;) {
+		int fd = open_mode(probe_mode);
+		if (fd < 0)
+			return fd;
+		int err = api(fd, want, NULL);
+		if (!err) {
+			info->mode = probe_mode;
+			info->features = want;
+			info->offered = probe_offer;
+			return fd;
+		}
+		close(fd);
+		/* A refused optional feature (EVENT_FORK needs
+		 * CAP_SYS_PTRACE) never fails creation: drop it and retry. */
+		uint64_t opt = want & optional;
+		if (err != -EPERM && err != -EINVAL)
+			return err;
+		if (!opt) {
+			pr_err("UFFDIO_API refused the features dxm needs: %s",
+			       strerror(-err));
+			return err;
+		}
+		uint64_t top = 1ull << (63 - __builtin_clzll(opt));
+		pr_info("%s refused (%s): continuing without it",
+			feature_name(top), strerror(-err));
+		want &= ~top;
+	}
+}
+
+int uffd_register(int uffd, uintptr_t start, size_t len, uint64_t mode)
+{
+	struct uffdio_register reg = {
+		.range = { .start = start, .len = len },
+		.mode = mode,
+	};
+	return ioctl(uffd, UFFDIO_REGISTER, &reg) ? -errno : 0;
+}
+
+int uffd_unregister(int uffd, uintptr_t start, size_t len)
+{
+	struct uffdio_range r = { .start = start, .len = len };
+	return ioctl(uffd, UFFDIO_UNREGISTER, &r) ? -errno : 0;
+}
+
+/* Returns the bytes mapped (> 0) or -errno; on a partial failure the
+ * bytes mapped before the failing page, if any. */
+long uffd_continue(int uffd, uintptr_t start, size_t len)
+{
+	struct uffdio_continue c = {
+		.range = { .start = start, .len = len },
+		.mode = 0,
+	};
+	if (ioctl(uffd, UFFDIO_CONTINUE, &c) == 0)
+		return (long)len;
+	int err = errno;
+	if (c.mapped > 0)
+		return c.mapped;
+	return c.mapped < 0 ? c.mapped : -err;
+}
+
+int uffd_wake(int uffd, uintptr_t start, size_t len)
+{
+	struct uffdio_range r = { .start = start, .len = len };
+	return ioctl(uffd, UFFDIO_WAKE, &r) ? -errno : 0;
+}
+
+int sys_madvise(void *addr, size_t len, int advice)
+{
+	return madvise(addr, len, advice) ? -errno : 0;
+}

@@ -1,0 +1,279 @@
+// SPDX-License-Identifier: MIT
+/*
+ * B10 contention: many CPU threads and several devices hammering the same
+ * pages: no lost update, no device access after its invalidation returned,
+ * no CPU mapping while a device holds a page, no deadlock, progress for both
+ * sides.
+ */
+#include <errno.h>
+#include <stdatomic.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common.h"
+#include "dxm_mirror.h"
+
+#define COUNTERS 8 /* one per page */
+
+struct hammer {
+	struct mem m;
+	struct dxm_mirror *dev[4];
+	unsigned ndev, ncpu;
+	unsigned long dev_ops;
+	atomic_int go, devices_left;
+	atomic_ulong cpu_incs;
+	atomic_int err;
+};
+
+static uint64_t *counter(struct hammer *h, unsigned i)
+{
+	return (uint64_t *)((char *)h->m.base + (size_t)(i % COUNTERS) * PS);
+}
+
+static void *cpu_main(void *arg)
+{
+	struct hammer *h = arg;
+	unsigned long i = 0;
+	while (!atomic_load(&h->go))
+		;
+	/* Until every device is done, and at least 2000 increments. */
+	for (; i < 2000 || atomic_load(&h->devices_left); i++)
+		__atomic_fetch_add(counter(h, (unsigned)i), 1, __ATOMIC_SEQ_CST);
+	atomic_fetch_add(&h->cpu_incs, i);
+	return NULL;
+}
+
+struct dev_arg {
+	struct hammer *h;
+	unsigned idx;
+};
+
+static void *dev_main(void *arg)
+{
+	struct dev_arg *a = arg;
+	struct hammer *h = a->h;
+	while (!atomic_load(&h->go))
+		;
+	for (unsigned long i = 0; i < h->dev_ops; i++) {
+		int err = dxm_mirror_atomic_add(h->dev[a->idx],
+						counter(h, (unsigned)i + a->idx),
+						1, NULL);
+		if (err) {
+			atomic_store(&h->err, err);
+			break;
+		}
+	}
+	atomic_fetch_sub(&h->devices_left, 1);
+	return NULL;
+}
+
+static void hammer_run(enum mem_kind kind, unsigned ncpu, unsigned ndev,
+		       unsigned long dev_ops, unsigned handlers)
+{
+	struct dxm_ctx_opts o = { .sz = sizeof(o), .handler_threads = handlers };
+	struct dxm_ctx *ctx = ctx_or_skip(&o);
+	struct hammer h = { .ndev = ndev, .ncpu = ncpu, .dev_ops = dev_ops };
+	mem_setup(ctx, kind, COUNTERS * PS, &h.m);
+	for (unsigned i = 0; i < ndev; i++)
+		cr_assert_eq(dxm_mirror_create(ctx, &h.dev[i]), 0);
+	atomic_store(&h.devices_left, (int)ndev);
+
+	pthread_t t[16];
+	struct dev_arg da[4];
+	for (unsigned i = 0; i < ncpu; i++)
+		pthread_create(&t[i], NULL, cpu_main, &h);
+	for (unsigned i = 0; i < ndev; i++) {
+		da[i] = (struct dev_arg){ &h, i };
+		pthread_create(&t[ncpu + i], NULL, dev_main, &da[i]);
+	}
+	atomic_store(&h.go, 1);
+	for (unsigned i = 0; i < ncpu + ndev; i++)
+		pthread_join(t[i], NULL);
+	cr_assert_eq(atomic_load(&h.err), 0, "device error %s",
+		     strerror(-atomic_load(&h.err)));
+
+	uint64_t sum = 0;
+	for (unsigned i = 0; i < COUNTERS; i++)
+		sum += *counter(&h, i);
+	uint64_t expect = atomic_load(&h.cpu_incs) + (uint64_t)ndev * dev_ops;
+	cr_assert_eq(sum, expect, "lost %lld updates (%s, %u cpu, %u dev)",
+		     (long long)(expect - sum), mem_kind_name[kind], ncpu, ndev);
+
+	for (unsigned i = 0; i < ndev; i++) {
+		struct dxm_mirror_stats ms;
+		dxm_mirror_get_stats(h.dev[i], &ms);
+		cr_assert_eq(ms.stale_accesses, 0,
+			     "device %u touched %llu pages dxm no longer held",
+			     i, (unsigned long long)ms.stale_accesses);
+		cr_assert_eq(ms.atomics, dev_ops);
+		dxm_mirror_destroy(h.dev[i]);
+	}
+	struct dxm_stats st;
+	cr_assert_eq(dxm_stats(ctx, &st, sizeof(st)), 0);
+	/* Both sides really contended: the devices took pages from the CPU
+	 * and the CPU took them back. */
+	cr_assert_gt(st.conversions, 0);
+	cr_assert_gt(st.restores, 0);
+	mem_teardown(&h.m);
+	dxm_ctx_destroy(ctx);
+}
+
+ParameterizedTestParameters(b10_contention, cpu_and_one_device_no_lost_update)
+{
+	MEM_KINDS_PARAMS;
+}
+ParameterizedTest(enum mem_kind *kind, b10_contention,
+		  cpu_and_one_device_no_lost_update, .timeout = 60)
+{
+	hammer_run(*kind, 2, 1, 20000, 0);
+}
+
+ParameterizedTestParameters(b10_contention, many_cpus_three_devices)
+{
+	MEM_KINDS_PARAMS;
+}
+ParameterizedTest(enum mem_kind *kind, b10_contention, many_cpus_three_devices,
+		  .timeout = 60)
+{
+	hammer_run(*kind, 4, 3, 5000, 0);
+}
+
+Test(b10_contention, two_handler_threads, .timeout = 60)
+{
+	hammer_run(MEM_MEMFD, 4, 2, 5000, 2);
+}
+
+/*
+ * No CPU mapping while a device holds a page, checked from the kernel's
+ * side: a device that took a page exclusive checks, under its own lock and
+ * before its invalidate callback ran, that /proc/self/pagemap shows the
+ * page absent in every view, while CPU threads hammer it.
+ */
+struct watcher {
+	struct dxm_ctx *ctx;
+	struct dxm_notifier *n;
+	pthread_mutex_t lock;
+	bool held;	  /* the device holds the page (under lock) */
+	void *views[2];
+	atomic_int stop;
+	unsigned long checks, violations, late;
+};
+
+static bool watcher_invalidate(struct dxm_notifier *n,
+			       const struct dxm_range *r, unsigned long seq)
+{
+	struct watcher *w = dxm_notifier_priv(n);
+	if (r->event == DXM_EVENT_EXCLUSIVE && r->owner == w)
+		return true;
+	pthread_mutex_lock(&w->lock);
+	dxm_notifier_set_seq(n, seq);
+	w->held = false;
+	pthread_mutex_unlock(&w->lock);
+	return true;
+}
+
+static const struct dxm_notifier_ops watcher_ops = {
+	.invalidate = watcher_invalidate
+};
+
+static void *toucher(void *arg)
+{
+	struct watcher *w = arg;
+	unsigned long i = 0;
+	while (!atomic_load(&w->stop))
+		__atomic_fetch_add((uint64_t *)w->views[i++ & 1], 1,
+				   __ATOMIC_SEQ_CST);
+	return NULL;
+}
+
+Test(b10_contention, no_cpu_mapping_while_device_holds_page, .timeout = 60)
+{
+	struct watcher w = { 0 };
+	w.ctx = ctx_or_skip(NULL);
+	pthread_mutex_init(&w.lock, NULL);
+	cr_assert_eq(dxm_alloc(w.ctx, PS, 0, &w.views[0]), 0);
+	cr_assert_eq(dxm_alias(w.ctx, w.views[0], &w.views[1]), 0);
+	cr_assert_eq(dxm_notifier_insert(w.ctx, w.views[0], PS, &watcher_ops,
+					 &w, &w.n),
+		     0);
+	struct dxm_notifier *n2;
+	cr_assert_eq(dxm_notifier_insert(w.ctx, w.views[1], PS, &watcher_ops,
+					 &w, &n2),
+		     0);
+	pthread_t t[2];
+	for (int i = 0; i < 2; i++)
+		pthread_create(&t[i], NULL, toucher, &w);
+
+	for (int round = 0; round < 2000; round++) {
+		void *dev;
+		unsigned long seq = dxm_notifier_read_begin(w.n);
+		long r = dxm_make_exclusive(w.ctx, w.views[0], PS, &w, &dev);
+		cr_assert_eq(r, 1);
+		pthread_mutex_lock(&w.lock);
+		if (dev && !dxm_notifier_read_retry(w.n, seq)) {
+			w.held = true;
+			/* The CPU cannot have a mapping in any view now. */
+			w.checks++;
+			if (page_present(w.views[0]) ||
+			    page_present(w.views[1]))
+				w.violations++;
+			(*(volatile uint64_t *)dev)++;
+		}
+		pthread_mutex_unlock(&w.lock);
+		if (dev)
+			dxm_exclusive_unlock(w.ctx, w.views[0], PS, &dev);
+		/* Let the CPU in, and check again while still held. */
+		usleep(20);
+		pthread_mutex_lock(&w.lock);
+		if (w.held) {
+			w.checks++;
+			if (page_present(w.views[0]) ||
+			    page_present(w.views[1]))
+				w.violations++;
+		}
+		pthread_mutex_unlock(&w.lock);
+	}
+	atomic_store(&w.stop, 1);
+	for (int i = 0; i < 2; i++)
+		pthread_join(t[i], NULL);
+	cr_assert_gt(w.checks, 1000);
+	cr_assert_eq(w.violations, 0,
+		     "%lu of %lu checks found a CPU mapping while the device "
+		     "held the page",
+		     w.violations, w.checks);
+	dxm_notifier_remove(w.n);
+	dxm_notifier_remove(n2);
+	cr_assert_eq(dxm_free(w.ctx, w.views[0]), 0);
+	dxm_ctx_destroy(w.ctx);
+}
+
+/* Forward progress for the device: while CPU threads hammer every page of
+ * a range, repeated dxm_mirror_exclusive calls of the whole range succeed
+ * in bounded time. */
+Test(b10_contention, device_makes_progress_under_cpu_load, .timeout = 60)
+{
+	struct dxm_ctx *ctx = ctx_or_skip(NULL);
+	struct watcher w = { 0 };
+	void *p;
+	cr_assert_eq(dxm_alloc(ctx, 4 * PS, 0, &p), 0);
+	w.views[0] = p;
+	w.views[1] = (char *)p + 3 * PS;
+	pthread_t t[2];
+	for (int i = 0; i < 2; i++)
+		pthread_create(&t[i], NULL, toucher, &w);
+	struct dxm_mirror *m;
+	cr_assert_eq(dxm_mirror_create(ctx, &m), 0);
+	unsigned ok = 0;
+	for (int i = 0; i < 200; i++) {
+		int err = dxm_mirror_exclusive(m, p, 4 * PS);
+		cr_assert(err == 0 || err == -EBUSY, "%s", strerror(-err));
+		ok += err == 0;
+	}
+	atomic_store(&w.stop, 1);
+	for (int i = 0; i < 2; i++)
+		pthread_join(t[i], NULL);
+	cr_assert_gt(ok, 0, "the device never got the whole range");
+	dxm_mirror_destroy(m);
+	cr_assert_eq(dxm_free(ctx, p), 0);
+	dxm_ctx_destroy(ctx);
+}

@@ -1,0 +1,183 @@
+// SPDX-License-Identifier: MIT
+/*
+ * The reference device (dxm_mirror) on the kernel's hmm-tests scenarios:
+ * ordinary reads and writes, and "exclusive" (4 MiB filled with i, device
+ * takes it all exclusive and reads i, the CPU increments every value, a
+ * second pass sees i+1, and the device no longer holds any page).
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+#include "dxm_mirror.h"
+
+#define MiB (1024 * 1024)
+
+struct fixture {
+	struct dxm_ctx *ctx;
+	struct dxm_mirror *dev;
+	struct mem m;
+};
+
+static void setup(struct fixture *f, enum mem_kind kind, size_t len)
+{
+	f->ctx = ctx_or_skip(NULL);
+	mem_setup(f->ctx, kind, len, &f->m);
+	cr_assert_eq(dxm_mirror_create(f->ctx, &f->dev), 0);
+}
+
+static void teardown(struct fixture *f)
+{
+	struct dxm_mirror_stats ms;
+	dxm_mirror_get_stats(f->dev, &ms);
+	cr_assert_eq(ms.stale_accesses, 0);
+	dxm_mirror_destroy(f->dev);
+	mem_teardown(&f->m);
+	dxm_ctx_destroy(f->ctx);
+}
+
+ParameterizedTestParameters(mirror, read_sees_cpu_data) { MEM_KINDS_PARAMS; }
+ParameterizedTest(enum mem_kind *kind, mirror, read_sees_cpu_data,
+		  .timeout = 30)
+{
+	struct fixture f;
+	setup(&f, *kind, 16 * PS);
+	fill_index(f.m.base, 16 * PS, 0);
+	void *buf = malloc(16 * PS);
+	cr_assert_eq(dxm_mirror_read(f.dev, f.m.base, buf, 16 * PS), 0);
+	cr_assert(check_index(buf, 16 * PS, 0));
+	/* The device's entries follow later CPU writes (same pages). */
+	fill_index(f.m.base, 16 * PS, 7);
+	cr_assert_eq(dxm_mirror_read(f.dev, f.m.base, buf, 16 * PS), 0);
+	cr_assert(check_index(buf, 16 * PS, 7));
+	free(buf);
+	teardown(&f);
+}
+
+ParameterizedTestParameters(mirror, write_is_seen_by_cpu) { MEM_KINDS_PARAMS; }
+ParameterizedTest(enum mem_kind *kind, mirror, write_is_seen_by_cpu,
+		  .timeout = 30)
+{
+	struct fixture f;
+	setup(&f, *kind, 16 * PS);
+	void *buf = malloc(16 * PS);
+	fill_index(buf, 16 * PS, 3);
+	cr_assert_eq(dxm_mirror_write(f.dev, f.m.base, buf, 16 * PS), 0);
+	cr_assert(check_index(f.m.base, 16 * PS, 3));
+	cr_assert(check_index(f.m.region, 16 * PS, 3));
+	free(buf);
+	teardown(&f);
+}
+
+/* hmm-tests "exclusive", on both kinds of memory. */
+ParameterizedTestParameters(mirror, exclusive_4mib) { MEM_KINDS_PARAMS; }
+ParameterizedTest(enum mem_kind *kind, mirror, exclusive_4mib, .timeout = 60)
+{
+	struct fixture f;
+	size_t len = 4 * MiB, n = len / PS;
+	setup(&f, *kind, len);
+	uint64_t *p = f.m.base;
+	fill_index(p, len, 0);
+
+	cr_assert_eq(dxm_mirror_exclusive(f.dev, p, len), 0);
+	cr_assert_eq(dxm_mirror_check_exclusive(f.dev, p, len), (long)n);
+	cr_assert_eq(pages_present(p, len), 0,
+		     "pages still mapped after the conversion");
+	cr_assert_eq(pages_present(f.m.region, len), 0);
+
+	/* The device reads i through its exclusive entries. */
+	void *buf = malloc(len);
+	cr_assert_eq(dxm_mirror_read(f.dev, p, buf, len), 0);
+	cr_assert(check_index(buf, len, 0));
+	cr_assert_eq(dxm_mirror_check_exclusive(f.dev, p, len), (long)n,
+		     "a device read must not give the pages up");
+
+	/* The CPU reads and increments every value: each page faults back. */
+	for (size_t i = 0; i < len / 8; i++) {
+		cr_assert_eq(p[i], i);
+		p[i]++;
+	}
+	for (size_t i = 0; i < len / 8; i++)
+		cr_assert_eq(p[i], i + 1);
+
+	/* Nothing is exclusive any more, from the device's view and from
+	 * dxm's. */
+	cr_assert_eq(dxm_mirror_check_exclusive(f.dev, p, len), 0);
+	void **dev = calloc(n, sizeof(*dev));
+	for (size_t i = 0; i < n; i++) {
+		void *d = (char *)f.m.region + 0; /* any non-NULL pointer */
+		cr_assert_not(dxm_check_exclusive(f.ctx, (char *)p + i * PS,
+						  PS, &d));
+	}
+	free(dev);
+	struct dxm_stats st;
+	dxm_stats(f.ctx, &st, sizeof(st));
+	cr_assert_geq(st.restores, n);
+	cr_assert_geq(st.cpu_faults, n);
+	free(buf);
+	teardown(&f);
+}
+
+/* The device's atomics on an exclusive page, then the CPU: every device
+ * write is seen. */
+ParameterizedTestParameters(mirror, device_atomics_then_cpu) { MEM_KINDS_PARAMS; }
+ParameterizedTest(enum mem_kind *kind, mirror, device_atomics_then_cpu,
+		  .timeout = 30)
+{
+	struct fixture f;
+	setup(&f, *kind, 4 * PS);
+	uint64_t *c = f.m.base;
+	*c = 100;
+	for (int i = 0; i < 1000; i++) {
+		uint64_t old;
+		cr_assert_eq(dxm_mirror_atomic_add(f.dev, c, 1, &old), 0);
+		cr_assert_eq(old, 100 + (uint64_t)i);
+	}
+	cr_assert_not(page_present(c));
+	cr_assert_eq(*c, 1100);
+	cr_assert(page_present(c));
+	cr_assert_eq(dxm_mirror_check_exclusive(f.dev, f.m.base, PS), 0);
+	teardown(&f);
+}
+
+/* Two devices take the same page from each other: each conversion by one
+ * invalidates the other (DXM_EVENT_EXCLUSIVE with a foreign owner). */
+Test(mirror, two_devices_take_turns, .timeout = 30)
+{
+	struct fixture f;
+	setup(&f, MEM_MEMFD, PS);
+	struct dxm_mirror *b;
+	cr_assert_eq(dxm_mirror_create(f.ctx, &b), 0);
+	uint64_t *c = f.m.base;
+	for (int i = 0; i < 100; i++) {
+		cr_assert_eq(dxm_mirror_atomic_add(f.dev, c, 1, NULL), 0);
+		cr_assert_eq(dxm_mirror_check_exclusive(f.dev, c, PS), 1);
+		cr_assert_eq(dxm_mirror_atomic_add(b, c, 1, NULL), 0);
+		cr_assert_eq(dxm_mirror_check_exclusive(b, c, PS), 1);
+		cr_assert_eq(dxm_mirror_check_exclusive(f.dev, c, PS), 0);
+	}
+	cr_assert_eq(*c, 200);
+	dxm_mirror_destroy(b);
+	teardown(&f);
+}
+
+/* An ordinary device access to a page another device holds exclusive
+ * takes it back first (hmm_range_fault on an exclusive entry). */
+Test(mirror, ordinary_access_revokes_other_owner, .timeout = 30)
+{
+	struct fixture f;
+	setup(&f, MEM_MEMFD, PS);
+	struct dxm_mirror *b;
+	cr_assert_eq(dxm_mirror_create(f.ctx, &b), 0);
+	uint64_t *c = f.m.base;
+	cr_assert_eq(dxm_mirror_atomic_add(f.dev, c, 5, NULL), 0);
+	cr_assert_eq(dxm_mirror_check_exclusive(f.dev, c, PS), 1);
+	uint64_t v[PS / 8];
+	cr_assert_eq(dxm_mirror_read(b, c, v, PS), 0);
+	cr_assert_eq(v[0], 5);
+	cr_assert_eq(dxm_mirror_check_exclusive(f.dev, c, PS), 0);
+	cr_assert(page_present(c), "dxm_range_fault maps the page back");
+	dxm_mirror_destroy(b);
+	teardown(&f);
+}
