@@ -100,38 +100,47 @@ DXM_API long dxm_make_exclusive(struct dxm_ctx *ctx, void *start, size_t len,
 DXM_API void dxm_exclusive_unlock(struct dxm_ctx *ctx, void *start, size_t len,
 				  void **dev)
 {
-	struct dxm_where w;
-	size_t pg;
-	if (!dev || begin(ctx, start, len, &w, &pg)) {
-		pr_warn("dxm_exclusive_unlock: invalid range %p+%#zx", start,
-			len);
+	if (ctx_check(ctx) || !dev || !range_ok(ctx, start, len)) {
+		pr_warn("dxm_exclusive_unlock: invalid arguments %p+%#zx",
+			start, len);
 		return;
 	}
-	struct dxm_region *r = w.r;
 	size_t n = len >> ctx->pshift, bad = 0;
+	struct dxm_region *r = NULL;
+	size_t base = 0; /* page of dev[i] in r is base + i, while it holds */
 	for (size_t i = 0; i < n; i++) {
 		if (!dev[i])
 			continue;
-		dxm_pstate_t *p = &r->st[pg + i];
-		uint8_t s = ps_load(p);
-		if (dev[i] != dev_addr(r, pg + i)) {
-			bad++;
-			continue;
-		}
-		do {
-			if (ps_state(s) != PS_LOCKED) {
+		/* By device address: the CPU view may be gone or moved. */
+		if (!r || dev[i] != dev_addr(r, base + i) ||
+		    base + i >= r->npages) {
+			size_t pg;
+			if (r)
+				region_put(r);
+			r = NULL;
+			if (region_lookup_dev(ctx, dev[i], &r, &pg)) {
 				bad++;
-				break;
+				continue;
 			}
+			base = pg - i;
+		}
+		dxm_pstate_t *p = &r->st[base + i];
+		uint8_t s = ps_load(p);
+		do {
+			if (ps_state(s) != PS_LOCKED)
+				break;
 		} while (!ps_cas(p, &s, PS_EXCLUSIVE));
-		if (ps_state(s) == PS_LOCKED && (s & PS_WAITERS))
-			fault_release_waiters(r, pg + i, 1);
+		if (ps_state(s) != PS_LOCKED)
+			bad++;
+		else if (s & PS_WAITERS)
+			fault_release_waiters(r, base + i, 1);
 	}
+	if (r)
+		region_put(r);
 	if (bad)
 		pr_warn("dxm_exclusive_unlock: %zu page(s) of %p were not "
 			"locked by dxm_make_exclusive",
 			bad, start);
-	end(&w);
 }
 
 DXM_API bool dxm_check_exclusive(struct dxm_ctx *ctx, void *start, size_t len,
@@ -156,13 +165,15 @@ DXM_API long dxm_range_fault(struct dxm_ctx *ctx, void *start, size_t len,
 {
 	struct dxm_where w;
 	size_t pg;
-	if (flags & ~DXM_FAULT_WRITE)
-		return -EINVAL;
-	if (ctx_on_handler(ctx))
-		return -EDEADLK; /* it may wait for a page the handler owns */
 	int err = begin(ctx, start, len, &w, &pg);
 	if (err)
 		return err;
+	if ((flags & ~DXM_FAULT_WRITE) || ctx_on_handler(ctx)) {
+		/* From a callback on the handler thread it could wait for a
+		 * page that thread itself must give back. */
+		end(&w);
+		return flags & ~DXM_FAULT_WRITE ? -EINVAL : -EDEADLK;
+	}
 	size_t n = len >> ctx->pshift;
 	if (!(w.prot & PROT_READ) ||
 	    ((flags & DXM_FAULT_WRITE) && !(w.prot & PROT_WRITE))) {

@@ -85,6 +85,8 @@ struct dxm_where {
 int region_lookup(struct dxm_ctx *ctx, uintptr_t addr, struct dxm_where *w);
 int region_lookup_range(struct dxm_ctx *ctx, uintptr_t start, size_t len,
 			struct dxm_where *w);
+int region_lookup_dev(struct dxm_ctx *ctx, const void *dev,
+		      struct dxm_region **rp, size_t *pg);
 void region_get(struct dxm_region *r);
 void region_put(struct dxm_region *r);
 bool region_enter(struct dxm_region *r);
@@ -162,6 +164,8 @@ struct dxm_ctx {
 	pthread_rwlock_t vt_lock; /* region.c */
 	struct dxm_view **vt;
 	size_t vt_n, vt_cap;
+	struct dxm_region **rt; /* live regions, sorted by device view */
+	size_t rt_n, rt_cap;
 
 	pthread_mutex_t defer_mtx; /* fault.c */
 	struct dxm_fault *deferred;

@@ -129,6 +129,73 @@ static int vt_split(struct dxm_ctx *ctx, uintptr_t addr)
 	return err;
 }
 
+/* The region table, sorted by device-view address (vt_lock held). */
+static size_t rt_search(struct dxm_ctx *ctx, uintptr_t dev)
+{
+	size_t lo = 0, hi = ctx->rt_n;
+	while (lo < hi) {
+		size_t mid = (lo + hi) / 2;
+		struct dxm_region *r = ctx->rt[mid];
+		if ((uintptr_t)r->dev + (r->npages << ctx->pshift) <= dev)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+static int rt_insert(struct dxm_ctx *ctx, struct dxm_region *r)
+{
+	if (ctx->rt_n == ctx->rt_cap) {
+		size_t cap = ctx->rt_cap ? ctx->rt_cap * 2 : 16;
+		struct dxm_region **nr = realloc(ctx->rt, cap * sizeof(*nr));
+		if (!nr)
+			return -ENOMEM;
+		ctx->rt = nr;
+		ctx->rt_cap = cap;
+	}
+	size_t i = rt_search(ctx, (uintptr_t)r->dev);
+	memmove(&ctx->rt[i + 1], &ctx->rt[i],
+		(ctx->rt_n - i) * sizeof(ctx->rt[0]));
+	ctx->rt[i] = r;
+	ctx->rt_n++;
+	return 0;
+}
+
+static void rt_remove(struct dxm_ctx *ctx, struct dxm_region *r)
+{
+	size_t i = rt_search(ctx, (uintptr_t)r->dev);
+	if (i < ctx->rt_n && ctx->rt[i] == r) {
+		memmove(&ctx->rt[i], &ctx->rt[i + 1],
+			(ctx->rt_n - i - 1) * sizeof(ctx->rt[0]));
+		ctx->rt_n--;
+	}
+}
+
+/*
+ * The region and page behind a device-side address (what
+ * dxm_make_exclusive returned).  Pages are found by it, not by a CPU
+ * address, where the CPU view may have been unmapped or moved since: as
+ * the kernel's unlock_page() goes by page.
+ */
+int region_lookup_dev(struct dxm_ctx *ctx, const void *dev,
+		      struct dxm_region **rp, size_t *pg)
+{
+	uintptr_t d = (uintptr_t)dev;
+	int err = -ENOENT;
+	pthread_rwlock_rdlock(&ctx->vt_lock);
+	size_t i = rt_search(ctx, d);
+	if (i < ctx->rt_n && (uintptr_t)ctx->rt[i]->dev <= d &&
+	    !((d - (uintptr_t)ctx->rt[i]->dev) & (ctx->psize - 1))) {
+		*rp = ctx->rt[i];
+		*pg = (d - (uintptr_t)ctx->rt[i]->dev) >> ctx->pshift;
+		region_get(*rp);
+		err = 0;
+	}
+	pthread_rwlock_unlock(&ctx->vt_lock);
+	return err;
+}
+
 static void fill_where(struct dxm_view *v, struct dxm_where *w)
 {
 	w->r = v->r;
@@ -387,6 +454,13 @@ DXM_API int dxm_alloc(struct dxm_ctx *ctx, size_t len, unsigned flags,
 	/* No view is inherited by a fork()ed child: its page tables could
 	 * not be revoked from here (DESIGN.md, B7).  mremap copies this. */
 	madvise(r->dev, len, MADV_DONTFORK);
+	pthread_rwlock_wrlock(&ctx->vt_lock);
+	err = rt_insert(ctx, r);
+	pthread_rwlock_unlock(&ctx->vt_lock);
+	if (err) {
+		munmap(r->dev, len);
+		goto fail;
+	}
 	stat_add(&ctx->c.regions, 1);
 	stat_add(&ctx->c.managed_pages, r->npages);
 
@@ -491,6 +565,8 @@ static int detach_range(struct dxm_ctx *ctx, uintptr_t start, uintptr_t end,
 		g->pgoff = v->pgoff;
 		vt_remove(ctx, v);
 		g->last = v->r->views == NULL;
+		if (g->last)
+			rt_remove(ctx, v->r);
 		g->next = *list;
 		*list = g;
 		free(v);
@@ -757,6 +833,8 @@ void region_destroy_all(struct dxm_ctx *ctx)
 	finish_gone(ctx, list, true);
 	free(ctx->vt);
 	ctx->vt = NULL;
+	free(ctx->rt);
+	ctx->rt = NULL;
 }
 
 /* ---------------------------------------------------------------- mprotect */
