@@ -145,6 +145,13 @@ struct dxm_stats {
 	uint32_t uffd_mode;	  /* enum dxm_uffd_mode */
 	uint32_t handler_threads;
 	uint64_t uffd_features;	  /* UFFD_FEATURE_* enabled on the userfaultfd */
+	uint64_t uffd_anon_features; /* ... on the one for adopted memory (0:
+					no dxm_adopt on this kernel) */
+	uint64_t events_remove;	  /* MADV_DONTNEED/FREE on adopted memory */
+	uint64_t forks;		  /* fork()s that restored private pages */
+	uint64_t stale_device_faults; /* a device touched a staging page after
+					 its invalidation returned: a driver
+					 bug, reported */
 };
 
 int dxm_stats(struct dxm_ctx *ctx, struct dxm_stats *st, size_t size);

@@ -9,12 +9,14 @@
  * batches and resolves them (fault.c, region.c).
  *
  * Locking
- *   ctx->gate (rwlock, writer-preferring): a handler holds it for reading
- *   from read() of a batch until it has detached the views that the
- *   batch's UNMAP events removed and moved those REMAP moved; dxm_alloc and
- *   dxm_alias hold it for writing from mmap() until their view is in the
- *   table.  A munmap returns once its UNMAP event was read, so this keeps a
- *   stale event from tearing down a new mapping at the same address.  No
+ *   ctx->gate (mutex): a handler holds it from read() of a batch until it
+ *   has applied the batch's events to the tables: detached the views UNMAP
+ *   removed, moved those REMAP moved, and taken hold of the adopted pages
+ *   REMOVE discarded; dxm_alloc and dxm_alias hold it from mmap() until
+ *   their view is in the table.  A munmap (or madvise) returns once its
+ *   event was read, so this keeps a stale event from tearing down a new
+ *   mapping at the same address, and makes every fault read after an event
+ *   see that event's effect, whichever handler thread reads it.  No
  *   callback runs under the gate: notifications for those events are sent
  *   after it is dropped.
  *
@@ -96,6 +98,30 @@ bool ctx_live(struct dxm_ctx *ctx)
 	return false;
 }
 
+/* fork.c: call fn on every live context and keep the registry locked
+ * until ctx_foreach_end (across a fork). */
+void ctx_foreach_begin(void (*fn)(struct dxm_ctx *ctx))
+{
+	pthread_mutex_lock(&registry_mtx);
+	int hi = atomic_load(&registry_hi);
+	for (int i = 0; i < hi; i++) {
+		struct dxm_ctx *ctx = atomic_load(&registry[i]);
+		if (ctx)
+			fn(ctx);
+	}
+}
+
+void ctx_foreach_end(void (*fn)(struct dxm_ctx *ctx))
+{
+	int hi = atomic_load(&registry_hi);
+	for (int i = 0; i < hi; i++) {
+		struct dxm_ctx *ctx = atomic_load(&registry[i]);
+		if (ctx)
+			fn(ctx);
+	}
+	pthread_mutex_unlock(&registry_mtx);
+}
+
 int ctx_check(struct dxm_ctx *ctx)
 {
 	if (!ctx)
@@ -123,20 +149,23 @@ void ctx_kick(struct dxm_ctx *ctx)
 		pr_err("cannot wake the fault handler: %s", strerror(errno));
 }
 
-/* One batch of messages: events first (under the gate), then faults. */
-static void handle_batch(struct dxm_ctx *ctx)
+/* One batch of messages from one userfaultfd: events first (under the
+ * gate), then faults. */
+static void handle_batch(struct dxm_ctx *ctx, int uffd)
 {
 	struct uffd_msg msg[BATCH];
 	struct dxm_gone *gone[BATCH];
+	struct dxm_anon_rm *removed[BATCH];
+	int forked[BATCH];
 	struct {
 		uintptr_t from, len;
 	} moved[BATCH];
-	size_t ngone = 0, nmoved = 0;
+	size_t ngone = 0, nmoved = 0, nremoved = 0, nforked = 0;
 
-	pthread_rwlock_rdlock(&ctx->gate);
-	ssize_t got = read(ctx->uffd, msg, sizeof(msg));
+	pthread_mutex_lock(&ctx->gate);
+	ssize_t got = read(uffd, msg, sizeof(msg));
 	if (got < 0) {
-		pthread_rwlock_unlock(&ctx->gate);
+		pthread_mutex_unlock(&ctx->gate);
 		if (errno != EAGAIN && errno != EINTR)
 			pr_err("read(userfaultfd): %s", strerror(errno));
 		return;
@@ -144,33 +173,52 @@ static void handle_batch(struct dxm_ctx *ctx)
 	size_t n = (size_t)got / sizeof(msg[0]);
 	for (size_t i = 0; i < n; i++) {
 		struct uffd_msg *m = &msg[i];
-		if (m->event == UFFD_EVENT_UNMAP) {
+		switch (m->event) {
+		case UFFD_EVENT_UNMAP:
 			gone[ngone++] = region_unmap_detach(
 				ctx, m->arg.remove.start, m->arg.remove.end);
-		} else if (m->event == UFFD_EVENT_REMAP) {
+			break;
+		case UFFD_EVENT_REMAP:
 			region_remap_move(ctx, m->arg.remap.from,
 					  m->arg.remap.to, m->arg.remap.len);
 			moved[nmoved].from = m->arg.remap.from;
 			moved[nmoved++].len = m->arg.remap.len;
+			break;
+		case UFFD_EVENT_REMOVE:
+			removed[nremoved++] = anon_remove_begin(
+				ctx, m->arg.remove.start, m->arg.remove.end);
+			break;
+		case UFFD_EVENT_FORK:
+			forked[nforked++] = (int)m->arg.fork.ufd;
+			break;
 		}
 	}
-	pthread_rwlock_unlock(&ctx->gate);
+	pthread_mutex_unlock(&ctx->gate);
 
+	for (size_t i = 0; i < nforked; i++)
+		anon_fork_event(ctx, forked[i]);
 	for (size_t i = 0; i < nmoved; i++)
 		notify_range(ctx, moved[i].from, moved[i].from + moved[i].len,
 			     DXM_EVENT_REMAP, NULL);
 	for (size_t i = 0; i < ngone; i++)
 		region_unmap_finish(ctx, gone[i]);
+	for (size_t i = 0; i < nremoved; i++)
+		anon_remove_finish(ctx, removed[i]);
 	for (size_t i = 0; i < n; i++) {
 		struct uffd_msg *m = &msg[i];
 		if (m->event == UFFD_EVENT_PAGEFAULT) {
 			/* Counted before the thread can be woken. */
 			stat_add(&ctx->c.cpu_faults, 1);
-			fault_resolve(ctx, m->arg.pagefault.address);
-		}
-		else if (m->event != UFFD_EVENT_UNMAP &&
-			 m->event != UFFD_EVENT_REMAP)
+			fault_resolve(ctx, m->arg.pagefault.address,
+				      m->arg.pagefault.flags &
+					      UFFD_PAGEFAULT_FLAG_WRITE,
+				      (pid_t)m->arg.pagefault.feat.ptid);
+		} else if (m->event != UFFD_EVENT_UNMAP &&
+			   m->event != UFFD_EVENT_REMAP &&
+			   m->event != UFFD_EVENT_REMOVE &&
+			   m->event != UFFD_EVENT_FORK) {
 			pr_warn("unexpected userfaultfd event %u", m->event);
+		}
 	}
 }
 
@@ -179,20 +227,21 @@ static void *handler_main(void *arg)
 	struct dxm_handler *h = arg;
 	struct dxm_ctx *ctx = h->ctx;
 	handler_of = ctx;
-	struct pollfd pfd[3] = {
-		{ .fd = ctx->uffd, .events = POLLIN },
-		{ .fd = ctx->wake_fd, .events = POLLIN },
+	struct pollfd pfd[4] = {
 		{ .fd = ctx->stop_fd, .events = POLLIN },
+		{ .fd = ctx->wake_fd, .events = POLLIN },
+		{ .fd = ctx->uffd, .events = POLLIN },
+		{ .fd = ctx->uffd_anon, .events = POLLIN }, /* -1: ignored */
 	};
 	for (;;) {
-		int rc = poll(pfd, 3, -1);
+		int rc = poll(pfd, 4, -1);
 		if (rc < 0) {
 			if (errno == EINTR)
 				continue;
 			pr_err("poll(userfaultfd): %s", strerror(errno));
 			break;
 		}
-		if (pfd[2].revents)
+		if (pfd[0].revents)
 			break;
 		if (pfd[1].revents) {
 			uint64_t v;
@@ -200,12 +249,15 @@ static void *handler_main(void *arg)
 			    errno != EAGAIN)
 				pr_err("read(eventfd): %s", strerror(errno));
 		}
-		if (pfd[0].revents & POLLIN)
-			handle_batch(ctx);
-		else if (pfd[0].revents & (POLLERR | POLLHUP))
-			break;
+		for (int i = 2; i < 4; i++) {
+			if (pfd[i].revents & POLLIN)
+				handle_batch(ctx, pfd[i].fd);
+			else if (pfd[i].revents & (POLLERR | POLLHUP))
+				goto out;
+		}
 		fault_drain_ready(ctx);
 	}
+out:
 	return NULL;
 }
 
@@ -279,11 +331,14 @@ static void ctx_free(struct dxm_ctx *ctx)
 {
 	if (ctx->uffd >= 0)
 		close(ctx->uffd);
+	if (ctx->uffd_anon >= 0)
+		close(ctx->uffd_anon);
 	if (ctx->stop_fd >= 0)
 		close(ctx->stop_fd);
 	if (ctx->wake_fd >= 0)
 		close(ctx->wake_fd);
-	pthread_rwlock_destroy(&ctx->gate);
+	pthread_mutex_destroy(&ctx->gate);
+	pthread_rwlock_destroy(&ctx->fork_lock);
 	pthread_rwlock_destroy(&ctx->vt_lock);
 	pthread_mutex_destroy(&ctx->defer_mtx);
 	pthread_mutex_destroy(&ctx->n_mtx);
@@ -316,7 +371,7 @@ DXM_API int dxm_ctx_create(struct dxm_ctx **ctxp, const struct dxm_ctx_opts *opt
 	struct dxm_ctx *ctx = calloc(1, sizeof(*ctx));
 	if (!ctx)
 		return -ENOMEM;
-	ctx->uffd = ctx->stop_fd = ctx->wake_fd = -1;
+	ctx->uffd = ctx->uffd_anon = ctx->stop_fd = ctx->wake_fd = -1;
 	ctx->psize = (size_t)sysconf(_SC_PAGESIZE);
 	ctx->pshift = (unsigned)__builtin_ctzl(ctx->psize);
 	ctx->pid = getpid();
@@ -324,7 +379,8 @@ DXM_API int dxm_ctx_create(struct dxm_ctx **ctxp, const struct dxm_ctx_opts *opt
 	pthread_rwlockattr_init(&ra);
 	pthread_rwlockattr_setkind_np(&ra,
 				      PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
-	pthread_rwlock_init(&ctx->gate, &ra);
+	pthread_mutex_init(&ctx->gate, NULL);
+	pthread_rwlock_init(&ctx->fork_lock, &ra);
 	pthread_rwlock_init(&ctx->vt_lock, &ra);
 	pthread_rwlockattr_destroy(&ra);
 	pthread_mutex_init(&ctx->defer_mtx, NULL);
@@ -350,10 +406,25 @@ DXM_API int dxm_ctx_create(struct dxm_ctx **ctxp, const struct dxm_ctx_opts *opt
 	 * MOVE is for anonymous memory; EVENT_FORK is not enabled: shared
 	 * regions are not inherited (MADV_DONTFORK). */
 	const uint64_t optional = UFFD_FEATURE_MOVE;
-	err = uffd_open(&ctx->uinfo, required, optional);
+	err = uffd_open(&ctx->uinfo, required, optional, false);
 	if (err < 0)
 		goto fail;
 	ctx->uffd = err;
+	/* Adopted memory gets its own userfaultfd: there a program's
+	 * MADV_DONTNEED must discard data, so EVENT_REMOVE is on (dxm's own
+	 * conversions are UFFDIO_MOVEs, which raise no REMOVE).  EVENT_FORK,
+	 * where granted, repairs a raw clone (anon.c).  Optional: without
+	 * MOVE only dxm_adopt fails. */
+	int afd = uffd_open(&ctx->uinfo_anon,
+			    UFFD_FEATURE_MOVE | UFFD_FEATURE_EVENT_UNMAP |
+				    UFFD_FEATURE_EVENT_REMAP |
+				    UFFD_FEATURE_EVENT_REMOVE |
+				    UFFD_FEATURE_THREAD_ID,
+			    UFFD_FEATURE_EVENT_FORK, true);
+	if (afd >= 0)
+		ctx->uffd_anon = afd;
+	else
+		pr_info("dxm_adopt unavailable: %s", strerror(-afd));
 	if ((o.flags & DXM_CTX_REQUIRE_KERNEL_FAULTS) &&
 	    ctx->uinfo.mode == DXM_UFFD_USER_ONLY) {
 		pr_err("dxm_ctx_create: kernel-mode fault resolution needs "
@@ -368,6 +439,7 @@ DXM_API int dxm_ctx_create(struct dxm_ctx **ctxp, const struct dxm_ctx_opts *opt
 		err = -errno;
 		goto fail;
 	}
+	fork_init();
 	err = registry_add(ctx);
 	if (err)
 		goto fail;
@@ -445,6 +517,11 @@ DXM_API int dxm_stats(struct dxm_ctx *ctx, struct dxm_stats *st, size_t size)
 	s.uffd_mode = (uint32_t)ctx->uinfo.mode;
 	s.handler_threads = ctx->nhandlers;
 	s.uffd_features = ctx->uinfo.features;
+	s.uffd_anon_features = ctx->uffd_anon >= 0 ? ctx->uinfo_anon.features
+						   : 0;
+	s.events_remove = atomic_load(&c->events_remove);
+	s.forks = atomic_load(&c->forks);
+	s.stale_device_faults = atomic_load(&c->stale_device_faults);
 	memcpy(st, &s, size < sizeof(s) ? size : sizeof(s));
 	if (size > sizeof(s))
 		memset((char *)st + sizeof(s), 0, size - sizeof(s));

@@ -9,6 +9,7 @@
  */
 #include <errno.h>
 #include <sched.h>
+#include <stdlib.h>
 #include <sys/mman.h>
 
 #include "internal.h"
@@ -55,11 +56,25 @@ DXM_API long dxm_make_exclusive(struct dxm_ctx *ctx, void *start, size_t len,
 		return err;
 	struct dxm_region *r = w.r;
 	size_t n = len >> ctx->pshift, done = 0;
+	uint8_t *need = NULL; /* adopted memory: pages to move out */
 	/* Like GUP with FOLL_WRITE in the kernel: a range the CPU view
 	 * cannot write is refused. */
 	if (!(w.prot & PROT_WRITE)) {
 		end(&w);
 		return -EPERM;
+	}
+	if (r->kind == REGION_ANON) {
+		/* No private page may be in staging while a fork copies the
+		 * address space (fork.c). */
+		fork_enter(ctx);
+		err = anon_populate(r, (uintptr_t)start, pg, n);
+		if (!err && !(need = calloc(n, 1)))
+			err = -ENOMEM;
+		if (err) {
+			fork_exit(ctx);
+			end(&w);
+			return err;
+		}
 	}
 
 	for (size_t i = 0; i < n; i++) {
@@ -79,20 +94,30 @@ DXM_API long dxm_make_exclusive(struct dxm_ctx *ctx, void *start, size_t len,
 			if (!ps_cas(p, &s, PS_LOCKED))
 				continue;
 			dev[i] = dev_addr(r, pg + i);
+			if (need)
+				need[i] = st == PS_CPU; /* else in staging */
 			done++;
 			break;
 		}
 	}
+	size_t refused = n - done;
 	if (done) {
 		/* Devices first (they give the pages up), then every CPU
 		 * view loses its mappings: after this returns no CPU access
 		 * completes without the handler. */
 		notify_region_pages(r, pg, n, DXM_EVENT_EXCLUSIVE, owner);
-		region_zap(r, pg, n, dev);
+		if (r->kind == REGION_SHM)
+			region_zap(r, pg, n, dev);
+		else
+			refused += anon_move_out(r, pg, n, dev, need);
 		stat_add(&ctx->c.conversions, 1);
-		stat_add(&ctx->c.pages_converted, done);
+		stat_add(&ctx->c.pages_converted, n - refused);
 	}
-	stat_add(&ctx->c.pages_refused, n - done);
+	stat_add(&ctx->c.pages_refused, refused);
+	if (need) {
+		free(need);
+		fork_exit(ctx);
+	}
 	end(&w);
 	return (long)n;
 }
@@ -180,7 +205,7 @@ DXM_API long dxm_range_fault(struct dxm_ctx *ctx, void *start, size_t len,
 		end(&w);
 		return -EPERM;
 	}
-	pages_to_cpu(w.r, pg, n, PTC_INVALIDATE | PTC_WAIT);
+	pages_to_cpu(w.r, pg, n, PTC_INVALIDATE | PTC_WAIT, DXM_EVENT_CLEAR);
 	if (dev)
 		for (size_t i = 0; i < n; i++)
 			dev[i] = dev_addr(w.r, pg + i);

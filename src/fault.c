@@ -103,7 +103,9 @@ void fault_drain_ready(struct dxm_ctx *ctx)
 		while (list) {
 			struct dxm_fault *f = list;
 			list = f->next;
-			fault_resolve(ctx, f->addr);
+			/* The access kind is not kept: a write that finds a
+			 * zero page takes one more (ordinary) COW fault. */
+			fault_resolve(ctx, f->addr, false, 0);
 			free(f);
 		}
 	}
@@ -128,9 +130,42 @@ static void invalidated(struct dxm_region *r, size_t pg)
 		;
 }
 
+/* INVALIDATING -> CPU for a page that is not mapped again by us (its data
+ * was discarded): waiters resolve it from scratch. */
+void invalidated_to_cpu(struct dxm_region *r, size_t pg)
+{
+	uint8_t s = ps_load(&r->st[pg]);
+	while (!ps_cas(&r->st[pg], &s, PS_CPU))
+		;
+	if (s & PS_WAITERS)
+		fault_release_waiters(r, pg, 1);
+}
+
 /* ------------------------------------------------------------ the fault */
 
-static void resolve(struct dxm_region *r, size_t pg, uintptr_t addr)
+/*
+ * Map a page we own (PS_MAPPING) for the CPU.  A memfd page is mapped in
+ * every view, so that a kernel-mode access through another alias (a system
+ * call, which fails with EFAULT under a user-mode-only userfaultfd) finds it
+ * too; the faulting address is handled first.  An adopted page comes back
+ * from staging if it was invalidated, else it is a page the CPU never had:
+ * the kernel's answer, a zero page.
+ */
+static void map_page(struct dxm_region *r, size_t pg, uintptr_t addr,
+		     bool invalidated, bool write)
+{
+	if (r->kind == REGION_SHM) {
+		region_continue(r, pg, 1, addr);
+		region_continue(r, pg, 1, 0);
+	} else if (invalidated) {
+		anon_move_in(r, pg, 1);
+	} else {
+		anon_zero_fill(r, addr, write);
+	}
+}
+
+static void resolve(struct dxm_region *r, size_t pg, uintptr_t addr,
+		    bool write)
 {
 	struct dxm_ctx *ctx = r->ctx;
 	for (;;) {
@@ -141,7 +176,7 @@ static void resolve(struct dxm_region *r, size_t pg, uintptr_t addr)
 				break; /* defer below */
 			if (!ps_cas(&r->st[pg], &s, s | PS_MAPPING))
 				continue;
-			region_continue(r, pg, 1, addr);
+			map_page(r, pg, addr, false, write);
 			mapping_done(r, pg);
 			return;
 		case PS_EXCLUSIVE:
@@ -151,7 +186,7 @@ static void resolve(struct dxm_region *r, size_t pg, uintptr_t addr)
 			notify_region_pages(r, pg, 1, DXM_EVENT_CLEAR, NULL);
 			stat_add(&ctx->c.restores, 1);
 			invalidated(r, pg);
-			region_continue(r, pg, 1, addr);
+			map_page(r, pg, addr, true, write);
 			mapping_done(r, pg);
 			return;
 		default: /* LOCKED, INVALIDATING */
@@ -163,19 +198,32 @@ static void resolve(struct dxm_region *r, size_t pg, uintptr_t addr)
 	}
 }
 
-void fault_resolve(struct dxm_ctx *ctx, uintptr_t addr)
+void fault_resolve(struct dxm_ctx *ctx, uintptr_t addr, bool write, pid_t tid)
 {
 	addr &= ~(uintptr_t)(ctx->psize - 1);
 	struct dxm_where w;
-	if (region_lookup(ctx, addr, &w)) {
-		/* Not a managed address (any more): the view was unmapped or
-		 * is being set up.  Let the thread fault again. */
-		uffd_wake(ctx->uffd, addr, ctx->psize);
+	if (region_lookup(ctx, addr, &w) == 0) {
+		size_t pg = w.pgoff + ((addr - w.vstart) >> ctx->pshift);
+		resolve(w.r, pg, addr, write);
+		region_put(w.r);
 		return;
 	}
-	size_t pg = w.pgoff + ((addr - w.vstart) >> ctx->pshift);
-	resolve(w.r, pg, addr);
-	region_put(w.r);
+	struct dxm_region *r;
+	size_t pg;
+	if (region_lookup_dev(ctx, (void *)addr, &r, &pg) == 0) {
+		/* A device-side (staging) page of adopted memory. */
+		if (r->kind == REGION_ANON)
+			anon_staging_fault(r, pg, addr, tid);
+		else
+			uffd_wake(r->uffd, addr, ctx->psize);
+		region_put(r);
+		return;
+	}
+	/* Not a managed address (any more): the view was unmapped or is
+	 * being set up.  Let the thread fault again. */
+	uffd_wake(ctx->uffd, addr, ctx->psize);
+	if (ctx->uffd_anon >= 0)
+		uffd_wake(ctx->uffd_anon, addr, ctx->psize);
 }
 
 /* ------------------------------------------------- giving pages back */
@@ -189,31 +237,37 @@ static void nap(unsigned *us)
 }
 
 /* Finish a run [a, b) whose pages we own (MAPPING or INVALIDATING). */
-static void flush_run(struct dxm_region *r, size_t a, size_t b, bool inv)
+static void flush_run(struct dxm_region *r, size_t a, size_t b, bool inv,
+		      enum dxm_event ev)
 {
 	if (a == b)
 		return;
 	if (inv) {
-		notify_region_pages(r, a, b - a, DXM_EVENT_CLEAR, NULL);
+		notify_region_pages(r, a, b - a, ev, NULL);
 		for (size_t i = a; i < b; i++)
 			if (ps_state(ps_load(&r->st[i])) == PS_INVALIDATING) {
 				stat_add(&r->ctx->c.restores, 1);
 				invalidated(r, i);
+				if (r->kind == REGION_ANON)
+					anon_move_in(r, i, 1);
 			}
 	}
-	region_continue(r, a, b - a, 0);
+	if (r->kind == REGION_SHM)
+		region_continue(r, a, b - a, 0);
 	for (size_t i = a; i < b; i++)
 		mapping_done(r, i);
 }
 
 /*
  * Give region pages [pg, pg+n) to the CPU and map them in every view.
- * PTC_INVALIDATE: exclusive pages are invalidated (DXM_EVENT_CLEAR) first;
- * otherwise they are left exclusive.  PTC_WAIT: wait for pages a driver
- * holds locked or another thread is busy with; otherwise skip them.
- * Never called from a handler thread with PTC_WAIT.
+ * PTC_INVALIDATE: exclusive pages are invalidated first (notifiers see
+ * `ev`: DXM_EVENT_CLEAR, or DXM_EVENT_FORK before a fork); otherwise they
+ * are left exclusive.  PTC_WAIT: wait for pages a driver holds locked or
+ * another thread is busy with; otherwise skip them.  Never called from a
+ * handler thread with PTC_WAIT.
  */
-void pages_to_cpu(struct dxm_region *r, size_t pg, size_t n, unsigned flags)
+void pages_to_cpu(struct dxm_region *r, size_t pg, size_t n, unsigned flags,
+		  enum dxm_event ev)
 {
 	size_t a = pg, i = pg, end = pg + n;
 	bool inv = false;
@@ -232,7 +286,7 @@ void pages_to_cpu(struct dxm_region *r, size_t pg, size_t n, unsigned flags)
 			continue;
 		}
 		/* A page we cannot take now: finish the run before it. */
-		flush_run(r, a, i, inv);
+		flush_run(r, a, i, inv, ev);
 		inv = false;
 		if ((flags & PTC_WAIT) && st != PS_EXCLUSIVE) {
 			nap(&us);
@@ -241,5 +295,5 @@ void pages_to_cpu(struct dxm_region *r, size_t pg, size_t n, unsigned flags)
 		}
 		a = i;
 	}
-	flush_run(r, a, i, inv);
+	flush_run(r, a, i, inv, ev);
 }

@@ -39,11 +39,16 @@ struct dxm_uffd_info {
 	uint64_t features; /* enabled on the fd */
 	uint64_t offered;  /* what the kernel reported */
 };
-int uffd_open(struct dxm_uffd_info *info, uint64_t required, uint64_t optional);
+int uffd_open(struct dxm_uffd_info *info, uint64_t required, uint64_t optional,
+	      bool quiet);
 int uffd_register(int uffd, uintptr_t start, size_t len, uint64_t mode);
 int uffd_unregister(int uffd, uintptr_t start, size_t len);
 long uffd_continue(int uffd, uintptr_t start, size_t len);
 int uffd_wake(int uffd, uintptr_t start, size_t len);
+long uffd_move(int uffd, uintptr_t dst, uintptr_t src, size_t len,
+	       uint64_t mode);
+long uffd_copy(int uffd, uintptr_t dst, uintptr_t src, size_t len);
+long uffd_zeropage(int uffd, uintptr_t dst, size_t len);
 int sys_madvise(void *addr, size_t len, int advice);
 
 /* --------------------------------------------------------------- region.c */
@@ -60,13 +65,22 @@ struct dxm_view {
 	struct dxm_view *rnext; /* next piece of the same region (vt_lock) */
 };
 
+enum region_kind {
+	REGION_SHM,  /* dxm_alloc: memfd pages, restored by UFFDIO_CONTINUE */
+	REGION_ANON, /* dxm_adopt: private anonymous pages, moved out to a
+			staging area and back by UFFDIO_MOVE */
+};
+
 struct dxm_region {
 	struct dxm_ctx *ctx;
+	enum region_kind kind;
+	int uffd;	    /* the userfaultfd its views are registered with */
 	atomic_long refs;
 	atomic_int inflight; /* conversions / range faults in progress */
 	atomic_bool dying;
 	size_t npages;
-	char *dev;	    /* device view: MAP_SHARED, never registered */
+	char *dev;	    /* SHM: device view (MAP_SHARED, never registered);
+			       ANON: staging area (registered, same uffd) */
 	dxm_pstate_t *st;   /* one byte per page */
 	unsigned next_group; /* under vt_lock (write) */
 	struct dxm_view *views; /* under vt_lock */
@@ -83,6 +97,9 @@ struct dxm_where {
 };
 
 int region_lookup(struct dxm_ctx *ctx, uintptr_t addr, struct dxm_where *w);
+int region_adopt_insert(struct dxm_region *r, uintptr_t start, size_t len);
+void region_foreach(struct dxm_ctx *ctx, enum region_kind kind,
+		    void (*fn)(struct dxm_region *r, void *arg), void *arg);
 int region_lookup_range(struct dxm_ctx *ctx, uintptr_t start, size_t len,
 			struct dxm_where *w);
 int region_lookup_dev(struct dxm_ctx *ctx, const void *dev,
@@ -112,13 +129,37 @@ struct dxm_fault {
 	uintptr_t addr;
 	struct dxm_fault *next;
 };
-void fault_resolve(struct dxm_ctx *ctx, uintptr_t addr);
+void fault_resolve(struct dxm_ctx *ctx, uintptr_t addr, bool write,
+		   pid_t tid);
 void fault_drain_ready(struct dxm_ctx *ctx);
 void fault_release_waiters(struct dxm_region *r, size_t pg, size_t n);
 void fault_forget_region(struct dxm_region *r);
+void invalidated_to_cpu(struct dxm_region *r, size_t pg);
 #define PTC_INVALIDATE 1u /* invalidate exclusive pages (else skip them) */
 #define PTC_WAIT 2u	  /* wait for locked/busy pages (else skip them) */
-void pages_to_cpu(struct dxm_region *r, size_t pg, size_t n, unsigned flags);
+void pages_to_cpu(struct dxm_region *r, size_t pg, size_t n, unsigned flags,
+		  enum dxm_event ev);
+
+/* ----------------------------------------------------------------- anon.c */
+int anon_populate(struct dxm_region *r, uintptr_t start, size_t pg, size_t n);
+size_t anon_move_out(struct dxm_region *r, size_t pg, size_t n, void **dev,
+		     const uint8_t *need);
+void anon_move_in(struct dxm_region *r, size_t pg, size_t n);
+void anon_zero_fill(struct dxm_region *r, uintptr_t addr, bool write);
+void anon_discard(struct dxm_region *r, size_t pg, size_t n);
+void anon_hand_back(struct dxm_region *r, size_t pg, size_t n, uintptr_t cpu);
+void anon_staging_fault(struct dxm_region *r, size_t pg, uintptr_t addr,
+			pid_t tid);
+struct dxm_anon_rm;
+struct dxm_anon_rm *anon_remove_begin(struct dxm_ctx *ctx, uintptr_t start,
+				      uintptr_t end);
+void anon_remove_finish(struct dxm_ctx *ctx, struct dxm_anon_rm *rm);
+void anon_fork_event(struct dxm_ctx *ctx, int child_uffd);
+
+/* ----------------------------------------------------------------- fork.c */
+void fork_init(void);
+bool fork_enter(struct dxm_ctx *ctx);
+void fork_exit(struct dxm_ctx *ctx);
 
 /* ------------------------------------------------------------- notifier.c */
 struct dxm_notifier {
@@ -149,17 +190,22 @@ struct dxm_counters {
 	atomic_ulong conversions, pages_converted, pages_refused;
 	atomic_ulong cpu_faults, restores, deferred_faults;
 	atomic_ulong notifier_calls, notifier_ns;
-	atomic_ulong events_unmap, events_remap;
+	atomic_ulong events_unmap, events_remap, events_remove, forks;
+	atomic_ulong stale_device_faults;
 	atomic_ulong regions, managed_pages;
 };
 
 struct dxm_ctx {
-	int uffd;
+	int uffd; /* memfd regions: no EVENT_REMOVE (it slows every zap) */
 	struct dxm_uffd_info uinfo;
+	int uffd_anon; /* adopted memory: EVENT_REMOVE, MOVE; -1 if no MOVE */
+	struct dxm_uffd_info uinfo_anon;
+	pthread_rwlock_t fork_lock; /* fork.c */
+	bool fork_locked;	    /* by the thread forking (registry lock) */
 	size_t psize;
 	unsigned pshift;
 
-	pthread_rwlock_t gate; /* ctx.c */
+	pthread_mutex_t gate; /* ctx.c */
 
 	pthread_rwlock_t vt_lock; /* region.c */
 	struct dxm_view **vt;
@@ -192,6 +238,8 @@ static inline void stat_add(atomic_ulong *c, unsigned long v)
 }
 
 bool ctx_live(struct dxm_ctx *ctx);
+void ctx_foreach_begin(void (*fn)(struct dxm_ctx *ctx));
+void ctx_foreach_end(void (*fn)(struct dxm_ctx *ctx));
 int ctx_check(struct dxm_ctx *ctx);
 void ctx_kick(struct dxm_ctx *ctx);
 bool ctx_on_handler(struct dxm_ctx *ctx);

@@ -175,14 +175,24 @@ void notify_range(struct dxm_ctx *ctx, uintptr_t start, uintptr_t end,
 		free(hit);
 }
 
-/* Notify region pages [pg, pg+n) at their addresses in every CPU view. */
+/* Notify region pages [pg, pg+n) at their addresses in every CPU view
+ * (every alias, every piece): none may be skipped. */
 void notify_region_pages(struct dxm_region *r, size_t pg, size_t n,
 			 enum dxm_event ev, const void *owner)
 {
-	uintptr_t runs[2 * 32];
-	size_t k = region_view_addrs(r, pg, n, runs, 2 * 32);
+	uintptr_t stack[2 * 8], *runs = stack;
+	size_t max = 8, k;
+	while ((k = region_view_addrs(r, pg, n, runs, max)) > max) {
+		if (runs != stack)
+			free(runs);
+		max = k + 8;
+		while (!(runs = malloc(2 * max * sizeof(*runs))))
+			sched_yield();
+	}
 	for (size_t i = 0; i < k; i++)
 		notify_range(r->ctx, runs[2 * i], runs[2 * i + 1], ev, owner);
+	if (runs != stack)
+		free(runs);
 }
 
 void notifier_destroy_all(struct dxm_ctx *ctx)

@@ -15,9 +15,9 @@
  *   reading and leave with a region reference (refs), never with the lock:
  *   no library lock is held while a notifier runs.
  *
- *   ctx->gate (ctx.c) is taken for writing around "mmap + insert into the
- *   table" here, and for reading by a handler thread around "read() events +
- *   detach the pieces they unmapped".  A munmap completes when a handler has
+ *   ctx->gate (ctx.c) is held around "mmap + insert into the table" here,
+ *   and by a handler thread around "read() events + detach the pieces they
+ *   unmapped".  A munmap completes when a handler has
  *   read its UNMAP event, so without the gate a new mapping at the same
  *   address could be inserted before the stale event is applied and be torn
  *   down by it.  Lock order: gate -> vt_lock.
@@ -218,6 +218,9 @@ void region_put(struct dxm_region *r)
 	if (atomic_fetch_sub_explicit(&r->refs, 1, memory_order_acq_rel) != 1)
 		return;
 	struct dxm_ctx *ctx = r->ctx;
+	if (r->kind == REGION_ANON) /* no UNMAP event for our own munmap */
+		uffd_unregister(r->uffd, (uintptr_t)r->dev,
+				r->npages << ctx->pshift);
 	munmap(r->dev, r->npages << ctx->pshift);
 	stat_add(&ctx->c.regions, -1ul);
 	stat_add(&ctx->c.managed_pages, -r->npages);
@@ -308,8 +311,12 @@ bool region_range_writable(struct dxm_ctx *ctx, uintptr_t start, size_t len)
 	return w.prot & PROT_WRITE;
 }
 
-/* The CPU addresses of region pages [pg, pg+n) in every view: writes
- * start addresses of the covered runs, one per piece that overlaps. */
+/*
+ * The CPU address runs of region pages [pg, pg+n) in every view: one
+ * [start, end) pair per piece that overlaps, at most `max` pairs written to
+ * out.  Returns how many pairs there are (more than max: call again with
+ * room for them all).
+ */
 size_t region_view_addrs(struct dxm_region *r, size_t pg, size_t n,
 			 uintptr_t *out, size_t max)
 {
@@ -322,13 +329,15 @@ size_t region_view_addrs(struct dxm_region *r, size_t pg, size_t n,
 							 : pg + n;
 		if (a >= b)
 			continue;
-		if (k + 2 > max)
-			break;
-		out[k++] = v->start + ((a - v->pgoff) << ctx->pshift);
-		out[k++] = v->start + ((b - v->pgoff) << ctx->pshift);
+		if (k < max) {
+			out[2 * k] = v->start + ((a - v->pgoff) << ctx->pshift);
+			out[2 * k + 1] = v->start +
+					 ((b - v->pgoff) << ctx->pshift);
+		}
+		k++;
 	}
 	pthread_rwlock_unlock(&ctx->vt_lock);
-	return k / 2;
+	return k;
 }
 
 /* --------------------------------------------------------------- creation */
@@ -370,7 +379,7 @@ static int new_view(struct dxm_ctx *ctx, struct dxm_region *r, bool populate,
 	*torn = false;
 	size_t len = r->npages << ctx->pshift;
 	int err = 0;
-	pthread_rwlock_wrlock(&ctx->gate);
+	pthread_mutex_lock(&ctx->gate);
 	void *p = mremap(r->dev, 0, len, MREMAP_MAYMOVE);
 	if (p == MAP_FAILED) {
 		err = -errno;
@@ -380,7 +389,7 @@ static int new_view(struct dxm_ctx *ctx, struct dxm_region *r, bool populate,
 		err = add_piece(ctx, r, p, group);
 		pthread_rwlock_unlock(&ctx->vt_lock);
 	}
-	pthread_rwlock_unlock(&ctx->gate);
+	pthread_mutex_unlock(&ctx->gate);
 	if (err) {
 		if (p != MAP_FAILED)
 			munmap(p, len);
@@ -492,8 +501,9 @@ DXM_API int dxm_alias(struct dxm_ctx *ctx, void *addr, void **aliasp)
 	if (region_lookup(ctx, (uintptr_t)addr, &w))
 		return -ENOENT;
 	struct dxm_region *r = w.r;
-	if (w.vstart != (uintptr_t)addr || w.pgoff != 0) {
-		region_put(r);
+	if (w.vstart != (uintptr_t)addr || w.pgoff != 0 ||
+	    r->kind != REGION_SHM) {
+		region_put(r); /* adopted private memory has one view */
 		return -EINVAL;
 	}
 	if (!region_enter(r)) {
@@ -506,7 +516,7 @@ DXM_API int dxm_alias(struct dxm_ctx *ctx, void *addr, void **aliasp)
 	if (!err) {
 		/* Map every page the CPU owns now; exclusive pages stay
 		 * unmapped and fault like in every other view. */
-		pages_to_cpu(r, 0, r->npages, 0);
+		pages_to_cpu(r, 0, r->npages, 0, DXM_EVENT_CLEAR);
 		*aliasp = p;
 	}
 	region_exit(r);
@@ -514,18 +524,64 @@ DXM_API int dxm_alias(struct dxm_ctx *ctx, void *addr, void **aliasp)
 	return err;
 }
 
-DXM_API int dxm_adopt(struct dxm_ctx *ctx, void *addr, size_t len,
-		      unsigned flags)
+/*
+ * Insert an adopted range (dxm_adopt): register it for MISSING faults and
+ * add its one view, under the gate like a new mapping.
+ */
+int region_adopt_insert(struct dxm_region *r, uintptr_t start, size_t len)
 {
-	int err = ctx_check(ctx);
-	if (err)
+	struct dxm_ctx *ctx = r->ctx;
+	pthread_mutex_lock(&ctx->gate);
+	int err = uffd_register(r->uffd, start, len,
+				UFFDIO_REGISTER_MODE_MISSING);
+	if (err) {
+		if (err == -EBUSY)
+			pr_warn("dxm_adopt: %#lx+%#zx is registered with "
+				"another userfaultfd",
+				start, len);
+		pthread_mutex_unlock(&ctx->gate);
 		return err;
-	(void)addr;
-	(void)len;
-	(void)flags;
-	pr_warn("dxm_adopt: anonymous memory is not supported in this "
-		"version; use dxm_alloc");
-	return -EOPNOTSUPP;
+	}
+	pthread_rwlock_wrlock(&ctx->vt_lock);
+	size_t i = vt_search(ctx, start);
+	if (i < ctx->vt_n && ctx->vt[i]->start < start + len)
+		err = -EEXIST; /* raced with another adoption */
+	if (!err)
+		err = rt_insert(ctx, r);
+	if (!err) {
+		err = add_piece(ctx, r, (void *)start, 0);
+		if (err)
+			rt_remove(ctx, r);
+	}
+	pthread_rwlock_unlock(&ctx->vt_lock);
+	if (err)
+		uffd_unregister(r->uffd, start, len);
+	pthread_mutex_unlock(&ctx->gate);
+	return err;
+}
+
+/* Call fn on every live region of a kind, with a reference and no lock. */
+void region_foreach(struct dxm_ctx *ctx, enum region_kind kind,
+		    void (*fn)(struct dxm_region *r, void *arg), void *arg)
+{
+	pthread_rwlock_rdlock(&ctx->vt_lock);
+	size_t n = 0;
+	struct dxm_region **v = malloc((ctx->rt_n + 1) * sizeof(*v));
+	for (size_t i = 0; v && i < ctx->rt_n; i++)
+		if (ctx->rt[i]->kind == kind) {
+			region_get(ctx->rt[i]);
+			v[n++] = ctx->rt[i];
+		}
+	pthread_rwlock_unlock(&ctx->vt_lock);
+	if (!v) {
+		pr_err("out of memory walking the regions");
+		return;
+	}
+	for (size_t i = 0; i < n; i++) {
+		fn(v[i], arg);
+		region_put(v[i]);
+	}
+	free(v);
 }
 
 /* ---------------------------------------------------------------- removal */
@@ -584,27 +640,44 @@ static void finish_gone(struct dxm_ctx *ctx, struct dxm_gone *list, bool unmap)
 {
 	while (list) {
 		struct dxm_gone *g = list;
+		struct dxm_region *r = g->r;
 		list = g->next;
-		size_t len = g->end - g->start;
+		size_t len = g->end - g->start, n = len >> ctx->pshift;
 		if (g->last)
-			region_begin_teardown(g->r);
+			region_begin_teardown(r);
 		notify_range(ctx, g->start, g->end, DXM_EVENT_UNMAP, NULL);
-		if (unmap) {
-			uffd_unregister(ctx->uffd, g->start, len);
-			munmap((void *)g->start, len);
+		if (r->kind == REGION_SHM) {
+			if (unmap) {
+				uffd_unregister(r->uffd, g->start, len);
+				munmap((void *)g->start, len);
+			}
+		} else if (unmap) {
+			/* dxm_free hands adopted memory back to the program
+			 * with every page in place, then lets go of it. */
+			anon_hand_back(r, g->pgoff, n, g->start);
+			uffd_unregister(r->uffd, g->start, len);
+		} else {
+			/* The program unmapped it: staged data goes too. */
+			for (size_t i = 0; i < n; i++)
+				if (ps_state(ps_load(&r->st[g->pgoff + i])) !=
+				    PS_CPU) {
+					anon_discard(r, g->pgoff + i, 1);
+					atomic_store(&r->st[g->pgoff + i],
+						     PS_CPU);
+				}
 		}
 		if (g->last) {
 			/* The device was told to stop; nothing maps these
 			 * pages through a CPU view any more. */
-			for (size_t i = 0; i < g->r->npages; i++)
-				atomic_store(&g->r->st[i], PS_CPU);
-			fault_forget_region(g->r);
-			region_put(g->r); /* the table's reference */
+			for (size_t i = 0; i < r->npages; i++)
+				atomic_store(&r->st[i], PS_CPU);
+			fault_forget_region(r);
+			region_put(r); /* the table's reference */
 		} else {
-			fault_forget_region(g->r);
+			fault_forget_region(r);
 		}
 		stat_add(&ctx->c.events_unmap, !unmap);
-		region_put(g->r);
+		region_put(r);
 		free(g);
 	}
 }
@@ -858,12 +931,23 @@ DXM_API int dxm_mprotect(struct dxm_ctx *ctx, void *addr, size_t len, int prot)
 	/* Tell the devices first: a device write must not slip in between
 	 * the change and the notification. */
 	notify_range(ctx, start, end, DXM_EVENT_PROTECTION, NULL);
+	struct dxm_region *r = w.r;
+	size_t pg = w.pgoff + ((start - w.vstart) >> ctx->pshift);
+	if (r->kind == REGION_ANON && !(prot & PROT_WRITE))
+		/* UFFDIO_MOVE cannot restore into a read-only mapping: give
+		 * the pages back first (the devices were just invalidated). */
+		pages_to_cpu(r, pg, len >> ctx->pshift,
+			     PTC_INVALIDATE | PTC_WAIT, DXM_EVENT_PROTECTION);
 	pthread_rwlock_wrlock(&ctx->vt_lock);
 	err = vt_split(ctx, start);
 	if (!err)
 		err = vt_split(ctx, end);
 	if (!err && mprotect(addr, len, prot))
 		err = -errno;
+	/* Staging keeps the view's protection: UFFDIO_MOVE wants both
+	 * sides alike. */
+	if (!err && r->kind == REGION_ANON)
+		mprotect(r->dev + (pg << ctx->pshift), len, prot);
 	if (!err)
 		for (size_t i = vt_search(ctx, start);
 		     i < ctx->vt_n && ctx->vt[i]->start < end; i++)

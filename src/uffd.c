@@ -114,7 +114,8 @@ static void probe(void)
 	}
 }
 
-int uffd_open(struct dxm_uffd_info *info, uint64_t required, uint64_t optional)
+int uffd_open(struct dxm_uffd_info *info, uint64_t required, uint64_t optional,
+	      bool quiet)
 {
 	pthread_once(&probe_once, probe);
 	if (!probe_mode) {
@@ -131,8 +132,9 @@ int uffd_open(struct dxm_uffd_info *info, uint64_t required, uint64_t optional)
 	uint64_t missing = required & ~probe_offer;
 	if (missing) {
 		uint64_t bit = missing & -missing;
-		pr_err("the kernel lacks %s, which dxm needs",
-		       feature_name(bit));
+		dxm_log(quiet ? DXM_LOG_INFO : DXM_LOG_ERROR,
+			"the kernel lacks %s, which dxm needs",
+			feature_name(bit));
 		return -ENOSYS;
 	}
 	uint64_t want = required | (optional & probe_offer);
@@ -205,4 +207,42 @@ int uffd_wake(int uffd, uintptr_t start, size_t len)
 int sys_madvise(void *addr, size_t len, int advice)
 {
 	return madvise(addr, len, advice) ? -errno : 0;
+}
+
+/* UFFDIO_MOVE: bytes moved (> 0), or -errno (with a partial count, the
+ * bytes moved before the failing page). */
+long uffd_move(int uffd, uintptr_t dst, uintptr_t src, size_t len,
+	       uint64_t mode)
+{
+	struct uffdio_move m = {
+		.dst = dst, .src = src, .len = len, .mode = mode,
+	};
+	if (ioctl(uffd, UFFDIO_MOVE, &m) == 0)
+		return (long)len;
+	int err = errno;
+	if (m.move > 0)
+		return m.move;
+	return m.move < 0 ? m.move : -err;
+}
+
+long uffd_copy(int uffd, uintptr_t dst, uintptr_t src, size_t len)
+{
+	struct uffdio_copy c = { .dst = dst, .src = src, .len = len };
+	if (ioctl(uffd, UFFDIO_COPY, &c) == 0)
+		return (long)len;
+	int err = errno;
+	if (c.copy > 0)
+		return c.copy;
+	return c.copy < 0 ? c.copy : -err;
+}
+
+long uffd_zeropage(int uffd, uintptr_t dst, size_t len)
+{
+	struct uffdio_zeropage z = { .range = { .start = dst, .len = len } };
+	if (ioctl(uffd, UFFDIO_ZEROPAGE, &z) == 0)
+		return (long)len;
+	int err = errno;
+	if (z.zeropage > 0)
+		return z.zeropage;
+	return z.zeropage < 0 ? z.zeropage : -err;
 }

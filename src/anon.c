@@ -1,0 +1,540 @@
+// SPDX-License-Identifier: MIT
+/*
+ * Adopted private anonymous memory (dxm_adopt).
+ *
+ * The CPU range stays the program's mapping; dxm registers it for MISSING
+ * faults on its own userfaultfd (ctx->uffd_anon, which has EVENT_REMOVE: a
+ * program's MADV_DONTNEED must discard data, so dxm must see it) and adds a
+ * staging area: a private anonymous mapping of the same size, registered
+ * with the same userfaultfd (UFFDIO_MOVE requires it), never inherited by
+ * a child.  Making a page exclusive moves it (UFFDIO_MOVE: no copy, no
+ * REMOVE event) from the CPU range to its staging slot, whose address is
+ * the device-side address; a CPU fault moves it back after the notifiers
+ * ran.  A page the CPU never had resolves to a zero page, as the kernel
+ * would.
+ *
+ * No lock of its own: page states follow pstate.h (the caller owns the
+ * pages it moves: LOCKED on the way out, INVALIDATING or MAPPING on the way
+ * in), and every ioctl on a CPU address runs under vt_lock (read) so the
+ * address is still this region's.
+ *
+ * Kernel facts this relies on (checked on Linux 6.18): UFFDIO_MOVE fails
+ * with EBUSY on a page shared copy-on-write (a write fault unshares it),
+ * with EINVAL into a VMA that is not writable or whose protection differs
+ * from the source's (then dxm copies), and skips holes with
+ * UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES.
+ */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "compat_uffd.h"
+#include "internal.h"
+
+static char zero_page[65536] __attribute__((aligned(65536)));
+
+static inline uintptr_t stg(struct dxm_region *r, size_t pg)
+{
+	return (uintptr_t)r->dev + (pg << r->ctx->pshift);
+}
+
+/* ------------------------------------------------------------- adoption */
+
+/* Whether [start, end) is private, anonymous, writable memory that nobody
+ * manages yet, read off /proc/self/maps. */
+static int check_anon_range(uintptr_t start, uintptr_t end)
+{
+	FILE *f = fopen("/proc/self/maps", "re");
+	if (!f)
+		return -errno;
+	char line[512];
+	uintptr_t cur = start;
+	int err = -EFAULT;
+	while (cur < end && fgets(line, sizeof(line), f)) {
+		unsigned long a, b, off, ino;
+		char perm[5], dev[16], path[256] = "";
+		if (sscanf(line, "%lx-%lx %4s %lx %15s %lu %255s", &a, &b, perm,
+			   &off, dev, &ino, path) < 6)
+			continue;
+		if (b <= cur)
+			continue;
+		if (a > cur)
+			break; /* a hole */
+		if (perm[3] != 'p' || perm[1] != 'w' || ino != 0 ||
+		    (path[0] && strcmp(path, "[heap]"))) {
+			err = -EINVAL;
+			break;
+		}
+		cur = b;
+	}
+	fclose(f);
+	return cur >= end ? 0 : err;
+}
+
+DXM_API int dxm_adopt(struct dxm_ctx *ctx, void *addr, size_t len,
+		      unsigned flags)
+{
+	int err = ctx_check(ctx);
+	if (err)
+		return err;
+	if (!range_ok(ctx, addr, len) || flags)
+		return -EINVAL;
+	if (ctx->uffd_anon < 0) {
+		pr_err("dxm_adopt: this kernel lacks UFFD_FEATURE_MOVE "
+		       "(Linux 6.8) or EVENT_REMOVE; use dxm_alloc");
+		return -ENOSYS;
+	}
+	uintptr_t start = (uintptr_t)addr;
+	struct dxm_where w;
+	for (uintptr_t p = start; p < start + len; p += ctx->psize) {
+		/* cheap enough: adoption is not a hot path */
+		if (region_lookup(ctx, p, &w) == 0) {
+			region_put(w.r);
+			return -EEXIST;
+		}
+	}
+	err = check_anon_range(start, start + len);
+	if (err) {
+		if (err == -EINVAL)
+			pr_warn("dxm_adopt: %p+%#zx is not private anonymous "
+				"writable memory",
+				addr, len);
+		return err;
+	}
+	/* A user-mode-only userfaultfd cannot resolve a system call's access
+	 * to a missing page: populate first, so only exclusive pages fault. */
+	if (ctx->uinfo_anon.mode == DXM_UFFD_USER_ONLY &&
+	    (err = sys_madvise(addr, len, MADV_POPULATE_WRITE)))
+		return err;
+
+	struct dxm_region *r = calloc(1, sizeof(*r));
+	if (!r)
+		return -ENOMEM;
+	r->ctx = ctx;
+	r->kind = REGION_ANON;
+	r->uffd = ctx->uffd_anon;
+	r->npages = len >> ctx->pshift;
+	atomic_init(&r->refs, 1);
+	r->st = calloc(r->npages, sizeof(*r->st));
+	r->dev = mmap(NULL, len, PROT_READ | PROT_WRITE,
+		      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (!r->st || r->dev == MAP_FAILED) {
+		err = -ENOMEM;
+		goto fail;
+	}
+	madvise(r->dev, len, MADV_DONTFORK);
+	err = uffd_register(r->uffd, (uintptr_t)r->dev, len,
+			    UFFDIO_REGISTER_MODE_MISSING);
+	if (err)
+		goto fail;
+	err = region_adopt_insert(r, start, len);
+	if (err)
+		goto fail;
+	stat_add(&ctx->c.regions, 1);
+	stat_add(&ctx->c.managed_pages, r->npages);
+	return 0;
+fail:
+	if (r->dev != MAP_FAILED && r->dev)
+		munmap(r->dev, len);
+	free((void *)r->st);
+	free(r);
+	return err == -EBUSY ? -EBUSY : err;
+}
+
+/* -------------------------------------------------------- conversions */
+
+/*
+ * Before a conversion: fault in writable the pages the CPU owns, as the
+ * kernel's GUP with FOLL_WRITE does: a missing page becomes a zero page,
+ * a page shared copy-on-write after a fork becomes the process's own.
+ */
+int anon_populate(struct dxm_region *r, uintptr_t start, size_t pg, size_t n)
+{
+	struct dxm_ctx *ctx = r->ctx;
+	size_t i = 0;
+	while (i < n) {
+		while (i < n && ps_state(ps_load(&r->st[pg + i])) != PS_CPU)
+			i++;
+		size_t e = i;
+		while (e < n && ps_state(ps_load(&r->st[pg + e])) == PS_CPU)
+			e++;
+		if (e == i)
+			break;
+		uintptr_t a = start + (i << ctx->pshift);
+		int err = sys_madvise((void *)a, (e - i) << ctx->pshift,
+				      MADV_POPULATE_WRITE);
+		if (err == -EFAULT || err == -EINVAL) {
+			/* A user-mode-only userfaultfd refuses the kernel's
+			 * own fault: touch from user space instead (an atomic
+			 * add of 0 writes without changing anything). */
+			for (size_t k = i; k < e; k++)
+				__atomic_fetch_add((volatile char *)(start +
+								     (k << ctx->pshift)),
+						   0, __ATOMIC_RELAXED);
+		} else if (err && err != -EINTR && err != -EAGAIN) {
+			return err;
+		}
+		i = e;
+	}
+	return 0;
+}
+
+/* A page that could not be moved out goes back to the CPU. */
+static void refuse(struct dxm_region *r, size_t pg)
+{
+	uint8_t s = ps_load(&r->st[pg]);
+	while (!ps_cas(&r->st[pg], &s, PS_CPU))
+		;
+	if (s & PS_WAITERS)
+		fault_release_waiters(r, pg, 1);
+}
+
+/* Move one run of the CPU range to staging (dev[i] is page pg + i);
+ * returns pages refused. */
+static size_t move_out_run(struct dxm_region *r, uintptr_t cpu, size_t pg,
+			   size_t n, void **dev)
+{
+	struct dxm_ctx *ctx = r->ctx;
+	size_t refused = 0, i = 0;
+	int tries = 0;
+	while (i < n) {
+		long got = uffd_move(r->uffd, stg(r, pg + i),
+				     cpu + (i << ctx->pshift),
+				     (n - i) << ctx->pshift,
+				     UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES);
+		if (got > 0) {
+			i += (size_t)got >> ctx->pshift;
+			continue;
+		}
+		if (got == -EAGAIN && ++tries < 1000) {
+			sched_yield();
+			continue;
+		}
+		/* Pinned, KSM, still shared, or the VMA changed: this page
+		 * fails alone, as in the kernel. */
+		pr_debug("UFFDIO_MOVE out of %#lx: %s", cpu + (i << ctx->pshift),
+			 strerror((int)-got));
+		refuse(r, pg + i);
+		dev[i] = NULL;
+		refused++;
+		i++;
+	}
+	return refused;
+}
+
+/*
+ * Move region pages [pg, pg+n) whose need[i] is set (LOCKED by the
+ * caller) out of the CPU's view into staging.  A page that cannot move is
+ * given back to the CPU and its dev[i] cleared.  Returns pages refused.
+ */
+size_t anon_move_out(struct dxm_region *r, size_t pg, size_t n, void **dev,
+		     const uint8_t *need)
+{
+	struct dxm_ctx *ctx = r->ctx;
+	size_t refused = 0;
+	pthread_rwlock_rdlock(&ctx->vt_lock);
+	for (struct dxm_view *v = r->views; v; v = v->rnext) {
+		size_t a = v->pgoff > pg ? v->pgoff : pg;
+		size_t b = v->pgoff + v->npages < pg + n ? v->pgoff + v->npages
+							 : pg + n;
+		while (a < b) {
+			while (a < b && !need[a - pg])
+				a++;
+			size_t e = a;
+			while (e < b && need[e - pg])
+				e++;
+			if (e > a) {
+				uintptr_t cpu = v->start +
+						((a - v->pgoff) << ctx->pshift);
+				refused += move_out_run(r, cpu, a, e - a,
+							dev + (a - pg));
+			}
+			a = e;
+		}
+	}
+	pthread_rwlock_unlock(&ctx->vt_lock);
+	return refused;
+}
+
+/* Discard staging pages [pg, pg+n): their data is gone (the program
+ * discarded it, or it was copied back).  Unregistered around the zap so
+ * that no REMOVE event is raised (a handler thread would wait on itself). */
+void anon_discard(struct dxm_region *r, size_t pg, size_t n)
+{
+	struct dxm_ctx *ctx = r->ctx;
+	uintptr_t s = stg(r, pg);
+	size_t len = n << ctx->pshift;
+	int err = uffd_unregister(r->uffd, s, len);
+	if (!err)
+		err = sys_madvise((void *)s, len, MADV_DONTNEED);
+	if (!err)
+		err = uffd_register(r->uffd, s, len,
+				    UFFDIO_REGISTER_MODE_MISSING);
+	if (err)
+		pr_err("cannot discard staging pages at %#lx: %s", s,
+		       strerror(-err));
+}
+
+/* Move one staged page back to the CPU at cpu (registered, ours). */
+static void move_in_page(struct dxm_region *r, size_t pg, uintptr_t cpu)
+{
+	struct dxm_ctx *ctx = r->ctx;
+	for (int tries = 0;; tries++) {
+		long got = uffd_move(r->uffd, cpu, stg(r, pg), ctx->psize,
+				     UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES);
+		if (got > 0)
+			return; /* a hole moves nothing: the CPU then faults
+				   on a page it never had, a zero page */
+		if (got == -EAGAIN && tries < 1000) {
+			sched_yield();
+			continue;
+		}
+		if (got == -EINVAL) {
+			/* The program changed the protection behind dxm's
+			 * back (raw mprotect): copy instead, then drop the
+			 * staging page.  Read faults on the copy source are
+			 * impossible: the page is there or it was a hole. */
+			long c = uffd_copy(r->uffd, cpu, stg(r, pg), ctx->psize);
+			if (c < 0 && c != -EEXIST)
+				pr_err("restore of %#lx failed: %s", cpu,
+				       strerror((int)-c));
+			anon_discard(r, pg, 1);
+			uffd_wake(r->uffd, cpu, ctx->psize);
+			return;
+		}
+		if (got == -EEXIST) {
+			/* The CPU already has a page there: keep it. */
+			anon_discard(r, pg, 1);
+		} else {
+			pr_err("restore of %#lx failed: %s", cpu,
+			       strerror((int)-got));
+		}
+		uffd_wake(r->uffd, cpu, ctx->psize);
+		return;
+	}
+}
+
+/* Move region pages [pg, pg+n) back from staging into the CPU view.  The
+ * caller owns them (INVALIDATING -> CPU|MAPPING). */
+void anon_move_in(struct dxm_region *r, size_t pg, size_t n)
+{
+	struct dxm_ctx *ctx = r->ctx;
+	pthread_rwlock_rdlock(&ctx->vt_lock);
+	for (struct dxm_view *v = r->views; v; v = v->rnext) {
+		size_t a = v->pgoff > pg ? v->pgoff : pg;
+		size_t b = v->pgoff + v->npages < pg + n ? v->pgoff + v->npages
+							 : pg + n;
+		for (; a < b; a++)
+			move_in_page(r, a,
+				     v->start + ((a - v->pgoff) << ctx->pshift));
+	}
+	pthread_rwlock_unlock(&ctx->vt_lock);
+}
+
+/* dxm_free: move every staged page of [pg, pg+n) back to cpu, the view
+ * already detached from the table (but still registered). */
+void anon_hand_back(struct dxm_region *r, size_t pg, size_t n, uintptr_t cpu)
+{
+	for (size_t i = 0; i < n; i++) {
+		if (ps_state(ps_load(&r->st[pg + i])) == PS_CPU)
+			continue;
+		move_in_page(r, pg + i, cpu + (i << r->ctx->pshift));
+		atomic_store(&r->st[pg + i], PS_CPU);
+	}
+}
+
+/* A CPU fault on a page that is not there and not exclusive: resolve it as
+ * the kernel would, a zero page (a write gets its own zeroed page). */
+void anon_zero_fill(struct dxm_region *r, uintptr_t addr, bool write)
+{
+	struct dxm_ctx *ctx = r->ctx;
+	for (int tries = 0;; tries++) {
+		long got;
+		pthread_rwlock_rdlock(&ctx->vt_lock);
+		if (write && ctx->psize <= sizeof(zero_page))
+			got = uffd_copy(r->uffd, addr, (uintptr_t)zero_page,
+					ctx->psize);
+		else
+			got = uffd_zeropage(r->uffd, addr, ctx->psize);
+		pthread_rwlock_unlock(&ctx->vt_lock);
+		if (got == -EAGAIN && tries < 1000) {
+			sched_yield();
+			continue;
+		}
+		if (got <= 0)
+			uffd_wake(r->uffd, addr, ctx->psize); /* EEXIST etc. */
+		return;
+	}
+}
+
+/*
+ * A fault on a staging address: a device touching its page.  While the
+ * page is the device's (LOCKED, EXCLUSIVE, or INVALIDATING: its callback
+ * has not returned yet) it is a hole, filled with zeros.  Once the page is
+ * the CPU's again, the device kept using it after its invalidation
+ * returned: a driver bug that would otherwise write into a fresh page and
+ * lose the data.  Reported, never silent.
+ */
+void anon_staging_fault(struct dxm_region *r, size_t pg, uintptr_t addr,
+			pid_t tid)
+{
+	struct dxm_ctx *ctx = r->ctx;
+	if (ps_is_exclusive(ps_load(&r->st[pg]))) {
+		long got = uffd_zeropage(r->uffd, addr, ctx->psize);
+		if (got <= 0)
+			uffd_wake(r->uffd, addr, ctx->psize);
+		return;
+	}
+	stat_add(&ctx->c.stale_device_faults, 1);
+	pr_err("device access to %#lx (CPU page %zu of an adopted range) after "
+	       "its invalidation returned: the driver kept using a revoked "
+	       "page (thread %d gets SIGBUS)",
+	       addr, pg, (int)tid);
+#ifdef DXM_DEBUG
+	abort();
+#endif
+	if (tid > 0)
+		syscall(SYS_tgkill, getpid(), tid, SIGBUS);
+	uffd_wake(r->uffd, addr, ctx->psize);
+}
+
+/* ------------------------------------------------------ MADV_DONTNEED */
+
+struct dxm_anon_rm {
+	struct dxm_region *r; /* referenced */
+	size_t pg, n;
+	struct dxm_anon_rm *next;
+};
+
+/*
+ * A program's MADV_DONTNEED (or MADV_FREE) on adopted memory, under the
+ * gate: take the exclusive pages of the range (-> INVALIDATING) so that
+ * any fault read after this event waits, and return them to finish.
+ */
+struct dxm_anon_rm *anon_remove_begin(struct dxm_ctx *ctx, uintptr_t start,
+				      uintptr_t end)
+{
+	struct dxm_anon_rm *list = NULL;
+	stat_add(&ctx->c.events_remove, 1);
+	for (uintptr_t a = start; a < end;) {
+		struct dxm_where w;
+		if (region_lookup(ctx, a, &w)) {
+			a += ctx->psize;
+			continue;
+		}
+		uintptr_t vend = w.vstart + (w.vnpages << ctx->pshift);
+		uintptr_t b = vend < end ? vend : end;
+		size_t pg = w.pgoff + ((a - w.vstart) >> ctx->pshift);
+		size_t n = (b - a) >> ctx->pshift;
+		struct dxm_anon_rm *rm = NULL;
+		for (size_t i = 0; i < n && w.r->kind == REGION_ANON; i++) {
+			dxm_pstate_t *p = &w.r->st[pg + i];
+			uint8_t s = ps_load(p);
+			while (ps_state(s) == PS_LOCKED ||
+			       ps_state(s) == PS_EXCLUSIVE)
+				if (ps_cas(p, &s,
+					   PS_INVALIDATING | (s & PS_WAITERS)))
+					break;
+			if (ps_state(s) != PS_LOCKED &&
+			    ps_state(s) != PS_EXCLUSIVE)
+				continue;
+			if (rm && rm->pg + rm->n == pg + i) {
+				rm->n++;
+				continue;
+			}
+			rm = malloc(sizeof(*rm));
+			if (!rm) {
+				/* Cannot track it: give it back now. */
+				invalidated_to_cpu(w.r, pg + i);
+				continue;
+			}
+			region_get(w.r);
+			*rm = (struct dxm_anon_rm){ w.r, pg + i, 1, list };
+			list = rm;
+		}
+		region_put(w.r);
+		a = b;
+	}
+	return list;
+}
+
+/* After the gate: the devices are told (DXM_EVENT_UNMAP), the staged data
+ * is discarded as the program asked, and the pages are the CPU's again (a
+ * later access gets a zero page). */
+void anon_remove_finish(struct dxm_ctx *ctx, struct dxm_anon_rm *rm)
+{
+	(void)ctx;
+	while (rm) {
+		struct dxm_anon_rm *next = rm->next;
+		notify_region_pages(rm->r, rm->pg, rm->n, DXM_EVENT_UNMAP, NULL);
+		anon_discard(rm->r, rm->pg, rm->n);
+		for (size_t i = 0; i < rm->n; i++)
+			invalidated_to_cpu(rm->r, rm->pg + i);
+		region_put(rm->r);
+		free(rm);
+		rm = next;
+	}
+}
+
+/* ---------------------------------------------------------- raw fork */
+
+struct fork_fix {
+	int child;
+	size_t copied;
+};
+
+static void fix_child(struct dxm_region *r, void *arg)
+{
+	struct fork_fix *f = arg;
+	struct dxm_ctx *ctx = r->ctx;
+	uintptr_t runs[2];
+	for (size_t pg = 0; pg < r->npages; pg++) {
+		dxm_pstate_t *p = &r->st[pg];
+		uint8_t s = ps_load(p);
+		bool held = false;
+		if (ps_state(s) == PS_CPU)
+			continue;
+		/* Hold an unlocked exclusive page still while copying it. */
+		if (ps_state(s) == PS_EXCLUSIVE)
+			held = ps_cas(p, &s, PS_INVALIDATING | (s & PS_WAITERS));
+		if (region_view_addrs(r, pg, 1, runs, 1) == 1) {
+			long c = uffd_copy(f->child, runs[0], stg(r, pg),
+					   ctx->psize);
+			if (c > 0)
+				f->copied++;
+		}
+		if (held) {
+			s = ps_load(p);
+			while (!ps_cas(p, &s, PS_EXCLUSIVE))
+				;
+			if (s & PS_WAITERS)
+				fault_release_waiters(r, pg, 1);
+		}
+	}
+	/* The child runs free of dxm: its copy is ordinary memory. */
+	pthread_rwlock_rdlock(&ctx->vt_lock);
+	for (struct dxm_view *v = r->views; v; v = v->rnext)
+		uffd_unregister(f->child, v->start, v->npages << ctx->pshift);
+	pthread_rwlock_unlock(&ctx->vt_lock);
+}
+
+/*
+ * UFFD_EVENT_FORK (only where the kernel grants EVENT_FORK): a fork that
+ * bypassed the pthread_atfork handlers (a raw clone) left the child with
+ * holes where the parent's exclusive pages sit in staging.  Copy them into
+ * the child, unregister the child's ranges and let it go.
+ */
+void anon_fork_event(struct dxm_ctx *ctx, int child_uffd)
+{
+	struct fork_fix f = { .child = child_uffd };
+	region_foreach(ctx, REGION_ANON, fix_child, &f);
+	close(child_uffd);
+	if (f.copied)
+		pr_info("raw fork: %zu exclusive page(s) copied into the child",
+			f.copied);
+}
