@@ -71,7 +71,8 @@ int dxm_mprotect(struct dxm_ctx *ctx, void *addr, size_t len, int prot);
 enum dxm_event {
 	DXM_EVENT_CLEAR,      /* CPU access revokes exclusivity */
 	DXM_EVENT_EXCLUSIVE,  /* conversion to exclusive by `owner` */
-	DXM_EVENT_UNMAP,      /* munmap, MADV_REMOVE, dxm_free */
+	DXM_EVENT_UNMAP,      /* munmap, dxm_free; MADV_DONTNEED/FREE of
+				 adopted memory */
 	DXM_EVENT_PROTECTION, /* dxm_mprotect */
 	DXM_EVENT_FORK,	      /* fork of a private region */
 	DXM_EVENT_REMAP,      /* mremap */

@@ -79,22 +79,30 @@ static const char *feature_name(uint64_t bit)
 }
 
 /*
- * Process-wide probe, done once: which mode opens, and what the kernel
- * offers in it.  Cached; a context only asks for what is offered.
+ * Process-wide probe: which mode opens, and what the kernel offers in it.
+ * A success is cached (a context only asks for what is offered); a failure
+ * is not, so a passing one (no file descriptors left) or permissions
+ * granted later do not stick.
  */
-static pthread_once_t probe_once = PTHREAD_ONCE_INIT;
-static int probe_mode;	     /* 0: none */
-static int probe_err;	     /* errno of the last open attempt when none */
+static pthread_mutex_t probe_mtx = PTHREAD_MUTEX_INITIALIZER;
+static int probe_mode;	     /* 0: not probed successfully yet */
+static int probe_err;	     /* why no mode opened, last time */
 static uint64_t probe_offer; /* features offered in probe_mode */
 
 static void probe(void)
 {
 	static const int modes[] = { DXM_UFFD_DEV, DXM_UFFD_SYSCALL,
 				     DXM_UFFD_USER_ONLY };
+	pthread_mutex_lock(&probe_mtx);
 	probe_err = -ENOSYS;
-	for (size_t i = 0; i < 3; i++) {
+	for (size_t i = 0; i < 3 && !__atomic_load_n(&probe_mode, __ATOMIC_RELAXED); i++) {
 		int fd = open_mode(modes[i]);
 		if (fd < 0) {
+			/* Before Linux 5.11, UFFD_USER_MODE_ONLY is an
+			 * unknown flag (EINVAL): what stops us is still the
+			 * permission refused just before. */
+			if (fd == -EINVAL && modes[i] == DXM_UFFD_USER_ONLY)
+				continue;
 			/* Prefer reporting a permission problem over ENOENT
 			 * from a missing /dev/userfaultfd. */
 			if (fd != -ENOENT || probe_err == -ENOSYS)
@@ -108,16 +116,17 @@ static void probe(void)
 			probe_err = err;
 			continue;
 		}
-		probe_mode = modes[i];
 		probe_offer = offer;
-		return;
+		__atomic_store_n(&probe_mode, modes[i], __ATOMIC_RELEASE);
 	}
+	pthread_mutex_unlock(&probe_mtx);
 }
 
 int uffd_open(struct dxm_uffd_info *info, uint64_t required, uint64_t optional,
 	      bool quiet)
 {
-	pthread_once(&probe_once, probe);
+	if (!__atomic_load_n(&probe_mode, __ATOMIC_ACQUIRE))
+		probe();
 	if (!probe_mode) {
 		if (probe_err == -ENOSYS)
 			pr_err("userfaultfd is not available in this kernel "
