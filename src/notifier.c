@@ -43,8 +43,13 @@ DXM_API int dxm_notifier_insert(struct dxm_ctx *ctx, void *start, size_t len,
 	if (!n)
 		return -ENOMEM;
 	n->ctx = ctx;
-	n->start = s;
-	n->end = s + len;
+	/* Whole pages, so that every range a callback gets is page aligned
+	 * (an unaligned interval would clip ranges mid-page). */
+	n->start = s & ~(uintptr_t)(ctx->psize - 1);
+	n->end = s + len > UINTPTR_MAX - ctx->psize
+			 ? UINTPTR_MAX & ~(uintptr_t)(ctx->psize - 1)
+			 : (s + len + ctx->psize - 1) &
+				   ~(uintptr_t)(ctx->psize - 1);
 	n->ops = ops;
 	n->priv = priv;
 	pthread_mutex_lock(&ctx->n_mtx);

@@ -284,6 +284,12 @@ static void locked_case(enum mem_kind kind, bool write)
 	t.value = write ? 77 : 0;
 	pthread_t th;
 	cr_assert_eq(pthread_create(&th, NULL, toucher_main, &t), 0);
+	/* Let the thread reach the fault (on a loaded machine it may take
+	 * a while to run), then give a wrong completion time to happen. */
+	for (int i = 0; i < 2000 && stats(ctx).deferred_faults == 0 &&
+			!atomic_load(&t.done);
+	     i++)
+		sleep_ms(1);
 	sleep_ms(200);
 	cr_assert(!atomic_load(&t.done),
 		  "a CPU %s of a LOCKED page completed before the unlock",

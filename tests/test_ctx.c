@@ -4,6 +4,7 @@
  * dxm_stats, dxm_set_print, and dxm_ctx_destroy with work outstanding.
  */
 #include <dirent.h>
+#include <grp.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -194,4 +195,38 @@ Test(ctx, destroy_notifies_unmap, .timeout = 30)
 	recorder_remove(rec);
 	free(rec);
 	dxm_ctx_destroy(ctx);
+}
+
+/* B12: a program that needs system calls on exclusive pages resolved can
+ * demand it; a normal user is then refused with -EPERM and a message that
+ * names the remedies, instead of failing later with EFAULT. */
+Test(ctx, require_kernel_faults_refused_for_normal_user, .timeout = 30)
+{
+	if (geteuid() == 0) {
+		struct dxm_ctx_opts o = { .sz = sizeof(o),
+					  .flags = DXM_CTX_REQUIRE_KERNEL_FAULTS };
+		struct dxm_ctx *ctx = ctx_or_skip(&o);
+		dxm_ctx_destroy(ctx); /* root gets kernel-mode resolution */
+		/* Now become a normal user, as most programs are. */
+		cr_assert_eq(setgroups(0, NULL), 0);
+		cr_assert_eq(setresgid(65534, 65534, 65534), 0);
+		cr_assert_eq(setresuid(65534, 65534, 65534), 0);
+	}
+	struct dxm_ctx *ctx = ctx_or_skip(NULL);
+	struct dxm_stats st;
+	cr_assert_eq(dxm_stats(ctx, &st, sizeof(st)), 0);
+	dxm_ctx_destroy(ctx);
+	if (st.uffd_mode != DXM_UFFD_USER_ONLY)
+		cr_skip_test("SKIP: this normal user gets kernel-mode fault "
+			     "resolution (vm.unprivileged_userfaultfd = 1, or "
+			     "access to /dev/userfaultfd)");
+	dxm_print_fn old = dxm_set_print(capture);
+	logbuf[0] = 0;
+	struct dxm_ctx_opts o = { .sz = sizeof(o),
+				  .flags = DXM_CTX_REQUIRE_KERNEL_FAULTS };
+	cr_assert_eq(dxm_ctx_create(&ctx, &o), -EPERM);
+	dxm_set_print(old);
+	cr_assert(strstr(logbuf, "/dev/userfaultfd") &&
+			  strstr(logbuf, "vm.unprivileged_userfaultfd"),
+		  "the message must name the remedies: '%s'", logbuf);
 }
