@@ -125,6 +125,8 @@ static void probe(void)
 int uffd_open(struct dxm_uffd_info *info, uint64_t required, uint64_t optional,
 	      bool quiet)
 {
+	bool reprobed = false;
+again:
 	if (!__atomic_load_n(&probe_mode, __ATOMIC_ACQUIRE))
 		probe();
 	if (!probe_mode) {
@@ -149,6 +151,13 @@ int uffd_open(struct dxm_uffd_info *info, uint64_t required, uint64_t optional,
 	uint64_t want = required | (optional & probe_offer);
 	for (;;) {
 		int fd = open_mode(probe_mode);
+		if ((fd == -EPERM || fd == -EACCES) && !reprobed) {
+			/* The process gave up privileges since the probe
+			 * (setuid): find what it may have now. */
+			reprobed = true;
+			__atomic_store_n(&probe_mode, 0, __ATOMIC_RELEASE);
+			goto again;
+		}
 		if (fd < 0)
 			return fd;
 		int err = api(fd, want, NULL);
