@@ -153,6 +153,8 @@ struct dxm_stats {
 	uint64_t stale_device_faults; /* a device touched a staging page after
 					 its invalidation returned: a driver
 					 bug, reported */
+	uint64_t watchdog_reports; /* a callback running, or a fault waiting,
+				      longer than $DXM_WATCHDOG_MS (5 s) */
 };
 
 int dxm_stats(struct dxm_ctx *ctx, struct dxm_stats *st, size_t size);

@@ -25,6 +25,7 @@
  * UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -280,43 +281,69 @@ void anon_discard(struct dxm_region *r, size_t pg, size_t n)
 		       strerror(-err));
 }
 
-/* Move one staged page back to the CPU at cpu (registered, ours). */
+/*
+ * Whether the staging page holds data (present or swapped out), read off
+ * /proc/self/pagemap.  A hole must never be read from a handler thread: the
+ * kernel would raise a MISSING fault on staging and wait for the handler.
+ */
+static bool staged_page_exists(struct dxm_region *r, size_t pg)
+{
+	int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+	uint64_t e = 0;
+	if (fd >= 0) {
+		off_t off = (off_t)(stg(r, pg) >> r->ctx->pshift) * 8;
+		if (pread(fd, &e, sizeof(e), off) != sizeof(e))
+			e = 0;
+		close(fd);
+	}
+	return (e >> 62) & 3; /* bit 63 present, bit 62 swapped */
+}
+
+/* Move one staged page back to the CPU at cpu (registered, ours).  If it
+ * cannot move (a device pinned it: EBUSY; the program changed the
+ * protection behind dxm's back: EINVAL; ...), copy it: never leave the CPU
+ * a zero page where the device's data was. */
 static void move_in_page(struct dxm_region *r, size_t pg, uintptr_t cpu)
 {
 	struct dxm_ctx *ctx = r->ctx;
+	long got;
 	for (int tries = 0;; tries++) {
-		long got = uffd_move(r->uffd, cpu, stg(r, pg), ctx->psize,
-				     UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES);
+		got = uffd_move(r->uffd, cpu, stg(r, pg), ctx->psize,
+				UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES);
 		if (got > 0)
 			return; /* a hole moves nothing: the CPU then faults
 				   on a page it never had, a zero page */
-		if (got == -EAGAIN && tries < 1000) {
-			sched_yield();
-			continue;
-		}
-		if (got == -EINVAL) {
-			/* The program changed the protection behind dxm's
-			 * back (raw mprotect): copy instead, then drop the
-			 * staging page.  Read faults on the copy source are
-			 * impossible: the page is there or it was a hole. */
-			long c = uffd_copy(r->uffd, cpu, stg(r, pg), ctx->psize);
-			if (c < 0 && c != -EEXIST)
-				pr_err("restore of %#lx failed: %s", cpu,
-				       strerror((int)-c));
-			anon_discard(r, pg, 1);
-			uffd_wake(r->uffd, cpu, ctx->psize);
-			return;
-		}
-		if (got == -EEXIST) {
-			/* The CPU already has a page there: keep it. */
-			anon_discard(r, pg, 1);
-		} else {
-			pr_err("restore of %#lx failed: %s", cpu,
-			       strerror((int)-got));
-		}
-		uffd_wake(r->uffd, cpu, ctx->psize);
-		return;
+		/* EAGAIN: the address space is changing.  EEXIST cannot
+		 * happen while the page is staged (the CPU view is empty):
+		 * retried too before anything is discarded. */
+		if ((got != -EAGAIN && got != -EEXIST) || tries >= 1000)
+			break;
+		sched_yield();
 	}
+	if (got == -EEXIST) {
+		/* The CPU really has another page there: keep it. */
+		pr_err("restore of %#lx: the CPU view has a page; the staged "
+		       "one is dropped",
+		       cpu);
+	} else if (staged_page_exists(r, pg)) {
+		pr_debug("restore of %#lx by copy: %s", cpu,
+			 strerror((int)-got));
+		for (int tries = 0;; tries++) {
+			long c = uffd_copy(r->uffd, cpu, stg(r, pg), ctx->psize);
+			if (c > 0 || c == -EEXIST)
+				break;
+			if (tries >= 1000) {
+				pr_err("restore of %#lx failed: %s; its data "
+				       "stays in staging at %#lx",
+				       cpu, strerror((int)-c), stg(r, pg));
+				uffd_wake(r->uffd, cpu, ctx->psize);
+				return;
+			}
+			sched_yield();
+		}
+	}
+	anon_discard(r, pg, 1);
+	uffd_wake(r->uffd, cpu, ctx->psize);
 }
 
 /* Move region pages [pg, pg+n) back from staging into the CPU view.  The
@@ -502,7 +529,8 @@ static void fix_child(struct dxm_region *r, void *arg)
 		/* Hold an unlocked exclusive page still while copying it. */
 		if (ps_state(s) == PS_EXCLUSIVE)
 			held = ps_cas(p, &s, PS_INVALIDATING | (s & PS_WAITERS));
-		if (region_view_addrs(r, pg, 1, runs, 1) == 1) {
+		if (staged_page_exists(r, pg) &&
+		    region_view_addrs(r, pg, 1, runs, 1) == 1) {
 			long c = uffd_copy(f->child, runs[0], stg(r, pg),
 					   ctx->psize);
 			if (c > 0)

@@ -37,6 +37,7 @@
 #include <unistd.h>
 
 #include "compat_uffd.h"
+#include "inject.h"
 #include "internal.h"
 
 #define MAX_HANDLERS 64
@@ -163,7 +164,8 @@ static void handle_batch(struct dxm_ctx *ctx, int uffd)
 	size_t ngone = 0, nmoved = 0, nremoved = 0, nforked = 0;
 
 	pthread_mutex_lock(&ctx->gate);
-	ssize_t got = read(uffd, msg, sizeof(msg));
+	int inj = inject(INJ_READ);
+	ssize_t got = inj ? (errno = inj, -1) : read(uffd, msg, sizeof(msg));
 	if (got < 0) {
 		pthread_mutex_unlock(&ctx->gate);
 		if (errno != EAGAIN && errno != EINTR)
@@ -234,7 +236,8 @@ static void *handler_main(void *arg)
 		{ .fd = ctx->uffd_anon, .events = POLLIN }, /* -1: ignored */
 	};
 	for (;;) {
-		int rc = poll(pfd, 4, -1);
+		int inj = inject(INJ_POLL);
+		int rc = inj ? (errno = inj, -1) : poll(pfd, 4, -1);
 		if (rc < 0) {
 			if (errno == EINTR)
 				continue;
@@ -258,6 +261,9 @@ static void *handler_main(void *arg)
 		fault_drain_ready(ctx);
 	}
 out:
+	if (!atomic_load(&ctx->stopping))
+		pr_err("fault handler thread %u stopped unexpectedly", h->idx);
+	atomic_store(&h->exited, true);
 	return NULL;
 }
 
@@ -286,6 +292,7 @@ static int start_handlers(struct dxm_ctx *ctx)
 static void stop_handlers(struct dxm_ctx *ctx)
 {
 	uint64_t one = 1;
+	atomic_store(&ctx->stopping, true);
 	if (write(ctx->stop_fd, &one, sizeof(one)) < 0)
 		pr_err("cannot stop the fault handler: %s", strerror(errno));
 	for (unsigned i = 0; i < ctx->nhandlers; i++)
@@ -444,8 +451,11 @@ DXM_API int dxm_ctx_create(struct dxm_ctx **ctxp, const struct dxm_ctx_opts *opt
 	if (err)
 		goto fail;
 	err = start_handlers(ctx);
+	if (!err)
+		err = watchdog_start(ctx);
 	if (err) {
 		stop_handlers(ctx);
+		watchdog_stop(ctx);
 		registry_del(ctx);
 		goto fail;
 	}
@@ -479,6 +489,7 @@ DXM_API void dxm_ctx_destroy(struct dxm_ctx *ctx)
 	if (!registry_del(ctx))
 		return;
 	stop_handlers(ctx);
+	watchdog_stop(ctx);
 	notifier_destroy_all(ctx);
 	pthread_mutex_lock(&ctx->defer_mtx);
 	struct dxm_fault *lists[2] = { ctx->deferred, ctx->ready };
@@ -522,6 +533,7 @@ DXM_API int dxm_stats(struct dxm_ctx *ctx, struct dxm_stats *st, size_t size)
 	s.events_remove = atomic_load(&c->events_remove);
 	s.forks = atomic_load(&c->forks);
 	s.stale_device_faults = atomic_load(&c->stale_device_faults);
+	s.watchdog_reports = atomic_load(&c->watchdog_reports);
 	memcpy(st, &s, size < sizeof(s) ? size : sizeof(s));
 	if (size > sizeof(s))
 		memset((char *)st + sizeof(s), 0, size - sizeof(s));

@@ -47,6 +47,8 @@ static bool try_defer(struct dxm_region *r, size_t pg, uintptr_t addr,
 	f->r = r;
 	f->pg = pg;
 	f->addr = addr;
+	f->t0 = now_ns();
+	f->reported = false;
 	pthread_mutex_lock(&ctx->defer_mtx);
 	uint8_t cur = s;
 	bool ok = ps_cas(&r->st[pg], &cur, s | PS_WAITERS);

@@ -127,6 +127,8 @@ struct dxm_fault {
 	struct dxm_region *r;
 	size_t pg;
 	uintptr_t addr;
+	uint64_t t0;	/* when it was deferred (watchdog.c) */
+	bool reported;	/* by the watchdog (defer_mtx) */
 	struct dxm_fault *next;
 };
 void fault_resolve(struct dxm_ctx *ctx, uintptr_t addr, bool write,
@@ -156,6 +158,10 @@ struct dxm_anon_rm *anon_remove_begin(struct dxm_ctx *ctx, uintptr_t start,
 void anon_remove_finish(struct dxm_ctx *ctx, struct dxm_anon_rm *rm);
 void anon_fork_event(struct dxm_ctx *ctx, int child_uffd);
 
+/* ------------------------------------------------------------- watchdog.c */
+int watchdog_start(struct dxm_ctx *ctx);
+void watchdog_stop(struct dxm_ctx *ctx);
+
 /* ----------------------------------------------------------------- fork.c */
 void fork_init(void);
 bool fork_enter(struct dxm_ctx *ctx);
@@ -170,6 +176,9 @@ struct dxm_notifier {
 	atomic_ulong seq;
 	unsigned busy;	/* callbacks in flight (n_mtx) */
 	bool removed;	/* (n_mtx) */
+	atomic_ulong cb_start;	 /* now_ns() while its callback runs, else 0 */
+	enum dxm_event cb_event; /* what it is being told (watchdog.c) */
+	uint64_t cb_reported;	 /* cb_start the watchdog reported (n_mtx) */
 	struct dxm_notifier *next;
 };
 void notify_range(struct dxm_ctx *ctx, uintptr_t start, uintptr_t end,
@@ -184,6 +193,8 @@ struct dxm_handler {
 	pthread_t tid;
 	unsigned idx;
 	bool started;
+	atomic_bool exited;
+	bool reported; /* watchdog.c */
 };
 
 struct dxm_counters {
@@ -191,7 +202,7 @@ struct dxm_counters {
 	atomic_ulong cpu_faults, restores, deferred_faults;
 	atomic_ulong notifier_calls, notifier_ns;
 	atomic_ulong events_unmap, events_remap, events_remove, forks;
-	atomic_ulong stale_device_faults;
+	atomic_ulong stale_device_faults, watchdog_reports;
 	atomic_ulong regions, managed_pages;
 };
 
@@ -225,9 +236,16 @@ struct dxm_ctx {
 	unsigned n_active;
 
 	int stop_fd, wake_fd;
+	atomic_bool stopping;
 	unsigned nhandlers;
 	struct dxm_handler *handlers;
 	pid_t pid; /* creator: calls from a fork()ed child are refused */
+
+	unsigned wd_ms; /* watchdog.c */
+	pthread_t wd_tid;
+	bool wd_started, wd_stop;
+	pthread_mutex_t wd_mtx;
+	pthread_cond_t wd_cond;
 
 	struct dxm_counters c;
 };

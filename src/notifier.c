@@ -27,6 +27,7 @@
 #include <sched.h>
 #include <stdlib.h>
 
+#include "inject.h"
 #include "internal.h"
 
 DXM_API int dxm_notifier_insert(struct dxm_ctx *ctx, void *start, size_t len,
@@ -163,7 +164,11 @@ void notify_range(struct dxm_ctx *ctx, uintptr_t start, uintptr_t end,
 				.owner = ev == DXM_EVENT_EXCLUSIVE ? owner
 								   : NULL,
 			};
+			n->cb_event = ev;
+			atomic_store(&n->cb_start, now_ns());
+			inject(INJ_NOTIFY); /* a slow callback, in tests */
 			n->ops->invalidate(n, &r, cur);
+			atomic_store(&n->cb_start, 0);
 		}
 		stat_add(&ctx->c.notifier_ns, now_ns() - t0);
 		stat_add(&ctx->c.notifier_calls, nhit);

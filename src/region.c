@@ -40,6 +40,7 @@
 #include <unistd.h>
 
 #include "compat_uffd.h"
+#include "inject.h"
 #include "internal.h"
 
 
@@ -380,9 +381,10 @@ static int new_view(struct dxm_ctx *ctx, struct dxm_region *r, bool populate,
 	size_t len = r->npages << ctx->pshift;
 	int err = 0;
 	pthread_mutex_lock(&ctx->gate);
-	void *p = mremap(r->dev, 0, len, MREMAP_MAYMOVE);
+	int inj = inject(INJ_MREMAP);
+	void *p = inj ? MAP_FAILED : mremap(r->dev, 0, len, MREMAP_MAYMOVE);
 	if (p == MAP_FAILED) {
-		err = -errno;
+		err = inj ? -inj : -errno;
 	} else {
 		pthread_rwlock_wrlock(&ctx->vt_lock);
 		unsigned group = r->next_group++;
@@ -454,9 +456,11 @@ DXM_API int dxm_alloc(struct dxm_ctx *ctx, size_t len, unsigned flags,
 		close(fd);
 		goto fail;
 	}
-	r->dev = mmap(NULL, len, PROT_READ | PROT_WRITE,
-		      MAP_SHARED | MAP_POPULATE, fd, 0);
-	err = -errno;
+	int inj = inject(INJ_MMAP);
+	r->dev = inj ? MAP_FAILED
+		     : mmap(NULL, len, PROT_READ | PROT_WRITE,
+			    MAP_SHARED | MAP_POPULATE, fd, 0);
+	err = inj ? -inj : -errno;
 	close(fd);
 	if (r->dev == MAP_FAILED)
 		goto fail;

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "compat_uffd.h"
+#include "inject.h"
 #include "internal.h"
 
 static int open_dev(void)
@@ -208,6 +209,9 @@ long uffd_continue(int uffd, uintptr_t start, size_t len)
 		.range = { .start = start, .len = len },
 		.mode = 0,
 	};
+	int inj = inject(INJ_CONTINUE);
+	if (inj)
+		return -inj;
 	if (ioctl(uffd, UFFDIO_CONTINUE, &c) == 0)
 		return (long)len;
 	int err = errno;
@@ -235,6 +239,9 @@ long uffd_move(int uffd, uintptr_t dst, uintptr_t src, size_t len,
 	struct uffdio_move m = {
 		.dst = dst, .src = src, .len = len, .mode = mode,
 	};
+	int inj = inject(INJ_MOVE);
+	if (inj)
+		return -inj;
 	if (ioctl(uffd, UFFDIO_MOVE, &m) == 0)
 		return (long)len;
 	int err = errno;
@@ -246,6 +253,9 @@ long uffd_move(int uffd, uintptr_t dst, uintptr_t src, size_t len,
 long uffd_copy(int uffd, uintptr_t dst, uintptr_t src, size_t len)
 {
 	struct uffdio_copy c = { .dst = dst, .src = src, .len = len };
+	int inj = inject(INJ_COPY);
+	if (inj)
+		return -inj;
 	if (ioctl(uffd, UFFDIO_COPY, &c) == 0)
 		return (long)len;
 	int err = errno;
@@ -257,6 +267,9 @@ long uffd_copy(int uffd, uintptr_t dst, uintptr_t src, size_t len)
 long uffd_zeropage(int uffd, uintptr_t dst, size_t len)
 {
 	struct uffdio_zeropage z = { .range = { .start = dst, .len = len } };
+	int inj = inject(INJ_ZEROPAGE);
+	if (inj)
+		return -inj;
 	if (ioctl(uffd, UFFDIO_ZEROPAGE, &z) == 0)
 		return (long)len;
 	int err = errno;

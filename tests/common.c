@@ -2,11 +2,12 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include "common.h"
 
-const char *const mem_kind_name[] = { "memfd", "alias" };
+const char *const mem_kind_name[] = { "memfd", "alias", "anon" };
 
 struct dxm_ctx *ctx_or_skip(const struct dxm_ctx_opts *opts)
 {
@@ -27,6 +28,23 @@ void mem_setup(struct dxm_ctx *ctx, enum mem_kind kind, size_t len,
 	m->kind = kind;
 	m->ctx = ctx;
 	m->len = len;
+	if (kind == MEM_ANON) {
+		void *p = mmap(NULL, len, PROT_READ | PROT_WRITE,
+			       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		cr_assert_neq(p, MAP_FAILED, "mmap(%zu): %s", len,
+			      strerror(errno));
+		int err = dxm_adopt(ctx, p, len, 0);
+		if (err == -ENOSYS) {
+			munmap(p, len);
+			cr_skip_test("SKIP: dxm_adopt is not available here "
+				     "(needs UFFD_FEATURE_MOVE, Linux 6.8, "
+				     "and EVENT_REMOVE): %s",
+				     strerror(-err));
+		}
+		cr_assert_eq(err, 0, "dxm_adopt(%zu): %s", len, strerror(-err));
+		m->region = m->base = p;
+		return;
+	}
 	int err = dxm_alloc(ctx, len, 0, &m->region);
 	cr_assert_eq(err, 0, "dxm_alloc(%zu): %s", len, strerror(-err));
 	m->base = m->region;
@@ -39,6 +57,8 @@ void mem_setup(struct dxm_ctx *ctx, enum mem_kind kind, size_t len,
 void mem_teardown(struct mem *m)
 {
 	cr_assert_eq(dxm_free(m->ctx, m->region), 0);
+	if (m->kind == MEM_ANON)
+		cr_assert_eq(munmap(m->region, m->len), 0);
 }
 
 bool page_present(const void *addr)

@@ -26,20 +26,29 @@ struct dxm_ctx *ctx_or_skip(const struct dxm_ctx_opts *opts);
 enum mem_kind {
 	MEM_MEMFD, /* dxm_alloc: the region's own view */
 	MEM_ALIAS, /* the same memfd pages through a dxm_alias view */
+	MEM_ANON,  /* private anonymous memory put under dxm with dxm_adopt */
 };
 extern const char *const mem_kind_name[];
 #define MEM_KINDS_PARAMS                                                       \
 	static enum mem_kind kinds[] = { MEM_MEMFD, MEM_ALIAS };               \
 	return cr_make_param_array(enum mem_kind, kinds,                       \
 				   sizeof(kinds) / sizeof(kinds[0]))
+/* Every kind, adopted anonymous memory included. */
+#define MEM_KINDS_ALL_PARAMS                                                   \
+	static enum mem_kind kinds[] = { MEM_MEMFD, MEM_ALIAS, MEM_ANON };     \
+	return cr_make_param_array(enum mem_kind, kinds,                       \
+				   sizeof(kinds) / sizeof(kinds[0]))
 
 struct mem {
 	enum mem_kind kind;
 	struct dxm_ctx *ctx;
-	void *region; /* what dxm_alloc returned */
+	void *region; /* what dxm_alloc returned (MEM_ANON: the adopted
+			 range) */
 	void *base;   /* where the test accesses the memory */
 	size_t len;
 };
+/* MEM_ANON: mmap(MAP_PRIVATE | MAP_ANONYMOUS) and dxm_adopt (skips the
+ * test where dxm_adopt is -ENOSYS); mem_teardown: dxm_free, then munmap. */
 void mem_setup(struct dxm_ctx *ctx, enum mem_kind kind, size_t len,
 	       struct mem *m);
 void mem_teardown(struct mem *m);

@@ -1,0 +1,39 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Fault injection, for tests only: built with meson -Dfault_injection=true
+ * (the macro DXM_FAULT_INJECTION); otherwise every site compiles to 0.
+ *
+ * DXM_INJECT="site=ERRNO/N,..." makes every N-th call at that site fail
+ * with ERRNO instead of entering the kernel, e.g.
+ *   DXM_INJECT="continue=EAGAIN/2,move=EAGAIN/3,read=EINTR/5"
+ * Sites: continue, move, copy, zeropage, mmap, mremap, read, poll, and
+ * notify (a callback delayed by N milliseconds instead of failing:
+ * "notify=0/N").
+ */
+#ifndef DXM_INJECT_H
+#define DXM_INJECT_H
+
+enum inject_site {
+	INJ_CONTINUE,
+	INJ_MOVE,
+	INJ_COPY,
+	INJ_ZEROPAGE,
+	INJ_MMAP,
+	INJ_MREMAP,
+	INJ_READ,
+	INJ_POLL,
+	INJ_NOTIFY,
+	INJ_NSITES,
+};
+
+#ifdef DXM_FAULT_INJECTION
+int inject(enum inject_site site);
+#else
+static inline int inject(enum inject_site site)
+{
+	(void)site;
+	return 0;
+}
+#endif
+
+#endif

@@ -1,0 +1,132 @@
+// SPDX-License-Identifier: MIT
+/*
+ * The watchdog: one thread per context ("dxm-watchdog") that reports, once
+ * each, what would otherwise hang silently:
+ *   - an invalidate callback running longer than the threshold (every
+ *     fault behind it waits);
+ *   - a fault deferred longer than the threshold (a driver that never
+ *     calls dxm_exclusive_unlock);
+ *   - a handler thread that stopped without being asked.
+ * It only reads and reports; it never changes state.  $DXM_WATCHDOG_MS
+ * sets the threshold (default 5000; 0 turns the watchdog off).
+ *
+ * Locking: ctx->wd_mtx/wd_cond for its sleep and stop; it takes n_mtx and
+ * defer_mtx briefly to scan (never while calling anything else).
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "internal.h"
+
+static const char *event_name(enum dxm_event ev)
+{
+	static const char *const n[] = { "CLEAR",      "EXCLUSIVE", "UNMAP",
+					 "PROTECTION", "FORK",	    "REMAP" };
+	return (unsigned)ev < 6 ? n[ev] : "?";
+}
+
+static void report(struct dxm_ctx *ctx)
+{
+	uint64_t now = now_ns(), lim = ctx->wd_ms * 1000000ull;
+
+	pthread_mutex_lock(&ctx->n_mtx);
+	for (struct dxm_notifier *n = ctx->notifiers; n; n = n->next) {
+		uint64_t t0 = atomic_load(&n->cb_start);
+		if (!t0 || now - t0 < lim || n->cb_reported == t0)
+			continue;
+		n->cb_reported = t0;
+		stat_add(&ctx->c.watchdog_reports, 1);
+		pr_err("watchdog: invalidate callback of notifier [%#lx, "
+		       "%#lx) (event %s) has run for %llu ms; every fault "
+		       "behind it waits",
+		       n->start, n->end, event_name(n->cb_event),
+		       (unsigned long long)((now - t0) / 1000000));
+	}
+	pthread_mutex_unlock(&ctx->n_mtx);
+
+	pthread_mutex_lock(&ctx->defer_mtx);
+	for (struct dxm_fault *f = ctx->deferred; f; f = f->next) {
+		if (f->reported || now - f->t0 < lim)
+			continue;
+		f->reported = true;
+		stat_add(&ctx->c.watchdog_reports, 1);
+		uint8_t s = ps_load(&f->r->st[f->pg]);
+		pr_err("watchdog: CPU access to %#lx has waited %llu ms: the "
+		       "page is %s%s",
+		       f->addr, (unsigned long long)((now - f->t0) / 1000000),
+		       ps_state(s) == PS_LOCKED ? "LOCKED" : "busy",
+		       ps_state(s) == PS_LOCKED
+			       ? " (dxm_make_exclusive without "
+				 "dxm_exclusive_unlock?)"
+			       : "");
+	}
+	pthread_mutex_unlock(&ctx->defer_mtx);
+
+	for (unsigned i = 0; i < ctx->nhandlers; i++) {
+		struct dxm_handler *h = &ctx->handlers[i];
+		if (h->started && atomic_load(&h->exited) && !h->reported) {
+			h->reported = true;
+			stat_add(&ctx->c.watchdog_reports, 1);
+			pr_err("watchdog: fault handler thread %u stopped; "
+			       "faults it would have resolved hang",
+			       i);
+		}
+	}
+}
+
+static void *watchdog_main(void *arg)
+{
+	struct dxm_ctx *ctx = arg;
+	unsigned period = ctx->wd_ms / 4 ? ctx->wd_ms / 4 : 1;
+	pthread_mutex_lock(&ctx->wd_mtx);
+	while (!ctx->wd_stop) {
+		struct timespec ts;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_sec += period / 1000;
+		ts.tv_nsec += (long)(period % 1000) * 1000000;
+		if (ts.tv_nsec >= 1000000000) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000;
+		}
+		pthread_cond_timedwait(&ctx->wd_cond, &ctx->wd_mtx, &ts);
+		if (ctx->wd_stop)
+			break;
+		pthread_mutex_unlock(&ctx->wd_mtx);
+		report(ctx);
+		pthread_mutex_lock(&ctx->wd_mtx);
+	}
+	pthread_mutex_unlock(&ctx->wd_mtx);
+	return NULL;
+}
+
+int watchdog_start(struct dxm_ctx *ctx)
+{
+	const char *e = getenv("DXM_WATCHDOG_MS");
+	ctx->wd_ms = e ? (unsigned)strtoul(e, NULL, 10) : 5000;
+	pthread_mutex_init(&ctx->wd_mtx, NULL);
+	pthread_cond_init(&ctx->wd_cond, NULL);
+	if (!ctx->wd_ms)
+		return 0;
+	int err = -pthread_create(&ctx->wd_tid, NULL, watchdog_main, ctx);
+	if (!err) {
+		ctx->wd_started = true;
+		pthread_setname_np(ctx->wd_tid, "dxm-watchdog");
+	}
+	return err;
+}
+
+void watchdog_stop(struct dxm_ctx *ctx)
+{
+	if (ctx->wd_started) {
+		pthread_mutex_lock(&ctx->wd_mtx);
+		ctx->wd_stop = true;
+		pthread_cond_signal(&ctx->wd_cond);
+		pthread_mutex_unlock(&ctx->wd_mtx);
+		pthread_join(ctx->wd_tid, NULL);
+		ctx->wd_started = false;
+	}
+	pthread_mutex_destroy(&ctx->wd_mtx);
+	pthread_cond_destroy(&ctx->wd_cond);
+}

@@ -1,0 +1,224 @@
+// SPDX-License-Identifier: MIT
+/*
+ * Fault injection (built with -Dfault_injection=true only): chosen system
+ * calls and ioctls fail the way the kernel makes them fail (EAGAIN while
+ * the address space changes, EEXIST, ENOMEM, EINTR) or callbacks are slow.
+ * The library retries what can be retried and reports what cannot; no page
+ * content is ever lost and no fault is left hanging.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "common.h"
+#include "dxm_mirror.h"
+
+#define NPAGES 64
+#define LEN (NPAGES * PS)
+
+static struct dxm_ctx *ctx_with(const char *spec)
+{
+	/* Read once per process, at the first injection site: each test
+	 * runs in its own process. */
+	setenv("DXM_INJECT", spec, 1);
+	return ctx_or_skip(NULL);
+}
+
+/* Convert, let the device write, give everything back through CPU
+ * increments, twice; every value must be exact. */
+static void round_trips(struct dxm_ctx *ctx, enum mem_kind kind)
+{
+	struct mem m;
+	mem_setup(ctx, kind, LEN, &m);
+	struct dxm_mirror *dev;
+	cr_assert_eq(dxm_mirror_create(ctx, &dev), 0);
+	uint64_t *p = m.base;
+	fill_index(p, LEN, 0);
+	for (int round = 1; round <= 3; round++) {
+		int err = dxm_mirror_exclusive(dev, p, LEN);
+		cr_assert(err == 0 || err == -EBUSY, "exclusive: %s",
+			  strerror(-err));
+		for (size_t pg = 0; pg < NPAGES; pg++)
+			cr_assert_eq(dxm_mirror_atomic_add(dev, &p[pg * PS / 8],
+							   1000, NULL),
+				     0);
+		for (size_t i = 0; i < LEN / 8; i++)
+			p[i]++;
+		for (size_t i = 0; i < LEN / 8; i++) {
+			uint64_t want = i + (uint64_t)round +
+					(i % (PS / 8) ? 0 : 1000u * round);
+			cr_assert_eq(p[i], want, "word %zu: %lu, want %lu", i,
+				     (unsigned long)p[i], (unsigned long)want);
+		}
+	}
+	struct dxm_mirror_stats ms;
+	dxm_mirror_get_stats(dev, &ms);
+	cr_assert_eq(ms.stale_accesses, 0);
+	dxm_mirror_destroy(dev);
+	mem_teardown(&m);
+}
+
+#define INJECT_TEST(name, spec, kind)                                          \
+	Test(inject, name, .timeout = 60)                                      \
+	{                                                                      \
+		struct dxm_ctx *ctx = ctx_with(spec);                          \
+		round_trips(ctx, kind);                                        \
+		dxm_ctx_destroy(ctx);                                          \
+	}
+
+/* UFFDIO_CONTINUE: EAGAIN is retried; EEXIST (already mapped) wakes the
+ * thread, which faults again if the page was not in fact mapped. */
+INJECT_TEST(continue_eagain, "continue=EAGAIN/2", MEM_MEMFD)
+INJECT_TEST(continue_eexist, "continue=EEXIST/3", MEM_MEMFD)
+INJECT_TEST(continue_eagain_alias, "continue=EAGAIN/2", MEM_ALIAS)
+/* UFFDIO_MOVE (adopted memory): retried both ways; a page that cannot be
+ * moved out is refused alone and keeps its data. */
+INJECT_TEST(move_eagain, "move=EAGAIN/2", MEM_ANON)
+INJECT_TEST(move_eexist, "move=EEXIST/3", MEM_ANON)
+INJECT_TEST(move_ebusy, "move=EBUSY/4", MEM_ANON)
+/* Zero pages for never-populated adopted pages. */
+INJECT_TEST(copy_zeropage_eagain, "copy=EAGAIN/2,zeropage=EAGAIN/2", MEM_ANON)
+/* The handler's read and poll interrupted. */
+INJECT_TEST(read_poll_eintr, "read=EINTR/3,poll=EINTR/2", MEM_MEMFD)
+INJECT_TEST(read_poll_eintr_anon, "read=EINTR/3,poll=EINTR/2", MEM_ANON)
+
+/* mmap/mremap failing: a clean -ENOMEM, nothing leaked, and the next call
+ * works. */
+static size_t count_lines(const char *path)
+{
+	FILE *f = fopen(path, "r");
+	size_t n = 0;
+	int c;
+	while ((c = fgetc(f)) != EOF)
+		n += c == '\n';
+	fclose(f);
+	return n;
+}
+
+static size_t count_fds(void)
+{
+	size_t n = 0;
+	for (int fd = 0; fd < 1024; fd++)
+		n += fcntl(fd, F_GETFD) != -1;
+	return n;
+}
+
+Test(inject, mmap_enomem_leaks_nothing, .timeout = 30)
+{
+	struct dxm_ctx *ctx = ctx_with("mmap=ENOMEM/2");
+	void *p, *q;
+	cr_assert_eq(dxm_alloc(ctx, LEN, 0, &p), 0); /* call 1 passes */
+	size_t maps = count_lines("/proc/self/maps"), fds = count_fds();
+	cr_assert_eq(dxm_alloc(ctx, LEN, 0, &q), -ENOMEM);
+	cr_assert_eq(count_lines("/proc/self/maps"), maps);
+	cr_assert_eq(count_fds(), fds);
+	struct dxm_stats st;
+	dxm_stats(ctx, &st, sizeof(st));
+	cr_assert_eq(st.regions, 1);
+	cr_assert_eq(dxm_alloc(ctx, LEN, 0, &q), 0); /* call 3 passes */
+	cr_assert_eq(dxm_free(ctx, q), 0);
+	cr_assert_eq(dxm_free(ctx, p), 0);
+	dxm_ctx_destroy(ctx);
+}
+
+Test(inject, mremap_enomem_alias_fails_cleanly, .timeout = 30)
+{
+	struct dxm_ctx *ctx = ctx_with("mremap=ENOMEM/2");
+	char *p;
+	void *a;
+	cr_assert_eq(dxm_alloc(ctx, LEN, 0, (void **)&p), 0); /* mremap 1 */
+	fill_index(p, LEN, 5);
+	size_t maps = count_lines("/proc/self/maps");
+	cr_assert_eq(dxm_alias(ctx, p, &a), -ENOMEM); /* mremap 2 */
+	cr_assert_eq(count_lines("/proc/self/maps"), maps);
+	cr_assert_eq(dxm_alias(ctx, p, &a), 0); /* mremap 3 */
+	cr_assert(check_index(a, LEN, 5));
+	cr_assert_eq(dxm_free(ctx, p), 0);
+	dxm_ctx_destroy(ctx);
+}
+
+/* A slow callback (50 ms each): faults wait for it, but all resolve. */
+Test(inject, slow_callbacks_still_resolve, .timeout = 60)
+{
+	struct dxm_ctx *ctx = ctx_with("notify=0/50");
+	struct mem m;
+	mem_setup(ctx, MEM_MEMFD, 8 * PS, &m);
+	struct recorder rec = { 0 };
+	recorder_insert(ctx, &rec, m.base, 8 * PS);
+	uint64_t *p = m.base;
+	void *dev[8];
+	for (int round = 0; round < 3; round++) {
+		cr_assert_eq(dxm_make_exclusive(ctx, p, 8 * PS, NULL, dev), 8);
+		((uint64_t *)dev[3])[0] += 7;
+		dxm_exclusive_unlock(ctx, p, 8 * PS, dev);
+		for (size_t pg = 0; pg < 8; pg++)
+			p[pg * PS / 8]++;
+	}
+	cr_assert_eq(p[3 * PS / 8], 3 * 7 + 3);
+	cr_assert_eq(recorder_count_event(&rec, DXM_EVENT_CLEAR), 3 * 8);
+	recorder_remove(&rec);
+	mem_teardown(&m);
+	dxm_ctx_destroy(ctx);
+}
+
+/* The watchdog reports a callback that does not return and a fault that
+ * waits for an unlock that does not come, instead of hanging silently. */
+static char logbuf[8192];
+static pthread_mutex_t loglock = PTHREAD_MUTEX_INITIALIZER;
+static int capture(enum dxm_log_level level, const char *fmt, va_list ap)
+{
+	(void)level;
+	pthread_mutex_lock(&loglock);
+	size_t n = strlen(logbuf);
+	vsnprintf(logbuf + n, sizeof(logbuf) - n, fmt, ap);
+	pthread_mutex_unlock(&loglock);
+	return 0;
+}
+
+static bool log_has(const char *s)
+{
+	pthread_mutex_lock(&loglock);
+	bool found = strstr(logbuf, s) != NULL;
+	pthread_mutex_unlock(&loglock);
+	return found;
+}
+
+static void *touch(void *arg)
+{
+	return (void *)(uintptr_t)++*(volatile uint64_t *)arg;
+}
+
+Test(inject, watchdog_reports_slow_callback_and_stuck_fault, .timeout = 30)
+{
+	setenv("DXM_WATCHDOG_MS", "200", 1);
+	struct dxm_ctx *ctx = ctx_with("notify=0/600");
+	dxm_set_print(capture);
+	struct mem m;
+	mem_setup(ctx, MEM_MEMFD, 2 * PS, &m);
+	struct recorder rec = { 0 };
+	recorder_insert(ctx, &rec, m.base, 2 * PS);
+	void *dev[2];
+	/* A 600 ms callback (the EXCLUSIVE notification). */
+	cr_assert_eq(dxm_make_exclusive(ctx, m.base, 2 * PS, &m, dev), 2);
+	cr_assert(log_has("has run for"), "no report of the slow callback: "
+					  "'%s'", logbuf);
+	/* A fault on a page left locked. */
+	pthread_t t;
+	pthread_create(&t, NULL, touch, m.base);
+	for (int i = 0; i < 200 && !log_has("has waited"); i++)
+		usleep(10000);
+	cr_assert(log_has("dxm_exclusive_unlock"),
+		  "no report of the stuck fault: '%s'", logbuf);
+	struct dxm_stats st;
+	dxm_stats(ctx, &st, sizeof(st));
+	cr_assert_geq(st.watchdog_reports, 2);
+	dxm_exclusive_unlock(ctx, m.base, 2 * PS, dev);
+	pthread_join(t, NULL); /* and then it completes */
+	recorder_remove(&rec);
+	mem_teardown(&m);
+	dxm_ctx_destroy(ctx);
+}
