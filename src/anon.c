@@ -117,6 +117,7 @@ DXM_API int dxm_adopt(struct dxm_ctx *ctx, void *addr, size_t len,
 	if (!r)
 		return -ENOMEM;
 	r->ctx = ctx;
+	r->fd = -1;
 	r->kind = REGION_ANON;
 	r->uffd = ctx->uffd_anon;
 	r->npages = len >> ctx->pshift;
@@ -144,7 +145,7 @@ fail:
 		munmap(r->dev, len);
 	free((void *)r->st);
 	free(r);
-	return err == -EBUSY ? -EBUSY : err;
+	return err;
 }
 
 /* -------------------------------------------------------- conversions */
@@ -167,16 +168,22 @@ int anon_populate(struct dxm_region *r, uintptr_t start, size_t pg, size_t n)
 		if (e == i)
 			break;
 		uintptr_t a = start + (i << ctx->pshift);
-		int err = sys_madvise((void *)a, (e - i) << ctx->pshift,
-				      MADV_POPULATE_WRITE);
-		if (err == -EFAULT || err == -EINVAL) {
+		size_t len = (e - i) << ctx->pshift;
+		int err = sys_madvise((void *)a, len, MADV_POPULATE_WRITE);
+		if (err == -EFAULT && ctx->uinfo_anon.mode == DXM_UFFD_USER_ONLY) {
 			/* A user-mode-only userfaultfd refuses the kernel's
 			 * own fault: touch from user space instead (an atomic
-			 * add of 0 writes without changing anything). */
+			 * add of 0 writes without changing anything) -- once
+			 * the range is known to be writable, as the program
+			 * may have changed it behind dxm's back. */
+			if (check_anon_range(a, a + len))
+				return -EPERM;
 			for (size_t k = i; k < e; k++)
 				__atomic_fetch_add((volatile char *)(start +
 								     (k << ctx->pshift)),
 						   0, __ATOMIC_RELAXED);
+		} else if (err == -EFAULT) {
+			return -EPERM; /* not writable (a raw mprotect) */
 		} else if (err && err != -EINTR && err != -EAGAIN) {
 			return err;
 		}

@@ -123,13 +123,35 @@ void ctx_foreach_end(void (*fn)(struct dxm_ctx *ctx))
 	pthread_mutex_unlock(&registry_mtx);
 }
 
+/*
+ * The process id, without a system call on every API call: cached, and
+ * forgotten in a fork()ed child by fork.c's atfork handler.  (A raw clone
+ * that bypasses the handlers keeps the parent's value in the child.)
+ */
+static atomic_int my_pid;
+
+pid_t self_pid(void)
+{
+	pid_t p = atomic_load_explicit(&my_pid, memory_order_relaxed);
+	if (!p) {
+		p = getpid();
+		atomic_store_explicit(&my_pid, p, memory_order_relaxed);
+	}
+	return p;
+}
+
+void self_pid_forget(void)
+{
+	atomic_store(&my_pid, 0);
+}
+
 int ctx_check(struct dxm_ctx *ctx)
 {
 	if (!ctx)
 		return -EINVAL;
 	if (!ctx_live(ctx))
 		return -EBADF;
-	if (ctx->pid != getpid())
+	if (ctx->pid != self_pid())
 		return -ECHILD; /* a fork()ed child: not its memory */
 	return 0;
 }
@@ -381,7 +403,7 @@ DXM_API int dxm_ctx_create(struct dxm_ctx **ctxp, const struct dxm_ctx_opts *opt
 	ctx->uffd = ctx->uffd_anon = ctx->stop_fd = ctx->wake_fd = -1;
 	ctx->psize = (size_t)sysconf(_SC_PAGESIZE);
 	ctx->pshift = (unsigned)__builtin_ctzl(ctx->psize);
-	ctx->pid = getpid();
+	ctx->pid = self_pid();
 	pthread_rwlockattr_t ra;
 	pthread_rwlockattr_init(&ra);
 	pthread_rwlockattr_setkind_np(&ra,
@@ -451,11 +473,15 @@ DXM_API int dxm_ctx_create(struct dxm_ctx **ctxp, const struct dxm_ctx_opts *opt
 	if (err)
 		goto fail;
 	err = start_handlers(ctx);
-	if (!err)
-		err = watchdog_start(ctx);
 	if (err) {
 		stop_handlers(ctx);
-		watchdog_stop(ctx);
+		registry_del(ctx);
+		goto fail;
+	}
+	err = watchdog_start(ctx);
+	if (err) {
+		stop_handlers(ctx);
+		watchdog_stop(ctx); /* its locks exist once it was started */
 		registry_del(ctx);
 		goto fail;
 	}
@@ -473,7 +499,7 @@ DXM_API void dxm_ctx_destroy(struct dxm_ctx *ctx)
 {
 	if (!ctx || !ctx_live(ctx))
 		return;
-	if (ctx->pid != getpid()) {
+	if (ctx->pid != self_pid()) {
 		/* A fork()ed child: the memory is the parent's business. */
 		return;
 	}

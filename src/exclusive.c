@@ -206,9 +206,22 @@ DXM_API long dxm_range_fault(struct dxm_ctx *ctx, void *start, size_t len,
 		return -EPERM;
 	}
 	pages_to_cpu(w.r, pg, n, PTC_INVALIDATE | PTC_WAIT, DXM_EVENT_CLEAR);
+	if (w.r->kind == REGION_ANON) {
+		/* The pages live in the CPU view now, and a page the program
+		 * dropped must exist for a system call in user-mode-only
+		 * mode: fault them in.  An ordinary device access goes
+		 * through the CPU view itself (the staging slot is empty). */
+		err = anon_populate(w.r, (uintptr_t)start, pg, n);
+		if (err) {
+			end(&w);
+			return err;
+		}
+	}
 	if (dev)
 		for (size_t i = 0; i < n; i++)
-			dev[i] = dev_addr(w.r, pg + i);
+			dev[i] = w.r->kind == REGION_ANON
+					 ? (char *)start + (i << ctx->pshift)
+					 : dev_addr(w.r, pg + i);
 	end(&w);
 	return (long)n;
 }

@@ -158,7 +158,6 @@ static void map_page(struct dxm_region *r, size_t pg, uintptr_t addr,
 {
 	if (r->kind == REGION_SHM) {
 		region_continue(r, pg, 1, addr);
-		region_continue(r, pg, 1, 0);
 	} else if (invalidated) {
 		anon_move_in(r, pg, 1);
 	} else {

@@ -25,19 +25,21 @@
 
 static void restore_for_fork(struct dxm_region *r, void *arg)
 {
-	(void)arg;
+	(*(unsigned *)arg)++;
 	pages_to_cpu(r, 0, r->npages, PTC_INVALIDATE | PTC_WAIT,
 		     DXM_EVENT_FORK);
 }
 
 static void prepare_one(struct dxm_ctx *ctx)
 {
-	if (ctx->pid != getpid() || ctx->uffd_anon < 0)
+	if (ctx->pid != self_pid() || ctx->uffd_anon < 0)
 		return;
 	pthread_rwlock_wrlock(&ctx->fork_lock);
 	ctx->fork_locked = true;
-	region_foreach(ctx, REGION_ANON, restore_for_fork, NULL);
-	stat_add(&ctx->c.forks, 1);
+	unsigned regions = 0;
+	region_foreach(ctx, REGION_ANON, restore_for_fork, &regions);
+	if (regions) /* forks that had private pages to restore */
+		stat_add(&ctx->c.forks, 1);
 }
 
 /* In the parent, and in the child (its copy of the lock is held by its
@@ -62,6 +64,7 @@ static void parent(void)
 
 static void child(void)
 {
+	self_pid_forget();
 	ctx_foreach_end(release_one);
 }
 

@@ -75,6 +75,8 @@ struct dxm_region {
 	struct dxm_ctx *ctx;
 	enum region_kind kind;
 	int uffd;	    /* the userfaultfd its views are registered with */
+	int fd;		    /* SHM: the memfd, only while needed (-1) */
+	bool keep_fd;	    /* views must be mmap()ed from fd (valgrind) */
 	atomic_long refs;
 	atomic_int inflight; /* conversions / range faults in progress */
 	atomic_bool dying;
@@ -256,6 +258,8 @@ static inline void stat_add(atomic_ulong *c, unsigned long v)
 }
 
 bool ctx_live(struct dxm_ctx *ctx);
+pid_t self_pid(void);
+void self_pid_forget(void);
 void ctx_foreach_begin(void (*fn)(struct dxm_ctx *ctx));
 void ctx_foreach_end(void (*fn)(struct dxm_ctx *ctx));
 int ctx_check(struct dxm_ctx *ctx);

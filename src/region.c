@@ -223,6 +223,8 @@ void region_put(struct dxm_region *r)
 		uffd_unregister(r->uffd, (uintptr_t)r->dev,
 				r->npages << ctx->pshift);
 	munmap(r->dev, r->npages << ctx->pshift);
+	if (r->fd >= 0)
+		close(r->fd);
 	stat_add(&ctx->c.regions, -1ul);
 	stat_add(&ctx->c.managed_pages, -r->npages);
 	free((void *)r->st);
@@ -383,6 +385,11 @@ static int new_view(struct dxm_ctx *ctx, struct dxm_region *r, bool populate,
 	pthread_mutex_lock(&ctx->gate);
 	int inj = inject(INJ_MREMAP);
 	void *p = inj ? MAP_FAILED : mremap(r->dev, 0, len, MREMAP_MAYMOVE);
+	if (p == MAP_FAILED && !inj && errno == EINVAL && r->fd >= 0)
+		/* mremap of old_size 0 refused (valgrind does): map the
+		 * memfd, which the region then keeps open. */
+		p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, r->fd,
+			 0), r->keep_fd = true;
 	if (p == MAP_FAILED) {
 		err = inj ? -inj : -errno;
 	} else {
@@ -400,7 +407,7 @@ static int new_view(struct dxm_ctx *ctx, struct dxm_region *r, bool populate,
 	if (populate)
 		err = sys_madvise(p, len, MADV_POPULATE_WRITE);
 	if (!err)
-		err = uffd_register(ctx->uffd, (uintptr_t)p, len, REG_MODE);
+		err = uffd_register(r->uffd, (uintptr_t)p, len, REG_MODE);
 	if (err) {
 		struct dxm_gone *list = NULL;
 		pthread_rwlock_wrlock(&ctx->vt_lock);
@@ -437,6 +444,9 @@ DXM_API int dxm_alloc(struct dxm_ctx *ctx, size_t len, unsigned flags,
 	if (!r)
 		return -ENOMEM;
 	r->ctx = ctx;
+	r->kind = REGION_SHM;
+	r->uffd = ctx->uffd;
+	r->fd = -1;
 	r->npages = len >> ctx->pshift;
 	r->st = calloc(r->npages, sizeof(*r->st));
 	atomic_init(&r->refs, 1);
@@ -461,9 +471,11 @@ DXM_API int dxm_alloc(struct dxm_ctx *ctx, size_t len, unsigned flags,
 		     : mmap(NULL, len, PROT_READ | PROT_WRITE,
 			    MAP_SHARED | MAP_POPULATE, fd, 0);
 	err = inj ? -inj : -errno;
-	close(fd);
-	if (r->dev == MAP_FAILED)
+	if (r->dev == MAP_FAILED) {
+		close(fd);
 		goto fail;
+	}
+	r->fd = fd; /* kept only where views cannot be made without it */
 	/* No view is inherited by a fork()ed child: its page tables could
 	 * not be revoked from here (DESIGN.md, B7).  mremap copies this. */
 	madvise(r->dev, len, MADV_DONTFORK);
@@ -472,6 +484,7 @@ DXM_API int dxm_alloc(struct dxm_ctx *ctx, size_t len, unsigned flags,
 	pthread_rwlock_unlock(&ctx->vt_lock);
 	if (err) {
 		munmap(r->dev, len);
+		close(r->fd);
 		goto fail;
 	}
 	stat_add(&ctx->c.regions, 1);
@@ -484,6 +497,12 @@ DXM_API int dxm_alloc(struct dxm_ctx *ctx, size_t len, unsigned flags,
 		if (!torn)
 			region_put(r); /* the only reference: frees r */
 		return err == -ENOSPC || err == -EFBIG ? -ENOMEM : err;
+	}
+	/* The first view came from mremap (the usual case): the memfd is
+	 * not needed, and a process may have many regions. */
+	if (!r->keep_fd) {
+		close(r->fd);
+		r->fd = -1;
 	}
 	*addrp = addr;
 	return 0;
@@ -813,7 +832,7 @@ static int continue_run(struct dxm_region *r, uintptr_t s, size_t pg,
 	struct dxm_ctx *ctx = r->ctx;
 	int tries = 0;
 	while (n) {
-		long got = uffd_continue(ctx->uffd, s, n << ctx->pshift);
+		long got = uffd_continue(r->uffd, s, n << ctx->pshift);
 		if (got > 0) {
 			size_t k = (size_t)got >> ctx->pshift;
 			s += k << ctx->pshift, pg += k, n -= k;
@@ -822,7 +841,7 @@ static int continue_run(struct dxm_region *r, uintptr_t s, size_t pg,
 		if (got == -EEXIST) {
 			/* Already mapped (a duplicate fault): wake whoever
 			 * waits on it and go on with the next page. */
-			uffd_wake(ctx->uffd, s, ctx->psize);
+			uffd_wake(r->uffd, s, ctx->psize);
 			s += ctx->psize, pg++, n--;
 		} else if (got == -EAGAIN && ++tries < 1000) {
 			sched_yield(); /* the address space is changing */
@@ -832,7 +851,7 @@ static int continue_run(struct dxm_region *r, uintptr_t s, size_t pg,
 		} else {
 			/* Not ours any more (unmapped, unregistered): let
 			 * the faulting threads retry on their own. */
-			uffd_wake(ctx->uffd, s, n << ctx->pshift);
+			uffd_wake(r->uffd, s, n << ctx->pshift);
 			return (int)got;
 		}
 	}
@@ -840,43 +859,40 @@ static int continue_run(struct dxm_region *r, uintptr_t s, size_t pg,
 }
 
 /*
- * UFFDIO_CONTINUE region pages [pg, pg+n) into CPU views: into every view
- * when only_addr is 0, else into the one page at only_addr (the faulting
- * view).  The caller owns the pages' PS_MAPPING bits.
+ * UFFDIO_CONTINUE region pages [pg, pg+n) into every CPU view.  With first
+ * set (a fault: n == 1), the faulting view's page goes first, so that the
+ * faulting thread is woken soonest, and is not mapped twice.  The caller
+ * owns the pages' PS_MAPPING bits.
  */
-int region_continue(struct dxm_region *r, size_t pg, size_t n,
-		    uintptr_t only_addr)
+int region_continue(struct dxm_region *r, size_t pg, size_t n, uintptr_t first)
 {
 	struct dxm_ctx *ctx = r->ctx;
 	int ret = 0;
-	bool found = !only_addr;
+	bool found = !first;
 	pthread_rwlock_rdlock(&ctx->vt_lock);
-	for (struct dxm_view *v = r->views; v; v = v->rnext) {
-		size_t a = v->pgoff > pg ? v->pgoff : pg;
-		size_t b = v->pgoff + v->npages < pg + n ? v->pgoff + v->npages
-							 : pg + n;
-		if (a >= b)
-			continue;
-		uintptr_t s = v->start + ((a - v->pgoff) << ctx->pshift);
-		if (only_addr) {
-			if (only_addr < s ||
-			    only_addr >= s + ((b - a) << ctx->pshift))
+	for (int pass = first ? 0 : 1; pass < 2; pass++) {
+		for (struct dxm_view *v = r->views; v; v = v->rnext) {
+			size_t a = v->pgoff > pg ? v->pgoff : pg;
+			size_t b = v->pgoff + v->npages < pg + n
+					   ? v->pgoff + v->npages
+					   : pg + n;
+			if (a >= b)
 				continue;
-			a += (only_addr - s) >> ctx->pshift;
-			s = only_addr;
-			b = a + 1;
-			found = true;
+			uintptr_t s = v->start + ((a - v->pgoff) << ctx->pshift);
+			bool here = first && first >= s &&
+				    first < s + ((b - a) << ctx->pshift);
+			if (here != (pass == 0))
+				continue; /* pass 0: the faulting view only */
+			int err = continue_run(r, s, a, b - a);
+			if (err && !ret)
+				ret = err;
+			found |= here;
 		}
-		int err = continue_run(r, s, a, b - a);
-		if (err && !ret)
-			ret = err;
-		if (only_addr)
-			break;
 	}
 	pthread_rwlock_unlock(&ctx->vt_lock);
 	if (!found) {
 		/* The view went away: let the faulting thread retry. */
-		uffd_wake(ctx->uffd, only_addr, ctx->psize);
+		uffd_wake(r->uffd, first, ctx->psize);
 		ret = -EFAULT;
 	}
 	return ret;

@@ -14,6 +14,7 @@
  * defer_mtx briefly to scan (never while calling anything else).
  */
 #include <errno.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -109,7 +110,11 @@ int watchdog_start(struct dxm_ctx *ctx)
 	pthread_cond_init(&ctx->wd_cond, NULL);
 	if (!ctx->wd_ms)
 		return 0;
+	sigset_t all, old;
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
 	int err = -pthread_create(&ctx->wd_tid, NULL, watchdog_main, ctx);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	if (!err) {
 		ctx->wd_started = true;
 		pthread_setname_np(ctx->wd_tid, "dxm-watchdog");

@@ -9,6 +9,8 @@
  *       many), once with exclusive access (none lost).
  *   dxm info
  *       What this kernel and this user get: userfaultfd mode and features.
+ *   dxm bench [--quick] [--out DIR] [--only GROUP]
+ *       Every measurement side by side with its baseline (bench/README.md).
  */
 #include <errno.h>
 #include <getopt.h>
@@ -20,6 +22,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench.h"
 #include "dxm.h"
 #include "dxm_mirror.h"
 
@@ -259,7 +262,8 @@ static void usage(FILE *f)
 {
 	fprintf(f, "usage: dxm <command> [options]\n"
 		   "  demo   lost updates without exclusive access, none with it\n"
-		   "  info   what userfaultfd this process gets\n");
+		   "  info   what userfaultfd this process gets\n"
+		   "  bench  measurements against their baselines (--quick)\n");
 }
 
 int main(int argc, char **argv)
@@ -273,6 +277,8 @@ int main(int argc, char **argv)
 		return cmd_demo(argc - 1, argv + 1);
 	if (!strcmp(argv[1], "info"))
 		return cmd_info();
+	if (!strcmp(argv[1], "bench"))
+		return bench_main(argc - 1, argv + 1);
 	if (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) {
 		usage(stdout);
 		return 0;
