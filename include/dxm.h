@@ -36,11 +36,20 @@ struct dxm_notifier;
 #define DXM_CTX_REQUIRE_KERNEL_FAULTS (1u << 0) /* fail with -EPERM unless system
 						   calls touching exclusive pages
 						   are resolved (not user-mode-only) */
+#define DXM_CTX_HANDLER_SPIN (1u << 1) /* handler threads busy-poll for spin_us
+					  after each batch before sleeping:
+					  lower latency, a CPU kept busy */
+#define DXM_CTX_SIGBUS (1u << 2) /* resolve CPU faults in the faulting thread
+				    (UFFD_FEATURE_SIGBUS): lowest latency, but
+				    notifiers run in that thread's SIGBUS
+				    handler and a system call whose buffer is
+				    an exclusive page fails with EFAULT */
 
 struct dxm_ctx_opts {
 	size_t sz;		  /* sizeof(struct dxm_ctx_opts) */
 	unsigned flags;		  /* DXM_CTX_* */
 	unsigned handler_threads; /* 0: default (1, or $DXM_HANDLER_THREADS) */
+	unsigned spin_us;	  /* DXM_CTX_HANDLER_SPIN: 0 means 100 */
 };
 
 int dxm_ctx_create(struct dxm_ctx **ctxp, const struct dxm_ctx_opts *opts);

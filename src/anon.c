@@ -107,9 +107,10 @@ DXM_API int dxm_adopt(struct dxm_ctx *ctx, void *addr, size_t len,
 				addr, len);
 		return err;
 	}
-	/* A user-mode-only userfaultfd cannot resolve a system call's access
-	 * to a missing page: populate first, so only exclusive pages fault. */
-	if (ctx->uinfo_anon.mode == DXM_UFFD_USER_ONLY &&
+	/* A user-mode-only (or SIGBUS-mode) userfaultfd cannot resolve a
+	 * system call's access to a missing page: populate first, so that
+	 * only exclusive pages fault. */
+	if (!kernel_faults_resolved(ctx) &&
 	    (err = sys_madvise(addr, len, MADV_POPULATE_WRITE)))
 		return err;
 
@@ -170,9 +171,10 @@ int anon_populate(struct dxm_region *r, uintptr_t start, size_t pg, size_t n)
 		uintptr_t a = start + (i << ctx->pshift);
 		size_t len = (e - i) << ctx->pshift;
 		int err = sys_madvise((void *)a, len, MADV_POPULATE_WRITE);
-		if (err == -EFAULT && ctx->uinfo_anon.mode == DXM_UFFD_USER_ONLY) {
-			/* A user-mode-only userfaultfd refuses the kernel's
-			 * own fault: touch from user space instead (an atomic
+		if (err == -EFAULT && !kernel_faults_resolved(ctx)) {
+			/* A user-mode-only or SIGBUS userfaultfd refuses the
+			 * kernel's own fault: touch from user space instead
+			 * (an atomic
 			 * add of 0 writes without changing anything) -- once
 			 * the range is known to be writable, as the program
 			 * may have changed it behind dxm's back. */

@@ -26,6 +26,7 @@
  */
 #include <errno.h>
 #include <poll.h>
+#include <sched.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -145,6 +146,19 @@ void self_pid_forget(void)
 	atomic_store(&my_pid, 0);
 }
 
+/* sigbus.c: the SIGBUS-mode context that manages addr resolves it. */
+bool ctx_resolve_sigbus(uintptr_t addr)
+{
+	int hi = atomic_load(&registry_hi);
+	for (int i = 0; i < hi; i++) {
+		struct dxm_ctx *ctx = atomic_load(&registry[i]);
+		if (ctx && (ctx->flags & DXM_CTX_SIGBUS) &&
+		    ctx->pid == self_pid() && fault_resolve_here(ctx, addr))
+			return true;
+	}
+	return false;
+}
+
 int ctx_check(struct dxm_ctx *ctx)
 {
 	if (!ctx)
@@ -174,7 +188,7 @@ void ctx_kick(struct dxm_ctx *ctx)
 
 /* One batch of messages from one userfaultfd: events first (under the
  * gate), then faults. */
-static void handle_batch(struct dxm_ctx *ctx, int uffd)
+static size_t handle_batch(struct dxm_ctx *ctx, int uffd)
 {
 	struct uffd_msg msg[BATCH];
 	struct dxm_gone *gone[BATCH];
@@ -192,7 +206,7 @@ static void handle_batch(struct dxm_ctx *ctx, int uffd)
 		pthread_mutex_unlock(&ctx->gate);
 		if (errno != EAGAIN && errno != EINTR)
 			pr_err("read(userfaultfd): %s", strerror(errno));
-		return;
+		return 0;
 	}
 	size_t n = (size_t)got / sizeof(msg[0]);
 	for (size_t i = 0; i < n; i++) {
@@ -244,6 +258,27 @@ static void handle_batch(struct dxm_ctx *ctx, int uffd)
 			pr_warn("unexpected userfaultfd event %u", m->event);
 		}
 	}
+	return n;
+}
+
+/* DXM_CTX_HANDLER_SPIN: after a batch, keep reading for spin_ns before
+ * going back to sleep in poll(), so that a fault that follows soon is
+ * picked up without a wake-up (a CPU is kept busy meanwhile). */
+static void spin(struct dxm_ctx *ctx)
+{
+	uint64_t until = now_ns() + ctx->spin_ns;
+	while (now_ns() < until && !atomic_load(&ctx->stopping)) {
+		size_t n = handle_batch(ctx, ctx->uffd);
+		if (ctx->uffd_anon >= 0)
+			n += handle_batch(ctx, ctx->uffd_anon);
+		if (n) {
+			fault_drain_ready(ctx);
+			until = now_ns() + ctx->spin_ns;
+		} else {
+			/* The faulting thread may be waiting for this CPU. */
+			sched_yield();
+		}
+	}
 }
 
 static void *handler_main(void *arg)
@@ -281,6 +316,8 @@ static void *handler_main(void *arg)
 				goto out;
 		}
 		fault_drain_ready(ctx);
+		if (ctx->spin_ns)
+			spin(ctx);
 	}
 out:
 	if (!atomic_load(&ctx->stopping))
@@ -392,7 +429,12 @@ DXM_API int dxm_ctx_create(struct dxm_ctx **ctxp, const struct dxm_ctx_opts *opt
 				return -E2BIG;
 		memcpy(&o, opts, opts->sz < sizeof(o) ? opts->sz : sizeof(o));
 	}
-	if (o.flags & ~DXM_CTX_REQUIRE_KERNEL_FAULTS)
+	const unsigned known = DXM_CTX_REQUIRE_KERNEL_FAULTS |
+			       DXM_CTX_HANDLER_SPIN | DXM_CTX_SIGBUS;
+	if ((o.flags & ~known) ||
+	    /* in-thread resolution cannot serve a system call's access */
+	    ((o.flags & DXM_CTX_SIGBUS) &&
+	     (o.flags & DXM_CTX_REQUIRE_KERNEL_FAULTS)))
 		return -EINVAL;
 	if (o.handler_threads > MAX_HANDLERS)
 		return -EINVAL;
@@ -417,17 +459,24 @@ DXM_API int dxm_ctx_create(struct dxm_ctx **ctxp, const struct dxm_ctx_opts *opt
 	pthread_cond_init(&ctx->n_cond, NULL);
 	atomic_init(&ctx->n_seq, 0);
 	ctx->nhandlers = o.handler_threads ? o.handler_threads : env_threads();
+	ctx->flags = o.flags;
+	if (o.flags & DXM_CTX_HANDLER_SPIN)
+		ctx->spin_ns = (uint64_t)(o.spin_us ? o.spin_us : 100) * 1000;
 
 	int err = -ENOMEM;
 	ctx->handlers = calloc(ctx->nhandlers, sizeof(*ctx->handlers));
 	if (!ctx->handlers)
 		goto fail;
 
+	/* DXM_CTX_SIGBUS: faults raise SIGBUS in the faulting thread, which
+	 * resolves them itself (sigbus.c); events still go to the handler. */
+	const uint64_t sigbus = o.flags & DXM_CTX_SIGBUS ? UFFD_FEATURE_SIGBUS
+							 : 0;
 	const uint64_t required = UFFD_FEATURE_MINOR_SHMEM |
 				  UFFD_FEATURE_MISSING_SHMEM |
 				  UFFD_FEATURE_EVENT_UNMAP |
 				  UFFD_FEATURE_EVENT_REMAP |
-				  UFFD_FEATURE_THREAD_ID;
+				  UFFD_FEATURE_THREAD_ID | sigbus;
 	/* Not UFFD_FEATURE_EVENT_REMOVE: it makes every zap on this fd,
 	 * dxm's own revokes included, 5-9x slower (KERNEL-NOTES.md); a
 	 * program's MADV_DONTNEED of a memfd region loses nothing and the
@@ -448,7 +497,7 @@ DXM_API int dxm_ctx_create(struct dxm_ctx **ctxp, const struct dxm_ctx_opts *opt
 			    UFFD_FEATURE_MOVE | UFFD_FEATURE_EVENT_UNMAP |
 				    UFFD_FEATURE_EVENT_REMAP |
 				    UFFD_FEATURE_EVENT_REMOVE |
-				    UFFD_FEATURE_THREAD_ID,
+				    UFFD_FEATURE_THREAD_ID | sigbus,
 			    UFFD_FEATURE_EVENT_FORK, true);
 	if (afd >= 0)
 		ctx->uffd_anon = afd;
@@ -469,6 +518,8 @@ DXM_API int dxm_ctx_create(struct dxm_ctx **ctxp, const struct dxm_ctx_opts *opt
 		goto fail;
 	}
 	fork_init();
+	if (sigbus && (err = sigbus_init()))
+		goto fail;
 	err = registry_add(ctx);
 	if (err)
 		goto fail;

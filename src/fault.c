@@ -35,6 +35,14 @@
 
 #include "internal.h"
 
+static void nap(unsigned *us)
+{
+	struct timespec ts = { 0, (long)*us * 1000 };
+	nanosleep(&ts, NULL);
+	if (*us < 1000)
+		*us *= 2;
+}
+
 /* ------------------------------------------------------------- deferral */
 
 static bool try_defer(struct dxm_region *r, size_t pg, uintptr_t addr,
@@ -165,10 +173,16 @@ static void map_page(struct dxm_region *r, size_t pg, uintptr_t addr,
 	}
 }
 
+/*
+ * Resolve a fault on region page pg through addr.  here: we are the
+ * faulting thread itself (DXM_CTX_SIGBUS), which may wait for a busy page;
+ * a handler thread never waits: it defers.
+ */
 static void resolve(struct dxm_region *r, size_t pg, uintptr_t addr,
-		    bool write)
+		    bool write, bool here)
 {
 	struct dxm_ctx *ctx = r->ctx;
+	unsigned us = 5;
 	for (;;) {
 		uint8_t s = ps_load(&r->st[pg]);
 		switch (ps_state(s)) {
@@ -193,6 +207,10 @@ static void resolve(struct dxm_region *r, size_t pg, uintptr_t addr,
 		default: /* LOCKED, INVALIDATING */
 			break;
 		}
+		if (here) {
+			nap(&us); /* async-signal-safe */
+			continue;
+		}
 		if (try_defer(r, pg, addr, s))
 			return;
 		sched_yield();
@@ -205,7 +223,7 @@ void fault_resolve(struct dxm_ctx *ctx, uintptr_t addr, bool write, pid_t tid)
 	struct dxm_where w;
 	if (region_lookup(ctx, addr, &w) == 0) {
 		size_t pg = w.pgoff + ((addr - w.vstart) >> ctx->pshift);
-		resolve(w.r, pg, addr, write);
+		resolve(w.r, pg, addr, write, false);
 		region_put(w.r);
 		return;
 	}
@@ -227,15 +245,24 @@ void fault_resolve(struct dxm_ctx *ctx, uintptr_t addr, bool write, pid_t tid)
 		uffd_wake(ctx->uffd_anon, addr, ctx->psize);
 }
 
-/* ------------------------------------------------- giving pages back */
-
-static void nap(unsigned *us)
+/* DXM_CTX_SIGBUS: the faulting thread resolves its own fault (from its
+ * SIGBUS handler).  False if addr is not this context's. */
+bool fault_resolve_here(struct dxm_ctx *ctx, uintptr_t addr)
 {
-	struct timespec ts = { 0, (long)*us * 1000 };
-	nanosleep(&ts, NULL);
-	if (*us < 1000)
-		*us *= 2;
+	addr &= ~(uintptr_t)(ctx->psize - 1);
+	struct dxm_where w;
+	if (region_lookup(ctx, addr, &w))
+		return false;
+	size_t pg = w.pgoff + ((addr - w.vstart) >> ctx->pshift);
+	stat_add(&ctx->c.cpu_faults, 1);
+	/* The access kind is unknown: an adopted page the CPU never had
+	 * gets its own zeroed page, as a write would. */
+	resolve(w.r, pg, addr, true, true);
+	region_put(w.r);
+	return true;
 }
+
+/* ------------------------------------------------- giving pages back */
 
 /* Finish a run [a, b) whose pages we own (MAPPING or INVALIDATING). */
 static void flush_run(struct dxm_region *r, size_t a, size_t b, bool inv,

@@ -135,6 +135,11 @@ struct dxm_fault {
 };
 void fault_resolve(struct dxm_ctx *ctx, uintptr_t addr, bool write,
 		   pid_t tid);
+bool fault_resolve_here(struct dxm_ctx *ctx, uintptr_t addr);
+
+/* --------------------------------------------------------------- sigbus.c */
+int sigbus_init(void);
+bool ctx_resolve_sigbus(uintptr_t addr);
 void fault_drain_ready(struct dxm_ctx *ctx);
 void fault_release_waiters(struct dxm_region *r, size_t pg, size_t n);
 void fault_forget_region(struct dxm_region *r);
@@ -239,6 +244,8 @@ struct dxm_ctx {
 
 	int stop_fd, wake_fd;
 	atomic_bool stopping;
+	unsigned flags;	  /* DXM_CTX_* */
+	uint64_t spin_ns; /* DXM_CTX_HANDLER_SPIN */
 	unsigned nhandlers;
 	struct dxm_handler *handlers;
 	pid_t pid; /* creator: calls from a fork()ed child are refused */
@@ -266,6 +273,14 @@ int ctx_check(struct dxm_ctx *ctx);
 void ctx_kick(struct dxm_ctx *ctx);
 bool ctx_on_handler(struct dxm_ctx *ctx);
 uint64_t now_ns(void);
+
+/* Whether a kernel-mode access (a system call, MADV_POPULATE_*) to a
+ * missing page is resolved by dxm, or fails with EFAULT. */
+static inline bool kernel_faults_resolved(struct dxm_ctx *ctx)
+{
+	return ctx->uinfo.mode != DXM_UFFD_USER_ONLY &&
+	       !(ctx->flags & DXM_CTX_SIGBUS);
+}
 
 static inline bool range_ok(struct dxm_ctx *ctx, const void *start, size_t len)
 {
