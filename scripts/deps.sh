@@ -1,8 +1,12 @@
 #!/bin/sh
 # Install what dxm needs to build and test on Debian/Ubuntu (run as root).
 # Does nothing when everything is already there, so it is cheap to repeat.
+#   --ci   also what .ci/run's reliability jobs use (valgrind, gnuplot for
+#          dxm bench's plots, spin for the protocol model, clang's fuzzer
+#          and sanitizer runtimes)
 set -e
-pkgs="build-essential clang meson ninja-build pkg-config libcriterion-dev"
+pkgs="build-essential clang meson ninja-build pkg-config libcriterion-dev util-linux"
+[ "${1:-}" = "--ci" ] && pkgs="$pkgs valgrind gnuplot-nox spin libclang-rt-14-dev"
 missing=""
 for p in $pkgs; do
 	dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"

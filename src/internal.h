@@ -184,7 +184,7 @@ struct dxm_notifier {
 	unsigned busy;	/* callbacks in flight (n_mtx) */
 	bool removed;	/* (n_mtx) */
 	atomic_ulong cb_start;	 /* now_ns() while its callback runs, else 0 */
-	enum dxm_event cb_event; /* what it is being told (watchdog.c) */
+	atomic_int cb_event;	 /* what it is being told (watchdog.c) */
 	uint64_t cb_reported;	 /* cb_start the watchdog reported (n_mtx) */
 	struct dxm_notifier *next;
 };

@@ -164,11 +164,18 @@ void notify_range(struct dxm_ctx *ctx, uintptr_t start, uintptr_t end,
 				.owner = ev == DXM_EVENT_EXCLUSIVE ? owner
 								   : NULL,
 			};
-			n->cb_event = ev;
-			atomic_store(&n->cb_start, now_ns());
+			/* For the watchdog: the first of concurrent callbacks
+			 * of n records its start, and clears only its own. */
+			unsigned long t0 = now_ns(), none = 0;
+			bool mine = atomic_compare_exchange_strong(
+				&n->cb_start, &none, t0);
+			if (mine)
+				atomic_store(&n->cb_event, ev);
 			inject(INJ_NOTIFY); /* a slow callback, in tests */
 			n->ops->invalidate(n, &r, cur);
-			atomic_store(&n->cb_start, 0);
+			if (mine)
+				atomic_compare_exchange_strong(&n->cb_start,
+							       &t0, 0);
 		}
 		stat_add(&ctx->c.notifier_ns, now_ns() - t0);
 		stat_add(&ctx->c.notifier_calls, nhit);

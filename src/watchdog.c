@@ -42,7 +42,7 @@ static void report(struct dxm_ctx *ctx)
 		pr_err("watchdog: invalidate callback of notifier [%#lx, "
 		       "%#lx) (event %s) has run for %llu ms; every fault "
 		       "behind it waits",
-		       n->start, n->end, event_name(n->cb_event),
+		       n->start, n->end, event_name(atomic_load(&n->cb_event)),
 		       (unsigned long long)((now - t0) / 1000000));
 	}
 	pthread_mutex_unlock(&ctx->n_mtx);
