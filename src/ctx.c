@@ -188,9 +188,10 @@ void ctx_kick(struct dxm_ctx *ctx)
 
 /* One batch of messages from one userfaultfd: events first (under the
  * gate), then faults. */
-static size_t handle_batch(struct dxm_ctx *ctx, int uffd)
+/* Act on n (<= BATCH) messages read with the gate held; drops the gate
+ * once the events are applied to the tables. */
+static void dispatch(struct dxm_ctx *ctx, struct uffd_msg *msg, size_t n)
 {
-	struct uffd_msg msg[BATCH];
 	struct dxm_gone *gone[BATCH];
 	struct dxm_anon_rm *removed[BATCH];
 	int forked[BATCH];
@@ -199,16 +200,6 @@ static size_t handle_batch(struct dxm_ctx *ctx, int uffd)
 	} moved[BATCH];
 	size_t ngone = 0, nmoved = 0, nremoved = 0, nforked = 0;
 
-	pthread_mutex_lock(&ctx->gate);
-	int inj = inject(INJ_READ);
-	ssize_t got = inj ? (errno = inj, -1) : read(uffd, msg, sizeof(msg));
-	if (got < 0) {
-		pthread_mutex_unlock(&ctx->gate);
-		if (errno != EAGAIN && errno != EINTR)
-			pr_err("read(userfaultfd): %s", strerror(errno));
-		return 0;
-	}
-	size_t n = (size_t)got / sizeof(msg[0]);
 	for (size_t i = 0; i < n; i++) {
 		struct uffd_msg *m = &msg[i];
 		switch (m->event) {
@@ -258,7 +249,57 @@ static size_t handle_batch(struct dxm_ctx *ctx, int uffd)
 			pr_warn("unexpected userfaultfd event %u", m->event);
 		}
 	}
+}
+
+static size_t handle_batch(struct dxm_ctx *ctx, int uffd)
+{
+	struct uffd_msg msg[BATCH];
+	pthread_mutex_lock(&ctx->gate);
+	int inj = inject(INJ_READ);
+	ssize_t got = inj ? (errno = inj, -1) : read(uffd, msg, sizeof(msg));
+	if (got < 0) {
+		pthread_mutex_unlock(&ctx->gate);
+		if (errno != EAGAIN && errno != EINTR)
+			pr_err("read(userfaultfd): %s", strerror(errno));
+		return 0;
+	}
+	size_t n = (size_t)got / sizeof(msg[0]);
+	dispatch(ctx, msg, n);
 	return n;
+}
+
+/*
+ * A fork is in progress (fork.c) and the kernel will hold it until a
+ * handler has read its UFFD_EVENT_FORK, while glibc holds the malloc and
+ * stdio locks for the whole fork: a handler thread must not allocate or
+ * log until it is over.  So each handler parks here at a safe point; the
+ * first one keeps reading the adopted-memory userfaultfd into a backlog
+ * allocated up front (nothing else), and acts on it once the fork is
+ * over.  One reader keeps the messages in order.
+ */
+static void fork_park(struct dxm_handler *h)
+{
+	struct dxm_ctx *ctx = h->ctx;
+	size_t n = 0;
+	atomic_fetch_add(&ctx->fork_acks, 1);
+	while (atomic_load(&ctx->forking) && !atomic_load(&ctx->stopping)) {
+		struct pollfd p = { .fd = ctx->uffd_anon, .events = POLLIN };
+		if (h->idx != 0 || n == FORK_BACKLOG) {
+			poll(NULL, 0, 1);
+			continue;
+		}
+		if (poll(&p, 1, 1) == 1 && (p.revents & POLLIN)) {
+			ssize_t got = read(ctx->uffd_anon, h->backlog + n,
+					   (FORK_BACKLOG - n) * sizeof(*h->backlog));
+			if (got > 0)
+				n += (size_t)got / sizeof(*h->backlog);
+		}
+	}
+	atomic_fetch_sub(&ctx->fork_acks, 1);
+	for (size_t i = 0; i < n; i += BATCH) {
+		pthread_mutex_lock(&ctx->gate);
+		dispatch(ctx, h->backlog + i, n - i < BATCH ? n - i : BATCH);
+	}
 }
 
 /* DXM_CTX_HANDLER_SPIN: after a batch, keep reading for spin_ns before
@@ -293,6 +334,10 @@ static void *handler_main(void *arg)
 		{ .fd = ctx->uffd_anon, .events = POLLIN }, /* -1: ignored */
 	};
 	for (;;) {
+		if (atomic_load(&ctx->forking)) {
+			fork_park(h);
+			continue;
+		}
 		int inj = inject(INJ_POLL);
 		int rc = inj ? (errno = inj, -1) : poll(pfd, 4, -1);
 		if (rc < 0) {
@@ -336,6 +381,11 @@ static int start_handlers(struct dxm_ctx *ctx)
 		struct dxm_handler *h = &ctx->handlers[i];
 		h->ctx = ctx;
 		h->idx = i;
+		if (i == 0 && !(h->backlog = calloc(FORK_BACKLOG,
+						     sizeof(*h->backlog)))) {
+			err = -ENOMEM;
+			break;
+		}
 		err = -pthread_create(&h->tid, NULL, handler_main, h);
 		if (err)
 			break;
@@ -409,6 +459,8 @@ static void ctx_free(struct dxm_ctx *ctx)
 	pthread_mutex_destroy(&ctx->defer_mtx);
 	pthread_mutex_destroy(&ctx->n_mtx);
 	pthread_cond_destroy(&ctx->n_cond);
+	if (ctx->handlers)
+		free(ctx->handlers[0].backlog);
 	free(ctx->handlers);
 	free(ctx);
 }

@@ -17,10 +17,12 @@
  * registry lock (ctx.c) is held across the fork too, so a context created
  * or destroyed meanwhile cannot leave the child with a locked registry.
  */
+#include <poll.h>
 #include <pthread.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "compat_uffd.h"
 #include "internal.h"
 
 static void restore_for_fork(struct dxm_region *r, void *arg)
@@ -28,6 +30,29 @@ static void restore_for_fork(struct dxm_region *r, void *arg)
 	(*(unsigned *)arg)++;
 	pages_to_cpu(r, 0, r->npages, PTC_INVALIDATE | PTC_WAIT,
 		     DXM_EVENT_FORK);
+}
+
+/*
+ * With UFFD_FEATURE_EVENT_FORK the kernel holds the fork until a handler
+ * reads its event, and glibc holds the malloc and stdio locks meanwhile: a
+ * handler caught allocating would never read it.  Park the handlers at a
+ * safe point first (ctx.c, fork_park).  Last, after every page was
+ * restored: restoring may need them.
+ */
+static void park_handlers(struct dxm_ctx *ctx)
+{
+	unsigned want = ctx->nhandlers - (ctx_on_handler(ctx) ? 1 : 0);
+	atomic_store(&ctx->forking, 1);
+	ctx_kick(ctx);
+	for (int ms = 0; atomic_load(&ctx->fork_acks) < want; ms++) {
+		if (ms == 2000) {
+			pr_warn("fork: a fault handler is busy (a callback "
+				"waiting for a lock this thread holds?); "
+				"forking anyway");
+			break;
+		}
+		poll(NULL, 0, 1);
+	}
 }
 
 static void prepare_one(struct dxm_ctx *ctx)
@@ -40,12 +65,16 @@ static void prepare_one(struct dxm_ctx *ctx)
 	region_foreach(ctx, REGION_ANON, restore_for_fork, &regions);
 	if (regions) /* forks that had private pages to restore */
 		stat_add(&ctx->c.forks, 1);
+	if (ctx->uinfo_anon.features & UFFD_FEATURE_EVENT_FORK)
+		park_handlers(ctx);
 }
 
 /* In the parent, and in the child (its copy of the lock is held by its
  * only thread, the one that forked). */
 static void release_one(struct dxm_ctx *ctx)
 {
+	if (atomic_exchange(&ctx->forking, 0))
+		ctx_kick(ctx);
 	if (ctx->fork_locked) {
 		ctx->fork_locked = false;
 		pthread_rwlock_unlock(&ctx->fork_lock);

@@ -20,6 +20,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <linux/userfaultfd.h>
+
 #include "dxm.h"
 #include "pstate.h"
 
@@ -195,8 +197,11 @@ void notify_region_pages(struct dxm_region *r, size_t pg, size_t n,
 void notifier_destroy_all(struct dxm_ctx *ctx);
 
 /* ------------------------------------------------------------------ ctx.c */
+#define FORK_BACKLOG 1024 /* messages read while a fork is in progress */
+
 struct dxm_handler {
 	struct dxm_ctx *ctx;
+	struct uffd_msg *backlog; /* handler 0: FORK_BACKLOG messages */
 	pthread_t tid;
 	unsigned idx;
 	bool started;
@@ -219,6 +224,8 @@ struct dxm_ctx {
 	int uffd_anon; /* adopted memory: EVENT_REMOVE, MOVE; -1 if no MOVE */
 	struct dxm_uffd_info uinfo_anon;
 	pthread_rwlock_t fork_lock; /* fork.c */
+	atomic_int forking;	    /* handlers parked for a fork (ctx.c) */
+	atomic_uint fork_acks;	    /* handlers parked so far */
 	bool fork_locked;	    /* by the thread forking (registry lock) */
 	size_t psize;
 	unsigned pshift;
