@@ -15,6 +15,7 @@
 #ifndef DXM_MIRROR_H
 #define DXM_MIRROR_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -64,6 +65,12 @@ int dxm_mirror_atomic_add(struct dxm_mirror *m, uint64_t *addr, uint64_t delta,
 /* The same read-modify-write through an ordinary (non-exclusive) device
  * access: races with the CPU and loses updates.  For demonstrations. */
 int dxm_mirror_racy_add(struct dxm_mirror *m, uint64_t *addr, uint64_t delta);
+
+/* Instrumentation (on by default): before each atomic, ask dxm whether it
+ * still holds the page (dxm_check_exclusive) and count stale_accesses.  A
+ * benchmark of the steady state turns it off: it is the test's cost, not
+ * the device's. */
+void dxm_mirror_set_checks(struct dxm_mirror *m, bool on);
 
 /* Drop every entry (like a device TLB flush). */
 void dxm_mirror_flush(struct dxm_mirror *m);

@@ -37,6 +37,7 @@ struct dxm_mirror {
 	size_t nbuckets, count;
 	struct dxm_notifier *all; /* erases entries */
 	struct dxm_mirror_stats st;
+	bool checks;
 };
 
 /* Per-operation interval notifier for the sequence protocol (nouveau). */
@@ -178,6 +179,7 @@ int dxm_mirror_create(struct dxm_ctx *ctx, struct dxm_mirror **mp)
 	if (!m)
 		return -ENOMEM;
 	m->ctx = ctx;
+	m->checks = true;
 	m->psize = (size_t)sysconf(_SC_PAGESIZE);
 	m->nbuckets = 1024;
 	m->bucket = calloc(m->nbuckets, sizeof(*m->bucket));
@@ -419,7 +421,8 @@ int dxm_mirror_atomic_add(struct dxm_mirror *m, uint64_t *addr, uint64_t delta,
 			void *dev = e->dev;
 			/* Instrumentation: dxm must still hold the page for
 			 * us; if it does not, the library broke its promise. */
-			if (!dxm_check_exclusive(m->ctx, (void *)page,
+			if (m->checks &&
+			    !dxm_check_exclusive(m->ctx, (void *)page,
 						 m->psize, &dev))
 				m->st.stale_accesses++;
 			uint64_t v = rmw((uint64_t *)(e->dev + off), delta);
@@ -451,6 +454,13 @@ int dxm_mirror_racy_add(struct dxm_mirror *m, uint64_t *addr, uint64_t delta)
 	rmw((uint64_t *)(e->dev + ((uintptr_t)addr - page)), delta);
 	pthread_mutex_unlock(&m->lock);
 	return 0;
+}
+
+void dxm_mirror_set_checks(struct dxm_mirror *m, bool on)
+{
+	pthread_mutex_lock(&m->lock);
+	m->checks = on;
+	pthread_mutex_unlock(&m->lock);
 }
 
 void dxm_mirror_get_stats(struct dxm_mirror *m, struct dxm_mirror_stats *st)
