@@ -152,11 +152,14 @@ fail:
 /* -------------------------------------------------------- conversions */
 
 /*
- * Before a conversion: fault in writable the pages the CPU owns, as the
- * kernel's GUP with FOLL_WRITE does: a missing page becomes a zero page,
- * a page shared copy-on-write after a fork becomes the process's own.
+ * Fault in the pages the CPU owns: before a conversion writable (write),
+ * as the kernel's GUP with FOLL_WRITE does (a missing page becomes a zero
+ * page, a page shared copy-on-write after a fork becomes the process's
+ * own); for dxm_range_fault readable or writable as asked.  A range the
+ * program made unreadable or unwritable behind dxm's back gives -EPERM.
  */
-int anon_populate(struct dxm_region *r, uintptr_t start, size_t pg, size_t n)
+int anon_populate(struct dxm_region *r, uintptr_t start, size_t pg, size_t n,
+		  bool write)
 {
 	struct dxm_ctx *ctx = r->ctx;
 	size_t i = 0;
@@ -170,22 +173,31 @@ int anon_populate(struct dxm_region *r, uintptr_t start, size_t pg, size_t n)
 			break;
 		uintptr_t a = start + (i << ctx->pshift);
 		size_t len = (e - i) << ctx->pshift;
-		int err = sys_madvise((void *)a, len, MADV_POPULATE_WRITE);
+		int err = sys_madvise((void *)a, len,
+				      write ? MADV_POPULATE_WRITE
+					    : MADV_POPULATE_READ);
 		if (err == -EFAULT && !kernel_faults_resolved(ctx)) {
 			/* A user-mode-only or SIGBUS userfaultfd refuses the
 			 * kernel's own fault: touch from user space instead
-			 * (an atomic
-			 * add of 0 writes without changing anything) -- once
-			 * the range is known to be writable, as the program
-			 * may have changed it behind dxm's back. */
+			 * (an atomic add of 0 writes without changing
+			 * anything), once the range is known to allow it: the
+			 * program may have changed it behind dxm's back. */
 			if (check_anon_range(a, a + len))
 				return -EPERM;
-			for (size_t k = i; k < e; k++)
-				__atomic_fetch_add((volatile char *)(start +
-								     (k << ctx->pshift)),
-						   0, __ATOMIC_RELAXED);
-		} else if (err == -EFAULT) {
-			return -EPERM; /* not writable (a raw mprotect) */
+			for (size_t k = i; k < e; k++) {
+				volatile char *c =
+					(volatile char *)(start +
+							  (k << ctx->pshift));
+				if (write)
+					__atomic_fetch_add(c, 0,
+							   __ATOMIC_RELAXED);
+				else
+					(void)*c;
+			}
+		} else if (err == -EFAULT || err == -EINVAL) {
+			/* EINVAL: a write to a read-only mapping (madvise(2));
+			 * EFAULT: an access the mapping does not allow. */
+			return -EPERM;
 		} else if (err && err != -EINTR && err != -EAGAIN) {
 			return err;
 		}

@@ -150,10 +150,13 @@ void self_pid_forget(void)
 bool ctx_resolve_sigbus(uintptr_t addr)
 {
 	int hi = atomic_load(&registry_hi);
+	/* getpid(), not the cached value: a raw clone's child keeps the
+	 * parent's cache, and must not act on the parent's contexts. */
+	pid_t me = getpid();
 	for (int i = 0; i < hi; i++) {
 		struct dxm_ctx *ctx = atomic_load(&registry[i]);
-		if (ctx && (ctx->flags & DXM_CTX_SIGBUS) &&
-		    ctx->pid == self_pid() && fault_resolve_here(ctx, addr))
+		if (ctx && (ctx->flags & DXM_CTX_SIGBUS) && ctx->pid == me &&
+		    fault_resolve_here(ctx, addr))
 			return true;
 	}
 	return false;

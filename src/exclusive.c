@@ -67,7 +67,7 @@ DXM_API long dxm_make_exclusive(struct dxm_ctx *ctx, void *start, size_t len,
 		/* No private page may be in staging while a fork copies the
 		 * address space (fork.c). */
 		fork_enter(ctx);
-		err = anon_populate(r, (uintptr_t)start, pg, n);
+		err = anon_populate(r, (uintptr_t)start, pg, n, true);
 		if (!err && !(need = calloc(n, 1)))
 			err = -ENOMEM;
 		if (err) {
@@ -211,7 +211,8 @@ DXM_API long dxm_range_fault(struct dxm_ctx *ctx, void *start, size_t len,
 		 * dropped must exist for a system call in user-mode-only
 		 * mode: fault them in.  An ordinary device access goes
 		 * through the CPU view itself (the staging slot is empty). */
-		err = anon_populate(w.r, (uintptr_t)start, pg, n);
+		err = anon_populate(w.r, (uintptr_t)start, pg, n,
+				    flags & DXM_FAULT_WRITE);
 		if (err) {
 			end(&w);
 			return err;

@@ -251,8 +251,24 @@ bool fault_resolve_here(struct dxm_ctx *ctx, uintptr_t addr)
 {
 	addr &= ~(uintptr_t)(ctx->psize - 1);
 	struct dxm_where w;
-	if (region_lookup(ctx, addr, &w))
-		return false;
+	if (region_lookup(ctx, addr, &w)) {
+		struct dxm_region *r;
+		size_t pg;
+		if (region_lookup_dev(ctx, (void *)addr, &r, &pg))
+			return false;
+		/* A device's touch of a staging page: a hole while it holds
+		 * the page (filled with zeros); after its invalidation a
+		 * driver bug, counted and left to kill the thread (the
+		 * signal's default action), as in thread mode. */
+		bool ok = r->kind == REGION_ANON &&
+			  ps_is_exclusive(ps_load(&r->st[pg]));
+		if (ok)
+			anon_staging_fault(r, pg, addr, 0);
+		else if (r->kind == REGION_ANON)
+			stat_add(&ctx->c.stale_device_faults, 1);
+		region_put(r);
+		return ok;
+	}
 	size_t pg = w.pgoff + ((addr - w.vstart) >> ctx->pshift);
 	stat_add(&ctx->c.cpu_faults, 1);
 	/* The access kind is unknown: an adopted page the CPU never had

@@ -152,7 +152,8 @@ void pages_to_cpu(struct dxm_region *r, size_t pg, size_t n, unsigned flags,
 		  enum dxm_event ev);
 
 /* ----------------------------------------------------------------- anon.c */
-int anon_populate(struct dxm_region *r, uintptr_t start, size_t pg, size_t n);
+int anon_populate(struct dxm_region *r, uintptr_t start, size_t pg, size_t n,
+		  bool write);
 size_t anon_move_out(struct dxm_region *r, size_t pg, size_t n, void **dev,
 		     const uint8_t *need);
 void anon_move_in(struct dxm_region *r, size_t pg, size_t n);

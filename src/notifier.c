@@ -116,7 +116,7 @@ DXM_API void dxm_notifier_set_seq(struct dxm_notifier *n, unsigned long seq)
 	atomic_store(&n->seq, seq);
 }
 
-#define NOTIFY_STACK 16
+#define NOTIFY_STACK 64 /* no allocation below this (SIGBUS mode) */
 
 void notify_range(struct dxm_ctx *ctx, uintptr_t start, uintptr_t end,
 		  enum dxm_event ev, const void *owner)
@@ -197,8 +197,8 @@ void notify_range(struct dxm_ctx *ctx, uintptr_t start, uintptr_t end,
 void notify_region_pages(struct dxm_region *r, size_t pg, size_t n,
 			 enum dxm_event ev, const void *owner)
 {
-	uintptr_t stack[2 * 8], *runs = stack;
-	size_t max = 8, k;
+	uintptr_t stack[2 * 32], *runs = stack; /* no allocation below 32 */
+	size_t max = 32, k;
 	while ((k = region_view_addrs(r, pg, n, runs, max)) > max) {
 		if (runs != stack)
 			free(runs);

@@ -33,7 +33,8 @@ static int install_err;
 static void on_sigbus(int sig, siginfo_t *si, void *uc)
 {
 	int saved = errno;
-	if (ctx_resolve_sigbus((uintptr_t)si->si_addr)) {
+	/* Only a fault raised by the kernel (si_code > 0), not kill(2). */
+	if (si->si_code > 0 && ctx_resolve_sigbus((uintptr_t)si->si_addr)) {
 		errno = saved;
 		return;
 	}
@@ -41,13 +42,17 @@ static void on_sigbus(int sig, siginfo_t *si, void *uc)
 	/* Not a managed page: whatever the program had. */
 	if (prev.sa_flags & SA_SIGINFO) {
 		prev.sa_sigaction(sig, si, uc);
-	} else if (prev.sa_handler == SIG_IGN) {
-		return;
-	} else if (prev.sa_handler != SIG_DFL) {
+	} else if (prev.sa_handler != SIG_DFL && prev.sa_handler != SIG_IGN) {
 		prev.sa_handler(sig);
+	} else if (prev.sa_handler == SIG_IGN && si->si_code <= 0) {
+		return; /* an ignored SIGBUS sent by kill(2) */
 	} else {
-		/* Default action: re-raised when the access is retried. */
+		/* The default action; for a fault even when ignored, as the
+		 * kernel does: re-raised when the access is retried, or now
+		 * for a signal sent by kill(2). */
 		signal(SIGBUS, SIG_DFL);
+		if (si->si_code <= 0)
+			raise(SIGBUS);
 	}
 }
 

@@ -105,7 +105,8 @@ static void *watchdog_main(void *arg)
 int watchdog_start(struct dxm_ctx *ctx)
 {
 	const char *e = getenv("DXM_WATCHDOG_MS");
-	ctx->wd_ms = e ? (unsigned)strtoul(e, NULL, 10) : 5000;
+	long ms = e ? strtol(e, NULL, 10) : 5000;
+	ctx->wd_ms = ms > 0 && ms < 86400000 ? (unsigned)ms : 0; /* <= 0: off */
 	pthread_mutex_init(&ctx->wd_mtx, NULL);
 	pthread_cond_init(&ctx->wd_cond, NULL);
 	if (!ctx->wd_ms)

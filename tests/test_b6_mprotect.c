@@ -285,3 +285,34 @@ KIND_TEST(prot_none_refuses_device_reads)
 	cr_assert(check_index(f.p, LEN, 0));
 	teardown(&f);
 }
+
+/* Adopted memory made read-only: dxm_range_fault for reading works (the
+ * pages are read-populated), for writing and dxm_make_exclusive refuse
+ * with -EPERM; after a raw mprotect behind dxm's back as well. */
+Test(b6_mprotect, adopted_readonly_read_fault_ok_write_eperm, .timeout = 30)
+{
+	struct dxm_ctx *ctx = ctx_or_skip(NULL);
+	struct mem m;
+	mem_setup(ctx, MEM_ANON, 4 * PS, &m);
+	memset(m.base, 3, 2 * PS); /* pages 2, 3 never touched */
+	void *dev[4];
+	cr_assert_eq(dxm_mprotect(ctx, m.base, 4 * PS, PROT_READ), 0);
+	cr_assert_eq(dxm_range_fault(ctx, m.base, 4 * PS, 0, dev), 4);
+	cr_assert_eq(((char *)dev[0])[0], 3);
+	cr_assert_eq(((char *)dev[3])[0], 0);
+	cr_assert_eq(dxm_range_fault(ctx, m.base, 4 * PS, DXM_FAULT_WRITE, dev),
+		     -EPERM);
+	cr_assert_eq(dxm_make_exclusive(ctx, m.base, 4 * PS, NULL, dev),
+		     -EPERM);
+	cr_assert_eq(dxm_mprotect(ctx, m.base, 4 * PS, PROT_READ | PROT_WRITE),
+		     0);
+	/* The program's own mprotect, which dxm does not see. */
+	cr_assert_eq(mprotect((char *)m.base + 2 * PS, 2 * PS, PROT_READ), 0);
+	long r = dxm_make_exclusive(ctx, (char *)m.base + 2 * PS, 2 * PS, NULL,
+				    dev);
+	cr_assert(r == -EPERM || (r == 2 && !dev[0] && !dev[1]),
+		  "make_exclusive after a raw mprotect: %ld", r);
+	mprotect((char *)m.base + 2 * PS, 2 * PS, PROT_READ | PROT_WRITE);
+	mem_teardown(&m);
+	dxm_ctx_destroy(ctx);
+}

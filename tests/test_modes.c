@@ -212,3 +212,15 @@ Test(modes, bad_flag_combinations, .timeout = 30)
 	o.flags = 1u << 30;
 	cr_assert_eq(dxm_ctx_create(&ctx, &o), -EINVAL);
 }
+
+/* SIGBUS mode: a SIGBUS sent by kill(2) is not a fault to resolve; with
+ * the default disposition the process dies of it, as without dxm. */
+Test(modes, sigbus_kill_keeps_default_action, .timeout = 30,
+     .signal = SIGBUS)
+{
+	struct dxm_ctx *ctx = mode_ctx(2);
+	(void)ctx;
+	kill(getpid(), SIGBUS);
+	for (int i = 0; i < 100; i++)
+		usleep(10000);
+}
