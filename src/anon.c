@@ -46,9 +46,9 @@ static inline uintptr_t stg(struct dxm_region *r, size_t pg)
 
 /* ------------------------------------------------------------- adoption */
 
-/* Whether [start, end) is private, anonymous, writable memory that nobody
- * manages yet, read off /proc/self/maps. */
-static int check_anon_range(uintptr_t start, uintptr_t end)
+/* Whether [start, end) is private anonymous memory, readable (and
+ * writable if asked), read off /proc/self/maps. */
+static int check_anon_range(uintptr_t start, uintptr_t end, bool write)
 {
 	FILE *f = fopen("/proc/self/maps", "re");
 	if (!f)
@@ -66,7 +66,8 @@ static int check_anon_range(uintptr_t start, uintptr_t end)
 			continue;
 		if (a > cur)
 			break; /* a hole */
-		if (perm[3] != 'p' || perm[1] != 'w' || ino != 0 ||
+		if (perm[3] != 'p' || perm[0] != 'r' ||
+		    (write && perm[1] != 'w') || ino != 0 ||
 		    (path[0] && strcmp(path, "[heap]"))) {
 			err = -EINVAL;
 			break;
@@ -91,15 +92,9 @@ DXM_API int dxm_adopt(struct dxm_ctx *ctx, void *addr, size_t len,
 		return -ENOSYS;
 	}
 	uintptr_t start = (uintptr_t)addr;
-	struct dxm_where w;
-	for (uintptr_t p = start; p < start + len; p += ctx->psize) {
-		/* cheap enough: adoption is not a hot path */
-		if (region_lookup(ctx, p, &w) == 0) {
-			region_put(w.r);
-			return -EEXIST;
-		}
-	}
-	err = check_anon_range(start, start + len);
+	if (region_overlaps(ctx, start, start + len))
+		return -EEXIST;
+	err = check_anon_range(start, start + len, true);
 	if (err) {
 		if (err == -EINVAL)
 			pr_warn("dxm_adopt: %p+%#zx is not private anonymous "
@@ -182,7 +177,7 @@ int anon_populate(struct dxm_region *r, uintptr_t start, size_t pg, size_t n,
 			 * (an atomic add of 0 writes without changing
 			 * anything), once the range is known to allow it: the
 			 * program may have changed it behind dxm's back. */
-			if (check_anon_range(a, a + len))
+			if (check_anon_range(a, a + len, write))
 				return -EPERM;
 			for (size_t k = i; k < e; k++) {
 				volatile char *c =

@@ -102,6 +102,7 @@ struct dxm_where {
 
 int region_lookup(struct dxm_ctx *ctx, uintptr_t addr, struct dxm_where *w);
 int region_adopt_insert(struct dxm_region *r, uintptr_t start, size_t len);
+bool region_overlaps(struct dxm_ctx *ctx, uintptr_t start, uintptr_t end);
 void region_foreach(struct dxm_ctx *ctx, enum region_kind kind,
 		    void (*fn)(struct dxm_region *r, void *arg), void *arg);
 int region_lookup_range(struct dxm_ctx *ctx, uintptr_t start, size_t len,

@@ -583,6 +583,16 @@ int region_adopt_insert(struct dxm_region *r, uintptr_t start, size_t len)
 	return err;
 }
 
+/* Whether any managed view overlaps [start, end). */
+bool region_overlaps(struct dxm_ctx *ctx, uintptr_t start, uintptr_t end)
+{
+	pthread_rwlock_rdlock(&ctx->vt_lock);
+	size_t i = vt_search(ctx, start);
+	bool hit = i < ctx->vt_n && ctx->vt[i]->start < end;
+	pthread_rwlock_unlock(&ctx->vt_lock);
+	return hit;
+}
+
 /* Call fn on every live region of a kind, with a reference and no lock. */
 void region_foreach(struct dxm_ctx *ctx, enum region_kind kind,
 		    void (*fn)(struct dxm_region *r, void *arg), void *arg)
@@ -661,13 +671,19 @@ static int detach_range(struct dxm_ctx *ctx, uintptr_t start, uintptr_t end,
  */
 static void finish_gone(struct dxm_ctx *ctx, struct dxm_gone *list, bool unmap)
 {
-	while (list) {
-		struct dxm_gone *g = list;
-		struct dxm_region *r = g->r;
-		list = g->next;
-		size_t len = g->end - g->start, n = len >> ctx->pshift;
+	/* 1. Regions that lost their last view: no conversion may run on
+	 *    them from here on. */
+	for (struct dxm_gone *g = list; g; g = g->next)
 		if (g->last)
-			region_begin_teardown(r);
+			region_begin_teardown(g->r);
+	/* 2. Every detached piece: the devices are told, then the pages
+	 *    are handed back or dropped.  All pieces before any region's
+	 *    pages are reset (3.): a piece of adopted memory handed back
+	 *    after the reset would find its staged pages "the CPU's" and
+	 *    lose them. */
+	for (struct dxm_gone *g = list; g; g = g->next) {
+		struct dxm_region *r = g->r;
+		size_t len = g->end - g->start, n = len >> ctx->pshift;
 		notify_range(ctx, g->start, g->end, DXM_EVENT_UNMAP, NULL);
 		if (r->kind == REGION_SHM) {
 			if (unmap) {
@@ -689,6 +705,14 @@ static void finish_gone(struct dxm_ctx *ctx, struct dxm_gone *list, bool unmap)
 						     PS_CPU);
 				}
 		}
+		stat_add(&ctx->c.events_unmap, !unmap);
+	}
+	/* 3. Drop the state; deferred faults are resolved again (those on
+	 *    addresses that are gone are woken to retry). */
+	while (list) {
+		struct dxm_gone *g = list;
+		struct dxm_region *r = g->r;
+		list = g->next;
 		if (g->last) {
 			/* The device was told to stop; nothing maps these
 			 * pages through a CPU view any more. */
@@ -699,7 +723,6 @@ static void finish_gone(struct dxm_ctx *ctx, struct dxm_gone *list, bool unmap)
 		} else {
 			fault_forget_region(r);
 		}
-		stat_add(&ctx->c.events_unmap, !unmap);
 		region_put(r);
 		free(g);
 	}
