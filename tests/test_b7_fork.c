@@ -200,7 +200,9 @@ Test(b7_fork, exclusive_cow, .timeout = 60)
 			_exit(2);
 		for (size_t i = 0; i < n; i++)
 			if (ptr[i]++ != i)
-				_exit(ptr[i] == i + 2 ? 3 : ptr[i] == 1 ? 4 : 5);
+				_exit(ptr[i] == i + 2 ? 3 /* the parent's */
+				      : ptr[i] == 1   ? 4 /* a zero page */
+						      : 5);
 		for (size_t i = 0; i < n; i++)
 			if (ptr[i] != i + 1)
 				_exit(6);
@@ -218,10 +220,12 @@ Test(b7_fork, exclusive_cow, .timeout = 60)
 	int status = wait_child(pid);
 	cr_assert(WIFEXITED(status),
 		  "the child was killed by signal %d", WTERMSIG(status));
-	cr_assert_eq(WEXITSTATUS(status), 0,
-		     "child: %s", WEXITSTATUS(status) == 3 ? "saw the parent's "
-		     "increment (i + 2)" : WEXITSTATUS(status) == 4 ?
-		     "read a zero page" : "wrong data");
+	int code = WEXITSTATUS(status);
+	cr_assert_eq(code, 0, "child: %s (exit %d)",
+		     code == 3	 ? "saw the parent's increment (i + 2)"
+		     : code == 4 ? "read a zero page"
+				 : "wrong data",
+		     code);
 	for (size_t i = 0; i < n; i++)
 		cr_assert_eq(ptr[i], i + 1,
 			     "the parent sees the child's increment at %zu", i);
@@ -829,26 +833,32 @@ Test(b7_fork, raw_sys_fork_child_reads_parent_data, .timeout = 30)
  * fork() right after fork() in a process with adopted memory: every fork
  * completes.  (Where dxm has UFFD_FEATURE_EVENT_FORK, the kernel holds each
  * fork until dxm's handler has read the fork event, while glibc's fork()
- * holds the malloc locks: the handler must not be stuck on them.)  Each
- * round uses a fresh context, and the child checks the adopted data.
+ * holds the malloc locks: the handler, busy with the previous fork's event
+ * when the next fork begins, must not be stuck on them.)  The children are
+ * reaped only after the burst, so that each fork follows the previous one
+ * at once; the last child of each burst checks the adopted data.
  */
+#define BURST 16
+
 Test(b7_fork, back_to_back_forks_complete, .timeout = 30)
 {
-	for (int round = 0; round < 50; round++) {
+	pid_t self = getpid();
+	for (int round = 0; round < 40; round++) {
 		struct fix f;
 		setup(&f, 2 * PS);
-		pid_t self = getpid();
-		for (int k = 0; k < 8; k++) {
-			pid_t pid = fork();
-			cr_assert_neq(pid, -1, "fork: %s", strerror(errno));
-			if (pid == 0 && k < 7)
-				_exit(0); /* at once: the next fork follows */
-			if (pid == 0) {
+		pid_t pids[BURST];
+		for (int k = 0; k < BURST; k++) {
+			pids[k] = fork();
+			cr_assert_neq(pids[k], -1, "fork: %s", strerror(errno));
+			if (pids[k] == 0 && k < BURST - 1)
+				_exit(0);
+			if (pids[k] == 0) {
 				child_start(self, -1);
 				_exit(check_index(f.p, 2 * PS, 0) ? 0 : 1);
 			}
-			assert_exit0(wait_child(pid), "a child");
 		}
+		for (int k = 0; k < BURST; k++)
+			assert_exit0(wait_child(pids[k]), "a child");
 		teardown(&f);
 	}
 }
