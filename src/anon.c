@@ -26,6 +26,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <time.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -319,20 +320,40 @@ static bool staged_page_exists(struct dxm_region *r, size_t pg)
  * cannot move (a device pinned it: EBUSY; the program changed the
  * protection behind dxm's back: EINVAL; ...), copy it: never leave the CPU
  * a zero page where the device's data was. */
-static void move_in_page(struct dxm_region *r, size_t pg, uintptr_t cpu)
+static int move_in_page(struct dxm_region *r, size_t pg, uintptr_t cpu,
+			uint64_t wake_mode)
 {
 	struct dxm_ctx *ctx = r->ctx;
+	bool handler = ctx_on_handler(ctx);
+	unsigned us = 5;
 	long got;
 	for (int tries = 0;; tries++) {
 		got = uffd_move(r->uffd, cpu, stg(r, pg), ctx->psize,
-				UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES);
+				UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES | wake_mode);
 		if (got > 0)
-			return; /* a hole moves nothing: the CPU then faults
-				   on a page it never had, a zero page */
-		/* EAGAIN: the address space is changing.  EEXIST cannot
-		 * happen while the page is staged (the CPU view is empty):
-		 * retried too before anything is discarded. */
-		if ((got != -EAGAIN && got != -EEXIST) || tries >= 1000)
+			return 0; /* a hole moves nothing: the CPU then faults
+				     on a page it never had, a zero page */
+		/* EAGAIN: the kernel refuses every ioctl while an event
+		 * (a munmap's UNMAP, a REMOVE...) is unread.  A handler
+		 * thread may be the one that must read it: it gives the page
+		 * up for now (the caller re-queues it, data still staged);
+		 * any other thread waits for the handler. */
+		if (got == -EAGAIN) {
+			if (handler && tries >= 8)
+				return -EAGAIN;
+			if (tries >= 8) {
+				struct timespec ts = { 0, (long)us * 1000 };
+				nanosleep(&ts, NULL);
+				if (us < 1000)
+					us *= 2;
+			} else {
+				sched_yield();
+			}
+			continue;
+		}
+		/* EEXIST cannot happen while the page is staged (the CPU
+		 * view is empty): retried before anything is discarded. */
+		if (got != -EEXIST || tries >= 1000)
 			break;
 		sched_yield();
 	}
@@ -353,30 +374,38 @@ static void move_in_page(struct dxm_region *r, size_t pg, uintptr_t cpu)
 				       "stays in staging at %#lx",
 				       cpu, strerror((int)-c), stg(r, pg));
 				uffd_wake(r->uffd, cpu, ctx->psize);
-				return;
+				return 0;
 			}
 			sched_yield();
 		}
 	}
 	anon_discard(r, pg, 1);
 	uffd_wake(r->uffd, cpu, ctx->psize);
+	return 0;
 }
 
 /* Move region pages [pg, pg+n) back from staging into the CPU view.  The
- * caller owns them (INVALIDATING -> CPU|MAPPING). */
-void anon_move_in(struct dxm_region *r, size_t pg, size_t n)
+ * caller owns them.  -EAGAIN (only on a handler thread): a page could not
+ * move yet and is still staged; the caller must try again later. */
+int anon_move_in(struct dxm_region *r, size_t pg, size_t n, bool dontwake)
 {
+	uint64_t mode = dontwake ? UFFDIO_MOVE_MODE_DONTWAKE : 0;
 	struct dxm_ctx *ctx = r->ctx;
+	int ret = 0;
 	pthread_rwlock_rdlock(&ctx->vt_lock);
 	for (struct dxm_view *v = r->views; v; v = v->rnext) {
 		size_t a = v->pgoff > pg ? v->pgoff : pg;
 		size_t b = v->pgoff + v->npages < pg + n ? v->pgoff + v->npages
 							 : pg + n;
 		for (; a < b; a++)
-			move_in_page(r, a,
-				     v->start + ((a - v->pgoff) << ctx->pshift));
+			if (move_in_page(r, a,
+					 v->start + ((a - v->pgoff)
+						     << ctx->pshift),
+					 mode))
+				ret = -EAGAIN;
 	}
 	pthread_rwlock_unlock(&ctx->vt_lock);
+	return ret;
 }
 
 /* dxm_free: move every staged page of [pg, pg+n) back to cpu, the view
@@ -386,8 +415,8 @@ void anon_hand_back(struct dxm_region *r, size_t pg, size_t n, uintptr_t cpu)
 	for (size_t i = 0; i < n; i++) {
 		if (ps_state(ps_load(&r->st[pg + i])) == PS_CPU)
 			continue;
-		move_in_page(r, pg + i, cpu + (i << r->ctx->pshift));
-		atomic_store(&r->st[pg + i], PS_CPU);
+		move_in_page(r, pg + i, cpu + (i << r->ctx->pshift), 0);
+		atomic_store(&r->st[pg + i], PS_CPU); /* not a handler: waits */
 	}
 }
 

@@ -43,6 +43,9 @@ static void nap(unsigned *us)
 		*us *= 2;
 }
 
+static __thread bool requeued; /* a restore waits for events to be read */
+static void finish_restore(struct dxm_fault *f);
+
 /* ------------------------------------------------------------- deferral */
 
 static bool try_defer(struct dxm_region *r, size_t pg, uintptr_t addr,
@@ -52,11 +55,8 @@ static bool try_defer(struct dxm_region *r, size_t pg, uintptr_t addr,
 	struct dxm_fault *f = malloc(sizeof(*f));
 	if (!f)
 		return false; /* the caller retries */
-	f->r = r;
-	f->pg = pg;
-	f->addr = addr;
-	f->t0 = now_ns();
-	f->reported = false;
+	*f = (struct dxm_fault){ .r = r, .pg = pg, .addr = addr,
+				 .t0 = now_ns() };
 	pthread_mutex_lock(&ctx->defer_mtx);
 	uint8_t cur = s;
 	bool ok = ps_cas(&r->st[pg], &cur, s | PS_WAITERS);
@@ -103,7 +103,10 @@ void fault_forget_region(struct dxm_region *r)
 
 void fault_drain_ready(struct dxm_ctx *ctx)
 {
-	for (;;) {
+	requeued = false;
+	/* Until empty, unless a restore was put back: then the handler must
+	 * read its userfaultfd first (the kick brings it back here). */
+	while (!requeued) {
 		pthread_mutex_lock(&ctx->defer_mtx);
 		struct dxm_fault *list = ctx->ready;
 		ctx->ready = NULL;
@@ -113,9 +116,13 @@ void fault_drain_ready(struct dxm_ctx *ctx)
 		while (list) {
 			struct dxm_fault *f = list;
 			list = f->next;
-			/* The access kind is not kept: a write that finds a
-			 * zero page takes one more (ordinary) COW fault. */
-			fault_resolve(ctx, f->addr, false, 0);
+			if (f->restore)
+				finish_restore(f);
+			else
+				/* The access kind is not kept: a write that
+				 * finds a zero page takes one more (ordinary)
+				 * COW fault. */
+				fault_resolve(ctx, f->addr, false, 0);
 			free(f);
 		}
 	}
@@ -151,6 +158,39 @@ void invalidated_to_cpu(struct dxm_region *r, size_t pg)
 		fault_release_waiters(r, pg, 1);
 }
 
+/* An adopted page whose move back the kernel refused for now (EAGAIN: an
+ * event is unread, and this handler thread may be the one to read it):
+ * keep it INVALIDATING and try again once the handler has read events. */
+static void requeue_restore(struct dxm_region *r, size_t pg, uintptr_t addr)
+{
+	struct dxm_ctx *ctx = r->ctx;
+	struct dxm_fault *f;
+	while (!(f = malloc(sizeof(*f))))
+		sched_yield();
+	region_get(r);
+	*f = (struct dxm_fault){ .r = r, .pg = pg, .addr = addr,
+				 .restore = true };
+	pthread_mutex_lock(&ctx->defer_mtx);
+	f->next = ctx->ready;
+	ctx->ready = f;
+	pthread_mutex_unlock(&ctx->defer_mtx);
+	requeued = true;
+	ctx_kick(ctx);
+}
+
+static void finish_restore(struct dxm_fault *f)
+{
+	struct dxm_region *r = f->r;
+	if (anon_move_in(r, f->pg, 1, true)) {
+		requeue_restore(r, f->pg, f->addr);
+	} else {
+		invalidated(r, f->pg);
+		mapping_done(r, f->pg);
+		uffd_wake(r->uffd, f->addr, r->ctx->psize);
+	}
+	region_put(r);
+}
+
 /* ------------------------------------------------------------ the fault */
 
 /*
@@ -167,7 +207,7 @@ static void map_page(struct dxm_region *r, size_t pg, uintptr_t addr,
 	if (r->kind == REGION_SHM) {
 		region_continue(r, pg, 1, addr);
 	} else if (invalidated) {
-		anon_move_in(r, pg, 1);
+		anon_move_in(r, pg, 1, false);
 	} else {
 		anon_zero_fill(r, addr, write);
 	}
@@ -200,6 +240,20 @@ static void resolve(struct dxm_region *r, size_t pg, uintptr_t addr,
 				continue;
 			notify_region_pages(r, pg, 1, DXM_EVENT_CLEAR, NULL);
 			stat_add(&ctx->c.restores, 1);
+			if (r->kind == REGION_ANON) {
+				/* Moved back while still INVALIDATING: if the
+				 * kernel refuses for now, the page stays put
+				 * and is retried after the pending events. */
+				if (anon_move_in(r, pg, 1, true)) {
+					requeue_restore(r, pg, addr);
+					return;
+				}
+				invalidated(r, pg);
+				mapping_done(r, pg);
+				/* Woken only now: the page is the CPU's. */
+				uffd_wake(r->uffd, addr, ctx->psize);
+				return;
+			}
 			invalidated(r, pg);
 			map_page(r, pg, addr, true, write);
 			mapping_done(r, pg);
@@ -293,7 +347,7 @@ static void flush_run(struct dxm_region *r, size_t a, size_t b, bool inv,
 				stat_add(&r->ctx->c.restores, 1);
 				invalidated(r, i);
 				if (r->kind == REGION_ANON)
-					anon_move_in(r, i, 1);
+					anon_move_in(r, i, 1, false);
 			}
 	}
 	if (r->kind == REGION_SHM)

@@ -129,9 +129,10 @@ void region_destroy_all(struct dxm_ctx *ctx);
 
 /* ---------------------------------------------------------------- fault.c */
 struct dxm_fault {
-	struct dxm_region *r;
+	struct dxm_region *r;	/* referenced when restore is set */
 	size_t pg;
 	uintptr_t addr;
+	bool restore;	/* an adopted page invalidated, still to move back */
 	uint64_t t0;	/* when it was deferred (watchdog.c) */
 	bool reported;	/* by the watchdog (defer_mtx) */
 	struct dxm_fault *next;
@@ -157,7 +158,7 @@ int anon_populate(struct dxm_region *r, uintptr_t start, size_t pg, size_t n,
 		  bool write);
 size_t anon_move_out(struct dxm_region *r, size_t pg, size_t n, void **dev,
 		     const uint8_t *need);
-void anon_move_in(struct dxm_region *r, size_t pg, size_t n);
+int anon_move_in(struct dxm_region *r, size_t pg, size_t n, bool dontwake);
 void anon_zero_fill(struct dxm_region *r, uintptr_t addr, bool write);
 void anon_discard(struct dxm_region *r, size_t pg, size_t n);
 void anon_hand_back(struct dxm_region *r, size_t pg, size_t n, uintptr_t cpu);
