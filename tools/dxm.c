@@ -11,6 +11,8 @@
  *       What this kernel and this user get: userfaultfd mode and features.
  *   dxm bench [--quick] [--out DIR] [--only GROUP]
  *       Every measurement side by side with its baseline (bench/README.md).
+ *   dxm stress [--seconds N] [--threads T] [--devices D] [--seed S]
+ *       Random work on shared regions with invariants checked throughout.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -25,6 +27,7 @@
 #include "bench.h"
 #include "dxm.h"
 #include "dxm_mirror.h"
+#include "stress.h"
 
 static double now_s(void)
 {
@@ -263,7 +266,8 @@ static void usage(FILE *f)
 	fprintf(f, "usage: dxm <command> [options]\n"
 		   "  demo   lost updates without exclusive access, none with it\n"
 		   "  info   what userfaultfd this process gets\n"
-		   "  bench  measurements against their baselines (--quick)\n");
+		   "  bench  measurements against their baselines (--quick)\n"
+		   "  stress random concurrent work, invariants checked\n");
 }
 
 int main(int argc, char **argv)
@@ -279,6 +283,8 @@ int main(int argc, char **argv)
 		return cmd_info();
 	if (!strcmp(argv[1], "bench"))
 		return bench_main(argc - 1, argv + 1);
+	if (!strcmp(argv[1], "stress"))
+		return stress_main(argc - 1, argv + 1);
 	if (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) {
 		usage(stdout);
 		return 0;
