@@ -47,8 +47,8 @@ static inline uintptr_t stg(struct dxm_region *r, size_t pg)
 
 /* ------------------------------------------------------------- adoption */
 
-/* Whether [start, end) is private anonymous memory, readable (and
- * writable if asked), read off /proc/self/maps. */
+/* Whether [start, end) is private anonymous memory that allows the access
+ * (writable if write, else readable), read off /proc/self/maps. */
 static int check_anon_range(uintptr_t start, uintptr_t end, bool write)
 {
 	FILE *f = fopen("/proc/self/maps", "re");
@@ -67,8 +67,7 @@ static int check_anon_range(uintptr_t start, uintptr_t end, bool write)
 			continue;
 		if (a > cur)
 			break; /* a hole */
-		if (perm[3] != 'p' || perm[0] != 'r' ||
-		    (write && perm[1] != 'w') || ino != 0 ||
+		if (perm[3] != 'p' || perm[write ? 1 : 0] == '-' || ino != 0 ||
 		    (path[0] && strcmp(path, "[heap]"))) {
 			err = -EINVAL;
 			break;
@@ -325,6 +324,8 @@ static int move_in_page(struct dxm_region *r, size_t pg, uintptr_t cpu,
 {
 	struct dxm_ctx *ctx = r->ctx;
 	bool handler = ctx_on_handler(ctx);
+	/* DONTWAKE: the caller wakes the thread once the page is the CPU's */
+	bool wake = !(wake_mode & UFFDIO_MOVE_MODE_DONTWAKE);
 	unsigned us = 5;
 	long got;
 	for (int tries = 0;; tries++) {
@@ -366,21 +367,26 @@ static int move_in_page(struct dxm_region *r, size_t pg, uintptr_t cpu,
 		pr_debug("restore of %#lx by copy: %s", cpu,
 			 strerror((int)-got));
 		for (int tries = 0;; tries++) {
-			long c = uffd_copy(r->uffd, cpu, stg(r, pg), ctx->psize);
+			long c = uffd_copy_mode(r->uffd, cpu, stg(r, pg),
+						ctx->psize,
+						wake ? 0
+						     : UFFDIO_COPY_MODE_DONTWAKE);
 			if (c > 0 || c == -EEXIST)
 				break;
 			if (tries >= 1000) {
 				pr_err("restore of %#lx failed: %s; its data "
 				       "stays in staging at %#lx",
 				       cpu, strerror((int)-c), stg(r, pg));
-				uffd_wake(r->uffd, cpu, ctx->psize);
+				if (wake)
+					uffd_wake(r->uffd, cpu, ctx->psize);
 				return 0;
 			}
 			sched_yield();
 		}
 	}
 	anon_discard(r, pg, 1);
-	uffd_wake(r->uffd, cpu, ctx->psize);
+	if (wake)
+		uffd_wake(r->uffd, cpu, ctx->psize);
 	return 0;
 }
 

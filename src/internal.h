@@ -50,6 +50,8 @@ int uffd_wake(int uffd, uintptr_t start, size_t len);
 long uffd_move(int uffd, uintptr_t dst, uintptr_t src, size_t len,
 	       uint64_t mode);
 long uffd_copy(int uffd, uintptr_t dst, uintptr_t src, size_t len);
+long uffd_copy_mode(int uffd, uintptr_t dst, uintptr_t src, size_t len,
+		    uint64_t mode);
 long uffd_zeropage(int uffd, uintptr_t dst, size_t len);
 int sys_madvise(void *addr, size_t len, int advice);
 

@@ -254,7 +254,15 @@ long uffd_move(int uffd, uintptr_t dst, uintptr_t src, size_t len,
 
 long uffd_copy(int uffd, uintptr_t dst, uintptr_t src, size_t len)
 {
-	struct uffdio_copy c = { .dst = dst, .src = src, .len = len };
+	return uffd_copy_mode(uffd, dst, src, len, 0);
+}
+
+long uffd_copy_mode(int uffd, uintptr_t dst, uintptr_t src, size_t len,
+		    uint64_t mode)
+{
+	struct uffdio_copy c = {
+		.dst = dst, .src = src, .len = len, .mode = mode,
+	};
 	int inj = inject(INJ_COPY);
 	if (inj)
 		return -inj;
