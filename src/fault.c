@@ -383,10 +383,14 @@ void pages_to_cpu(struct dxm_region *r, size_t pg, size_t n, unsigned flags,
 				i++, inv = true;
 			continue;
 		}
-		/* A page we cannot take now: finish the run before it. */
+		/* A page we cannot take now: finish the run before it.  A
+		 * page being mapped by another thread is waited for (a few
+		 * microseconds, never blocked on a driver); locked or
+		 * exclusive ones only with PTC_WAIT. */
 		flush_run(r, a, i, inv, ev);
 		inv = false;
-		if ((flags & PTC_WAIT) && st != PS_EXCLUSIVE) {
+		if ((st == PS_CPU && (s & PS_MAPPING)) ||
+		    ((flags & PTC_WAIT) && st != PS_EXCLUSIVE)) {
 			nap(&us);
 		} else {
 			i++;
