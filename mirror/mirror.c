@@ -240,6 +240,7 @@ static int map_range(struct dxm_mirror *m, uintptr_t s, size_t len,
 		     unsigned need)
 {
 	size_t n = len / m->psize;
+again:
 	pthread_mutex_lock(&m->lock);
 	bool all = true;
 	for (size_t i = 0; i < n && all; i++) {
@@ -284,13 +285,16 @@ static int map_range(struct dxm_mirror *m, uintptr_t s, size_t len,
 			err = install(m, p, dev[i],
 				      TAG_READ | (need & TAG_WRITE));
 		}
-		if (err)
-			pthread_mutex_unlock(&m->lock);
-		break; /* locked on success */
+		/* Never remove the notifier with m->lock held: removal waits
+		 * for a running callback, which waits for m->lock. */
+		pthread_mutex_unlock(&m->lock);
+		break;
 	}
 	dxm_notifier_remove(op.n);
 	free(dev);
-	return err;
+	if (err)
+		return err;
+	goto again; /* returns locked once every entry is (still) there */
 }
 
 static int copy(struct dxm_mirror *m, void *addr, void *buf, size_t len,

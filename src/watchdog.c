@@ -35,7 +35,7 @@ static void report(struct dxm_ctx *ctx)
 	pthread_mutex_lock(&ctx->n_mtx);
 	for (struct dxm_notifier *n = ctx->notifiers; n; n = n->next) {
 		uint64_t t0 = atomic_load(&n->cb_start);
-		if (!t0 || now - t0 < lim || n->cb_reported == t0)
+		if (!t0 || t0 > now || now - t0 < lim || n->cb_reported == t0)
 			continue;
 		n->cb_reported = t0;
 		stat_add(&ctx->c.watchdog_reports, 1);
@@ -49,7 +49,7 @@ static void report(struct dxm_ctx *ctx)
 
 	pthread_mutex_lock(&ctx->defer_mtx);
 	for (struct dxm_fault *f = ctx->deferred; f; f = f->next) {
-		if (f->reported || now - f->t0 < lim)
+		if (f->reported || f->t0 > now || now - f->t0 < lim)
 			continue;
 		f->reported = true;
 		stat_add(&ctx->c.watchdog_reports, 1);
