@@ -78,6 +78,13 @@ static int check_anon_range(uintptr_t start, uintptr_t end, bool write)
 	return cur >= end ? 0 : err;
 }
 
+static void *map_staging(void *arg, size_t len)
+{
+	(void)arg;
+	return mmap(NULL, len, PROT_READ | PROT_WRITE,
+		    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+}
+
 DXM_API int dxm_adopt(struct dxm_ctx *ctx, void *addr, size_t len,
 		      unsigned flags)
 {
@@ -92,8 +99,6 @@ DXM_API int dxm_adopt(struct dxm_ctx *ctx, void *addr, size_t len,
 		return -ENOSYS;
 	}
 	uintptr_t start = (uintptr_t)addr;
-	if (region_overlaps(ctx, start, start + len))
-		return -EEXIST;
 	err = check_anon_range(start, start + len, true);
 	if (err) {
 		if (err == -EINVAL)
@@ -119,8 +124,12 @@ DXM_API int dxm_adopt(struct dxm_ctx *ctx, void *addr, size_t len,
 	r->npages = len >> ctx->pshift;
 	atomic_init(&r->refs, 1);
 	r->st = calloc(r->npages, sizeof(*r->st));
-	r->dev = mmap(NULL, len, PROT_READ | PROT_WRITE,
-		      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	/* Staging must not sit where the table still has a dead view: a
+	 * device's fault there would be taken for a CPU fault on it. */
+	pthread_mutex_lock(&ctx->gate);
+	r->dev = r->st ? region_map_fresh(ctx, len, map_staging, NULL)
+		       : MAP_FAILED;
+	pthread_mutex_unlock(&ctx->gate);
 	if (!r->st || r->dev == MAP_FAILED) {
 		err = -ENOMEM;
 		goto fail;
@@ -137,8 +146,11 @@ DXM_API int dxm_adopt(struct dxm_ctx *ctx, void *addr, size_t len,
 	stat_add(&ctx->c.managed_pages, r->npages);
 	return 0;
 fail:
-	if (r->dev != MAP_FAILED && r->dev)
+	if (r->dev != MAP_FAILED && r->dev) {
+		/* no UNMAP event for our own staging */
+		uffd_unregister(r->uffd, (uintptr_t)r->dev, len);
 		munmap(r->dev, len);
+	}
 	free((void *)r->st);
 	free(r);
 	return err;

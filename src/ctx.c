@@ -20,6 +20,20 @@
  *   callback runs under the gate: notifications for those events are sent
  *   after it is dropped.
  *
+ *   ctx->epoch counts the mappings inserted (under the gate); a batch
+ *   notes it when it is read.  A message is older than any mapping with a
+ *   higher epoch: a fault message (or a deferred fault) on an address that
+ *   was unmapped and reused since is only woken, never resolved against
+ *   the new mapping (a stale message on a new staging area would look like
+ *   a driver's access after invalidation).
+ *
+ *   ctx->zap_lock (rwlock): a handler holds it for writing together with
+ *   the gate, from read() until the batch's events are applied; region_zap
+ *   holds it for reading.  A munmap returns as soon as its event is read,
+ *   and the program may map something else there at once: without this
+ *   lock a zap could still find the old view in the table and discard the
+ *   new mapping's pages.  Lock order: gate -> zap_lock -> vt_lock.
+ *
  *   registry_mtx protects the registry (a short array of live contexts):
  *   every public call checks its ctx there first (ctx_check) so that a
  *   destroyed or foreign context gives -EBADF rather than a crash.
@@ -189,13 +203,19 @@ void ctx_kick(struct dxm_ctx *ctx)
 		pr_err("cannot wake the fault handler: %s", strerror(errno));
 }
 
-/* One batch of messages from one userfaultfd: events first (under the
- * gate), then faults. */
-/* Act on n (<= BATCH) messages read with the gate held; drops the gate
- * once the events are applied to the tables. */
-static void dispatch(struct dxm_ctx *ctx, struct uffd_msg *msg, size_t n)
+/* Take the gate and zap_lock, as a batch is read and applied under. */
+static void gate_lock(struct dxm_ctx *ctx)
 {
-	struct dxm_gone *gone[BATCH];
+	pthread_mutex_lock(&ctx->gate);
+	pthread_rwlock_wrlock(&ctx->zap_lock);
+}
+
+/* Act on n (<= BATCH) messages read under gate_lock(): events first, then
+ * faults; drops the locks once the events are applied to the tables. */
+static void dispatch(struct dxm_ctx *ctx, struct uffd_msg *msg, size_t n,
+		     uint64_t epoch)
+{
+	struct dxm_unmap *gone[BATCH];
 	struct dxm_anon_rm *removed[BATCH];
 	int forked[BATCH];
 	struct {
@@ -225,6 +245,7 @@ static void dispatch(struct dxm_ctx *ctx, struct uffd_msg *msg, size_t n)
 			break;
 		}
 	}
+	pthread_rwlock_unlock(&ctx->zap_lock);
 	pthread_mutex_unlock(&ctx->gate);
 
 	for (size_t i = 0; i < nforked; i++)
@@ -244,7 +265,7 @@ static void dispatch(struct dxm_ctx *ctx, struct uffd_msg *msg, size_t n)
 			fault_resolve(ctx, m->arg.pagefault.address,
 				      m->arg.pagefault.flags &
 					      UFFD_PAGEFAULT_FLAG_WRITE,
-				      (pid_t)m->arg.pagefault.feat.ptid);
+				      (pid_t)m->arg.pagefault.feat.ptid, epoch);
 		} else if (m->event != UFFD_EVENT_UNMAP &&
 			   m->event != UFFD_EVENT_REMAP &&
 			   m->event != UFFD_EVENT_REMOVE &&
@@ -257,17 +278,18 @@ static void dispatch(struct dxm_ctx *ctx, struct uffd_msg *msg, size_t n)
 static size_t handle_batch(struct dxm_ctx *ctx, int uffd)
 {
 	struct uffd_msg msg[BATCH];
-	pthread_mutex_lock(&ctx->gate);
+	gate_lock(ctx);
 	int inj = inject(INJ_READ);
 	ssize_t got = inj ? (errno = inj, -1) : read(uffd, msg, sizeof(msg));
 	if (got < 0) {
+		pthread_rwlock_unlock(&ctx->zap_lock);
 		pthread_mutex_unlock(&ctx->gate);
 		if (errno != EAGAIN && errno != EINTR)
 			pr_err("read(userfaultfd): %s", strerror(errno));
 		return 0;
 	}
 	size_t n = (size_t)got / sizeof(msg[0]);
-	dispatch(ctx, msg, n);
+	dispatch(ctx, msg, n, atomic_load(&ctx->epoch));
 	return n;
 }
 
@@ -284,6 +306,8 @@ static void fork_park(struct dxm_handler *h)
 {
 	struct dxm_ctx *ctx = h->ctx;
 	size_t n = 0;
+	/* Messages read from here on are no newer than this. */
+	uint64_t epoch = atomic_load(&ctx->epoch);
 	atomic_fetch_add(&ctx->fork_acks, 1);
 	while (atomic_load(&ctx->forking) && !atomic_load(&ctx->stopping)) {
 		struct pollfd p = { .fd = ctx->uffd_anon, .events = POLLIN };
@@ -300,8 +324,9 @@ static void fork_park(struct dxm_handler *h)
 	}
 	atomic_fetch_sub(&ctx->fork_acks, 1);
 	for (size_t i = 0; i < n; i += BATCH) {
-		pthread_mutex_lock(&ctx->gate);
-		dispatch(ctx, h->backlog + i, n - i < BATCH ? n - i : BATCH);
+		gate_lock(ctx);
+		dispatch(ctx, h->backlog + i, n - i < BATCH ? n - i : BATCH,
+			 epoch);
 	}
 }
 
@@ -457,6 +482,9 @@ static void ctx_free(struct dxm_ctx *ctx)
 	if (ctx->wake_fd >= 0)
 		close(ctx->wake_fd);
 	pthread_mutex_destroy(&ctx->gate);
+	pthread_rwlock_destroy(&ctx->zap_lock);
+	pthread_mutex_destroy(&ctx->um_mtx);
+	pthread_cond_destroy(&ctx->um_cond);
 	pthread_rwlock_destroy(&ctx->fork_lock);
 	pthread_rwlock_destroy(&ctx->vt_lock);
 	pthread_mutex_destroy(&ctx->defer_mtx);
@@ -506,6 +534,11 @@ DXM_API int dxm_ctx_create(struct dxm_ctx **ctxp, const struct dxm_ctx_opts *opt
 	pthread_rwlockattr_setkind_np(&ra,
 				      PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
 	pthread_mutex_init(&ctx->gate, NULL);
+	/* Readers first: zaps run in parallel and are never starved by a
+	 * handler that reads in a loop (DXM_CTX_HANDLER_SPIN). */
+	pthread_rwlock_init(&ctx->zap_lock, NULL);
+	pthread_mutex_init(&ctx->um_mtx, NULL);
+	pthread_cond_init(&ctx->um_cond, NULL);
 	pthread_rwlock_init(&ctx->fork_lock, &ra);
 	pthread_rwlock_init(&ctx->vt_lock, &ra);
 	pthread_rwlockattr_destroy(&ra);

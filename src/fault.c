@@ -49,14 +49,14 @@ static void finish_restore(struct dxm_fault *f);
 /* ------------------------------------------------------------- deferral */
 
 static bool try_defer(struct dxm_region *r, size_t pg, uintptr_t addr,
-		      uint8_t s)
+		      uint8_t s, uint64_t epoch)
 {
 	struct dxm_ctx *ctx = r->ctx;
 	struct dxm_fault *f = malloc(sizeof(*f));
 	if (!f)
 		return false; /* the caller retries */
 	*f = (struct dxm_fault){ .r = r, .pg = pg, .addr = addr,
-				 .t0 = now_ns() };
+				 .t0 = now_ns(), .epoch = epoch };
 	pthread_mutex_lock(&ctx->defer_mtx);
 	uint8_t cur = s;
 	bool ok = ps_cas(&r->st[pg], &cur, s | PS_WAITERS);
@@ -122,7 +122,8 @@ void fault_drain_ready(struct dxm_ctx *ctx)
 				/* The access kind is not kept: a write that
 				 * finds a zero page takes one more (ordinary)
 				 * COW fault. */
-				fault_resolve(ctx, f->addr, false, 0);
+				fault_resolve(ctx, f->addr, false, 0,
+					      f->epoch);
 			free(f);
 		}
 	}
@@ -219,7 +220,7 @@ static void map_page(struct dxm_region *r, size_t pg, uintptr_t addr,
  * a handler thread never waits: it defers.
  */
 static void resolve(struct dxm_region *r, size_t pg, uintptr_t addr,
-		    bool write, bool here)
+		    bool write, bool here, uint64_t epoch)
 {
 	struct dxm_ctx *ctx = r->ctx;
 	unsigned us = 5;
@@ -265,19 +266,38 @@ static void resolve(struct dxm_region *r, size_t pg, uintptr_t addr,
 			nap(&us); /* async-signal-safe */
 			continue;
 		}
-		if (try_defer(r, pg, addr, s))
+		if (try_defer(r, pg, addr, s, epoch))
 			return;
 		sched_yield();
 	}
 }
 
-void fault_resolve(struct dxm_ctx *ctx, uintptr_t addr, bool write, pid_t tid)
+/*
+ * A fault message (or a deferred fault) read at `epoch`.  A mapping
+ * inserted since (a higher epoch) is not what the thread faulted on: its
+ * address was unmapped and reused after the message was queued.  The
+ * thread is only woken; if it still faults, a fresh message follows.
+ */
+static void wake_any(struct dxm_ctx *ctx, uintptr_t addr)
+{
+	uffd_wake(ctx->uffd, addr, ctx->psize);
+	if (ctx->uffd_anon >= 0)
+		uffd_wake(ctx->uffd_anon, addr, ctx->psize);
+}
+
+void fault_resolve(struct dxm_ctx *ctx, uintptr_t addr, bool write, pid_t tid,
+		   uint64_t epoch)
 {
 	addr &= ~(uintptr_t)(ctx->psize - 1);
 	struct dxm_where w;
 	if (region_lookup(ctx, addr, &w) == 0) {
+		if (w.epoch > epoch) {
+			wake_any(ctx, addr);
+			region_put(w.r);
+			return;
+		}
 		size_t pg = w.pgoff + ((addr - w.vstart) >> ctx->pshift);
-		resolve(w.r, pg, addr, write, false);
+		resolve(w.r, pg, addr, write, false, epoch);
 		region_put(w.r);
 		return;
 	}
@@ -285,18 +305,16 @@ void fault_resolve(struct dxm_ctx *ctx, uintptr_t addr, bool write, pid_t tid)
 	size_t pg;
 	if (region_lookup_dev(ctx, (void *)addr, &r, &pg) == 0) {
 		/* A device-side (staging) page of adopted memory. */
-		if (r->kind == REGION_ANON)
+		if (r->kind == REGION_ANON && r->epoch <= epoch)
 			anon_staging_fault(r, pg, addr, tid);
 		else
-			uffd_wake(r->uffd, addr, ctx->psize);
+			wake_any(ctx, addr);
 		region_put(r);
 		return;
 	}
 	/* Not a managed address (any more): the view was unmapped or is
 	 * being set up.  Let the thread fault again. */
-	uffd_wake(ctx->uffd, addr, ctx->psize);
-	if (ctx->uffd_anon >= 0)
-		uffd_wake(ctx->uffd_anon, addr, ctx->psize);
+	wake_any(ctx, addr);
 }
 
 /* DXM_CTX_SIGBUS: the faulting thread resolves its own fault (from its
@@ -327,7 +345,7 @@ bool fault_resolve_here(struct dxm_ctx *ctx, uintptr_t addr)
 	stat_add(&ctx->c.cpu_faults, 1);
 	/* The access kind is unknown: an adopted page the CPU never had
 	 * gets its own zeroed page, as a write would. */
-	resolve(w.r, pg, addr, true, true);
+	resolve(w.r, pg, addr, true, true, EPOCH_NOW);
 	region_put(w.r);
 	return true;
 }

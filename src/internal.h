@@ -66,6 +66,7 @@ struct dxm_view {
 	struct dxm_region *r;
 	unsigned group;		/* 0: the dxm_alloc view, k: the k-th alias */
 	int prot;
+	uint64_t epoch;		/* ctx->epoch when it was mapped (fault.c) */
 	struct dxm_view *rnext; /* next piece of the same region (vt_lock) */
 };
 
@@ -89,6 +90,7 @@ struct dxm_region {
 			       ANON: staging area (registered, same uffd) */
 	dxm_pstate_t *st;   /* one byte per page */
 	unsigned next_group; /* under vt_lock (write) */
+	uint64_t epoch;	    /* ctx->epoch when its staging was inserted */
 	struct dxm_view *views; /* under vt_lock */
 };
 
@@ -100,11 +102,14 @@ struct dxm_where {
 	size_t pgoff;	   /* region page of vstart */
 	unsigned group;
 	int prot;
+	uint64_t epoch;	   /* the piece's (staging: the region's) */
 };
 
 int region_lookup(struct dxm_ctx *ctx, uintptr_t addr, struct dxm_where *w);
 int region_adopt_insert(struct dxm_region *r, uintptr_t start, size_t len);
-bool region_overlaps(struct dxm_ctx *ctx, uintptr_t start, uintptr_t end);
+void *region_map_fresh(struct dxm_ctx *ctx, size_t len,
+		       void *(*map)(void *arg, size_t len), void *arg);
+void region_wait_unmaps(struct dxm_ctx *ctx, uintptr_t start, uintptr_t end);
 void region_foreach(struct dxm_ctx *ctx, enum region_kind kind,
 		    void (*fn)(struct dxm_region *r, void *arg), void *arg);
 int region_lookup_range(struct dxm_ctx *ctx, uintptr_t start, size_t len,
@@ -118,10 +123,10 @@ void region_exit(struct dxm_region *r);
 size_t region_view_addrs(struct dxm_region *r, size_t pg, size_t n,
 			 uintptr_t *out, size_t max);
 bool region_range_writable(struct dxm_ctx *ctx, uintptr_t start, size_t len);
-struct dxm_gone;
-struct dxm_gone *region_unmap_detach(struct dxm_ctx *ctx, uintptr_t start,
-				     uintptr_t end);
-void region_unmap_finish(struct dxm_ctx *ctx, struct dxm_gone *list);
+struct dxm_unmap;
+struct dxm_unmap *region_unmap_detach(struct dxm_ctx *ctx, uintptr_t start,
+				      uintptr_t end);
+void region_unmap_finish(struct dxm_ctx *ctx, struct dxm_unmap *u);
 void region_remap_move(struct dxm_ctx *ctx, uintptr_t from, uintptr_t to,
 		       size_t len);
 void region_zap(struct dxm_region *r, size_t pg, size_t n, void **dev);
@@ -136,11 +141,13 @@ struct dxm_fault {
 	uintptr_t addr;
 	bool restore;	/* an adopted page invalidated, still to move back */
 	uint64_t t0;	/* when it was deferred (watchdog.c) */
+	uint64_t epoch; /* ctx->epoch when its message was read */
 	bool reported;	/* by the watchdog (defer_mtx) */
 	struct dxm_fault *next;
 };
 void fault_resolve(struct dxm_ctx *ctx, uintptr_t addr, bool write,
-		   pid_t tid);
+		   pid_t tid, uint64_t epoch);
+#define EPOCH_NOW UINT64_MAX /* a fault happening now, not a message */
 bool fault_resolve_here(struct dxm_ctx *ctx, uintptr_t addr);
 
 /* --------------------------------------------------------------- sigbus.c */
@@ -236,6 +243,11 @@ struct dxm_ctx {
 	unsigned pshift;
 
 	pthread_mutex_t gate; /* ctx.c */
+	_Atomic uint64_t epoch; /* mappings inserted (changed under gate) */
+	pthread_rwlock_t zap_lock; /* ctx.c: events being read vs region_zap */
+	pthread_mutex_t um_mtx;	   /* region.c: UNMAP passes in flight */
+	pthread_cond_t um_cond;
+	struct dxm_unmap *um_passes;
 
 	pthread_rwlock_t vt_lock; /* region.c */
 	struct dxm_view **vt;

@@ -17,10 +17,21 @@
  *
  *   ctx->gate (ctx.c) is held around "mmap + insert into the table" here,
  *   and by a handler thread around "read() events + detach the pieces they
- *   unmapped".  A munmap completes when a handler has
- *   read its UNMAP event, so without the gate a new mapping at the same
- *   address could be inserted before the stale event is applied and be torn
- *   down by it.  Lock order: gate -> vt_lock.
+ *   unmapped".  The kernel frees the addresses of a munmap before it queues
+ *   the UNMAP event, and the munmap returns once the event is read: until
+ *   then the table still holds the dead pieces, and a new mapping may land
+ *   on their addresses.  So a new view, or a staging area, that overlaps a
+ *   piece of the table is kept aside (a placeholder, so that the kernel
+ *   hands out another address) and mapped again (region_map_fresh): the
+ *   stale event can never tear down a new view.  dxm_adopt, whose address
+ *   is the program's, waits instead for the stale piece to be detached.
+ *   Lock order: gate -> zap_lock (ctx.c) -> vt_lock.
+ *
+ *   ctx->um_mtx protects ctx->um_passes: UNMAP events read and detached
+ *   whose notifications are still running (a munmap returns before them).
+ *   A new view or adoption waits, before it returns its address, until no
+ *   such pass overlaps it, so that a driver keyed by CPU address is told
+ *   about the old mapping before it can learn of the new one.
  *
  *   r->refs: the table holds one reference for the region while it has
  *   pieces; lookups add one each.  The last put unmaps the device view and
@@ -34,9 +45,11 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <sched.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "compat_uffd.h"
@@ -205,6 +218,7 @@ static void fill_where(struct dxm_view *v, struct dxm_where *w)
 	w->pgoff = v->pgoff;
 	w->group = v->group;
 	w->prot = v->prot;
+	w->epoch = v->epoch;
 }
 
 /* ------------------------------------------------------- region lifetime */
@@ -356,18 +370,122 @@ static int add_piece(struct dxm_ctx *ctx, struct dxm_region *r, void *addr,
 	v->r = r;
 	v->group = group;
 	v->prot = PROT_READ | PROT_WRITE;
+	v->epoch = atomic_fetch_add(&ctx->epoch, 1) + 1;
 	int err = vt_insert(ctx, v);
 	if (err)
 		free(v);
 	return err;
 }
 
+/* Whether a piece of the table overlaps [start, end) (vt_lock held). */
+static bool vt_overlaps(struct dxm_ctx *ctx, uintptr_t start, uintptr_t end)
+{
+	size_t i = vt_search(ctx, start);
+	return i < ctx->vt_n && ctx->vt[i]->start < end;
+}
+
 /*
- * A new CPU view of r: a second mapping of the same shared pages, made
- * without keeping the memfd open (mremap() of a shared mapping with
- * old_size 0), inserted into the table under the gate (see ctx.c), then
- * populated (only a brand-new region: nobody knows its address yet, so no
- * page of it can be exclusive), then registered.
+ * map() a new range of len bytes that no piece of the table claims: where
+ * the kernel hands out the address of a piece whose munmap dxm has not
+ * read yet, keep that mapping aside until another address comes up (see
+ * the top of this file).  The caller holds the gate.
+ */
+#define MAX_PLACEHOLDERS 8
+void *region_map_fresh(struct dxm_ctx *ctx, size_t len,
+		       void *(*map)(void *arg, size_t len), void *arg)
+{
+	void *held[MAX_PLACEHOLDERS];
+	size_t nheld = 0;
+	void *p;
+	for (;;) {
+		p = map(arg, len);
+		if (p == MAP_FAILED)
+			break;
+		pthread_rwlock_rdlock(&ctx->vt_lock);
+		bool stale = vt_overlaps(ctx, (uintptr_t)p, (uintptr_t)p + len);
+		pthread_rwlock_unlock(&ctx->vt_lock);
+		if (!stale)
+			break;
+		if (nheld == MAX_PLACEHOLDERS) {
+			munmap(p, len);
+			p = MAP_FAILED;
+			errno = EAGAIN;
+			break;
+		}
+		pr_debug("new mapping at %p overlaps an unmapped view whose "
+			 "event is unread: mapping again", p);
+		held[nheld++] = p;
+	}
+	int e = errno;
+	while (nheld)
+		munmap(held[--nheld], len);
+	errno = e;
+	return p;
+}
+
+/* ----------------------------------------------------- UNMAP passes */
+
+/* An UNMAP event read and detached, whose notifications may still run. */
+struct dxm_unmap {
+	uintptr_t start, end;
+	struct dxm_gone *list;
+	struct dxm_unmap *next; /* um_mtx */
+};
+
+/*
+ * Wait until no UNMAP pass that overlaps [start, end) is running.  Not on
+ * a handler thread: a driver's callback may be that pass.  Taking the gate
+ * first makes every event read so far registered here.
+ */
+void region_wait_unmaps(struct dxm_ctx *ctx, uintptr_t start, uintptr_t end)
+{
+	if (ctx_on_handler(ctx))
+		return;
+	pthread_mutex_lock(&ctx->gate);
+	pthread_mutex_unlock(&ctx->gate);
+	pthread_mutex_lock(&ctx->um_mtx);
+	for (;;) {
+		bool busy = false;
+		for (struct dxm_unmap *u = ctx->um_passes; u && !busy;
+		     u = u->next)
+			busy = u->start < end && start < u->end;
+		if (!busy)
+			break;
+		pthread_cond_wait(&ctx->um_cond, &ctx->um_mtx);
+	}
+	pthread_mutex_unlock(&ctx->um_mtx);
+}
+
+/* ------------------------------------------------------------- new views */
+
+struct view_map {
+	struct dxm_region *r;
+	bool from_fd;
+	int inj;
+};
+
+/* A second mapping of r's shared pages: mremap() of the device view with
+ * old_size 0, or, where that is refused (valgrind does), the memfd, which
+ * the region then keeps open. */
+static void *map_view(void *arg, size_t len)
+{
+	struct view_map *m = arg;
+	if ((m->inj = inject(INJ_MREMAP)))
+		return errno = m->inj, MAP_FAILED;
+	void *p = mremap(m->r->dev, 0, len, MREMAP_MAYMOVE);
+	if (p == MAP_FAILED && errno == EINVAL && m->r->fd >= 0) {
+		p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED,
+			 m->r->fd, 0);
+		m->from_fd = p != MAP_FAILED;
+	}
+	return p;
+}
+
+/*
+ * A new CPU view of r, without keeping the memfd open, inserted into the
+ * table under the gate (see ctx.c), then populated (only a brand-new
+ * region: nobody knows its address yet, so no page of it can be
+ * exclusive), then registered.
  */
 static int detach_range(struct dxm_ctx *ctx, uintptr_t start, uintptr_t end,
 			int group, struct dxm_gone **list);
@@ -382,17 +500,13 @@ static int new_view(struct dxm_ctx *ctx, struct dxm_region *r, bool populate,
 	*torn = false;
 	size_t len = r->npages << ctx->pshift;
 	int err = 0;
+	struct view_map m = { .r = r };
 	pthread_mutex_lock(&ctx->gate);
-	int inj = inject(INJ_MREMAP);
-	void *p = inj ? MAP_FAILED : mremap(r->dev, 0, len, MREMAP_MAYMOVE);
-	if (p == MAP_FAILED && !inj && errno == EINVAL && r->fd >= 0)
-		/* mremap of old_size 0 refused (valgrind does): map the
-		 * memfd, which the region then keeps open. */
-		p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, r->fd,
-			 0), r->keep_fd = true;
+	void *p = region_map_fresh(ctx, len, map_view, &m);
 	if (p == MAP_FAILED) {
-		err = inj ? -inj : -errno;
+		err = -errno;
 	} else {
+		r->keep_fd |= m.from_fd;
 		pthread_rwlock_wrlock(&ctx->vt_lock);
 		unsigned group = r->next_group++;
 		err = add_piece(ctx, r, p, group);
@@ -420,6 +534,7 @@ static int new_view(struct dxm_ctx *ctx, struct dxm_region *r, bool populate,
 		*torn = true;
 		return err;
 	}
+	region_wait_unmaps(ctx, (uintptr_t)p, (uintptr_t)p + len);
 	*addrp = p;
 	return 0;
 }
@@ -547,14 +662,71 @@ DXM_API int dxm_alias(struct dxm_ctx *ctx, void *addr, void **aliasp)
 	return err;
 }
 
+/* Whether the mapping at addr is registered for MISSING faults (with any
+ * userfaultfd), read off /proc/self/smaps; false if unknown. */
+static bool vma_uffd_registered(uintptr_t addr)
+{
+	FILE *f = fopen("/proc/self/smaps", "re");
+	if (!f)
+		return false;
+	char line[512];
+	bool in = false, hit = false;
+	while (fgets(line, sizeof(line), f)) {
+		unsigned long a, b;
+		if (sscanf(line, "%lx-%lx ", &a, &b) == 2) { /* a new VMA */
+			in = a <= addr && addr < b;
+			continue;
+		}
+		if (in && !strncmp(line, "VmFlags:", 8)) {
+			hit = strstr(line, " um") != NULL;
+			break;
+		}
+	}
+	fclose(f);
+	return hit;
+}
+
 /*
  * Insert an adopted range (dxm_adopt): register it for MISSING faults and
- * add its one view, under the gate like a new mapping.
+ * add its one view, under the gate like a new mapping.  A piece already in
+ * the table there is either adopted memory that is still live (-EEXIST)
+ * or one the program unmapped whose event no handler has read yet: then
+ * wait for it to be detached (the munmap is blocked until it is read).
  */
 int region_adopt_insert(struct dxm_region *r, uintptr_t start, size_t len)
 {
 	struct dxm_ctx *ctx = r->ctx;
-	pthread_mutex_lock(&ctx->gate);
+	uint64_t deadline = 0;
+	unsigned us = 10;
+	for (;;) {
+		pthread_mutex_lock(&ctx->gate);
+		pthread_rwlock_rdlock(&ctx->vt_lock);
+		size_t i = vt_search(ctx, start);
+		bool clash = i < ctx->vt_n && ctx->vt[i]->start < start + len;
+		uintptr_t at = clash ? (ctx->vt[i]->start > start
+						? ctx->vt[i]->start
+						: start)
+				     : 0;
+		pthread_rwlock_unlock(&ctx->vt_lock);
+		if (!clash)
+			break;
+		pthread_mutex_unlock(&ctx->gate);
+		if (vma_uffd_registered(at) || ctx_on_handler(ctx))
+			return -EEXIST;
+		if (!deadline) {
+			deadline = now_ns() + 5000000000ull;
+		} else if (now_ns() > deadline) {
+			pr_err("dxm_adopt: %#lx is still a view whose munmap "
+			       "no handler has read after 5 s",
+			       at);
+			return -EEXIST;
+		}
+		struct timespec ts = { 0, (long)us * 1000 };
+		nanosleep(&ts, NULL);
+		if (us < 1000)
+			us *= 2;
+	}
+	/* under the gate */
 	int err = uffd_register(r->uffd, start, len,
 				UFFDIO_REGISTER_MODE_MISSING);
 	if (err) {
@@ -566,11 +738,12 @@ int region_adopt_insert(struct dxm_region *r, uintptr_t start, size_t len)
 		return err;
 	}
 	pthread_rwlock_wrlock(&ctx->vt_lock);
-	size_t i = vt_search(ctx, start);
-	if (i < ctx->vt_n && ctx->vt[i]->start < start + len)
-		err = -EEXIST; /* raced with another adoption */
-	if (!err)
+	if (vt_overlaps(ctx, start, start + len))
+		err = -EEXIST; /* cannot happen: checked under the gate */
+	if (!err) {
+		r->epoch = atomic_load(&ctx->epoch) + 1;
 		err = rt_insert(ctx, r);
+	}
 	if (!err) {
 		err = add_piece(ctx, r, (void *)start, 0);
 		if (err)
@@ -580,17 +753,9 @@ int region_adopt_insert(struct dxm_region *r, uintptr_t start, size_t len)
 	if (err)
 		uffd_unregister(r->uffd, start, len);
 	pthread_mutex_unlock(&ctx->gate);
+	if (!err)
+		region_wait_unmaps(ctx, start, start + len);
 	return err;
-}
-
-/* Whether any managed view overlaps [start, end). */
-bool region_overlaps(struct dxm_ctx *ctx, uintptr_t start, uintptr_t end)
-{
-	pthread_rwlock_rdlock(&ctx->vt_lock);
-	size_t i = vt_search(ctx, start);
-	bool hit = i < ctx->vt_n && ctx->vt[i]->start < end;
-	pthread_rwlock_unlock(&ctx->vt_lock);
-	return hit;
 }
 
 /* Call fn on every live region of a kind, with a reference and no lock. */
@@ -761,22 +926,41 @@ DXM_API int dxm_free(struct dxm_ctx *ctx, void *addr)
 	return err;
 }
 
-struct dxm_gone *region_unmap_detach(struct dxm_ctx *ctx, uintptr_t start,
-				     uintptr_t end)
+/* Under the gate (ctx.c): detach what a munmap removed, and register the
+ * pass until region_unmap_finish() has told the devices. */
+struct dxm_unmap *region_unmap_detach(struct dxm_ctx *ctx, uintptr_t start,
+				      uintptr_t end)
 {
-	struct dxm_gone *list = NULL;
+	struct dxm_unmap *u;
+	while (!(u = calloc(1, sizeof(*u))))
+		sched_yield(); /* the event cannot be read again */
+	u->start = start;
+	u->end = end;
 	pthread_rwlock_wrlock(&ctx->vt_lock);
-	int err = detach_range(ctx, start, end, -1, &list);
+	int err = detach_range(ctx, start, end, -1, &u->list);
 	pthread_rwlock_unlock(&ctx->vt_lock);
 	if (err)
 		pr_err("cannot track munmap of [%#lx, %#lx): %s", start, end,
 		       strerror(-err));
-	return list;
+	pthread_mutex_lock(&ctx->um_mtx);
+	u->next = ctx->um_passes;
+	ctx->um_passes = u;
+	pthread_mutex_unlock(&ctx->um_mtx);
+	return u;
 }
 
-void region_unmap_finish(struct dxm_ctx *ctx, struct dxm_gone *list)
+void region_unmap_finish(struct dxm_ctx *ctx, struct dxm_unmap *u)
 {
-	finish_gone(ctx, list, false);
+	finish_gone(ctx, u->list, false);
+	pthread_mutex_lock(&ctx->um_mtx);
+	for (struct dxm_unmap **pp = &ctx->um_passes; *pp; pp = &(*pp)->next)
+		if (*pp == u) {
+			*pp = u->next;
+			break;
+		}
+	pthread_cond_broadcast(&ctx->um_cond);
+	pthread_mutex_unlock(&ctx->um_mtx);
+	free(u);
 }
 
 void region_remap_move(struct dxm_ctx *ctx, uintptr_t from, uintptr_t to,
@@ -807,12 +991,17 @@ void region_remap_move(struct dxm_ctx *ctx, uintptr_t from, uintptr_t to,
 
 /*
  * Zap region pages [pg, pg+n) whose dev[i] is set, in every CPU view, one
- * madvise per contiguous run.  Under vt_lock so that no address is zapped
- * after it was unmapped and reused by another mapping.
+ * madvise per contiguous run.  Under vt_lock, and zap_lock (ctx.c) so that
+ * no address is zapped after its munmap returned and it was reused by
+ * another mapping.  Left open: a munmap that the kernel has done but whose
+ * event no handler has read yet (the munmap has not returned), while a
+ * third thread maps something else at that address and this zap runs: the
+ * kernel gives no way to zap only a mapping that is still ours.
  */
 void region_zap(struct dxm_region *r, size_t pg, size_t n, void **dev)
 {
 	struct dxm_ctx *ctx = r->ctx;
+	pthread_rwlock_rdlock(&ctx->zap_lock); /* not between read and detach */
 	pthread_rwlock_rdlock(&ctx->vt_lock);
 	for (struct dxm_view *v = r->views; v; v = v->rnext) {
 		size_t a = v->pgoff > pg ? v->pgoff : pg;
@@ -838,6 +1027,7 @@ void region_zap(struct dxm_region *r, size_t pg, size_t n, void **dev)
 		}
 	}
 	pthread_rwlock_unlock(&ctx->vt_lock);
+	pthread_rwlock_unlock(&ctx->zap_lock);
 }
 
 /* Make a page the handler cannot resolve from the page cache (a hole the
