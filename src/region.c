@@ -901,10 +901,14 @@ DXM_API int dxm_free(struct dxm_ctx *ctx, void *addr)
 	if (!addr)
 		return -EINVAL;
 	struct dxm_gone *list = NULL;
+	/* Under the gate: a view the program unmapped, whose munmap has
+	 * returned, is detached already (-ENOENT). */
+	pthread_mutex_lock(&ctx->gate);
 	pthread_rwlock_wrlock(&ctx->vt_lock);
 	struct dxm_view *v = vt_find(ctx, (uintptr_t)addr);
 	if (!v || v->start != (uintptr_t)addr || v->pgoff != 0) {
 		pthread_rwlock_unlock(&ctx->vt_lock);
+		pthread_mutex_unlock(&ctx->gate);
 		return v ? -EINVAL : -ENOENT;
 	}
 	struct dxm_region *r = v->r;
@@ -922,6 +926,7 @@ DXM_API int dxm_free(struct dxm_ctx *ctx, void *addr)
 		p = next;
 	}
 	pthread_rwlock_unlock(&ctx->vt_lock);
+	pthread_mutex_unlock(&ctx->gate);
 	finish_gone(ctx, list, true);
 	return err;
 }
