@@ -212,8 +212,15 @@ static void gate_lock(struct dxm_ctx *ctx)
 
 /* Act on n (<= BATCH) messages read under gate_lock(): events first, then
  * faults; drops the locks once the events are applied to the tables. */
+/* How dispatch() leaves the gate once the events are applied. */
+enum gate_after {
+	GATE_UNLOCK, /* unlock it (and zap_lock) */
+	GATE_KEEP,   /* the forking thread holds it for us (FG_HELD) */
+	GATE_HANDOVER, /* the same, last batch: tell it (FG_APPLIED) */
+};
+
 static void dispatch(struct dxm_ctx *ctx, struct uffd_msg *msg, size_t n,
-		     uint64_t epoch)
+		     uint64_t epoch, enum gate_after after)
 {
 	struct dxm_unmap *gone[BATCH];
 	struct dxm_anon_rm *removed[BATCH];
@@ -245,8 +252,12 @@ static void dispatch(struct dxm_ctx *ctx, struct uffd_msg *msg, size_t n,
 			break;
 		}
 	}
-	pthread_rwlock_unlock(&ctx->zap_lock);
-	pthread_mutex_unlock(&ctx->gate);
+	if (after == GATE_UNLOCK) {
+		pthread_rwlock_unlock(&ctx->zap_lock);
+		pthread_mutex_unlock(&ctx->gate);
+	} else if (after == GATE_HANDOVER) {
+		atomic_store(&ctx->fork_gate, FG_APPLIED);
+	}
 
 	for (size_t i = 0; i < nforked; i++)
 		anon_fork_event(ctx, forked[i]);
@@ -289,7 +300,7 @@ static size_t handle_batch(struct dxm_ctx *ctx, int uffd)
 		return 0;
 	}
 	size_t n = (size_t)got / sizeof(msg[0]);
-	dispatch(ctx, msg, n, atomic_load(&ctx->epoch));
+	dispatch(ctx, msg, n, atomic_load(&ctx->epoch), GATE_UNLOCK);
 	return n;
 }
 
@@ -311,7 +322,8 @@ static void fork_park(struct dxm_handler *h)
 	atomic_fetch_add(&ctx->fork_acks, 1);
 	while (atomic_load(&ctx->forking) && !atomic_load(&ctx->stopping)) {
 		struct pollfd p = { .fd = ctx->uffd_anon, .events = POLLIN };
-		if (h->idx != 0 || n == FORK_BACKLOG) {
+		if (h->idx != 0 || n == FORK_BACKLOG ||
+		    atomic_load(&ctx->fork_gate) == FG_NONE) {
 			poll(NULL, 0, 1);
 			continue;
 		}
@@ -323,11 +335,20 @@ static void fork_park(struct dxm_handler *h)
 		}
 	}
 	atomic_fetch_sub(&ctx->fork_acks, 1);
+	/* FG_HELD: the forking thread holds the gate for us until the
+	 * backlog's events are applied (fork.c). */
+	bool held = h->idx == 0 && atomic_load(&ctx->fork_gate) == FG_HELD;
 	for (size_t i = 0; i < n; i += BATCH) {
-		gate_lock(ctx);
-		dispatch(ctx, h->backlog + i, n - i < BATCH ? n - i : BATCH,
-			 epoch);
+		size_t k = n - i < BATCH ? n - i : BATCH;
+		if (!held)
+			gate_lock(ctx);
+		dispatch(ctx, h->backlog + i, k, epoch,
+			 !held		 ? GATE_UNLOCK
+			 : i + k < n ? GATE_KEEP
+				     : GATE_HANDOVER);
 	}
+	if (held && !n)
+		atomic_store(&ctx->fork_gate, FG_APPLIED);
 }
 
 /* DXM_CTX_HANDLER_SPIN: after a batch, keep reading for spin_ns before

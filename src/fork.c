@@ -19,6 +19,7 @@
  */
 #include <poll.h>
 #include <pthread.h>
+#include <stdbool.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -42,6 +43,7 @@ static void restore_for_fork(struct dxm_region *r, void *arg)
 static void park_handlers(struct dxm_ctx *ctx)
 {
 	unsigned want = ctx->nhandlers - (ctx_on_handler(ctx) ? 1 : 0);
+	bool all = !ctx_on_handler(ctx);
 	atomic_store(&ctx->forking, 1);
 	ctx_kick(ctx);
 	for (int ms = 0; atomic_load(&ctx->fork_acks) < want; ms++) {
@@ -49,10 +51,21 @@ static void park_handlers(struct dxm_ctx *ctx)
 			pr_warn("fork: a fault handler is busy (a callback "
 				"waiting for a lock this thread holds?); "
 				"forking anyway");
+			all = false;
 			break;
 		}
 		poll(NULL, 0, 1);
 	}
+	/* Handler 0 reads events while the others are parked, and applies
+	 * them only after the fork: meanwhile a munmap it read has returned
+	 * to the program, which may free or reuse the addresses.  Hold the
+	 * gate for it (no handler can be waiting for it now), so that
+	 * nobody sees the tables before its events are applied. */
+	if (all) {
+		pthread_mutex_lock(&ctx->gate);
+		pthread_rwlock_wrlock(&ctx->zap_lock);
+	}
+	atomic_store(&ctx->fork_gate, all ? FG_HELD : FG_NOGATE);
 }
 
 static void prepare_one(struct dxm_ctx *ctx)
@@ -69,16 +82,36 @@ static void prepare_one(struct dxm_ctx *ctx)
 		park_handlers(ctx);
 }
 
-/* In the parent, and in the child (its copy of the lock is held by its
- * only thread, the one that forked). */
-static void release_one(struct dxm_ctx *ctx)
+/* In the parent, and in the child (its copies of the locks are held by
+ * its only thread, the one that forked; it has no handler). */
+static void release(struct dxm_ctx *ctx, bool parent)
 {
 	if (atomic_exchange(&ctx->forking, 0))
 		ctx_kick(ctx);
+	if (atomic_load(&ctx->fork_gate) == FG_HELD ||
+	    atomic_load(&ctx->fork_gate) == FG_APPLIED) {
+		/* Until handler 0 has applied what it read. */
+		while (parent && atomic_load(&ctx->fork_gate) == FG_HELD &&
+		       !atomic_load(&ctx->handlers[0].exited))
+			poll(NULL, 0, 1);
+		pthread_rwlock_unlock(&ctx->zap_lock);
+		pthread_mutex_unlock(&ctx->gate);
+	}
+	atomic_store(&ctx->fork_gate, FG_NONE);
 	if (ctx->fork_locked) {
 		ctx->fork_locked = false;
 		pthread_rwlock_unlock(&ctx->fork_lock);
 	}
+}
+
+static void release_parent(struct dxm_ctx *ctx)
+{
+	release(ctx, true);
+}
+
+static void release_child(struct dxm_ctx *ctx)
+{
+	release(ctx, false);
 }
 
 static void prepare(void)
@@ -88,13 +121,13 @@ static void prepare(void)
 
 static void parent(void)
 {
-	ctx_foreach_end(release_one);
+	ctx_foreach_end(release_parent);
 }
 
 static void child(void)
 {
 	self_pid_forget();
-	ctx_foreach_end(release_one);
+	ctx_foreach_end(release_child);
 }
 
 static pthread_once_t once = PTHREAD_ONCE_INIT;

@@ -184,6 +184,13 @@ int watchdog_start(struct dxm_ctx *ctx);
 void watchdog_stop(struct dxm_ctx *ctx);
 
 /* ----------------------------------------------------------------- fork.c */
+/* ctx->fork_gate: who holds the gate while a fork parks the handlers. */
+#define FG_NONE 0    /* no fork */
+#define FG_HELD 1    /* the forking thread holds the gate and zap_lock for
+			handler 0, which reads events into its backlog */
+#define FG_APPLIED 2 /* handler 0 applied the backlog's events */
+#define FG_NOGATE 3  /* not every handler parked: handler 0 reads anyway
+			and applies its backlog under the gate later */
 void fork_init(void);
 bool fork_enter(struct dxm_ctx *ctx);
 void fork_exit(struct dxm_ctx *ctx);
@@ -238,6 +245,7 @@ struct dxm_ctx {
 	pthread_rwlock_t fork_lock; /* fork.c */
 	atomic_int forking;	    /* handlers parked for a fork (ctx.c) */
 	atomic_uint fork_acks;	    /* handlers parked so far */
+	atomic_int fork_gate;	    /* FG_* (fork.c, ctx.c) */
 	bool fork_locked;	    /* by the thread forking (registry lock) */
 	size_t psize;
 	unsigned pshift;
