@@ -27,6 +27,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <time.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -290,14 +291,91 @@ size_t anon_move_out(struct dxm_region *r, size_t pg, size_t n, void **dev,
 	return refused;
 }
 
+/*
+ * Discarding staging pages.  A MADV_DONTNEED on staging would raise a
+ * REMOVE event (uffd_anon has EVENT_REMOVE) that this thread, often a
+ * handler, would wait for itself; unregistering around it takes the
+ * mmap write lock, which a handler must never wait for: a thread in
+ * UFFDIO_MOVE can hold the mmap lock while it waits on a program's
+ * MADV_DONTNEED, which waits for a handler to read its REMOVE event
+ * (found by anon::exclusive_page_is_never_a_staging_hole).  So the
+ * pages are moved (UFFDIO_MOVE on ctx->uffd, which has no EVENT_REMOVE)
+ * into a small trash area registered there, and zapped in it.  Where
+ * that cannot be done (no MOVE on ctx->uffd, a read-only staging range),
+ * the unregister path remains.
+ */
+void anon_trash_init(struct dxm_ctx *ctx)
+{
+	if (ctx->uffd_anon < 0 || !(ctx->uinfo.features & UFFD_FEATURE_MOVE))
+		return;
+	size_t len = TRASH_PAGES << ctx->pshift;
+	char *t = mmap(NULL, len, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (t == MAP_FAILED)
+		return;
+	madvise(t, len, MADV_DONTFORK);
+	if (uffd_register(ctx->uffd, (uintptr_t)t, len,
+			  UFFDIO_REGISTER_MODE_MISSING)) {
+		munmap(t, len);
+		return;
+	}
+	ctx->trash = t;
+}
+
+void anon_trash_fini(struct dxm_ctx *ctx)
+{
+	if (ctx->trash) {
+		size_t len = TRASH_PAGES << ctx->pshift;
+		uffd_unregister(ctx->uffd, (uintptr_t)ctx->trash, len);
+		munmap(ctx->trash, len);
+		ctx->trash = NULL;
+	}
+}
+
+/* Move staging [s, s+len) (len <= TRASH_PAGES pages) to the trash and
+ * zap it there.  False if the kernel refused. */
+static bool trash_run(struct dxm_ctx *ctx, uintptr_t s, size_t len)
+{
+	bool ok = true;
+	pthread_mutex_lock(&ctx->trash_mtx);
+	for (size_t done = 0, tries = 0; done < len;) {
+		long got = uffd_move(ctx->uffd, (uintptr_t)ctx->trash + done,
+				     s + done, len - done,
+				     UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES);
+		if (got > 0) {
+			done += (size_t)got;
+		} else if (got == -EAGAIN && ++tries < 1000) {
+			sched_yield(); /* an event of ctx->uffd is unread */
+		} else {
+			ok = false;
+			break;
+		}
+	}
+	madvise(ctx->trash, len, MADV_DONTNEED);
+	pthread_mutex_unlock(&ctx->trash_mtx);
+	return ok;
+}
+
 /* Discard staging pages [pg, pg+n): their data is gone (the program
- * discarded it, or it was copied back).  Unregistered around the zap so
- * that no REMOVE event is raised (a handler thread would wait on itself). */
+ * discarded it, or it was copied back). */
 void anon_discard(struct dxm_region *r, size_t pg, size_t n)
 {
 	struct dxm_ctx *ctx = r->ctx;
 	uintptr_t s = stg(r, pg);
 	size_t len = n << ctx->pshift;
+	if (ctx->trash) {
+		size_t max = TRASH_PAGES << ctx->pshift, done = 0;
+		while (done < len) {
+			size_t k = len - done < max ? len - done : max;
+			if (!trash_run(ctx, s + done, k))
+				break;
+			done += k;
+		}
+		if (done == len)
+			return;
+		s += done;
+		len -= done;
+	}
 	int err = uffd_unregister(r->uffd, s, len);
 	if (!err)
 		err = sys_madvise((void *)s, len, MADV_DONTNEED);

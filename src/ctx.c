@@ -494,6 +494,7 @@ static const char *mode_name(int mode)
 
 static void ctx_free(struct dxm_ctx *ctx)
 {
+	anon_trash_fini(ctx);
 	if (ctx->uffd >= 0)
 		close(ctx->uffd);
 	if (ctx->uffd_anon >= 0)
@@ -505,6 +506,7 @@ static void ctx_free(struct dxm_ctx *ctx)
 	pthread_mutex_destroy(&ctx->gate);
 	pthread_rwlock_destroy(&ctx->zap_lock);
 	pthread_mutex_destroy(&ctx->um_mtx);
+	pthread_mutex_destroy(&ctx->trash_mtx);
 	pthread_cond_destroy(&ctx->um_cond);
 	pthread_rwlock_destroy(&ctx->fork_lock);
 	pthread_rwlock_destroy(&ctx->vt_lock);
@@ -559,6 +561,7 @@ DXM_API int dxm_ctx_create(struct dxm_ctx **ctxp, const struct dxm_ctx_opts *opt
 	 * handler that reads in a loop (DXM_CTX_HANDLER_SPIN). */
 	pthread_rwlock_init(&ctx->zap_lock, NULL);
 	pthread_mutex_init(&ctx->um_mtx, NULL);
+	pthread_mutex_init(&ctx->trash_mtx, NULL);
 	pthread_cond_init(&ctx->um_cond, NULL);
 	pthread_rwlock_init(&ctx->fork_lock, &ra);
 	pthread_rwlock_init(&ctx->vt_lock, &ra);
@@ -612,6 +615,7 @@ DXM_API int dxm_ctx_create(struct dxm_ctx **ctxp, const struct dxm_ctx_opts *opt
 		ctx->uffd_anon = afd;
 	else
 		pr_info("dxm_adopt unavailable: %s", strerror(-afd));
+	anon_trash_init(ctx);
 	if ((o.flags & DXM_CTX_REQUIRE_KERNEL_FAULTS) &&
 	    ctx->uinfo.mode == DXM_UFFD_USER_ONLY) {
 		pr_err("dxm_ctx_create: kernel-mode fault resolution needs "

@@ -170,6 +170,9 @@ size_t anon_move_out(struct dxm_region *r, size_t pg, size_t n, void **dev,
 int anon_move_in(struct dxm_region *r, size_t pg, size_t n, bool dontwake);
 void anon_zero_fill(struct dxm_region *r, uintptr_t addr, bool write);
 void anon_discard(struct dxm_region *r, size_t pg, size_t n);
+#define TRASH_PAGES 64
+void anon_trash_init(struct dxm_ctx *ctx);
+void anon_trash_fini(struct dxm_ctx *ctx);
 void anon_hand_back(struct dxm_region *r, size_t pg, size_t n, uintptr_t cpu);
 void anon_staging_fault(struct dxm_region *r, size_t pg, uintptr_t addr,
 			pid_t tid);
@@ -241,6 +244,8 @@ struct dxm_ctx {
 	int uffd; /* memfd regions: no EVENT_REMOVE (it slows every zap) */
 	struct dxm_uffd_info uinfo;
 	int uffd_anon; /* adopted memory: EVENT_REMOVE, MOVE; -1 if no MOVE */
+	char *trash;	/* TRASH_PAGES registered with uffd (anon.c) */
+	pthread_mutex_t trash_mtx;
 	struct dxm_uffd_info uinfo_anon;
 	pthread_rwlock_t fork_lock; /* fork.c */
 	atomic_int forking;	    /* handlers parked for a fork (ctx.c) */
