@@ -1,0 +1,235 @@
+#!/usr/bin/env bash
+# Model-check dxm's page protocol (model/dxm.pml) with spin.
+#
+#   model/check.sh                 the checks (safety, progress, the known
+#                                  livelocks); exit 0 iff all as expected
+#   model/check.sh --mutants       also the broken variants: each must fail
+#   model/check.sh --variants      also other orders and known-harmless or
+#                                  proposed changes, each with its expected
+#                                  verdict (README.md)
+#   model/check.sh --full          also the bigger configurations (~8 GB,
+#                                  several minutes)
+#   model/check.sh --only NAME...  just the named checks (see --list)
+#   model/check.sh --list          the checks, one a line
+#   model/check.sh --tap ...       report in TAP (for meson's protocol: 'tap')
+#
+# Everything is built in a temporary directory, removed on success (kept,
+# and named, when a check does not give the expected result, with the
+# trail to replay: cd DIR && spin FLAGS -t -p -g dxm.pml, FLAGS the check's
+# -D flags, as the failure line prints).
+# Environment: DXM_MODEL_JOBS (parallel checks, default min(nproc, 2)),
+# DXM_MODEL_MEMLIM (MB per check, default 3000).
+# Exit status: 0 all as expected, 1 some check not, 77 spin or a C compiler
+# missing (skipped; with --tap: a "1..0 # SKIP" plan and 0).
+set -u
+here=$(cd "$(dirname "$0")" && pwd)
+model=$here/dxm.pml
+
+# name | kind | spin -D flags | expect | what
+#   kind:   safety (assertions, invalid end states) or ltl:PROPERTY
+#   expect: pass, or fail:assert / fail:end / fail:cycle
+base=(
+"safety-2cpu-2dev|safety|-DREC_CAP=1|pass|(a)(b)(c)+deadlock: 1 handler, 2 CPU threads, 2 devices, devices retry for ever"
+"safety-2handlers|safety|-DNH=2 -DNDEV_RUN=1 -DREC_CAP=1|pass|(a)(b)(c)+deadlock: 2 handlers, 2 CPU threads, 1 device, retry for ever"
+"safety-k2|safety|-DK_CPU=2 -DK_DEV=2 -DNDEV_RUN=1 -DREC_CAP=1|pass|(a)(b)(c)+deadlock: 2 increments each, 2 CPU threads, 1 device"
+"resolved-2cpu-2dev|ltl:resolved|-DDEV_TRIES=1|pass|(d) every fault resolved: 2 CPU threads, 2 devices (1 attempt each)"
+"completes-2cpu-2dev|ltl:completes|-DDEV_TRIES=1|pass|(d) every faulting access completes: 2 CPU threads, 2 devices (1 attempt each)"
+"resolved-2handlers|ltl:resolved|-DNH=2 -DNDEV_RUN=1 -DDEV_TRIES=2|pass|(d) every fault resolved: 2 handlers, 1 device (2 attempts)"
+"completes-2handlers|ltl:completes|-DNH=2 -DNDEV_RUN=1 -DDEV_TRIES=2|pass|(d) every faulting access completes: 2 handlers, 1 device (2 attempts)"
+"resolved-k2|ltl:resolved|-DK_CPU=2 -DK_DEV=2 -DNDEV_RUN=1 -DDEV_TRIES=2|pass|(d) every fault resolved: 2 increments each, 1 device (2 attempts)"
+"completes-k2|ltl:completes|-DK_CPU=2 -DK_DEV=2 -DNDEV_RUN=1 -DDEV_TRIES=2|pass|(d) every faulting access completes: 2 increments each, 1 device (2 attempts)"
+"livelock-unbounded|ltl:completes|-DNCPU_RUN=1 -DNDEV_RUN=1|fail:cycle|known: with a device that retries for ever an access can starve (README, Progress)"
+"livelock-devices|ltl:resolved|-DNCPU_RUN=1|fail:cycle|known: two devices that retry for ever can keep a fault deferred for ever (README, Progress)"
+"livelock-unbounded/c-order|ltl:completes|-DNCPU_RUN=1 -DNDEV_RUN=1 -DLIST_ORDER|fail:cycle|the same livelock with the callbacks in the C list's order"
+"livelock-devices/c-order|ltl:resolved|-DNCPU_RUN=1 -DLIST_ORDER|fail:cycle|the same livelock with the callbacks in the C list's order"
+)
+mutants=(
+"BUG_MAP_BEFORE_NOTIFY|safety|-DREC_CAP=1 -DBUG_MAP_BEFORE_NOTIFY|fail:assert|handler restores the mapping before the notifiers ran"
+"BUG_ZAP_BEFORE_LOCK|safety|-DREC_CAP=1 -DBUG_ZAP_BEFORE_LOCK|fail:assert|make_exclusive zaps before the CAS to PS_LOCKED"
+"BUG_NO_MAPPING_WAIT|safety|-DREC_CAP=1 -DBUG_NO_MAPPING_WAIT|fail:assert|make_exclusive converts a page while PS_MAPPING"
+"BUG_CB_NO_LOCK|safety|-DREC_CAP=1 -DBUG_CB_NO_LOCK|fail:assert|the driver's invalidate callback does not take m->lock"
+"BUG_EARLY_UNLOCK_NO_RETRY|safety|-DREC_CAP=1 -DEARLY_UNLOCK -DNO_READ_RETRY|fail:assert|driver unlocks before installing and skips read_retry"
+"BUG_EARLY_UNLOCK_NO_SET_SEQ|safety|-DREC_CAP=1 -DEARLY_UNLOCK -DBUG_NO_SET_SEQ|fail:assert|driver unlocks before installing; invalidate_op does not set_seq"
+"BUG_UNLOCK_NO_RELEASE|safety|-DREC_CAP=1 -DBUG_UNLOCK_NO_RELEASE|fail:end|exclusive_unlock does not release the deferred faults"
+"BUG_DEFER_PUSH_LATE|safety|-DREC_CAP=1 -DBUG_DEFER_PUSH_LATE|fail:end|try_defer queues the record after dropping defer_mtx"
+"BUG_DEFER_BLIND|safety|-DREC_CAP=1 -DBUG_DEFER_BLIND|fail:end|try_defer stores s|PS_WAITERS without a CAS (the value it loaded)"
+"BUG_UNLOCK_NO_RELEASE/ltl|ltl:resolved|-DDEV_TRIES=1 -DBUG_UNLOCK_NO_RELEASE|fail:cycle|the same, seen by the progress property"
+)
+variants=(
+"EARLY_UNLOCK|safety|-DREC_CAP=1 -DEARLY_UNLOCK|pass|driver unlocks before installing: the sequence protocol keeps it safe"
+"ZAP_BEFORE_NOTIFY|safety|-DREC_CAP=1 -DZAP_BEFORE_NOTIFY|pass|make_exclusive zaps before notifying (after the CAS)"
+"NO_READ_RETRY|safety|-DREC_CAP=1 -DNO_READ_RETRY|pass|no read_retry: the page lock alone orders faults and conversions"
+"NO_READ_BEGIN_WAIT|safety|-DREC_CAP=1 -DNO_READ_BEGIN_WAIT|pass|read_begin does not wait for a running pass"
+"BUG_INVALIDATED_DROPS_WAITERS|safety|-DNH=2 -DNDEV_RUN=1 -DREC_CAP=1 -DBUG_INVALIDATED_DROPS_WAITERS|pass|invalidated() drops PS_WAITERS: the mapping that follows wakes every waiter"
+"BUG_INVALIDATED_DROPS_WAITERS/ltl|ltl:completes|-DNH=2 -DNDEV_RUN=1 -DDEV_TRIES=2 -DBUG_INVALIDATED_DROPS_WAITERS|pass|the same, progress"
+"STRICT_CPU_STATE|safety|-DREC_CAP=1 -DSTRICT_CPU_STATE|fail:assert|DESIGN.md read literally: a CPU access completes only in PS_CPU"
+"STRICT_DEV_STATE|safety|-DREC_CAP=1 -DSTRICT_DEV_STATE|fail:assert|DESIGN.md read literally: a device touches the page only in LOCKED or EXCLUSIVE"
+"FIX_RMW_LOCKED|ltl:completes|-DREC_CAP=1 -DFIX_RMW_LOCKED|fail:cycle|first atomic before exclusive_unlock, still read_retry: still a livelock"
+"FIX_RMW_LOCKED+NO_READ_RETRY|ltl:completes|-DREC_CAP=1 -DFIX_RMW_LOCKED -DNO_READ_RETRY|pass|first atomic before exclusive_unlock, no read_retry: progress with devices retrying for ever"
+"FIX_RMW_LOCKED+NO_READ_RETRY/safety|safety|-DREC_CAP=1 -DFIX_RMW_LOCKED -DNO_READ_RETRY|pass|the same, safety"
+)
+full=(
+"safety-2cpu-2dev-cap2|safety|-DREC_CAP=2|pass|(a)(b)(c)+deadlock: as safety-2cpu-2dev, record lists kept exactly up to 2"
+"safety-2handlers-cap2|safety|-DNH=2 -DNDEV_RUN=1 -DREC_CAP=2|pass|(a)(b)(c)+deadlock: as safety-2handlers, record lists kept exactly up to 2"
+"safety-2cpu-2dev-k2|safety|-DK_CPU=2 -DREC_CAP=1|pass|(a)(b)(c)+deadlock: 2 CPU threads x 2 increments, 2 devices"
+"resolved-2cpu-2dev-t2|ltl:resolved|-DDEV_TRIES=2|pass|(d) every fault resolved: 2 CPU threads, 2 devices (2 attempts)"
+)
+
+sel=("${base[@]}")
+only=()
+tap=0
+while [ $# -gt 0 ]; do
+	case $1 in
+	--mutants) sel+=("${mutants[@]}") ;;
+	--variants) sel+=("${variants[@]}") ;;
+	--full) sel+=("${full[@]}") ;;
+	--tap) tap=1 ;;
+	--only) shift; while [ $# -gt 0 ] && [ "${1#--}" = "$1" ]; do only+=("$1"); shift; done; continue ;;
+	--list) for c in "${base[@]}" "${mutants[@]}" "${variants[@]}" "${full[@]}"; do
+			IFS='|' read -r n k f e w <<<"$c"; printf '%-32s %-14s %-11s %s\n' "$n" "$k" "$e" "$w"; done
+		exit 0 ;;
+	-h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+	*) echo "check.sh: unknown argument $1" >&2; exit 1 ;;
+	esac
+	shift
+done
+if [ ${#only[@]} -gt 0 ]; then
+	sel=()
+	for c in "${base[@]}" "${mutants[@]}" "${variants[@]}" "${full[@]}"; do
+		for o in "${only[@]}"; do [ "${c%%|*}" = "$o" ] && sel+=("$c"); done
+	done
+	[ ${#sel[@]} -gt 0 ] || { echo "check.sh: no such check: ${only[*]}" >&2; exit 1; }
+fi
+
+# Skipped: exit 77 (meson's and .ci/run's "skipped"); with --tap a
+# skip-all plan and exit 0 (meson's TAP protocol takes any other status
+# for an error).
+skip() {
+	echo "check.sh: $1; skipped" >&2
+	[ "$tap" = 1 ] && { echo "1..0 # SKIP $1"; exit 0; }
+	exit 77
+}
+command -v spin >/dev/null 2>&1 || skip "spin not found (Debian: apt-get install spin)"
+CC=${CC:-cc}
+command -v "$CC" >/dev/null 2>&1 || skip "no C compiler ($CC)"
+
+jobs=${DXM_MODEL_JOBS:-$(n=$(nproc 2>/dev/null || echo 1); [ "$n" -gt 2 ] && n=2; echo "$n")}
+memlim=${DXM_MODEL_MEMLIM:-3000}
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/dxm-model.XXXXXX") || exit 1
+keep=0
+cleanup() { [ "$keep" = 0 ] && rm -rf "$tmp"; }
+trap cleanup EXIT
+trap 'keep=0; exit 130' INT TERM
+
+# One check in $tmp/<index>: writes "status|line" to result.
+run_one() {
+	local idx=$1 c=$2 n k f e w dir out states secs depth kind first
+	IFS='|' read -r n k f e w <<<"$c"
+	dir=$tmp/$idx
+	mkdir -p "$dir" && cp "$model" "$dir/dxm.pml"
+	out=$dir/pan.out
+	(
+		cd "$dir" || exit
+		# shellcheck disable=SC2086
+		spin $f -a dxm.pml >spin.out 2>&1 || { cat spin.out; : >buildfail; exit; }
+		TIMEFORMAT='%U %S'
+		if [ "$k" = safety ]; then
+			$CC -O2 -w -DSAFETY -DNOCLAIM -DCOLLAPSE -DMEMLIM="$memlim" -o pan pan.c || { : >buildfail; exit; }
+			{ time ./pan -m3000000 2>&1; } 2>cpu.out
+		else
+			$CC -O2 -w -DNFAIR=3 -DCOLLAPSE -DMEMLIM="$memlim" -o pan pan.c || { : >buildfail; exit; }
+			{ time ./pan -m3000000 -a -f -N "${k#ltl:}" 2>&1; } 2>cpu.out
+		fi
+	) >"$out" 2>&1
+	states=$(sed -n 's/^ *\([0-9.e+]*\) states, stored.*/\1/p' "$out" | head -1)
+	secs=$(awk '{ printf "%.1f", $1 + $2 }' "$dir/cpu.out" 2>/dev/null)
+	depth=$(sed -n 's/.*depth reached \([0-9]*\).*/\1/p' "$out" | head -1)
+	first=$(grep -m1 -E '^pan:1: ' "$out" | sed 's/^pan:1: //; s/ (at depth [0-9]*)//')
+	# name the invariant a failed assertion belongs to (dxm.pml INV_*)
+	case $first in
+	*"assertion violated ( !(pte)||(((st&3)==0)||((st&3)==1)))"*|*"assertion violated (( !(pte)||((st&3)==0))||((st&3)==1))"*)
+		first="assertion violated: INV_MAP_STATE (CPU mapping while exclusive)" ;;
+	*"assertion violated ( !(pte)|| !("*)
+		first="assertion violated: INV_MAP_NODEV (CPU mapping while a device holds the page)" ;;
+	*"assertion violated (( !(entry[0])||"*)
+		first="assertion violated: INV_DEV_UNMAPPED (device entry on a CPU page)" ;;
+	"assertion violated  !(revoked[d])"*)
+		first="assertion violated: !revoked[d] (device access after its invalidate callback returned)" ;;
+	"assertion violated ((st&3)==0)"*)
+		first="assertion violated: STRICT_CPU_STATE (CPU access in PS_LOCKED before the zap)" ;;
+	"assertion violated (((st&3)==1)||((st&3)==2))"*)
+		first="assertion violated: STRICT_DEV_STATE (device access in PS_INVALIDATING)" ;;
+	*"assertion violated  !((entry[0]&&entry[1]))"*)
+		first="assertion violated: INV_ONE_DEV (two devices hold the page)" ;;
+	esac
+	kind=none
+	case $first in
+	"assertion violated"*) kind=assert ;;
+	"invalid end state"*) kind=end ;;
+	"acceptance cycle"*|"non-progress cycle"*) kind=cycle ;;
+	?*) kind=other ;;
+	esac
+	first=$(printf '%s' "$first" | cut -c1-100)
+	local incomplete=""
+	[ "$kind" = none ] && grep -qE 'max search depth too small|reached -DMEMLIM bound|Search not completed' "$out" &&
+		incomplete=" (search incomplete)"
+	[ -e "$dir/buildfail" ] && { echo "FAIL|$n: spin or cc failed (see $dir/pan.out)" >"$dir/result"; return; }
+	local st="${states:-?} states, depth ${depth:-?}, ${secs:-?} s CPU"
+	if [ "$e" = pass ]; then
+		if [ "$kind" = none ] && [ -z "$incomplete" ] && grep -q 'errors: 0' "$out"; then
+			echo "PASS|$n: $w: $st" >"$dir/result"
+		else
+			echo "FAIL|$n: $w: ${first:-no verdict}$incomplete; $st; replay: cd $dir && spin $f -t -p -g dxm.pml" >"$dir/result"
+		fi
+	else
+		if [ "$kind" = "${e#fail:}" ]; then
+			echo "PASS|$n: fails as expected ($first): $w; $st" >"$dir/result"
+		else
+			echo "FAIL|$n: expected ${e#fail:}, got ${first:-no error}$incomplete: $w; $st (see $dir/pan.out)" >"$dir/result"
+		fi
+	fi
+}
+
+t0=$(date +%s)
+if [ "$tap" = 1 ]; then
+	echo "1..${#sel[@]}"
+	echo "# dxm model: $(spin -V | head -1), ${#sel[@]} checks, $jobs at a time"
+else
+	echo "dxm model: $(spin -V | head -1), ${#sel[@]} checks, $jobs at a time"
+fi
+i=0
+running=0
+for c in "${sel[@]}"; do
+	i=$((i + 1))
+	run_one "$i" "$c" &
+	running=$((running + 1))
+	if [ "$running" -ge "$jobs" ]; then
+		wait -n
+		running=$((running - 1))
+	fi
+done
+wait
+
+fails=0
+for j in $(seq 1 "$i"); do
+	r=$(cat "$tmp/$j/result" 2>/dev/null || echo "FAIL|check $j: no result")
+	status=${r%%|*}
+	if [ "$tap" = 1 ]; then
+		if [ "$status" = PASS ]; then echo "ok $j - ${r#*|}"; else echo "not ok $j - ${r#*|}"; fi
+	else
+		printf '%-4s %s\n' "$status" "${r#*|}"
+	fi
+	if [ "$status" != PASS ]; then
+		fails=$((fails + 1))
+		keep=1
+	fi
+done
+t1=$(date +%s)
+p=""
+[ "$tap" = 1 ] && p="# "
+if [ "$fails" -eq 0 ]; then
+	echo "${p}dxm model: all ${#sel[@]} checks as expected ($((t1 - t0)) s)"
+	exit 0
+fi
+echo "${p}dxm model: $fails of ${#sel[@]} checks NOT as expected ($((t1 - t0)) s); kept $tmp"
+exit 1
