@@ -100,6 +100,11 @@ DXM_API int dxm_adopt(struct dxm_ctx *ctx, void *addr, size_t len,
 		return -ENOSYS;
 	}
 	uintptr_t start = (uintptr_t)addr;
+	/* Managed already (-EEXIST), or a dead view still in the table:
+	 * wait for its munmap to be seen. */
+	err = region_wait_unclaimed(ctx, start, len, false);
+	if (err)
+		return err;
 	err = check_anon_range(start, start + len, true);
 	if (err) {
 		if (err == -EINVAL)

@@ -107,6 +107,8 @@ struct dxm_where {
 
 int region_lookup(struct dxm_ctx *ctx, uintptr_t addr, struct dxm_where *w);
 int region_adopt_insert(struct dxm_region *r, uintptr_t start, size_t len);
+int region_wait_unclaimed(struct dxm_ctx *ctx, uintptr_t start, size_t len,
+			  bool keep_gate);
 void *region_map_fresh(struct dxm_ctx *ctx, size_t len,
 		       void *(*map)(void *arg, size_t len), void *arg);
 void region_wait_unmaps(struct dxm_ctx *ctx, uintptr_t start, uintptr_t end);

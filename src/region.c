@@ -687,15 +687,13 @@ static bool vma_uffd_registered(uintptr_t addr)
 }
 
 /*
- * Insert an adopted range (dxm_adopt): register it for MISSING faults and
- * add its one view, under the gate like a new mapping.  A piece already in
- * the table there is either adopted memory that is still live (-EEXIST)
- * or one the program unmapped whose event no handler has read yet: then
- * wait for it to be detached (the munmap is blocked until it is read).
+ * Wait until no piece of the table overlaps [start, start+len), except a
+ * live view (-EEXIST).  Returns with the gate held on success if
+ * keep_gate.
  */
-int region_adopt_insert(struct dxm_region *r, uintptr_t start, size_t len)
+int region_wait_unclaimed(struct dxm_ctx *ctx, uintptr_t start, size_t len,
+			  bool keep_gate)
 {
-	struct dxm_ctx *ctx = r->ctx;
 	uint64_t deadline = 0;
 	unsigned us = 10;
 	for (;;) {
@@ -708,8 +706,11 @@ int region_adopt_insert(struct dxm_region *r, uintptr_t start, size_t len)
 						: start)
 				     : 0;
 		pthread_rwlock_unlock(&ctx->vt_lock);
-		if (!clash)
-			break;
+		if (!clash) {
+			if (!keep_gate)
+				pthread_mutex_unlock(&ctx->gate);
+			return 0;
+		}
 		pthread_mutex_unlock(&ctx->gate);
 		if (vma_uffd_registered(at) || ctx_on_handler(ctx))
 			return -EEXIST;
@@ -726,9 +727,23 @@ int region_adopt_insert(struct dxm_region *r, uintptr_t start, size_t len)
 		if (us < 1000)
 			us *= 2;
 	}
+}
+
+/*
+ * Insert an adopted range (dxm_adopt): register it for MISSING faults and
+ * add its one view, under the gate like a new mapping.  A piece already in
+ * the table there is either a view that is still live (-EEXIST) or one
+ * the program unmapped whose event no handler has read yet: then wait for
+ * it to be detached (the munmap is blocked until it is read).
+ */
+int region_adopt_insert(struct dxm_region *r, uintptr_t start, size_t len)
+{
+	struct dxm_ctx *ctx = r->ctx;
+	int err = region_wait_unclaimed(ctx, start, len, true);
+	if (err)
+		return err;
 	/* under the gate */
-	int err = uffd_register(r->uffd, start, len,
-				UFFDIO_REGISTER_MODE_MISSING);
+	err = uffd_register(r->uffd, start, len, UFFDIO_REGISTER_MODE_MISSING);
 	if (err) {
 		if (err == -EBUSY)
 			pr_warn("dxm_adopt: %#lx+%#zx is registered with "
