@@ -22,7 +22,11 @@
  * with EBUSY on a page shared copy-on-write (a write fault unshares it),
  * with EINVAL into a VMA that is not writable or whose protection differs
  * from the source's (then dxm copies), and skips holes with
- * UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES.
+ * UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES.  The move out does not ask for that:
+ * a page the program discarded after dxm populated it fails with ENOENT
+ * and gets a zero page in staging, so no exclusive page is ever a hole a
+ * device would fault on (with the flag, such a race was also seen to
+ * leave the move spinning inside the kernel).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -240,11 +244,22 @@ static size_t move_out_run(struct dxm_region *r, uintptr_t cpu, size_t pg,
 	while (i < n) {
 		long got = uffd_move(r->uffd, stg(r, pg + i),
 				     cpu + (i << ctx->pshift),
-				     (n - i) << ctx->pshift,
-				     UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES);
+				     (n - i) << ctx->pshift, 0);
 		if (got > 0) {
 			i += (size_t)got >> ctx->pshift;
 			continue;
+		}
+		if (got == -ENOENT) {
+			/* A hole (the program discarded the page after it
+			 * was populated): the device gets a zero page in
+			 * staging now, never a hole it would fault on. */
+			long z = uffd_zeropage(r->uffd, stg(r, pg + i),
+					       ctx->psize);
+			if (z > 0 || z == -EEXIST) {
+				i++;
+				continue;
+			}
+			got = z;
 		}
 		if (got == -EAGAIN && ++tries < 1000) {
 			sched_yield();
