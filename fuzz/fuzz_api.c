@@ -2261,7 +2261,7 @@ static void op_ctx2(struct args *a)
 	g_dead_ctx = c2;
 	if (x)
 		add_freed((uintptr_t)x);
-	if (q)
+	if (q && (q->prot & PROT_READ)) /* q may be a PROT_NONE page */
 		check_word(q, *(volatile uint64_t *)(q->addr + q->woff),
 			   "read after ctx2 handed adopted memory back");
 	r = dxm_stats(c2, (struct dxm_stats *)dev, sizeof(struct dxm_stats));
