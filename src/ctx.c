@@ -204,14 +204,18 @@ void ctx_kick(struct dxm_ctx *ctx)
 }
 
 /* Take the gate and zap_lock, as a batch is read and applied under. */
-static void gate_lock(struct dxm_ctx *ctx)
+void gate_lock(struct dxm_ctx *ctx)
 {
 	pthread_mutex_lock(&ctx->gate);
 	pthread_rwlock_wrlock(&ctx->zap_lock);
 }
 
-/* Act on n (<= BATCH) messages read under gate_lock(): events first, then
- * faults; drops the locks once the events are applied to the tables. */
+void gate_unlock(struct dxm_ctx *ctx)
+{
+	pthread_rwlock_unlock(&ctx->zap_lock);
+	pthread_mutex_unlock(&ctx->gate);
+}
+
 /* How dispatch() leaves the gate once the events are applied. */
 enum gate_after {
 	GATE_UNLOCK, /* unlock it (and zap_lock) */
@@ -219,6 +223,8 @@ enum gate_after {
 	GATE_HANDOVER, /* the same, last batch: tell it (FG_APPLIED) */
 };
 
+/* Act on n (<= BATCH) messages read under gate_lock(): events first, then
+ * faults; leaves the locks as `after` says once the events are applied. */
 static void dispatch(struct dxm_ctx *ctx, struct uffd_msg *msg, size_t n,
 		     uint64_t epoch, enum gate_after after)
 {
@@ -252,12 +258,10 @@ static void dispatch(struct dxm_ctx *ctx, struct uffd_msg *msg, size_t n,
 			break;
 		}
 	}
-	if (after == GATE_UNLOCK) {
-		pthread_rwlock_unlock(&ctx->zap_lock);
-		pthread_mutex_unlock(&ctx->gate);
-	} else if (after == GATE_HANDOVER) {
+	if (after == GATE_UNLOCK)
+		gate_unlock(ctx);
+	else if (after == GATE_HANDOVER)
 		atomic_store(&ctx->fork_gate, FG_APPLIED);
-	}
 
 	for (size_t i = 0; i < nforked; i++)
 		anon_fork_event(ctx, forked[i]);
@@ -293,8 +297,7 @@ static size_t handle_batch(struct dxm_ctx *ctx, int uffd)
 	int inj = inject(INJ_READ);
 	ssize_t got = inj ? (errno = inj, -1) : read(uffd, msg, sizeof(msg));
 	if (got < 0) {
-		pthread_rwlock_unlock(&ctx->zap_lock);
-		pthread_mutex_unlock(&ctx->gate);
+		gate_unlock(ctx);
 		if (errno != EAGAIN && errno != EINTR)
 			pr_err("read(userfaultfd): %s", strerror(errno));
 		return 0;

@@ -61,10 +61,8 @@ static void park_handlers(struct dxm_ctx *ctx)
 	 * to the program, which may free or reuse the addresses.  Hold the
 	 * gate for it (no handler can be waiting for it now), so that
 	 * nobody sees the tables before its events are applied. */
-	if (all) {
-		pthread_mutex_lock(&ctx->gate);
-		pthread_rwlock_wrlock(&ctx->zap_lock);
-	}
+	if (all)
+		gate_lock(ctx);
 	atomic_store(&ctx->fork_gate, all ? FG_HELD : FG_NOGATE);
 }
 
@@ -94,8 +92,7 @@ static void release(struct dxm_ctx *ctx, bool parent)
 		while (parent && atomic_load(&ctx->fork_gate) == FG_HELD &&
 		       !atomic_load(&ctx->handlers[0].exited))
 			poll(NULL, 0, 1);
-		pthread_rwlock_unlock(&ctx->zap_lock);
-		pthread_mutex_unlock(&ctx->gate);
+		gate_unlock(ctx);
 	}
 	atomic_store(&ctx->fork_gate, FG_NONE);
 	if (ctx->fork_locked) {

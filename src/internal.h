@@ -310,6 +310,8 @@ void ctx_foreach_begin(void (*fn)(struct dxm_ctx *ctx));
 void ctx_foreach_end(void (*fn)(struct dxm_ctx *ctx));
 int ctx_check(struct dxm_ctx *ctx);
 void ctx_kick(struct dxm_ctx *ctx);
+void gate_lock(struct dxm_ctx *ctx);   /* the gate, then zap_lock (write) */
+void gate_unlock(struct dxm_ctx *ctx);
 bool ctx_on_handler(struct dxm_ctx *ctx);
 uint64_t now_ns(void);
 

@@ -165,3 +165,10 @@ bool check_index(const void *p, size_t len, uint64_t add)
 			return false;
 	return true;
 }
+
+void sleep_ms(unsigned ms)
+{
+	struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
+	while (nanosleep(&ts, &ts) && errno == EINTR)
+		;
+}

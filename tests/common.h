@@ -83,6 +83,19 @@ size_t recorder_count_event(struct recorder *r, enum dxm_event ev);
 /* Whether some recorded event of type ev covers [addr, addr+PS). */
 bool recorder_saw(struct recorder *r, enum dxm_event ev, const void *addr);
 
+/* Sleep ms milliseconds (restarted on EINTR). */
+void sleep_ms(unsigned ms);
+/* Poll cond for up to ms milliseconds (asynchronous event handling). */
+#define WAIT_FOR(cond, ms)                                                     \
+	({                                                                     \
+		bool ok_ = (cond);                                             \
+		for (unsigned i_ = 0; !ok_ && i_ < (ms); i_++) {               \
+			sleep_ms(1);                                           \
+			ok_ = (cond);                                          \
+		}                                                              \
+		ok_;                                                           \
+	})
+
 /* Fill [p, p+len) with 64-bit words i (index from 0) and check it. */
 void fill_index(void *p, size_t len, uint64_t add);
 bool check_index(const void *p, size_t len, uint64_t add);

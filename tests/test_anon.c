@@ -43,23 +43,7 @@ static struct recorder rec;
 
 /* ---------------------------------------------------------------- helpers */
 
-static void sleep_ms(unsigned ms)
-{
-	struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
-	while (nanosleep(&ts, &ts) && errno == EINTR)
-		;
-}
 
-/* Poll cond for up to ms milliseconds (asynchronous event handling). */
-#define WAIT_FOR(cond, ms)                                                     \
-	({                                                                     \
-		bool ok_ = (cond);                                             \
-		for (unsigned i_ = 0; !ok_ && i_ < (ms); i_++) {               \
-			sleep_ms(1);                                           \
-			ok_ = (cond);                                          \
-		}                                                              \
-		ok_;                                                           \
-	})
 
 static uint64_t rd(const void *p)
 {

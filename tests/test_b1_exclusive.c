@@ -16,12 +16,6 @@
 
 #include "common.h"
 
-static void sleep_ms(unsigned ms)
-{
-	struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
-	while (nanosleep(&ts, &ts) && errno == EINTR)
-		;
-}
 
 /* Join t, waiting at most ms milliseconds; true if it was joined. */
 static bool join_within(pthread_t t, unsigned ms)

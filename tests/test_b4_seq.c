@@ -25,12 +25,6 @@
 	}                                                                      \
 	ParameterizedTest(enum mem_kind *kind, b4_seq, name, .timeout = 30)
 
-static void sleep_ms(unsigned ms)
-{
-	struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
-	while (nanosleep(&ts, &ts) && errno == EINTR)
-		;
-}
 
 static uint64_t now_ms(void)
 {

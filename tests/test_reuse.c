@@ -28,22 +28,7 @@
 
 #define WAIT_MS 5000
 
-static void sleep_ms(unsigned ms)
-{
-	struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
-	while (nanosleep(&ts, &ts) && errno == EINTR)
-		;
-}
 
-#define WAIT_FOR(cond, ms)                                                     \
-	({                                                                     \
-		bool ok_ = (cond);                                             \
-		for (unsigned i_ = 0; !ok_ && i_ < (ms); i_++) {               \
-			sleep_ms(1);                                           \
-			ok_ = (cond);                                          \
-		}                                                              \
-		ok_;                                                           \
-	})
 
 static uint64_t now_ms(void)
 {
