@@ -433,10 +433,8 @@ static int move_in_page(struct dxm_region *r, size_t pg, uintptr_t cpu,
 			uint64_t wake_mode)
 {
 	struct dxm_ctx *ctx = r->ctx;
-	bool handler = ctx_on_handler(ctx);
 	/* DONTWAKE: the caller wakes the thread once the page is the CPU's */
 	bool wake = !(wake_mode & UFFDIO_MOVE_MODE_DONTWAKE);
-	unsigned us = 5;
 	long got;
 	for (int tries = 0;; tries++) {
 		got = uffd_move(r->uffd, cpu, stg(r, pg), ctx->psize,
@@ -445,21 +443,14 @@ static int move_in_page(struct dxm_region *r, size_t pg, uintptr_t cpu,
 			return 0; /* a hole moves nothing: the CPU then faults
 				     on a page it never had, a zero page */
 		/* EAGAIN: the kernel refuses every ioctl while an event
-		 * (a munmap's UNMAP, a REMOVE...) is unread.  A handler
-		 * thread may be the one that must read it: it gives the page
-		 * up for now (the caller re-queues it, data still staged);
-		 * any other thread waits for the handler. */
+		 * (a munmap's UNMAP, a REMOVE...) is unread.  The caller
+		 * waits for a handler to read it with no lock held, or, on a
+		 * handler thread, which may be the one that must read it,
+		 * gives the page up for now (data still staged). */
 		if (got == -EAGAIN) {
-			if (handler && tries >= 8)
+			if (tries >= 8)
 				return -EAGAIN;
-			if (tries >= 8) {
-				struct timespec ts = { 0, (long)us * 1000 };
-				nanosleep(&ts, NULL);
-				if (us < 1000)
-					us *= 2;
-			} else {
-				sched_yield();
-			}
+			sched_yield();
 			continue;
 		}
 		/* EEXIST cannot happen while the page is staged (the CPU
@@ -502,37 +493,56 @@ static int move_in_page(struct dxm_region *r, size_t pg, uintptr_t cpu,
 
 /* Move region pages [pg, pg+n) back from staging into the CPU view.  The
  * caller owns them.  -EAGAIN (only on a handler thread): a page could not
- * move yet and is still staged; the caller must try again later. */
+ * move yet and is still staged; the caller must try again later.  Any
+ * other thread waits, holding no lock: the handler it waits for may need
+ * vt_lock (a munmap's event is read and applied under it). */
 int anon_move_in(struct dxm_region *r, size_t pg, size_t n, bool dontwake)
 {
 	uint64_t mode = dontwake ? UFFDIO_MOVE_MODE_DONTWAKE : 0;
 	struct dxm_ctx *ctx = r->ctx;
+	bool handler = ctx_on_handler(ctx);
 	int ret = 0;
-	pthread_rwlock_rdlock(&ctx->vt_lock);
-	for (struct dxm_view *v = r->views; v; v = v->rnext) {
-		size_t a = v->pgoff > pg ? v->pgoff : pg;
-		size_t b = v->pgoff + v->npages < pg + n ? v->pgoff + v->npages
-							 : pg + n;
-		for (; a < b; a++)
-			if (move_in_page(r, a,
-					 v->start + ((a - v->pgoff)
-						     << ctx->pshift),
-					 mode))
+	for (size_t a = pg; a < pg + n; a++) {
+		unsigned us = 5;
+		for (;;) {
+			int err = 0;
+			pthread_rwlock_rdlock(&ctx->vt_lock);
+			for (struct dxm_view *v = r->views; v; v = v->rnext)
+				if (a >= v->pgoff && a < v->pgoff + v->npages) {
+					err = move_in_page(
+						r, a,
+						v->start + ((a - v->pgoff)
+							    << ctx->pshift),
+						mode);
+					break;
+				}
+			pthread_rwlock_unlock(&ctx->vt_lock);
+			if (err != -EAGAIN)
+				break;
+			if (handler) {
 				ret = -EAGAIN;
+				break;
+			}
+			nap_us(&us);
+		}
 	}
-	pthread_rwlock_unlock(&ctx->vt_lock);
 	return ret;
 }
 
 /* dxm_free: move every staged page of [pg, pg+n) back to cpu, the view
- * already detached from the table (but still registered). */
+ * already detached from the table (but still registered), nobody inside
+ * the region (the teardown rule, region.c): every page that is not the
+ * CPU's has its data in staging. */
 void anon_hand_back(struct dxm_region *r, size_t pg, size_t n, uintptr_t cpu)
 {
 	for (size_t i = 0; i < n; i++) {
 		if (ps_state(ps_load(&r->st[pg + i])) == PS_CPU)
 			continue;
-		move_in_page(r, pg + i, cpu + (i << r->ctx->pshift), 0);
-		atomic_store(&r->st[pg + i], PS_CPU); /* not a handler: waits */
+		unsigned us = 5;
+		while (move_in_page(r, pg + i, cpu + (i << r->ctx->pshift), 0) ==
+		       -EAGAIN)
+			nap_us(&us);
+		atomic_store(&r->st[pg + i], PS_CPU);
 	}
 }
 
@@ -620,7 +630,10 @@ struct dxm_anon_rm *anon_remove_begin(struct dxm_ctx *ctx, uintptr_t start,
 		size_t pg = w.pgoff + ((a - w.vstart) >> ctx->pshift);
 		size_t n = (b - a) >> ctx->pshift;
 		struct dxm_anon_rm *rm = NULL;
-		for (size_t i = 0; i < n && w.r->kind == REGION_ANON; i++) {
+		/* Inside the region until anon_remove_finish (region.c, the
+		 * teardown rule); a region being torn down is left to it. */
+		bool in = w.r->kind == REGION_ANON && region_enter(w.r);
+		for (size_t i = 0; i < n && in; i++) {
 			dxm_pstate_t *p = &w.r->st[pg + i];
 			uint8_t s = ps_load(p);
 			while (ps_state(s) == PS_LOCKED ||
@@ -642,9 +655,12 @@ struct dxm_anon_rm *anon_remove_begin(struct dxm_ctx *ctx, uintptr_t start,
 				continue;
 			}
 			region_get(w.r);
+			region_enter(w.r); /* cannot fail: we are inside */
 			*rm = (struct dxm_anon_rm){ w.r, pg + i, 1, list };
 			list = rm;
 		}
+		if (in)
+			region_exit(w.r);
 		region_put(w.r);
 		a = b;
 	}
@@ -663,6 +679,7 @@ void anon_remove_finish(struct dxm_ctx *ctx, struct dxm_anon_rm *rm)
 		anon_discard(rm->r, rm->pg, rm->n);
 		for (size_t i = 0; i < rm->n; i++)
 			invalidated_to_cpu(rm->r, rm->pg + i);
+		region_exit(rm->r);
 		region_put(rm->r);
 		free(rm);
 		rm = next;
@@ -681,6 +698,8 @@ static void fix_child(struct dxm_region *r, void *arg)
 	struct fork_fix *f = arg;
 	struct dxm_ctx *ctx = r->ctx;
 	uintptr_t runs[2];
+	if (!region_enter(r))
+		return; /* torn down: nothing of it is the child's business */
 	for (size_t pg = 0; pg < r->npages; pg++) {
 		dxm_pstate_t *p = &r->st[pg];
 		uint8_t s = ps_load(p);
@@ -710,6 +729,7 @@ static void fix_child(struct dxm_region *r, void *arg)
 	for (struct dxm_view *v = r->views; v; v = v->rnext)
 		uffd_unregister(f->child, v->start, v->npages << ctx->pshift);
 	pthread_rwlock_unlock(&ctx->vt_lock);
+	region_exit(r);
 }
 
 /*

@@ -65,6 +65,16 @@ uint64_t now_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
+/* A back-off: sleep *us microseconds, then double it, up to 1 ms.
+ * Async-signal-safe (SIGBUS mode naps in its signal handler). */
+void nap_us(unsigned *us)
+{
+	struct timespec ts = { 0, (long)*us * 1000 };
+	nanosleep(&ts, NULL);
+	if (*us < 1000)
+		*us *= 2;
+}
+
 /* ---------------------------------------------------------------- registry */
 
 #define MAX_CTX 256
@@ -379,11 +389,12 @@ static void *handler_main(void *arg)
 	struct dxm_handler *h = arg;
 	struct dxm_ctx *ctx = h->ctx;
 	handler_of = ctx;
-	struct pollfd pfd[4] = {
+	struct pollfd pfd[5] = {
 		{ .fd = ctx->stop_fd, .events = POLLIN },
 		{ .fd = ctx->wake_fd, .events = POLLIN },
 		{ .fd = ctx->uffd, .events = POLLIN },
 		{ .fd = ctx->uffd_anon, .events = POLLIN }, /* -1: ignored */
+		{ .fd = ctx->fork_fd, .events = POLLIN }, /* never read here */
 	};
 	for (;;) {
 		if (atomic_load(&ctx->forking)) {
@@ -391,7 +402,7 @@ static void *handler_main(void *arg)
 			continue;
 		}
 		int inj = inject(INJ_POLL);
-		int rc = inj ? (errno = inj, -1) : poll(pfd, 4, -1);
+		int rc = inj ? (errno = inj, -1) : poll(pfd, 5, -1);
 		if (rc < 0) {
 			if (errno == EINTR)
 				continue;
@@ -413,6 +424,7 @@ static void *handler_main(void *arg)
 				goto out;
 		}
 		fault_drain_ready(ctx);
+		region_run_quiet(ctx);
 		if (ctx->spin_ns)
 			spin(ctx);
 	}
@@ -506,6 +518,8 @@ static void ctx_free(struct dxm_ctx *ctx)
 		close(ctx->stop_fd);
 	if (ctx->wake_fd >= 0)
 		close(ctx->wake_fd);
+	if (ctx->fork_fd >= 0)
+		close(ctx->fork_fd);
 	pthread_mutex_destroy(&ctx->gate);
 	pthread_rwlock_destroy(&ctx->zap_lock);
 	pthread_mutex_destroy(&ctx->um_mtx);
@@ -552,6 +566,7 @@ DXM_API int dxm_ctx_create(struct dxm_ctx **ctxp, const struct dxm_ctx_opts *opt
 	if (!ctx)
 		return -ENOMEM;
 	ctx->uffd = ctx->uffd_anon = ctx->stop_fd = ctx->wake_fd = -1;
+	ctx->fork_fd = -1;
 	ctx->psize = (size_t)sysconf(_SC_PAGESIZE);
 	ctx->pshift = (unsigned)__builtin_ctzl(ctx->psize);
 	ctx->pid = self_pid();
@@ -629,7 +644,8 @@ DXM_API int dxm_ctx_create(struct dxm_ctx **ctxp, const struct dxm_ctx_opts *opt
 	}
 	ctx->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	ctx->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	if (ctx->stop_fd < 0 || ctx->wake_fd < 0) {
+	ctx->fork_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (ctx->stop_fd < 0 || ctx->wake_fd < 0 || ctx->fork_fd < 0) {
 		err = -errno;
 		goto fail;
 	}
@@ -682,6 +698,7 @@ DXM_API void dxm_ctx_destroy(struct dxm_ctx *ctx)
 	if (!registry_del(ctx))
 		return;
 	stop_handlers(ctx);
+	region_run_quiet(ctx); /* teardowns finished after the handlers */
 	watchdog_stop(ctx);
 	notifier_destroy_all(ctx);
 	pthread_mutex_lock(&ctx->defer_mtx);

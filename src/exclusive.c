@@ -14,9 +14,11 @@
 
 #include "internal.h"
 
-/* Common prologue: check arguments, find the region, enter it. */
+/* Common prologue: check arguments, find the region, enter it.  convert:
+ * a conversion, which holds off forks while it moves adopted pages out
+ * (fork.c); fork_lock comes before entering the region (internal.h). */
 static int begin(struct dxm_ctx *ctx, void *start, size_t len,
-		 struct dxm_where *w, size_t *pg)
+		 struct dxm_where *w, size_t *pg, bool convert)
 {
 	int err = ctx_check(ctx);
 	if (err)
@@ -25,7 +27,12 @@ static int begin(struct dxm_ctx *ctx, void *start, size_t len,
 		return -EINVAL;
 	if (region_lookup_range(ctx, (uintptr_t)start, len, w))
 		return -EFAULT;
+	bool forks = convert && w->r->kind == REGION_ANON;
+	if (forks)
+		fork_enter(ctx);
 	if (!region_enter(w->r)) {
+		if (forks)
+			fork_exit(ctx);
 		region_put(w->r);
 		return -EFAULT;
 	}
@@ -51,7 +58,7 @@ DXM_API long dxm_make_exclusive(struct dxm_ctx *ctx, void *start, size_t len,
 	size_t pg;
 	if (!dev)
 		return -EINVAL;
-	int err = begin(ctx, start, len, &w, &pg);
+	int err = begin(ctx, start, len, &w, &pg, true);
 	if (err)
 		return err;
 	struct dxm_region *r = w.r;
@@ -60,13 +67,14 @@ DXM_API long dxm_make_exclusive(struct dxm_ctx *ctx, void *start, size_t len,
 	/* Like GUP with FOLL_WRITE in the kernel: a range the CPU view
 	 * cannot write is refused. */
 	if (!(w.prot & PROT_WRITE)) {
+		if (r->kind == REGION_ANON)
+			fork_exit(ctx);
 		end(&w);
 		return -EPERM;
 	}
 	if (r->kind == REGION_ANON) {
 		/* No private page may be in staging while a fork copies the
-		 * address space (fork.c). */
-		fork_enter(ctx);
+		 * address space (fork.c): fork_lock is held from begin(). */
 		err = anon_populate(r, (uintptr_t)start, pg, n, true);
 		if (!err && !(need = calloc(n, 1)))
 			err = -ENOMEM;
@@ -173,7 +181,7 @@ DXM_API bool dxm_check_exclusive(struct dxm_ctx *ctx, void *start, size_t len,
 {
 	struct dxm_where w;
 	size_t pg;
-	if (!dev || begin(ctx, start, len, &w, &pg))
+	if (!dev || begin(ctx, start, len, &w, &pg, false))
 		return false;
 	struct dxm_region *r = w.r;
 	size_t n = len >> ctx->pshift;
@@ -190,7 +198,7 @@ DXM_API long dxm_range_fault(struct dxm_ctx *ctx, void *start, size_t len,
 {
 	struct dxm_where w;
 	size_t pg;
-	int err = begin(ctx, start, len, &w, &pg);
+	int err = begin(ctx, start, len, &w, &pg, false);
 	if (err)
 		return err;
 	if ((flags & ~DXM_FAULT_WRITE) || ctx_on_handler(ctx)) {

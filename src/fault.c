@@ -35,14 +35,6 @@
 
 #include "internal.h"
 
-static void nap(unsigned *us)
-{
-	struct timespec ts = { 0, (long)*us * 1000 };
-	nanosleep(&ts, NULL);
-	if (*us < 1000)
-		*us *= 2;
-}
-
 static __thread bool requeued; /* a restore waits for events to be read */
 static void finish_restore(struct dxm_fault *f);
 
@@ -59,17 +51,47 @@ static bool try_defer(struct dxm_region *r, size_t pg, uintptr_t addr,
 				 .t0 = now_ns(), .epoch = epoch };
 	pthread_mutex_lock(&ctx->defer_mtx);
 	uint8_t cur = s;
-	bool ok = ps_cas(&r->st[pg], &cur, s | PS_WAITERS);
-	if (ok) {
+	bool gone = r->forgotten;
+	bool ok = gone || ps_cas(&r->st[pg], &cur, s | PS_WAITERS);
+	if (ok && !gone) {
 		f->next = ctx->deferred;
 		ctx->deferred = f;
 	}
 	pthread_mutex_unlock(&ctx->defer_mtx);
-	if (ok)
+	if (ok && !gone)
 		stat_add(&ctx->c.deferred_faults, 1);
 	else
 		free(f);
+	if (gone) /* torn down: the thread retries on what is there now */
+		uffd_wake(r->uffd, addr, ctx->psize);
 	return ok;
+}
+
+/*
+ * A fault on a region whose teardown began (region.c, the teardown rule):
+ * it waits until the teardown is over and releases it.  If it is over
+ * already, the thread is woken at once.
+ */
+static void defer_dying(struct dxm_region *r, size_t pg, uintptr_t addr,
+			uint64_t epoch)
+{
+	struct dxm_ctx *ctx = r->ctx;
+	struct dxm_fault *f;
+	while (!(f = malloc(sizeof(*f))))
+		sched_yield();
+	*f = (struct dxm_fault){ .r = r, .pg = pg, .addr = addr,
+				 .t0 = now_ns(), .epoch = epoch };
+	pthread_mutex_lock(&ctx->defer_mtx);
+	bool gone = r->forgotten;
+	if (!gone) {
+		f->next = ctx->deferred;
+		ctx->deferred = f;
+	}
+	pthread_mutex_unlock(&ctx->defer_mtx);
+	if (gone) {
+		free(f);
+		uffd_wake(r->uffd, addr, ctx->psize);
+	}
 }
 
 /* Move the faults deferred on region pages [pg, pg+n) to the ready list. */
@@ -94,10 +116,14 @@ void fault_release_waiters(struct dxm_region *r, size_t pg, size_t n)
 		ctx_kick(ctx);
 }
 
-/* The region is going away (or lost a view): resolve its deferred faults
- * again; those on addresses that are gone are woken to retry. */
+/* The region's teardown is over: its deferred faults are resolved again
+ * (their addresses are gone: they are woken to retry), and no fault is
+ * deferred on it any more. */
 void fault_forget_region(struct dxm_region *r)
 {
+	pthread_mutex_lock(&r->ctx->defer_mtx);
+	r->forgotten = true;
+	pthread_mutex_unlock(&r->ctx->defer_mtx);
 	fault_release_waiters(r, 0, r->npages);
 }
 
@@ -182,6 +208,13 @@ static void requeue_restore(struct dxm_region *r, size_t pg, uintptr_t addr)
 static void finish_restore(struct dxm_fault *f)
 {
 	struct dxm_region *r = f->r;
+	if (!region_enter(r)) {
+		/* The teardown hands the staged page back (dxm_free) or
+		 * drops it (munmap); the thread waits for it. */
+		defer_dying(r, f->pg, f->addr, f->epoch);
+		region_put(r);
+		return;
+	}
 	if (anon_move_in(r, f->pg, 1, true)) {
 		requeue_restore(r, f->pg, f->addr);
 	} else {
@@ -189,6 +222,7 @@ static void finish_restore(struct dxm_fault *f)
 		mapping_done(r, f->pg);
 		uffd_wake(r->uffd, f->addr, r->ctx->psize);
 	}
+	region_exit(r);
 	region_put(r);
 }
 
@@ -263,7 +297,7 @@ static void resolve(struct dxm_region *r, size_t pg, uintptr_t addr,
 			break;
 		}
 		if (here) {
-			nap(&us); /* async-signal-safe */
+			nap_us(&us); /* async-signal-safe */
 			continue;
 		}
 		if (try_defer(r, pg, addr, s, epoch))
@@ -297,7 +331,12 @@ void fault_resolve(struct dxm_ctx *ctx, uintptr_t addr, bool write, pid_t tid,
 			return;
 		}
 		size_t pg = w.pgoff + ((addr - w.vstart) >> ctx->pshift);
-		resolve(w.r, pg, addr, write, false, epoch);
+		if (region_enter(w.r)) {
+			resolve(w.r, pg, addr, write, false, epoch);
+			region_exit(w.r);
+		} else {
+			defer_dying(w.r, pg, addr, epoch);
+		}
 		region_put(w.r);
 		return;
 	}
@@ -342,10 +381,19 @@ bool fault_resolve_here(struct dxm_ctx *ctx, uintptr_t addr)
 		return ok;
 	}
 	size_t pg = w.pgoff + ((addr - w.vstart) >> ctx->pshift);
+	if (!region_enter(w.r)) {
+		/* Being torn down: retry the access in a while (once the
+		 * view is gone, the kernel resolves it on its own). */
+		unsigned us = 100;
+		region_put(w.r);
+		nap_us(&us);
+		return true;
+	}
 	stat_add(&ctx->c.cpu_faults, 1);
 	/* The access kind is unknown: an adopted page the CPU never had
 	 * gets its own zeroed page, as a write would. */
 	resolve(w.r, pg, addr, true, true, EPOCH_NOW);
+	region_exit(w.r);
 	region_put(w.r);
 	return true;
 }
@@ -409,7 +457,7 @@ void pages_to_cpu(struct dxm_region *r, size_t pg, size_t n, unsigned flags,
 		inv = false;
 		if ((st == PS_CPU && (s & PS_MAPPING)) ||
 		    ((flags & PTC_WAIT) && st != PS_EXCLUSIVE)) {
-			nap(&us);
+			nap_us(&us);
 		} else {
 			i++;
 		}

@@ -17,8 +17,10 @@
  * registry lock (ctx.c) is held across the fork too, so a context created
  * or destroyed meanwhile cannot leave the child with a locked registry.
  */
+#include <errno.h>
 #include <poll.h>
 #include <pthread.h>
+#include <string.h>
 #include <stdbool.h>
 #include <time.h>
 #include <unistd.h>
@@ -28,9 +30,15 @@
 
 static void restore_for_fork(struct dxm_region *r, void *arg)
 {
+	/* Inside the region (region.c, the teardown rule): a dxm_free
+	 * waits for us; one that began first holds fork_lock until its
+	 * hand-back is over, so we cannot be here; a munmap drops it. */
+	if (!region_enter(r))
+		return;
 	(*(unsigned *)arg)++;
 	pages_to_cpu(r, 0, r->npages, PTC_INVALIDATE | PTC_WAIT,
 		     DXM_EVENT_FORK);
+	region_exit(r);
 }
 
 /*
@@ -39,20 +47,33 @@ static void restore_for_fork(struct dxm_region *r, void *arg)
  * handler caught allocating would never read it.  Park the handlers at a
  * safe point first (ctx.c, fork_park).  Last, after every page was
  * restored: restoring may need them.
+ *
+ * Every handler must be reached: ctx->fork_fd stays readable until the
+ * fork is over (no handler reads it), so each one's poll() returns, where
+ * one wake-up on the shared eventfd would wake one handler only.  And every
+ * handler must park: there is no timeout.  A handler that never parks is
+ * inside a callback waiting for something this thread holds (a driver
+ * lock held across fork(): restoring the pages above would have called
+ * that callback on this very thread too); the watchdog names it.
  */
 static void park_handlers(struct dxm_ctx *ctx)
 {
-	unsigned want = ctx->nhandlers - (ctx_on_handler(ctx) ? 1 : 0);
-	bool all = !ctx_on_handler(ctx);
+	bool on_handler = ctx_on_handler(ctx);
+	unsigned want = ctx->nhandlers - (on_handler ? 1 : 0);
+	uint64_t one = 1;
 	atomic_store(&ctx->forking, 1);
-	ctx_kick(ctx);
-	for (int ms = 0; atomic_load(&ctx->fork_acks) < want; ms++) {
-		if (ms == 2000) {
-			pr_warn("fork: a fault handler is busy (a callback "
-				"waiting for a lock this thread holds?); "
-				"forking anyway");
-			all = false;
-			break;
+	if (write(ctx->fork_fd, &one, sizeof(one)) < 0)
+		pr_err("fork: cannot reach the fault handlers: %s",
+		       strerror(errno));
+	uint64_t t0 = now_ns();
+	bool said = false;
+	while (atomic_load(&ctx->fork_acks) < want) {
+		if (!said && now_ns() - t0 > 2000000000ull) {
+			pr_warn("fork: still waiting for %u of %u fault "
+				"handler(s) to park (one may be in a callback "
+				"waiting for a lock this thread holds)",
+				want - atomic_load(&ctx->fork_acks), want);
+			said = true;
 		}
 		poll(NULL, 0, 1);
 	}
@@ -60,10 +81,12 @@ static void park_handlers(struct dxm_ctx *ctx)
 	 * them only after the fork: meanwhile a munmap it read has returned
 	 * to the program, which may free or reuse the addresses.  Hold the
 	 * gate for it (no handler can be waiting for it now), so that
-	 * nobody sees the tables before its events are applied. */
-	if (all)
+	 * nobody sees the tables before its events are applied.  From a
+	 * callback on a handler thread, that thread holds nothing but cannot
+	 * park: handler 0 applies its backlog under the gate itself. */
+	if (!on_handler)
 		gate_lock(ctx);
-	atomic_store(&ctx->fork_gate, all ? FG_HELD : FG_NOGATE);
+	atomic_store(&ctx->fork_gate, on_handler ? FG_NOGATE : FG_HELD);
 }
 
 static void prepare_one(struct dxm_ctx *ctx)
@@ -84,8 +107,18 @@ static void prepare_one(struct dxm_ctx *ctx)
  * its only thread, the one that forked; it has no handler). */
 static void release(struct dxm_ctx *ctx, bool parent)
 {
-	if (atomic_exchange(&ctx->forking, 0))
+	if (!parent) {
+		/* The child has no handler; the eventfds are the parent's. */
+		atomic_store(&ctx->forking, 0);
+	} else if (atomic_load(&ctx->forking)) {
+		uint64_t v;
+		/* Not readable any more before the handlers leave their
+		 * park, so that none of them spins on it afterwards. */
+		if (read(ctx->fork_fd, &v, sizeof(v)) < 0 && errno != EAGAIN)
+			pr_err("fork: read(eventfd): %s", strerror(errno));
+		atomic_store(&ctx->forking, 0);
 		ctx_kick(ctx);
+	}
 	if (atomic_load(&ctx->fork_gate) == FG_HELD ||
 	    atomic_load(&ctx->fork_gate) == FG_APPLIED) {
 		/* Until handler 0 has applied what it read. */

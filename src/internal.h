@@ -83,8 +83,14 @@ struct dxm_region {
 	int fd;		    /* SHM: the memfd, only while needed (-1) */
 	bool keep_fd;	    /* views must be mmap()ed from fd (valgrind) */
 	atomic_long refs;
-	atomic_int inflight; /* conversions / range faults in progress */
-	atomic_bool dying;
+	/* Operations inside the region (region_enter), R_DYING once its
+	 * teardown began: see "The teardown rule" in region.c. */
+	atomic_uint users;
+	/* munmap: the last one out hands the teardown's end to a handler
+	 * (dxm_free waits for the region itself). */
+	atomic_bool on_quiet;
+	struct dxm_region *quiet_next; /* ctx->quiet (lock-free stack) */
+	bool forgotten;	    /* deferred faults released for good (defer_mtx) */
 	size_t npages;
 	char *dev;	    /* SHM: device view (MAP_SHARED, never registered);
 			       ANON: staging area (registered, same uffd) */
@@ -120,8 +126,10 @@ int region_lookup_dev(struct dxm_ctx *ctx, const void *dev,
 		      struct dxm_region **rp, size_t *pg);
 void region_get(struct dxm_region *r);
 void region_put(struct dxm_region *r);
+#define R_DYING (1u << 31)
 bool region_enter(struct dxm_region *r);
 void region_exit(struct dxm_region *r);
+void region_run_quiet(struct dxm_ctx *ctx);
 size_t region_view_addrs(struct dxm_region *r, size_t pg, size_t n,
 			 uintptr_t *out, size_t max);
 bool region_range_writable(struct dxm_ctx *ctx, uintptr_t start, size_t len);
@@ -270,6 +278,9 @@ struct dxm_ctx {
 	struct dxm_region **rt; /* live regions, sorted by device view */
 	size_t rt_n, rt_cap;
 
+	struct dxm_region *_Atomic quiet; /* munmapped regions whose last user
+					     left: a handler finishes them */
+
 	pthread_mutex_t defer_mtx; /* fault.c */
 	struct dxm_fault *deferred;
 	struct dxm_fault *ready;
@@ -282,6 +293,8 @@ struct dxm_ctx {
 	unsigned n_active;
 
 	int stop_fd, wake_fd;
+	int fork_fd; /* written while a fork parks the handlers (fork.c):
+			every handler polls it, none reads it */
 	atomic_bool stopping;
 	unsigned flags;	  /* DXM_CTX_* */
 	uint64_t spin_ns; /* DXM_CTX_HANDLER_SPIN */
@@ -314,6 +327,7 @@ void gate_lock(struct dxm_ctx *ctx);   /* the gate, then zap_lock (write) */
 void gate_unlock(struct dxm_ctx *ctx);
 bool ctx_on_handler(struct dxm_ctx *ctx);
 uint64_t now_ns(void);
+void nap_us(unsigned *us); /* sleep *us, then double it up to 1 ms */
 
 /* Whether a kernel-mode access (a system call, MADV_POPULATE_*) to a
  * missing page is resolved by dxm, or fails with EFAULT. */

@@ -37,10 +37,8 @@
  *   pieces; lookups add one each.  The last put unmaps the device view and
  *   frees the page states.
  *
- *   r->inflight / r->dying: operations that change page states
- *   (make_exclusive, range_fault, mprotect) enter with region_enter(), which
- *   fails once dying is set; teardown sets dying and waits for inflight to
- *   drain, so after that no page is converted behind its back.
+ *   r->users: operations inside the region, and R_DYING once its teardown
+ *   began: "The teardown rule" below.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -245,30 +243,103 @@ void region_put(struct dxm_region *r)
 	free(r);
 }
 
+/*
+ * The teardown rule.  Every operation that owns pages of a region (takes a
+ * page out of the CPU's hands or gives one back, moves data to or from
+ * staging, maps a page into a view) does it inside the region, between
+ * region_enter() and region_exit(): dxm_make_exclusive, dxm_range_fault,
+ * dxm_mprotect, dxm_alias, the fork prepare handler's restore, the fault
+ * handler's (or a SIGBUS handler's) resolution and a restore it re-queued,
+ * a program's MADV_DONTNEED of adopted memory, a raw fork's repair.  A
+ * teardown sets R_DYING, after which nobody enters, and
+ *   dxm_free  waits until nobody is inside, and only then detaches the
+ *             views and hands the pages back: no restore, move-in or
+ *             hand-back ever runs against a detached view, and every page
+ *             of staging is where the hand-back looks for it;
+ *   munmap    (an UNMAP event, read by a handler, which must never wait:
+ *             the operations inside may be waiting for it) detaches at
+ *             once (the kernel has already unmapped the view: a move into
+ *             it finds no view and moves nothing, and the data is the
+ *             program's to drop), tells the devices, and leaves the rest
+ *             to the last one out, who queues the region for a handler
+ *             thread (region_run_quiet): states reset, deferred faults
+ *             released for good, the table's reference dropped.
+ * A fault on a dying region is deferred (fault.c) until the teardown
+ * releases it.  Only the thread whose region_kill() set R_DYING tears the
+ * region down.
+ */
 bool region_enter(struct dxm_region *r)
 {
-	atomic_fetch_add(&r->inflight, 1);
-	if (atomic_load(&r->dying)) {
-		atomic_fetch_sub(&r->inflight, 1);
+	if (atomic_fetch_add(&r->users, 1) & R_DYING) {
+		region_exit(r);
 		return false;
 	}
 	return true;
 }
 
-void region_exit(struct dxm_region *r)
+/* Hand a region whose teardown waits for no one any more to a handler. */
+static void run_on_quiet(struct dxm_region *r)
 {
-	atomic_fetch_sub(&r->inflight, 1);
+	if (!atomic_exchange(&r->on_quiet, false))
+		return;
+	struct dxm_ctx *ctx = r->ctx;
+	/* A lock-free push: the last one out may be a SIGBUS handler. */
+	struct dxm_region *top = atomic_load(&ctx->quiet);
+	do
+		r->quiet_next = top;
+	while (!atomic_compare_exchange_weak(&ctx->quiet, &top, r));
+	ctx_kick(ctx);
 }
 
-/* Set dying and wait until no conversion runs on the region.  Returns
- * false if another thread is already tearing it down. */
-static bool region_begin_teardown(struct dxm_region *r)
+void region_exit(struct dxm_region *r)
 {
-	if (atomic_exchange(&r->dying, true))
-		return false;
-	while (atomic_load(&r->inflight))
-		sched_yield();
-	return true;
+	if (atomic_fetch_sub(&r->users, 1) == (R_DYING | 1))
+		run_on_quiet(r);
+}
+
+/* Begin the teardown: no one enters from now on.  False if another
+ * thread began it already (it owns the teardown). */
+static bool region_kill(struct dxm_region *r)
+{
+	return !(atomic_fetch_or(&r->users, R_DYING) & R_DYING);
+}
+
+/* dxm_free: wait until nobody is inside (never on a handler thread). */
+static void region_wait_quiet(struct dxm_region *r)
+{
+	unsigned us = 5;
+	while (atomic_load(&r->users) != R_DYING)
+		nap_us(&us);
+}
+
+/* The end of every teardown, views detached and the devices told: the
+ * states are reset, faults deferred on the region are released for good,
+ * and the table's reference goes. */
+static void teardown_finish(struct dxm_region *r)
+{
+	for (size_t i = 0; i < r->npages; i++)
+		atomic_store(&r->st[i], PS_CPU);
+	fault_forget_region(r);
+	region_put(r);
+}
+
+/* Handler threads: finish the munmapped regions whose last user left. */
+void region_run_quiet(struct dxm_ctx *ctx)
+{
+	struct dxm_region *r = atomic_exchange(&ctx->quiet, NULL);
+	while (r) {
+		struct dxm_region *next = r->quiet_next;
+		teardown_finish(r);
+		r = next;
+	}
+}
+
+/* munmap: the last one out (or we, if nobody is inside) finishes it. */
+static void region_finish_when_quiet(struct dxm_region *r)
+{
+	atomic_store(&r->on_quiet, true);
+	if (atomic_load(&r->users) == R_DYING)
+		run_on_quiet(r);
 }
 
 int region_lookup(struct dxm_ctx *ctx, uintptr_t addr, struct dxm_where *w)
@@ -805,6 +876,7 @@ struct dxm_gone {
 	uintptr_t start, end;
 	size_t pgoff;
 	bool last;	      /* the region has no piece left */
+	bool owner;	      /* and this pass tears it down (region_kill) */
 	struct dxm_gone *next;
 };
 
@@ -844,68 +916,94 @@ static int detach_range(struct dxm_ctx *ctx, uintptr_t start, uintptr_t end,
 }
 
 /*
- * Finish what detach_range started: tell the notifiers, and when a region
- * lost its last view, give every exclusive page up and drop the table's
- * reference.  `unmap`: dxm_free (unregister and munmap here) rather than a
- * munmap the program already did.
+ * One detached piece: the devices are told, then (`unmap`: dxm_free, not a
+ * munmap the program did) a memfd view is unregistered and unmapped, and
+ * adopted memory is handed back to the program with every page in place.
+ * After a program's munmap of part of an adopted range, its staged data
+ * goes too.
+ */
+static void gone_piece(struct dxm_ctx *ctx, struct dxm_gone *g, bool unmap)
+{
+	struct dxm_region *r = g->r;
+	size_t len = g->end - g->start, n = len >> ctx->pshift;
+	notify_range(ctx, g->start, g->end, DXM_EVENT_UNMAP, NULL);
+	if (r->kind == REGION_SHM) {
+		if (unmap) {
+			uffd_unregister(r->uffd, g->start, len);
+			munmap((void *)g->start, len);
+		}
+	} else if (unmap) {
+		anon_hand_back(r, g->pgoff, n, g->start);
+		uffd_unregister(r->uffd, g->start, len);
+	} else if (!g->last) {
+		/* The rest of the region lives on: free the staged pages of
+		 * this part now (with the last view, staging goes with the
+		 * region). */
+		for (size_t i = 0; i < n; i++)
+			if (ps_state(ps_load(&r->st[g->pgoff + i])) != PS_CPU) {
+				anon_discard(r, g->pgoff + i, 1);
+				atomic_store(&r->st[g->pgoff + i], PS_CPU);
+			}
+	}
+	stat_add(&ctx->c.events_unmap, !unmap);
+}
+
+/*
+ * Finish what detach_range started for a munmap, an alias's dxm_free or a
+ * view that could not be set up: tell the devices, and when a region lost
+ * its last view, tear it down under the teardown rule (the end is left to
+ * the last one out: this may be a handler thread, which never waits).
  */
 static void finish_gone(struct dxm_ctx *ctx, struct dxm_gone *list, bool unmap)
 {
-	/* 1. Regions that lost their last view: no conversion may run on
-	 *    them from here on. */
 	for (struct dxm_gone *g = list; g; g = g->next)
-		if (g->last)
-			region_begin_teardown(g->r);
-	/* 2. Every detached piece: the devices are told, then the pages
-	 *    are handed back or dropped.  All pieces before any region's
-	 *    pages are reset (3.): a piece of adopted memory handed back
-	 *    after the reset would find its staged pages "the CPU's" and
-	 *    lose them. */
-	for (struct dxm_gone *g = list; g; g = g->next) {
-		struct dxm_region *r = g->r;
-		size_t len = g->end - g->start, n = len >> ctx->pshift;
-		notify_range(ctx, g->start, g->end, DXM_EVENT_UNMAP, NULL);
-		if (r->kind == REGION_SHM) {
-			if (unmap) {
-				uffd_unregister(r->uffd, g->start, len);
-				munmap((void *)g->start, len);
-			}
-		} else if (unmap) {
-			/* dxm_free hands adopted memory back to the program
-			 * with every page in place, then lets go of it. */
-			anon_hand_back(r, g->pgoff, n, g->start);
-			uffd_unregister(r->uffd, g->start, len);
-		} else {
-			/* The program unmapped it: staged data goes too. */
-			for (size_t i = 0; i < n; i++)
-				if (ps_state(ps_load(&r->st[g->pgoff + i])) !=
-				    PS_CPU) {
-					anon_discard(r, g->pgoff + i, 1);
-					atomic_store(&r->st[g->pgoff + i],
-						     PS_CPU);
-				}
-		}
-		stat_add(&ctx->c.events_unmap, !unmap);
-	}
-	/* 3. Drop the state; deferred faults are resolved again (those on
-	 *    addresses that are gone are woken to retry). */
+		g->owner = g->last && region_kill(g->r);
+	for (struct dxm_gone *g = list; g; g = g->next)
+		gone_piece(ctx, g, unmap);
 	while (list) {
 		struct dxm_gone *g = list;
 		struct dxm_region *r = g->r;
 		list = g->next;
-		if (g->last) {
-			/* The device was told to stop; nothing maps these
-			 * pages through a CPU view any more. */
-			for (size_t i = 0; i < r->npages; i++)
-				atomic_store(&r->st[i], PS_CPU);
-			fault_forget_region(r);
-			region_put(r); /* the table's reference */
-		} else {
-			fault_forget_region(r);
-		}
+		if (g->owner)
+			region_finish_when_quiet(r);
+		else
+			/* Faults deferred on addresses that are gone are
+			 * resolved again, and woken to retry. */
+			fault_release_waiters(r, 0, r->npages);
 		region_put(r);
 		free(g);
 	}
+}
+
+/* dxm_free of a region: the teardown rule's first case. */
+static int free_region(struct dxm_ctx *ctx, struct dxm_region *r)
+{
+	if (!region_kill(r))
+		return -ENOENT; /* a munmap or another dxm_free is at it */
+	region_wait_quiet(r);
+	struct dxm_gone *list = NULL;
+	int err = 0;
+	pthread_mutex_lock(&ctx->gate);
+	pthread_rwlock_wrlock(&ctx->vt_lock);
+	while (r->views && !err) {
+		struct dxm_view *p = r->views;
+		err = detach_range(ctx, p->start,
+				   p->start + (p->npages << ctx->pshift),
+				   (int)p->group, &list);
+	}
+	if (r->views == NULL)
+		rt_remove(ctx, r); /* a munmap may have done so already */
+	pthread_rwlock_unlock(&ctx->vt_lock);
+	pthread_mutex_unlock(&ctx->gate);
+	while (list) {
+		struct dxm_gone *g = list;
+		list = g->next;
+		gone_piece(ctx, g, true);
+		region_put(g->r);
+		free(g);
+	}
+	teardown_finish(r);
+	return err;
 }
 
 DXM_API int dxm_free(struct dxm_ctx *ctx, void *addr)
@@ -916,6 +1014,9 @@ DXM_API int dxm_free(struct dxm_ctx *ctx, void *addr)
 	if (!addr)
 		return -EINVAL;
 	struct dxm_gone *list = NULL;
+	/* A fork waits for the whole of it: adopted pages on their way
+	 * back from staging would be holes in the child (fork.c). */
+	fork_enter(ctx);
 	/* Under the gate: a view the program unmapped, whose munmap has
 	 * returned, is detached already (-ENOENT). */
 	pthread_mutex_lock(&ctx->gate);
@@ -924,25 +1025,39 @@ DXM_API int dxm_free(struct dxm_ctx *ctx, void *addr)
 	if (!v || v->start != (uintptr_t)addr || v->pgoff != 0) {
 		pthread_rwlock_unlock(&ctx->vt_lock);
 		pthread_mutex_unlock(&ctx->gate);
+		fork_exit(ctx);
 		return v ? -EINVAL : -ENOENT;
 	}
 	struct dxm_region *r = v->r;
-	int group = v->group;
-	/* Freeing the dxm_alloc view frees the region with all its aliases. */
-	struct dxm_view *p = r->views;
-	while (p && !err) {
-		struct dxm_view *next = p->rnext;
-		if (group == 0 || p->group == (unsigned)group) {
-			uintptr_t s = p->start;
-			err = detach_range(ctx, s, s + (p->npages << ctx->pshift),
-					   p->group, &list);
-			next = r->views; /* the list changed: restart */
+	unsigned group = v->group;
+	if (group == 0) {
+		/* Freeing the dxm_alloc view frees the region with all its
+		 * aliases, once nobody is inside it. */
+		region_get(r);
+		pthread_rwlock_unlock(&ctx->vt_lock);
+		pthread_mutex_unlock(&ctx->gate);
+		/* A handler thread may be inside the region itself, or be
+		 * what an operation inside waits for. */
+		err = ctx_on_handler(ctx) ? -EDEADLK : free_region(ctx, r);
+		region_put(r);
+		fork_exit(ctx);
+		return err;
+	}
+	/* An alias: its pieces go; the region and its pages stay. */
+	for (struct dxm_view *p = r->views; p && !err;) {
+		if (p->group != group) {
+			p = p->rnext;
+			continue;
 		}
-		p = next;
+		err = detach_range(ctx, p->start,
+				   p->start + (p->npages << ctx->pshift),
+				   (int)group, &list);
+		p = r->views; /* the list changed: restart */
 	}
 	pthread_rwlock_unlock(&ctx->vt_lock);
 	pthread_mutex_unlock(&ctx->gate);
 	finish_gone(ctx, list, true);
+	fork_exit(ctx);
 	return err;
 }
 

@@ -166,6 +166,25 @@ static void dump_tasks(void)
 	closedir(d);
 }
 
+/* DXM_STRESS_GDB=1: every thread's user-space stack too, from gdb (which
+ * must be installed; the process must allow ptrace by its parent or root).
+ * What a hang is waiting for is often only visible there. */
+static void dump_user_stacks(void)
+{
+	const char *e = getenv("DXM_STRESS_GDB");
+	if (!e || strcmp(e, "1"))
+		return;
+	char cmd[256];
+	snprintf(cmd, sizeof(cmd),
+		 "gdb -p %d -batch -nx -ex 'set pagination off' "
+		 "-ex 'thread apply all bt' >&2 2>/dev/null </dev/null",
+		 (int)getpid());
+	fprintf(stderr, " threads (user stacks, gdb):\n");
+	fflush(stderr);
+	if (system(cmd) != 0)
+		fprintf(stderr, "  (gdb failed)\n");
+}
+
 static void *dump_main(void *arg)
 {
 	const char *why = arg;
@@ -186,6 +205,7 @@ static void *dump_main(void *arg)
 		if (st.w[i].device)
 			st_watcher_dump(&st.w[i]);
 	dump_tasks();
+	dump_user_stacks();
 	struct dxm_stats s;
 	if (st.ctx && dxm_stats(st.ctx, &s, sizeof(s)) == 0)
 		fprintf(stderr,
