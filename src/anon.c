@@ -655,7 +655,7 @@ struct dxm_anon_rm *anon_remove_begin(struct dxm_ctx *ctx, uintptr_t start,
 				continue;
 			}
 			region_get(w.r);
-			region_enter(w.r); /* cannot fail: we are inside */
+			region_hold(w.r); /* until anon_remove_finish */
 			*rm = (struct dxm_anon_rm){ w.r, pg + i, 1, list };
 			list = rm;
 		}

@@ -195,6 +195,7 @@ static void requeue_restore(struct dxm_region *r, size_t pg, uintptr_t addr)
 	while (!(f = malloc(sizeof(*f))))
 		sched_yield();
 	region_get(r);
+	region_hold(r); /* inside until finish_restore is done with it */
 	*f = (struct dxm_fault){ .r = r, .pg = pg, .addr = addr,
 				 .restore = true };
 	pthread_mutex_lock(&ctx->defer_mtx);
@@ -208,13 +209,8 @@ static void requeue_restore(struct dxm_region *r, size_t pg, uintptr_t addr)
 static void finish_restore(struct dxm_fault *f)
 {
 	struct dxm_region *r = f->r;
-	if (!region_enter(r)) {
-		/* The teardown hands the staged page back (dxm_free) or
-		 * drops it (munmap); the thread waits for it. */
-		defer_dying(r, f->pg, f->addr, f->epoch);
-		region_put(r);
-		return;
-	}
+	/* Still inside (requeue_restore): a dxm_free waits for us, and
+	 * whoever waits for the page (PTC_WAIT) is not left waiting. */
 	if (anon_move_in(r, f->pg, 1, true)) {
 		requeue_restore(r, f->pg, f->addr);
 	} else {

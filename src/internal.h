@@ -129,6 +129,7 @@ void region_put(struct dxm_region *r);
 #define R_DYING (1u << 31)
 bool region_enter(struct dxm_region *r);
 void region_exit(struct dxm_region *r);
+void region_hold(struct dxm_region *r);
 void region_run_quiet(struct dxm_ctx *ctx);
 size_t region_view_addrs(struct dxm_region *r, size_t pg, size_t n,
 			 uintptr_t *out, size_t max);

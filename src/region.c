@@ -277,6 +277,14 @@ bool region_enter(struct dxm_region *r)
 	return true;
 }
 
+/* One more hold for a thread already inside (it cannot fail then): a
+ * restore re-queued for later stays inside until it is done, so that a
+ * dxm_free waits for it rather than for someone waiting on it. */
+void region_hold(struct dxm_region *r)
+{
+	atomic_fetch_add(&r->users, 1);
+}
+
 /* Hand a region whose teardown waits for no one any more to a handler. */
 static void run_on_quiet(struct dxm_region *r)
 {

@@ -111,6 +111,25 @@ void st_watcher_dump(struct st_worker *w)
 	fprintf(stderr, "\n");
 }
 
+/* Whether w's watcher believes it holds the page at CPU address va (its
+ * invalidate callback has not cleared it).  locked: take the watcher's
+ * lock; else read without it (the dump: a hang may hold it). */
+bool st_watcher_holds(struct st_worker *w, const void *va, bool locked)
+{
+	struct st_watcher *wa = w->watcher;
+	bool held = false;
+	if (!wa)
+		return false;
+	if (locked)
+		pthread_mutex_lock(&wa->lock);
+	for (int i = 0; i < wa->nh && i < ST_WATCH_MAX; i++)
+		if (wa->h[i].held && wa->h[i].va == (uintptr_t)va)
+			held = true;
+	if (locked)
+		pthread_mutex_unlock(&wa->lock);
+	return held;
+}
+
 static inline void pause_a_bit(void)
 {
 	for (int i = 0; i < 32; i++) {
@@ -216,6 +235,12 @@ static void op_watch(struct st_worker *w)
 				got < 0 ? strerror((int)-got) : "wrong count");
 			break;
 		}
+		/* The device-side addresses, for the state reports: for
+		 * adopted memory no one else can tell them (staging). */
+		for (size_t i = 0; i < n; i++)
+			if (dev[i])
+				atomic_store_explicit(&r->xdev[a + i], dev[i],
+						      memory_order_relaxed);
 		st_op_step(w, "watcher: lock");
 		pthread_mutex_lock(&wa->lock);
 		if (dxm_notifier_read_retry(wa->opn, seq)) {

@@ -28,7 +28,7 @@
 
 #include "stress_int.h"
 
-#define FORK_EVERY_NS 50000000ull /* at most one fork per 50 ms */
+#define FORK_EVERY_NS 50000000ull /* one fork per 50 ms at most (/ --churn) */
 #define CHILD_ADD 1000003ull	  /* the child's own increment */
 #define SURVIVED 42		  /* the child's exit code if it survives */
 
@@ -132,7 +132,7 @@ static bool read_report(int fd, struct child_report *rep)
 void st_op_fork(struct st_worker *w)
 {
 	uint64_t now = st_now(), last = atomic_load(&st.last_fork);
-	if (now - last < FORK_EVERY_NS ||
+	if (now - last < FORK_EVERY_NS / st.churn ||
 	    !atomic_compare_exchange_strong(&st.last_fork, &last, now))
 		return;
 	st_op_begin(w, "fork");

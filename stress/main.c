@@ -49,7 +49,8 @@ static void usage(FILE *f)
 		"usage: dxm stress [--seconds N] [--threads T] [--devices D] "
 		"[--seed S]\n"
 		"                  [--regions R] [--handlers H] [--mode M] "
-		"[--disable OP,...] [--verbose]\n"
+		"[--churn N]\n"
+		"                  [--disable OP,...] [--verbose]\n"
 		"  --seconds N   run for N seconds (default 10)\n"
 		"  --threads T   CPU threads (default 2, at most %d)\n"
 		"  --devices D   reference devices, one thread each (default 2, "
@@ -61,8 +62,15 @@ static void usage(FILE *f)
 		"  --mode M      fault resolution: thread (default), spin "
 		"(DXM_CTX_HANDLER_SPIN),\n"
 		"                sigbus (DXM_CTX_SIGBUS)\n"
+		"  --churn N     fork() and region re-allocation (teardown, "
+		"dxm_free of adopted\n"
+		"                memory included, and a new region) N times as "
+		"often (default 1,\n"
+		"                at most %d): their rate limits (one fork per "
+		"50 ms, one\n"
+		"                re-allocation per 20 ms) divided by N\n"
 		"  --disable L   operations left out, among:",
-		ST_MAX_THREADS, ST_MAX_DEVICES, ST_MAX_REGIONS);
+		ST_MAX_THREADS, ST_MAX_DEVICES, ST_MAX_REGIONS, ST_MAX_CHURN);
 	for (int i = 0; i < ST_NFEATURES; i++)
 		fprintf(f, " %s", st_feature_name[i]);
 	fprintf(f, "\n  --verbose     more output (twice: the library's info "
@@ -91,6 +99,7 @@ static int parse(int argc, char **argv)
 		{ "regions", required_argument, NULL, 'r' },
 		{ "handlers", required_argument, NULL, 'H' },
 		{ "mode", required_argument, NULL, 'm' },
+		{ "churn", required_argument, NULL, 'c' },
 		{ "disable", required_argument, NULL, 'x' },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
@@ -99,7 +108,7 @@ static int parse(int argc, char **argv)
 	unsigned long long v;
 	optind = 0;
 	for (;;) {
-		int c = getopt_long(argc, argv, "s:t:d:S:r:H:m:x:vh", opts, NULL);
+		int c = getopt_long(argc, argv, "s:t:d:S:r:H:m:c:x:vh", opts, NULL);
 		if (c < 0)
 			break;
 		switch (c) {
@@ -142,6 +151,11 @@ static int parse(int argc, char **argv)
 				st.ctx_flags = DXM_CTX_SIGBUS;
 			else
 				goto bad;
+			break;
+		case 'c':
+			if (!parse_uint(optarg, ST_MAX_CHURN, &v) || !v)
+				goto bad;
+			st.churn = (unsigned)v;
 			break;
 		case 'x': {
 			char *copy = strdup(optarg), *save = NULL;
@@ -443,6 +457,7 @@ static void defaults(void)
 	st.nthreads = 2;
 	st.ndevices = 2;
 	st.nregions = 6;
+	st.churn = 1;
 	st.ps = (size_t)sysconf(_SC_PAGESIZE);
 	st.pagemap_fd = -1;
 	pthread_mutex_init(&st.fail_mtx, NULL);
@@ -690,9 +705,9 @@ static void summary(double secs, const struct dxm_stats *s)
 	uint64_t o[ST_NOPS];
 	sum_ops(o);
 	printf("stress: ran %.1f s: seed %llu, %u CPU threads, %u devices, %u "
-	       "region slots\n",
+	       "region slots, churn %u\n",
 	       secs, (unsigned long long)st.seed, st.nthreads, st.ndevices,
-	       st.nregions);
+	       st.nregions, st.churn);
 	printf("stress: operations:");
 	for (int k = 0; k < ST_NOPS; k++)
 		printf("%s %s %llu", k % 6 ? "," : "\n  ", st_op_name[k],
@@ -768,9 +783,9 @@ int stress_main(int argc, char **argv)
 	if (!st.seed)
 		st.seed = splitmix((uint64_t)time(NULL) ^
 				   ((uint64_t)getpid() << 32) ^ st_now());
-	printf("stress: %u s, %u CPU threads, %u devices, %u region slots, seed "
-	       "%llu\n",
-	       st.seconds, st.nthreads, st.ndevices, st.nregions,
+	printf("stress: %u s, %u CPU threads, %u devices, %u region slots, "
+	       "churn %u, seed %llu\n",
+	       st.seconds, st.nthreads, st.ndevices, st.nregions, st.churn,
 	       (unsigned long long)st.seed);
 	fflush(stdout);
 #if !ST_SANITIZED

@@ -10,6 +10,7 @@
 #define _GNU_SOURCE
 #endif
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,7 +19,8 @@
 
 #include "stress_int.h"
 
-#define REALLOC_EVERY_NS 20000000ull /* at most one re-allocation per 20 ms */
+/* At most one re-allocation per 20 ms (divided by --churn). */
+#define REALLOC_EVERY_NS 20000000ull
 
 /* --------------------------------------------------- counts and patterns */
 
@@ -173,6 +175,127 @@ static const char *kind_name(const struct st_region *r)
 	return r->kind == ST_ANON ? "adopted" : "memfd";
 }
 
+/* ------------------------------------------------------- state reports */
+
+/* The device-side address of a page that dxm_check_exclusive knows, or
+ * NULL: for a memfd region, its page in the device view (dxm_range_fault
+ * gave it at creation, and a watcher's dxm_make_exclusive the same); for
+ * adopted memory, only the staging slot a dxm_make_exclusive returned to
+ * a watcher (dxm_range_fault gives the CPU address there, which
+ * dxm_check_exclusive never takes for a device's). */
+void *st_dev_addr(const struct st_region *r, size_t page)
+{
+	void *x = atomic_load_explicit(&((struct st_region *)r)->xdev[page],
+				       memory_order_relaxed);
+	return r->kind == ST_ANON ? x : x ? x : r->dev[page];
+}
+
+const char st_page_legend[] =
+	"cpu: /proc/self/pagemap of each CPU view (P present, S swapped, "
+	"- neither; (r-) or (--): that view is not read-write); held: the "
+	"devices the stress believes hold the page exclusive (mN: mirror N's "
+	"own table, wN: dev N's watcher; -: none); dxm: dxm_check_exclusive "
+	"at the page's device-side address (yes, no; ?: address unknown, for "
+	"adopted memory until a watcher's dxm_make_exclusive returned it); "
+	"dev: pagemap of that address (adopted: the staging slot)";
+
+static void sadd(char *b, size_t len, size_t *o, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+static void sadd(char *b, size_t len, size_t *o, const char *fmt, ...)
+{
+	if (*o >= len)
+		return;
+	va_list ap;
+	va_start(ap, fmt);
+	int k = vsnprintf(b + *o, len - *o, fmt, ap);
+	va_end(ap);
+	if (k > 0)
+		*o = *o + (size_t)k < len ? *o + (size_t)k : len - 1;
+}
+
+/* One page's state: see st_page_legend. */
+static void page_state(const struct st_region *r, size_t p, bool locked,
+		       char *t, size_t tl)
+{
+	static const char *const prot[] = { "--", "r-", "-w", "rw" };
+	size_t o = 0;
+	char *cpu = NULL;
+	t[0] = 0;
+	sadd(t, tl, &o, "cpu ");
+	for (int v = 0; v < ST_MAX_VIEWS; v++) {
+		if (!r->view[v])
+			continue;
+		char *va = r->view[v] + p * st.ps;
+		sadd(t, tl, &o, "%s%c", cpu ? "," : "", st_pagemap_char(va));
+		if (r->prot[v][p] != (PROT_READ | PROT_WRITE))
+			sadd(t, tl, &o, "(%s)", prot[r->prot[v][p] & 3]);
+		if (!cpu)
+			cpu = va;
+	}
+	if (!cpu)
+		sadd(t, tl, &o, "(no view)");
+	sadd(t, tl, &o, ", held");
+	bool any = false;
+	for (unsigned i = 0; i < st.nworkers; i++) {
+		struct st_worker *w = &st.w[i];
+		if (!w->device)
+			continue;
+		bool m = false, wa = false;
+		for (int v = 0; v < ST_MAX_VIEWS; v++) {
+			if (!r->view[v])
+				continue;
+			char *va = r->view[v] + p * st.ps;
+			if (st.mirror[w->dev] &&
+			    dxm_mirror_check_exclusive(st.mirror[w->dev], va,
+						       st.ps) > 0)
+				m = true;
+			if (st_watcher_holds(w, va, locked))
+				wa = true;
+		}
+		if (m)
+			sadd(t, tl, &o, "%sm%d", any ? "," : " ", w->dev);
+		any |= m;
+		if (wa)
+			sadd(t, tl, &o, "%sw%d", any ? "," : " ", w->dev);
+		any |= wa;
+	}
+	if (!any)
+		sadd(t, tl, &o, " -");
+	void *d = st_dev_addr(r, p);
+	sadd(t, tl, &o, ", dxm %s, dev %c",
+	     !d || !cpu ? "?"
+	     : dxm_check_exclusive(st.ctx, cpu, st.ps, &d) ? "yes"
+							     : "no",
+	     d ? st_pagemap_char(d) : '?');
+}
+
+/*
+ * Every page's state (st_page_legend) in run-length form: "0-3 [cpu P,
+ * held -, dxm no, dev -]" and the next run after sep.  locked: the caller
+ * holds the region's lock for writing (else the dump: nothing is locked,
+ * a thread holding a lock may be stuck).  Returns the length written.
+ */
+size_t st_page_states(const struct st_region *r, bool locked,
+		      const char *sep, char *buf, size_t len)
+{
+	char tok[ST_MAX_PAGES][160];
+	size_t o = 0, np = r->npages < ST_MAX_PAGES ? r->npages : ST_MAX_PAGES;
+	if (len)
+		buf[0] = 0;
+	for (size_t p = 0; p < np; p++)
+		page_state(r, p, locked, tok[p], sizeof(tok[p]));
+	for (size_t a = 0, b; a < np; a = b + 1) {
+		for (b = a; b + 1 < np && !strcmp(tok[a], tok[b + 1]); b++)
+			;
+		if (a == b)
+			sadd(buf, len, &o, "%s%zu [%s]", a ? sep : "", a, tok[a]);
+		else
+			sadd(buf, len, &o, "%s%zu-%zu [%s]", a ? sep : "", a, b,
+			     tok[a]);
+	}
+	return o;
+}
+
 /* ------------------------------------------------------------- creation */
 
 /* Create a region in slot r (locked for writing, not live). */
@@ -186,6 +309,8 @@ int st_region_create(struct st_worker *w, struct st_region *r)
 
 	memset(r->view, 0, sizeof(r->view));
 	memset(r->prot, 0, sizeof(r->prot));
+	for (size_t p = 0; p < ST_MAX_PAGES; p++)
+		atomic_store_explicit(&r->xdev[p], NULL, memory_order_relaxed);
 	if (anon) {
 		st_op_step(w, "mmap + dxm_adopt");
 		void *p = mmap(NULL, len, PROT_READ | PROT_WRITE,
@@ -488,24 +613,9 @@ void st_region_teardown(struct st_worker *w, struct st_region *r)
 			st_count(w, OP_MUNMAP, 1);
 		} else {
 			/* For the report if data goes missing: each page's
-			 * state, and where it is mapped (CPU range, staging). */
-			char states[ST_MAX_PAGES * 24];
-			size_t o = 0;
-			for (size_t p = 0; p < r->npages; p++) {
-				void *d = r->dev[p];
-				o += (size_t)snprintf(
-					states + o, sizeof(states) - o,
-					" %zu:%s%s%s", p,
-					dxm_check_exclusive(st.ctx, r->view[0] +
-								    p * st.ps,
-							    st.ps, &d)
-						? "dev"
-						: "cpu",
-					st_present(r->view[0] + p * st.ps)
-						? "+cpu"
-						: "",
-					st_present(r->dev[p]) ? "+stg" : "");
-			}
+			 * state as the kernel, the stress and dxm see it. */
+			char states[ST_MAX_PAGES * 176];
+			st_page_states(r, true, "; ", states, sizeof(states));
 			st_op_step(w, "dxm_free");
 			err = dxm_free(st.ctx, r->view[0]);
 			if (err)
@@ -515,9 +625,11 @@ void st_region_teardown(struct st_worker *w, struct st_region *r)
 			 * place, exclusive ones included. */
 			if (!st_region_verify(w, r,
 					      "after dxm_free of adopted memory"))
-				fprintf(stderr, "stress: before dxm_free, each "
-						"page's state (dev: a device's) and "
-						"mappings (+cpu, +stg: staging):%s\n",
+				fprintf(stderr, "stress: adopted region %d (gen "
+						"%u, %zu pages) at %p before dxm_free, "
+						"per page (%s): %s\n",
+					r->idx, r->gen, r->npages,
+					(void *)r->view[0], st_page_legend,
 					states);
 			if (munmap(r->view[0], len))
 				st_fail("munmap(%p): %s", (void *)r->view[0],
@@ -569,7 +681,7 @@ void st_region_teardown(struct st_worker *w, struct st_region *r)
 void st_op_realloc(struct st_worker *w)
 {
 	uint64_t now = st_now(), last = atomic_load(&st.last_realloc);
-	if (now - last < REALLOC_EVERY_NS ||
+	if (now - last < REALLOC_EVERY_NS / st.churn ||
 	    !atomic_compare_exchange_strong(&st.last_realloc, &last, now))
 		return;
 	st_op_begin(w, "realloc");

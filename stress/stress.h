@@ -4,7 +4,8 @@
  * random work on shared regions while invariants are checked all the time.
  *
  *   dxm stress [--seconds N] [--threads T] [--devices D] [--seed S]
- *              [--regions R] [--handlers H] [--disable OP,...] [--verbose]
+ *              [--regions R] [--handlers H] [--mode thread|spin|sigbus]
+ *              [--churn N] [--disable OP,...] [--verbose]
  *
  * Prints a progress line every few seconds, a summary with the count of each
  * operation, and ends with "stress: PASS" or "stress: FAIL (reason)".

@@ -79,6 +79,7 @@ void AnnotateIgnoreReadsEnd(const char *file, int line);
 #define ST_NCNT 8	 /* counter words at the start of each page */
 #define ST_WATCH_MAX 4	 /* pages a watcher takes at once */
 #define ST_HANG_MS 5000	 /* an operation running longer is a failure */
+#define ST_MAX_CHURN 100 /* --churn */
 
 enum st_kind { ST_MEMFD, ST_ANON };
 
@@ -144,7 +145,15 @@ struct st_region {
 	size_t npages;
 	char *view[ST_MAX_VIEWS]; /* view[0]: dxm_alloc's or the adopted one */
 	unsigned char prot[ST_MAX_VIEWS][ST_MAX_PAGES];
-	void *dev[ST_MAX_PAGES]; /* device-side addresses (dxm_check_exclusive) */
+	/* dxm_range_fault's dev[] at creation: the device-side addresses of a
+	 * memfd region (dxm_check_exclusive); for adopted memory, the CPU
+	 * addresses (an ordinary device access goes through the CPU view). */
+	void *dev[ST_MAX_PAGES];
+	/* The device-side addresses dxm_make_exclusive returned to a device
+	 * (the watchers record them; NULL: none yet).  For adopted memory
+	 * the only ones dxm_check_exclusive knows (staging slots).  Cleared
+	 * at creation (lock held for writing), set under the read lock. */
+	void *_Atomic xdev[ST_MAX_PAGES];
 	/* Data area of each page. */
 	pthread_mutex_t dlock[ST_MAX_PAGES];
 	uint64_t dver[ST_MAX_PAGES]; /* under dlock */
@@ -183,6 +192,7 @@ struct st_listener; /* regions.c */
 struct st_global {
 	/* options */
 	unsigned seconds, nthreads, ndevices, nregions, handlers;
+	unsigned churn; /* --churn: fork and re-allocation rates times this */
 	unsigned ctx_flags; /* DXM_CTX_HANDLER_SPIN or DXM_CTX_SIGBUS (--mode) */
 	uint64_t seed;
 	int verbose;
@@ -223,6 +233,7 @@ uint64_t st_rand(uint64_t *state);
 unsigned st_rnd(struct st_worker *w, unsigned n);
 void st_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 bool st_present(const void *addr);
+char st_pagemap_char(const void *addr);
 int st_thread_start(struct st_thread *t, void *(*fn)(void *), void *arg);
 void st_thread_join(struct st_thread *t);
 void st_sleep_us(unsigned us);
@@ -287,6 +298,10 @@ bool st_munmap_wait(struct st_worker *w, void *addr, size_t len);
 void st_op_realloc(struct st_worker *w);
 void st_op_alias(struct st_worker *w);
 void st_op_mprotect(struct st_worker *w);
+void *st_dev_addr(const struct st_region *r, size_t page);
+extern const char st_page_legend[];
+size_t st_page_states(const struct st_region *r, bool locked,
+		      const char *sep, char *buf, size_t len);
 
 /* cpu.c */
 void *st_cpu_main(void *arg);
@@ -296,6 +311,7 @@ int st_watcher_create(struct st_worker *w);
 void st_watcher_destroy(struct st_worker *w);
 void *st_device_main(void *arg);
 void st_watcher_dump(struct st_worker *w);
+bool st_watcher_holds(struct st_worker *w, const void *va, bool locked);
 
 /* fork.c */
 void st_op_fork(struct st_worker *w);

@@ -104,6 +104,19 @@ void st_fail(const char *fmt, ...)
 	 * a device holding its lock). */
 }
 
+/* For a state report: addr's page in /proc/self/pagemap, as one
+ * character: 'P' present, 'S' swapped out, '-' neither (nothing mapped
+ * there), '?' unreadable.  Never fails the run. */
+char st_pagemap_char(const void *addr)
+{
+	uint64_t e = 0;
+	off_t off = (off_t)((uintptr_t)addr / st.ps * sizeof(e));
+	if (!addr || st.pagemap_fd < 0 ||
+	    pread(st.pagemap_fd, &e, sizeof(e), off) != (ssize_t)sizeof(e))
+		return '?';
+	return (e >> 63) & 1 ? 'P' : (e >> 62) & 1 ? 'S' : '-';
+}
+
 /* The kernel's view: /proc/self/pagemap's present bit for addr's page. */
 bool st_present(const void *addr)
 {

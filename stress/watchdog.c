@@ -44,12 +44,6 @@ static ssize_t read_small(const char *path, char *buf, size_t len)
 	return n;
 }
 
-static const char *prot_str(unsigned p)
-{
-	static const char *const s[] = { "--", "r-", "-w", "rw" };
-	return s[p & 3];
-}
-
 static void dump_worker(struct st_worker *w, const char *name, uint64_t now)
 {
 	uint64_t t0 = atomic_load(&w->op_t0);
@@ -76,24 +70,23 @@ static void dump_region(struct st_region *r)
 	for (int v = 0; v < ST_MAX_VIEWS; v++)
 		if (r->view[v])
 			fprintf(stderr, " [%d]=%p", v, (void *)r->view[v]);
-	fprintf(stderr, "\n");
-	for (size_t p = 0; p < r->npages && p < ST_MAX_PAGES; p++) {
-		void *d = r->dev[p];
-		bool excl = r->view[0] &&
-			    dxm_check_exclusive(st.ctx, r->view[0] + p * st.ps,
-						st.ps, &d);
-		fprintf(stderr, "    page %2zu: %s, pagemap", p,
-			excl ? "device's (LOCKED/EXCLUSIVE/INVALIDATING)"
-			     : "CPU's                                   ");
-		for (int v = 0; v < ST_MAX_VIEWS; v++)
-			if (r->view[v])
-				fprintf(stderr, " v%d:%s/%s", v,
-					st_present(r->view[v] + p * st.ps)
-						? "present"
-						: "absent ",
-					prot_str(r->prot[v][p]));
-		fprintf(stderr, ", data v%llu\n", (unsigned long long)r->dver[p]);
+	/* Data versions, run-length: "0-3 v0, 4 v2". */
+	fprintf(stderr, "; data");
+	size_t np = r->npages < ST_MAX_PAGES ? r->npages : ST_MAX_PAGES;
+	for (size_t a = 0, b; a < np; a = b + 1) {
+		for (b = a; b + 1 < np && r->dver[b + 1] == r->dver[a]; b++)
+			;
+		if (a == b)
+			fprintf(stderr, "%s %zu v%llu", a ? "," : "", a,
+				(unsigned long long)r->dver[a]);
+		else
+			fprintf(stderr, "%s %zu-%zu v%llu", a ? "," : "", a, b,
+				(unsigned long long)r->dver[a]);
 	}
+	fprintf(stderr, "\n");
+	char states[ST_MAX_PAGES * 176];
+	st_page_states(r, false, "\n    pages ", states, sizeof(states));
+	fprintf(stderr, "    pages %s\n", states);
 }
 
 static atomic_bool dump_done, dump_running;
@@ -237,8 +230,7 @@ static void *dump_main(void *arg)
 	fflush(stderr);
 	/* These may block (pagemap takes the mmap lock, dxm_check_exclusive
 	 * the view table lock, the mirror stats the mirror's lock). */
-	fprintf(stderr, " regions (dxm_check_exclusive, /proc/self/pagemap, "
-			"protection):\n");
+	fprintf(stderr, " regions (each page's state; %s):\n", st_page_legend);
 	for (unsigned i = 0; i < st.nregions; i++)
 		dump_region(&st.reg[i]);
 	for (unsigned d = 0; d < st.ndevices; d++) {
