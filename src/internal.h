@@ -7,9 +7,14 @@
  *   fault.c     ctx->defer_mtx (deferred and ready fault lists)
  *   notifier.c  ctx->n_mtx (notifier list, sequence protocol)
  *   pstate.h    the per-page state byte (lock-free, CAS)
- * Lock order: gate -> vt_lock -> defer_mtx; n_mtx is never held while taking
- * another library lock, and no library lock is held while a notifier
- * callback runs.
+ *   fork.c      ctx->fork_lock (conversions and dxm_free against fork)
+ * Order: fork_lock -> inside a region (r->users, region.c's teardown rule)
+ * -> gate -> zap_lock -> vt_lock -> defer_mtx; n_mtx is never held while
+ * taking another library lock, and no library lock is held while a
+ * notifier callback runs.  No thread waits for a handler thread (an
+ * unread event, a fault to be resolved) while it holds a library lock:
+ * the handler may need that lock before it can read the event.  A handler
+ * thread never waits for anything but such short critical sections.
  */
 #ifndef DXM_INTERNAL_H
 #define DXM_INTERNAL_H
