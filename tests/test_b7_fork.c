@@ -840,7 +840,7 @@ Test(b7_fork, raw_sys_fork_child_reads_parent_data, .timeout = 30)
  */
 #define BURST 16
 
-Test(b7_fork, back_to_back_forks_complete, .timeout = 30)
+Test(b7_fork, back_to_back_forks_complete, .timeout = 120)
 {
 	pid_t self = getpid();
 	for (int round = 0; round < 40; round++) {
