@@ -238,6 +238,27 @@ out:
 	st_op_end(w);
 }
 
+/* The mix below tries a re-allocation 60 times and a fork 30 times in 1000
+ * operations.  --churn N: N - 1 more tries of each, on top of the mix,
+ * and their rate limits (regions.c, fork.c) divided by N.  One of these
+ * extra tries is skipped while another thread is in (or waiting for) an
+ * operation of the same kind: they run one at a time anyway, and a thread
+ * queued behind one would do nothing else meanwhile. */
+#define CHURN_REALLOC 60
+#define CHURN_FORK 30
+
+static void churn_more(struct st_worker *w)
+{
+	unsigned n = st.churn - 1;
+	if (st_enabled(F_REALLOC) && st_rnd(w, 1000) < CHURN_REALLOC * n &&
+	    !atomic_load_explicit(&st.in_realloc, memory_order_relaxed))
+		st_op_realloc(w);
+	if (st_enabled(F_FORK) && !st_stopping() &&
+	    st_rnd(w, 1000) < CHURN_FORK * n &&
+	    !atomic_load_explicit(&st.in_fork, memory_order_relaxed))
+		st_op_fork(w);
+}
+
 void *st_cpu_main(void *arg)
 {
 	struct st_worker *w = arg;
@@ -248,6 +269,8 @@ void *st_cpu_main(void *arg)
 		goto out;
 	}
 	while (!st_stopping()) {
+		if (st.churn > 1)
+			churn_more(w);
 		unsigned x = st_rnd(w, 1000);
 		if (x < 450) {
 			if (st_enabled(F_CPU_INC))
@@ -267,10 +290,10 @@ void *st_cpu_main(void *arg)
 		} else if (x < 870) {
 			if (st_enabled(F_ALIAS))
 				st_op_alias(w);
-		} else if (x < 930) {
+		} else if (x < 870 + CHURN_REALLOC) {
 			if (st_enabled(F_REALLOC))
 				st_op_realloc(w);
-		} else if (x < 960) {
+		} else if (x < 870 + CHURN_REALLOC + CHURN_FORK) {
 			if (st_enabled(F_FORK))
 				st_op_fork(w);
 		} else {

@@ -135,6 +135,7 @@ void st_op_fork(struct st_worker *w)
 	if (now - last < FORK_EVERY_NS / st.churn ||
 	    !atomic_compare_exchange_strong(&st.last_fork, &last, now))
 		return;
+	atomic_fetch_add(&st.in_fork, 1);
 	st_op_begin(w, "fork");
 	st_op_step(w, "fork lock");
 	pthread_mutex_lock(&st.fork_mtx);
@@ -292,4 +293,5 @@ unlock:
 out:
 	pthread_mutex_unlock(&st.fork_mtx);
 	st_op_end(w);
+	atomic_fetch_sub(&st.in_fork, 1);
 }

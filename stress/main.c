@@ -64,11 +64,12 @@ static void usage(FILE *f)
 		"                sigbus (DXM_CTX_SIGBUS)\n"
 		"  --churn N     fork() and region re-allocation (teardown, "
 		"dxm_free of adopted\n"
-		"                memory included, and a new region) N times as "
+		"                memory included, then a new region) N times as "
 		"often (default 1,\n"
-		"                at most %d): their rate limits (one fork per "
-		"50 ms, one\n"
-		"                re-allocation per 20 ms) divided by N\n"
+		"                at most %d): tried N times as often, their rate "
+		"limits (one fork\n"
+		"                per 50 ms, one re-allocation per 20 ms) divided "
+		"by N\n"
 		"  --disable L   operations left out, among:",
 		ST_MAX_THREADS, ST_MAX_DEVICES, ST_MAX_REGIONS, ST_MAX_CHURN);
 	for (int i = 0; i < ST_NFEATURES; i++)

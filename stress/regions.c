@@ -684,6 +684,7 @@ void st_op_realloc(struct st_worker *w)
 	if (now - last < REALLOC_EVERY_NS / st.churn ||
 	    !atomic_compare_exchange_strong(&st.last_realloc, &last, now))
 		return;
+	atomic_fetch_add(&st.in_realloc, 1);
 	st_op_begin(w, "realloc");
 	st_op_step(w, "churn lock");
 	pthread_mutex_lock(&st.churn_mtx);
@@ -698,6 +699,7 @@ void st_op_realloc(struct st_worker *w)
 	pthread_rwlock_unlock(&r->lock);
 	pthread_mutex_unlock(&st.churn_mtx);
 	st_op_end(w);
+	atomic_fetch_sub(&st.in_realloc, 1);
 }
 
 /* Add an alias to a memfd region, or remove one. */

@@ -221,6 +221,7 @@ struct st_global {
 	pthread_mutex_t churn_mtx; /* one re-allocation at a time */
 	pthread_mutex_t fork_mtx;  /* one fork at a time */
 	_Atomic uint64_t last_realloc, last_fork;
+	atomic_uint in_realloc, in_fork; /* threads in (or waiting to) */
 	atomic_ulong lib_errors, lib_warnings;
 	atomic_ulong pagemap_violations, watcher_stale, watcher_changed;
 	atomic_ulong alias_lazy; /* CPU pages a new alias did not map at once */

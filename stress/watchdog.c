@@ -85,8 +85,8 @@ static void dump_region(struct st_region *r)
 	}
 	fprintf(stderr, "\n");
 	char states[ST_MAX_PAGES * 176];
-	st_page_states(r, false, "\n    pages ", states, sizeof(states));
-	fprintf(stderr, "    pages %s\n", states);
+	st_page_states(r, false, "\n    ", states, sizeof(states));
+	fprintf(stderr, "    %s\n", states);
 }
 
 static atomic_bool dump_done, dump_running;
