@@ -1022,9 +1022,6 @@ DXM_API int dxm_free(struct dxm_ctx *ctx, void *addr)
 	if (!addr)
 		return -EINVAL;
 	struct dxm_gone *list = NULL;
-	/* A fork waits for the whole of it: adopted pages on their way
-	 * back from staging would be holes in the child (fork.c). */
-	fork_enter(ctx);
 	/* Under the gate: a view the program unmapped, whose munmap has
 	 * returned, is detached already (-ENOENT). */
 	pthread_mutex_lock(&ctx->gate);
@@ -1033,7 +1030,6 @@ DXM_API int dxm_free(struct dxm_ctx *ctx, void *addr)
 	if (!v || v->start != (uintptr_t)addr || v->pgoff != 0) {
 		pthread_rwlock_unlock(&ctx->vt_lock);
 		pthread_mutex_unlock(&ctx->gate);
-		fork_exit(ctx);
 		return v ? -EINVAL : -ENOENT;
 	}
 	struct dxm_region *r = v->r;
@@ -1046,9 +1042,17 @@ DXM_API int dxm_free(struct dxm_ctx *ctx, void *addr)
 		pthread_mutex_unlock(&ctx->gate);
 		/* A handler thread may be inside the region itself, or be
 		 * what an operation inside waits for. */
-		err = ctx_on_handler(ctx) ? -EDEADLK : free_region(ctx, r);
-		region_put(r);
+		if (ctx_on_handler(ctx)) {
+			region_put(r);
+			return -EDEADLK;
+		}
+		/* A fork waits for the whole of it: adopted pages on their
+		 * way back from staging would be holes in the child
+		 * (fork.c).  fork_lock before entering anything. */
+		fork_enter(ctx);
+		err = free_region(ctx, r);
 		fork_exit(ctx);
+		region_put(r);
 		return err;
 	}
 	/* An alias: its pieces go; the region and its pages stay. */
@@ -1065,7 +1069,6 @@ DXM_API int dxm_free(struct dxm_ctx *ctx, void *addr)
 	pthread_rwlock_unlock(&ctx->vt_lock);
 	pthread_mutex_unlock(&ctx->gate);
 	finish_gone(ctx, list, true);
-	fork_exit(ctx);
 	return err;
 }
 

@@ -10,6 +10,7 @@
  */
 #include <errno.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -402,6 +403,88 @@ Test(b11_badinput, free_bad_arguments_and_double_free, .timeout = 30)
 	cr_assert_eq(dxm_free(f.ctx, b), -ENOENT);
 	cr_assert_eq(dxm_free(f.ctx, a), -ENOENT);
 	check_untouched(&f, "double free");
+	check_usable_and_teardown(&f);
+}
+
+/*
+ * dxm_free from a notifier callback on a fault-handler thread (a CPU fault
+ * on an exclusive page is resolved there: DXM_EVENT_CLEAR).  Freeing a
+ * region would wait for the very resolution that runs the callback: it is
+ * refused with -EDEADLK, and nothing changes.  An alias has nothing to
+ * wait for: it is freed.  Afterwards the test thread frees the region.
+ */
+static struct {
+	struct dxm_ctx *ctx;
+	char *region, *alias;
+	pthread_t test_thread;
+	atomic_int calls, on_test_thread, ret_region, ret_alias;
+} fh;
+
+static bool free_invalidate(struct dxm_notifier *n, const struct dxm_range *r,
+			    unsigned long seq)
+{
+	dxm_notifier_set_seq(n, seq);
+	if (r->event == DXM_EVENT_CLEAR && atomic_fetch_add(&fh.calls, 1) == 0) {
+		atomic_store(&fh.on_test_thread,
+			     pthread_equal(pthread_self(), fh.test_thread));
+		atomic_store(&fh.ret_region, dxm_free(fh.ctx, fh.region));
+		atomic_store(&fh.ret_alias, dxm_free(fh.ctx, fh.alias));
+	}
+	return true;
+}
+
+Test(b11_badinput, free_from_handler_callback_edeadlk, .timeout = 30)
+{
+	static const struct dxm_notifier_ops ops = { free_invalidate };
+	struct fix f;
+	setup(&f);
+	char *a;
+	cr_assert_eq(dxm_alias(f.ctx, f.r, (void **)&a), 0);
+	fh.ctx = f.ctx;
+	fh.region = f.r;
+	fh.alias = a;
+	fh.test_thread = pthread_self();
+	atomic_store(&fh.ret_region, 1);
+	atomic_store(&fh.ret_alias, 1);
+	struct dxm_notifier *n;
+	cr_assert_eq(dxm_notifier_insert(f.ctx, f.r, LEN, &ops, NULL, &n), 0);
+	f.st = stats(f.ctx);
+
+	/* The CPU fault: the handler thread runs the callbacks. */
+	cr_assert_eq(rd(f.r + XPG * PS), DEVWORD);
+	cr_assert_eq(atomic_load(&fh.calls), 1);
+	cr_assert(!atomic_load(&fh.on_test_thread),
+		  "the fault was not resolved on a handler thread");
+	cr_assert_eq(atomic_load(&fh.ret_region), -EDEADLK,
+		     "dxm_free of the region from the handler: %d",
+		     atomic_load(&fh.ret_region));
+	cr_assert_eq(atomic_load(&fh.ret_alias), 0,
+		     "dxm_free of an alias from the handler: %d",
+		     atomic_load(&fh.ret_alias));
+	dxm_notifier_remove(n);
+
+	/* The region is intact and still managed; the alias is gone. */
+	cr_assert(recorder_saw(&rec, DXM_EVENT_CLEAR, f.r + XPG * PS));
+	cr_assert(!recorder_saw(&rec, DXM_EVENT_UNMAP, f.r));
+	cr_assert_eq(stats(f.ctx).regions, f.st.regions);
+	cr_assert_eq(stats(f.ctx).managed_pages, f.st.managed_pages);
+	for (size_t i = 0; i < NPG; i++)
+		if (i != XPG)
+			cr_assert(check_index(f.r + i * PS, PS,
+					      ADD + i * PS / 8),
+				  "page %zu changed", i);
+	cr_assert_eq(dxm_free(f.ctx, a), -ENOENT);
+	unsigned char v;
+	cr_assert_eq(mincore(a, PS, &v), -1, "the alias is still mapped");
+	/* Page XPG exclusive again, for the common end (which frees the
+	 * region from the test thread: 0). */
+	void *dev[1];
+	cr_assert_eq(dxm_make_exclusive(f.ctx, f.r + XPG * PS, PS, owner, dev),
+		     1);
+	cr_assert_eq(dev[0], f.xdev);
+	dxm_exclusive_unlock(f.ctx, f.r + XPG * PS, PS, dev);
+	rec.nrec = 1;
+	f.st = stats(f.ctx);
 	check_usable_and_teardown(&f);
 }
 
