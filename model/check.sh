@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Model-check dxm's page protocol (model/dxm.pml) with spin.
+# Model-check dxm's page protocol (model/dxm.pml), and the races of the
+# teardown, the fork park and vt_lock (teardown.pml, park.pml, vtlock.pml)
+# with spin.
 #
 #   model/check.sh                 the checks (safety, progress, the known
-#                                  livelocks); exit 0 iff all as expected
+#                                  livelocks, a known deadlock); exit 0 iff
+#                                  all as expected
 #   model/check.sh --mutants       also the broken variants: each must fail
 #   model/check.sh --variants      also other orders and known-harmless or
 #                                  proposed changes, each with its expected
@@ -15,18 +18,18 @@
 #
 # Everything is built in a temporary directory, removed on success (kept,
 # and named, when a check does not give the expected result, with the
-# trail to replay: cd DIR && spin FLAGS -t -p -g dxm.pml, FLAGS the check's
-# -D flags, as the failure line prints).
+# trail to replay: cd DIR && spin FLAGS -t -p -g MODEL.pml, FLAGS the
+# check's -D flags, as the failure line prints).
 # Environment: DXM_MODEL_JOBS (parallel checks, default min(nproc, 2)),
 # DXM_MODEL_MEMLIM (MB per check, default 3000).
 # Exit status: 0 all as expected, 1 some check not, 77 spin or a C compiler
 # missing (skipped; with --tap: a "1..0 # SKIP" plan and 0).
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
-model=$here/dxm.pml
 
 # name | kind | spin -D flags | expect | what
-#   kind:   safety (assertions, invalid end states) or ltl:PROPERTY
+#   kind:   safety (assertions, invalid end states) or ltl:PROPERTY, then
+#           @FILE for a model other than dxm.pml (in this directory)
 #   expect: pass, or fail:assert / fail:end / fail:cycle
 base=(
 "safety-2cpu-2dev|safety|-DREC_CAP=1|pass|(a)(b)(c)+deadlock: 1 handler, 2 CPU threads, 2 devices, devices retry for ever"
@@ -42,6 +45,12 @@ base=(
 "livelock-devices|ltl:resolved|-DNCPU_RUN=1|fail:cycle|known: two devices that retry for ever can keep a fault deferred for ever (README, Progress)"
 "livelock-unbounded/c-order|ltl:completes|-DNCPU_RUN=1 -DNDEV_RUN=1 -DLIST_ORDER|fail:cycle|the same livelock with the callbacks in the C list's order"
 "livelock-devices/c-order|ltl:resolved|-DNCPU_RUN=1 -DLIST_ORDER|fail:cycle|the same livelock with the callbacks in the C list's order"
+"teardown|safety@teardown.pml|-DEAGAIN=0|pass|dxm_free of adopted memory vs a conversion, a restore inside (fork prepare, mprotect, range_fault) and a CPU fault: no lost data, no deadlock"
+"teardown-requeue|safety@teardown.pml|-DRESTORER=0|pass|dxm_free vs a conversion and a CPU fault whose restore is re-queued on EAGAIN (defer_dying, hand-back)"
+"teardown-all|safety@teardown.pml||pass|the whole teardown model: a conversion, a restore inside waiting (PTC_WAIT) for a page whose restore the handler re-queued on EAGAIN, a CPU fault, dxm_free"
+"park|safety@park.pml||pass|2 handlers, 2 forks in a row: every handler parked while fork() runs, every fork completes"
+"park-completes|ltl:forks_done@park.pml||pass|2 handlers, 2 forks in a row: every fork completes (weak fairness)"
+"vtlock|safety@vtlock.pml||pass|munmap's unread UNMAP event, a move-in that naps on EAGAIN, mprotect, the handler: no deadlock on vt_lock"
 )
 mutants=(
 "BUG_MAP_BEFORE_NOTIFY|safety|-DREC_CAP=1 -DBUG_MAP_BEFORE_NOTIFY|fail:assert|handler restores the mapping before the notifiers ran"
@@ -54,6 +63,15 @@ mutants=(
 "BUG_DEFER_PUSH_LATE|safety|-DREC_CAP=1 -DBUG_DEFER_PUSH_LATE|fail:end|try_defer queues the record after dropping defer_mtx"
 "BUG_DEFER_BLIND|safety|-DREC_CAP=1 -DBUG_DEFER_BLIND|fail:end|try_defer stores s|PS_WAITERS without a CAS (the value it loaded)"
 "BUG_UNLOCK_NO_RELEASE/ltl|ltl:resolved|-DDEV_TRIES=1 -DBUG_UNLOCK_NO_RELEASE|fail:cycle|the same, seen by the progress property"
+"BUG_DETACH_FIRST|safety@teardown.pml|-DEAGAIN=0 -DBUG_DETACH_FIRST|fail:assert|dxm_free detaches the view before it waits for those inside (old order)"
+"BUG_RESTORER_OUTSIDE|safety@teardown.pml|-DEAGAIN=0 -DBUG_RESTORER_OUTSIDE|fail:assert|the restore (old fork prepare handler) does not enter the region"
+"BUG_ONE_SHOT_KICK|safety@park.pml|-DBUG_ONE_SHOT_KICK|fail:end|the fork kicks the handlers once through the shared wake_fd, waits with no timeout"
+"BUG_ONE_SHOT_KICK+TIMEOUT|safety@park.pml|-DBUG_ONE_SHOT_KICK -DBUG_TIMEOUT|fail:assert|the same, and the old 2 s timeout: forks with a handler in poll()"
+"BUG_ONE_SHOT_KICK/ltl|ltl:forks_done@park.pml|-DBUG_ONE_SHOT_KICK|fail:cycle|the same (no timeout), seen by the progress property"
+"BUG_NAP_HOLDING_LOCK|safety@vtlock.pml|-DBUG_NAP_HOLDING_LOCK|fail:end|anon_move_in naps on EAGAIN with vt_lock held (old code)"
+"BUG_NAP_HOLDING_LOCK/reader|safety@vtlock.pml|-DBUG_NAP_HOLDING_LOCK -DHANDLER_READS|fail:end|the same, the handler needing vt_lock for reading only: behind mprotect's waiting writer (898 s)"
+"BUG_REQUEUE_OUTSIDE|safety@teardown.pml|-DBUG_REQUEUE_OUTSIDE|fail:end|a restore re-queued on EAGAIN leaves the region: a PTC_WAIT restore inside waits for its page, dxm_free for that one"
+"BUG_HANDLER_WAITS|safety@vtlock.pml|-DBUG_HANDLER_WAITS|fail:end|a handler's anon_move_in waits on EAGAIN instead of re-queueing"
 )
 variants=(
 "EARLY_UNLOCK|safety|-DREC_CAP=1 -DEARLY_UNLOCK|pass|driver unlocks before installing: the sequence protocol keeps it safe"
@@ -67,12 +85,16 @@ variants=(
 "FIX_RMW_LOCKED|ltl:completes|-DREC_CAP=1 -DFIX_RMW_LOCKED|fail:cycle|first atomic before exclusive_unlock, still read_retry: still a livelock"
 "FIX_RMW_LOCKED+NO_READ_RETRY|ltl:completes|-DREC_CAP=1 -DFIX_RMW_LOCKED -DNO_READ_RETRY|pass|first atomic before exclusive_unlock, no read_retry: progress with devices retrying for ever"
 "FIX_RMW_LOCKED+NO_READ_RETRY/safety|safety|-DREC_CAP=1 -DFIX_RMW_LOCKED -DNO_READ_RETRY|pass|the same, safety"
+"FIX_WAIT_DYING|safety@teardown.pml|-DBUG_REQUEUE_OUTSIDE -DFIX_WAIT_DYING|pass|the other cure of BUG_REQUEUE_OUTSIDE (not taken): pages_to_cpu(PTC_WAIT) stops waiting once the region is dying"
+"RESTORER_ON_HANDLER|safety@teardown.pml|-DRESTORER_ON_HANDLER|pass|pages_to_cpu on a handler thread (fork or dxm_mprotect from a callback): an -EAGAIN move-in is re-queued"
 )
 full=(
 "safety-2cpu-2dev-cap2|safety|-DREC_CAP=2|pass|(a)(b)(c)+deadlock: as safety-2cpu-2dev, record lists kept exactly up to 2"
 "safety-2handlers-cap2|safety|-DNH=2 -DNDEV_RUN=1 -DREC_CAP=2|pass|(a)(b)(c)+deadlock: as safety-2handlers, record lists kept exactly up to 2"
 "safety-2cpu-2dev-k2|safety|-DK_CPU=2 -DREC_CAP=1|pass|(a)(b)(c)+deadlock: 2 CPU threads x 2 increments, 2 devices"
 "resolved-2cpu-2dev-t2|ltl:resolved|-DDEV_TRIES=2|pass|(d) every fault resolved: 2 CPU threads, 2 devices (2 attempts)"
+"park-3h3f|safety@park.pml|-DNH=3 -DNFORK=3|pass|as park, 3 handlers, 3 forks"
+"park-completes-3h3f|ltl:forks_done@park.pml|-DNH=3 -DNFORK=3|pass|as park-completes, 3 handlers, 3 forks"
 )
 
 sel=("${base[@]}")
@@ -86,9 +108,9 @@ while [ $# -gt 0 ]; do
 	--tap) tap=1 ;;
 	--only) shift; while [ $# -gt 0 ] && [ "${1#--}" = "$1" ]; do only+=("$1"); shift; done; continue ;;
 	--list) for c in "${base[@]}" "${mutants[@]}" "${variants[@]}" "${full[@]}"; do
-			IFS='|' read -r n k f e w <<<"$c"; printf '%-32s %-14s %-11s %s\n' "$n" "$k" "$e" "$w"; done
+			IFS='|' read -r n k f e w <<<"$c"; printf '%-32s %-24s %-11s %s\n' "$n" "$k" "$e" "$w"; done
 		exit 0 ;;
-	-h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+	-h|--help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
 	*) echo "check.sh: unknown argument $1" >&2; exit 1 ;;
 	esac
 	shift
@@ -123,29 +145,35 @@ trap 'keep=0; exit 130' INT TERM
 
 # One check in $tmp/<index>: writes "status|line" to result.
 run_one() {
-	local idx=$1 c=$2 n k f e w dir out states secs depth kind first
+	local idx=$1 c=$2 n k f e w dir out states secs depth kind first pml=dxm.pml
 	IFS='|' read -r n k f e w <<<"$c"
+	case $k in *@*) pml=${k#*@}; k=${k%@*} ;; esac
 	dir=$tmp/$idx
-	mkdir -p "$dir" && cp "$model" "$dir/dxm.pml"
+	mkdir -p "$dir" && cp "$here/$pml" "$dir/$pml"
 	out=$dir/pan.out
+	# the small models: a smaller hash table (quicker to set up)
+	local panw=""
+	[ "$pml" = dxm.pml ] || panw=-w20
 	(
 		cd "$dir" || exit
 		# shellcheck disable=SC2086
-		spin $f -a dxm.pml >spin.out 2>&1 || { cat spin.out; : >buildfail; exit; }
+		spin $f -a "$pml" >spin.out 2>&1 || { cat spin.out; : >buildfail; exit; }
 		TIMEFORMAT='%U %S'
+		# shellcheck disable=SC2086
 		if [ "$k" = safety ]; then
 			$CC -O2 -w -DSAFETY -DNOCLAIM -DCOLLAPSE -DMEMLIM="$memlim" -o pan pan.c || { : >buildfail; exit; }
-			{ time ./pan -m3000000 2>&1; } 2>cpu.out
+			{ time ./pan -m3000000 $panw 2>&1; } 2>cpu.out
 		else
 			$CC -O2 -w -DNFAIR=3 -DCOLLAPSE -DMEMLIM="$memlim" -o pan pan.c || { : >buildfail; exit; }
-			{ time ./pan -m3000000 -a -f -N "${k#ltl:}" 2>&1; } 2>cpu.out
+			{ time ./pan -m3000000 $panw -a -f -N "${k#ltl:}" 2>&1; } 2>cpu.out
 		fi
 	) >"$out" 2>&1
 	states=$(sed -n 's/^ *\([0-9.e+]*\) states, stored.*/\1/p' "$out" | head -1)
 	secs=$(awk '{ printf "%.1f", $1 + $2 }' "$dir/cpu.out" 2>/dev/null)
 	depth=$(sed -n 's/.*depth reached \([0-9]*\).*/\1/p' "$out" | head -1)
 	first=$(grep -m1 -E '^pan:1: ' "$out" | sed 's/^pan:1: //; s/ (at depth [0-9]*)//')
-	# name the invariant a failed assertion belongs to (dxm.pml INV_*)
+	# name the invariant a failed assertion belongs to (dxm.pml INV_*, the
+	# small models' INV_*, NONE_UNSAFE and end assertion)
 	case $first in
 	*"assertion violated ( !(pte)||(((st&3)==0)||((st&3)==1)))"*|*"assertion violated (( !(pte)||((st&3)==0))||((st&3)==1))"*)
 		first="assertion violated: INV_MAP_STATE (CPU mapping while exclusive)" ;;
@@ -161,6 +189,14 @@ run_one() {
 		first="assertion violated: STRICT_DEV_STATE (device access in PS_INVALIDATING)" ;;
 	*"assertion violated  !((entry[0]&&entry[1]))"*)
 		first="assertion violated: INV_ONE_DEV (two devices hold the page)" ;;
+	*"assertion violated (( !(stg_present)||((st&3)!=0))||(st&4))"*)
+		first="assertion violated: INV_STAGED (a PS_CPU page with its data in staging: lost)" ;;
+	*"assertion violated  !((cpu_present&&stg_present))"*)
+		first="assertion violated: INV_ONE_COPY (data in the CPU view and in staging)" ;;
+	*"assertion violated (cpu_present&&(cpu_val==(1+incs)))"*)
+		first="assertion violated: the counter is not in the CPU view after dxm_free" ;;
+	*"assertion violated ( !(unsafe[0])"*)
+		first="assertion violated: NONE_UNSAFE (a handler not parked while fork() runs)" ;;
 	esac
 	kind=none
 	case $first in
@@ -179,7 +215,7 @@ run_one() {
 		if [ "$kind" = none ] && [ -z "$incomplete" ] && grep -q 'errors: 0' "$out"; then
 			echo "PASS|$n: $w: $st" >"$dir/result"
 		else
-			echo "FAIL|$n: $w: ${first:-no verdict}$incomplete; $st; replay: cd $dir && spin $f -t -p -g dxm.pml" >"$dir/result"
+			echo "FAIL|$n: $w: ${first:-no verdict}$incomplete; $st; replay: cd $dir && spin $f -t -p -g $pml" >"$dir/result"
 		fi
 	else
 		if [ "$kind" = "${e#fail:}" ]; then

@@ -404,18 +404,29 @@ static void flush_run(struct dxm_region *r, size_t a, size_t b, bool inv,
 		return;
 	if (inv) {
 		notify_region_pages(r, a, b - a, ev, NULL);
-		for (size_t i = a; i < b; i++)
-			if (ps_state(ps_load(&r->st[i])) == PS_INVALIDATING) {
-				stat_add(&r->ctx->c.restores, 1);
-				invalidated(r, i);
-				if (r->kind == REGION_ANON)
-					anon_move_in(r, i, 1, false);
+		for (size_t i = a; i < b; i++) {
+			if (ps_state(ps_load(&r->st[i])) != PS_INVALIDATING)
+				continue;
+			stat_add(&r->ctx->c.restores, 1);
+			/* Moved back while still INVALIDATING.  -EAGAIN: on a
+			 * handler thread (a fork or dxm_mprotect from a
+			 * callback), the data is still staged: the page stays
+			 * INVALIDATING and is re-queued like a fault's. */
+			if (r->kind == REGION_ANON &&
+			    anon_move_in(r, i, 1, false)) {
+				uintptr_t at[2] = { 0, 0 };
+				region_view_addrs(r, i, 1, at, 1);
+				requeue_restore(r, i, at[0]);
+				continue;
 			}
+			invalidated(r, i);
+		}
 	}
 	if (r->kind == REGION_SHM)
 		region_continue(r, a, b - a, 0);
 	for (size_t i = a; i < b; i++)
-		mapping_done(r, i);
+		if (ps_state(ps_load(&r->st[i])) != PS_INVALIDATING)
+			mapping_done(r, i); /* not a re-queued one */
 }
 
 /*
