@@ -342,12 +342,15 @@ void region_run_quiet(struct dxm_ctx *ctx)
 	}
 }
 
-/* munmap: the last one out (or we, if nobody is inside) finishes it. */
+/* munmap: the last one out finishes it on a handler thread; if nobody is
+ * inside now, we do, at once (no lock held here): a fault read after the
+ * UNMAP event then finds the region gone from the statistics too. */
 static void region_finish_when_quiet(struct dxm_region *r)
 {
 	atomic_store(&r->on_quiet, true);
-	if (atomic_load(&r->users) == R_DYING)
-		run_on_quiet(r);
+	if (atomic_load(&r->users) == R_DYING &&
+	    atomic_exchange(&r->on_quiet, false))
+		teardown_finish(r);
 }
 
 int region_lookup(struct dxm_ctx *ctx, uintptr_t addr, struct dxm_where *w)
