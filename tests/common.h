@@ -52,6 +52,10 @@ struct mem {
 void mem_setup(struct dxm_ctx *ctx, enum mem_kind kind, size_t len,
 	       struct mem *m);
 void mem_teardown(struct mem *m);
+/* Private anonymous memory, read-write, not populated. */
+char *anon_map(size_t len);
+/* dxm_adopt, or skip the test where this kernel cannot. */
+void adopt_or_skip(struct dxm_ctx *ctx, void *p, size_t len);
 
 /* /proc/self/pagemap's present bit for the page holding addr: revocation
  * checked from the kernel's side, not from dxm's bookkeeping. */

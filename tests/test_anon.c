@@ -68,25 +68,6 @@ static void no_core(void)
 	setrlimit(RLIMIT_CORE, &rl);
 }
 
-/* Private anonymous memory, read-write, not populated. */
-static char *anon_map(size_t len)
-{
-	char *p = mmap(NULL, len, PROT_READ | PROT_WRITE,
-		       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	cr_assert_neq(p, MAP_FAILED, "mmap: %s", strerror(errno));
-	return p;
-}
-
-/* dxm_adopt, or skip the test where this kernel cannot. */
-static void adopt_or_skip(struct dxm_ctx *ctx, void *p, size_t len)
-{
-	int err = dxm_adopt(ctx, p, len, 0);
-	if (err == -ENOSYS)
-		cr_skip_test("SKIP: dxm_adopt is not available here (needs "
-			     "UFFD_FEATURE_MOVE, Linux 6.8)");
-	cr_assert_eq(err, 0, "dxm_adopt: %s", strerror(-err));
-}
-
 /* A context and LEN bytes of adopted memory filled with fill_index(0). */
 struct fix {
 	struct dxm_ctx *ctx;

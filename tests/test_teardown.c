@@ -39,23 +39,6 @@
 
 static const int owner;
 
-static char *anon_map(size_t len)
-{
-	char *p = mmap(NULL, len, PROT_READ | PROT_WRITE,
-		       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	cr_assert_neq(p, MAP_FAILED, "mmap: %s", strerror(errno));
-	return p;
-}
-
-static void adopt_or_skip(struct dxm_ctx *ctx, void *p, size_t len)
-{
-	int err = dxm_adopt(ctx, p, len, 0);
-	if (err == -ENOSYS)
-		cr_skip_test("SKIP: dxm_adopt is not available here (needs "
-			     "UFFD_FEATURE_MOVE, Linux 6.8)");
-	cr_assert_eq(err, 0, "dxm_adopt: %s", strerror(-err));
-}
-
 /* Make [p, p+len) exclusive and unlock it: the data is in staging. */
 static void take_all(struct dxm_ctx *ctx, char *p, size_t len)
 {
