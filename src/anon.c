@@ -233,20 +233,22 @@ static void refuse(struct dxm_region *r, size_t pg)
 		fault_release_waiters(r, pg, 1);
 }
 
-/* Move one run of the CPU range to staging (dev[i] is page pg + i);
- * returns pages refused. */
+/* Move one run of the CPU range to staging (dev[i] is page pg + i), clearing
+ * need[i] for each page done; returns pages refused.  *again: the kernel
+ * refused for now (an event is unread) and the rest of the run is left. */
 static size_t move_out_run(struct dxm_region *r, uintptr_t cpu, size_t pg,
-			   size_t n, void **dev)
+			   size_t n, void **dev, uint8_t *need, bool *again)
 {
 	struct dxm_ctx *ctx = r->ctx;
 	size_t refused = 0, i = 0;
-	int tries = 0;
 	while (i < n) {
 		long got = uffd_move(r->uffd, stg(r, pg + i),
 				     cpu + (i << ctx->pshift),
 				     (n - i) << ctx->pshift, 0);
 		if (got > 0) {
-			i += (size_t)got >> ctx->pshift;
+			size_t k = (size_t)got >> ctx->pshift;
+			memset(need + i, 0, k);
+			i += k;
 			continue;
 		}
 		if (got == -ENOENT) {
@@ -256,14 +258,14 @@ static size_t move_out_run(struct dxm_region *r, uintptr_t cpu, size_t pg,
 			long z = uffd_zeropage(r->uffd, stg(r, pg + i),
 					       ctx->psize);
 			if (z > 0 || z == -EEXIST) {
-				i++;
+				need[i++] = 0;
 				continue;
 			}
 			got = z;
 		}
-		if (got == -EAGAIN && ++tries < 1000) {
-			sched_yield();
-			continue;
+		if (got == -EAGAIN) {
+			*again = true;
+			break;
 		}
 		/* Pinned, KSM, still shared, or the VMA changed: this page
 		 * fails alone, as in the kernel. */
@@ -271,43 +273,67 @@ static size_t move_out_run(struct dxm_region *r, uintptr_t cpu, size_t pg,
 			 strerror((int)-got));
 		refuse(r, pg + i);
 		dev[i] = NULL;
+		need[i++] = 0;
 		refused++;
-		i++;
 	}
 	return refused;
 }
 
 /*
  * Move region pages [pg, pg+n) whose need[i] is set (LOCKED by the
- * caller) out of the CPU's view into staging.  A page that cannot move is
- * given back to the CPU and its dev[i] cleared.  Returns pages refused.
+ * caller) out of the CPU's view into staging; need[] is the caller's
+ * scratch.  A page that cannot move is given back to the CPU and its
+ * dev[i] cleared.  Returns pages refused.  An EAGAIN (an event is unread)
+ * is never retried under vt_lock: the handler that must read it may wait
+ * for the gate behind a writer of vt_lock.  Any thread but a handler
+ * waits with no lock held; a handler (it may be the reader) refuses the
+ * rest.
  */
 size_t anon_move_out(struct dxm_region *r, size_t pg, size_t n, void **dev,
-		     const uint8_t *need)
+		     uint8_t *need)
 {
 	struct dxm_ctx *ctx = r->ctx;
 	size_t refused = 0;
-	pthread_rwlock_rdlock(&ctx->vt_lock);
-	for (struct dxm_view *v = r->views; v; v = v->rnext) {
-		size_t a = v->pgoff > pg ? v->pgoff : pg;
-		size_t b = v->pgoff + v->npages < pg + n ? v->pgoff + v->npages
-							 : pg + n;
-		while (a < b) {
-			while (a < b && !need[a - pg])
-				a++;
-			size_t e = a;
-			while (e < b && need[e - pg])
-				e++;
-			if (e > a) {
-				uintptr_t cpu = v->start +
+	unsigned us = 5;
+	for (;;) {
+		bool again = false;
+		pthread_rwlock_rdlock(&ctx->vt_lock);
+		for (struct dxm_view *v = r->views; v; v = v->rnext) {
+			size_t a = v->pgoff > pg ? v->pgoff : pg;
+			size_t b = v->pgoff + v->npages < pg + n
+					   ? v->pgoff + v->npages
+					   : pg + n;
+			while (a < b) {
+				while (a < b && !need[a - pg])
+					a++;
+				size_t e = a;
+				while (e < b && need[e - pg])
+					e++;
+				if (e > a) {
+					uintptr_t cpu =
+						v->start +
 						((a - v->pgoff) << ctx->pshift);
-				refused += move_out_run(r, cpu, a, e - a,
-							dev + (a - pg));
+					refused += move_out_run(
+						r, cpu, a, e - a, dev + (a - pg),
+						need + (a - pg), &again);
+				}
+				a = e;
 			}
-			a = e;
 		}
+		pthread_rwlock_unlock(&ctx->vt_lock);
+		if (!again)
+			return refused;
+		if (ctx_on_handler(ctx))
+			break;
+		nap_us(&us);
 	}
-	pthread_rwlock_unlock(&ctx->vt_lock);
+	for (size_t i = 0; i < n; i++) {
+		if (!need[i])
+			continue;
+		refuse(r, pg + i);
+		dev[i] = NULL;
+		refused++;
+	}
 	return refused;
 }
 
@@ -447,12 +473,8 @@ static int move_in_page(struct dxm_region *r, size_t pg, uintptr_t cpu,
 		 * waits for a handler to read it with no lock held, or, on a
 		 * handler thread, which may be the one that must read it,
 		 * gives the page up for now (data still staged). */
-		if (got == -EAGAIN) {
-			if (tries >= 8)
-				return -EAGAIN;
-			sched_yield();
-			continue;
-		}
+		if (got == -EAGAIN)
+			return -EAGAIN;
 		/* EEXIST cannot happen while the page is staged (the CPU
 		 * view is empty): retried before anything is discarded. */
 		if (got != -EEXIST || tries >= 1000)
@@ -547,27 +569,25 @@ void anon_hand_back(struct dxm_region *r, size_t pg, size_t n, uintptr_t cpu)
 }
 
 /* A CPU fault on a page that is not there and not exclusive: resolve it as
- * the kernel would, a zero page (a write gets its own zeroed page). */
-void anon_zero_fill(struct dxm_region *r, uintptr_t addr, bool write)
+ * the kernel would, a zero page (a write gets its own zeroed page).
+ * -EAGAIN: an event is unread; the thread was not woken (the caller's
+ * business: fault.c). */
+int anon_zero_fill(struct dxm_region *r, uintptr_t addr, bool write)
 {
 	struct dxm_ctx *ctx = r->ctx;
-	for (int tries = 0;; tries++) {
-		long got;
-		pthread_rwlock_rdlock(&ctx->vt_lock);
-		if (write && ctx->psize <= sizeof(zero_page))
-			got = uffd_copy(r->uffd, addr, (uintptr_t)zero_page,
-					ctx->psize);
-		else
-			got = uffd_zeropage(r->uffd, addr, ctx->psize);
-		pthread_rwlock_unlock(&ctx->vt_lock);
-		if (got == -EAGAIN && tries < 1000) {
-			sched_yield();
-			continue;
-		}
-		if (got <= 0)
-			uffd_wake(r->uffd, addr, ctx->psize); /* EEXIST etc. */
-		return;
-	}
+	long got;
+	pthread_rwlock_rdlock(&ctx->vt_lock);
+	if (write && ctx->psize <= sizeof(zero_page))
+		got = uffd_copy(r->uffd, addr, (uintptr_t)zero_page,
+				ctx->psize);
+	else
+		got = uffd_zeropage(r->uffd, addr, ctx->psize);
+	pthread_rwlock_unlock(&ctx->vt_lock);
+	if (got == -EAGAIN)
+		return -EAGAIN;
+	if (got <= 0)
+		uffd_wake(r->uffd, addr, ctx->psize); /* EEXIST etc. */
+	return 0;
 }
 
 /*

@@ -370,12 +370,16 @@ static void fork_park(struct dxm_handler *h)
 static void spin(struct dxm_ctx *ctx)
 {
 	uint64_t until = now_ns() + ctx->spin_ns;
-	while (now_ns() < until && !atomic_load(&ctx->stopping)) {
+	/* A fork waits for every handler to park (handler_main). */
+	while (now_ns() < until && !atomic_load(&ctx->stopping) &&
+	       !atomic_load(&ctx->forking)) {
 		size_t n = handle_batch(ctx, ctx->uffd);
 		if (ctx->uffd_anon >= 0)
 			n += handle_batch(ctx, ctx->uffd_anon);
 		if (n) {
 			fault_drain_ready(ctx);
+			/* A munmapped region's teardown may wait for us. */
+			region_run_quiet(ctx);
 			until = now_ns() + ctx->spin_ns;
 		} else {
 			/* The faulting thread may be waiting for this CPU. */

@@ -228,20 +228,32 @@ static void finish_restore(struct dxm_fault *f)
  * Map a page we own (PS_MAPPING) for the CPU.  A memfd page is mapped in
  * every view, so that a kernel-mode access through another alias (a system
  * call, which fails with EFAULT under a user-mode-only userfaultfd) finds it
- * too; the faulting address is handled first.  An adopted page comes back
- * from staging if it was invalidated, else it is a page the CPU never had:
- * the kernel's answer, a zero page.
+ * too; the faulting address is handled first.  An adopted page that is
+ * the CPU's but not there is a page it never had: the kernel's answer, a
+ * zero page (an invalidated one comes back from staging: resolve()).
+ * -EAGAIN: the kernel refused for now, the faulting thread was not woken.
  */
-static void map_page(struct dxm_region *r, size_t pg, uintptr_t addr,
-		     bool invalidated, bool write)
+static int map_page(struct dxm_region *r, size_t pg, uintptr_t addr,
+		    bool write)
 {
-	if (r->kind == REGION_SHM) {
-		region_continue(r, pg, 1, addr);
-	} else if (invalidated) {
-		anon_move_in(r, pg, 1, false);
-	} else {
-		anon_zero_fill(r, addr, write);
+	if (r->kind == REGION_SHM)
+		return region_continue(r, pg, 1, addr) == -EAGAIN ? -EAGAIN : 0;
+	return anon_zero_fill(r, addr, write);
+}
+
+/* map_page() got -EAGAIN: an event is unread and the page, the CPU's now,
+ * is not mapped.  A handler thread never waits for that (it may be the one
+ * to read the event): the faulting thread is woken to fault again.  The
+ * faulting thread itself (here) naps and tries again (true). */
+static bool retry_later(struct dxm_region *r, uintptr_t addr, bool here,
+			unsigned *us)
+{
+	if (!here) {
+		uffd_wake(r->uffd, addr, r->ctx->psize);
+		return false;
 	}
+	nap_us(us); /* async-signal-safe */
+	return true;
 }
 
 /*
@@ -254,6 +266,7 @@ static void resolve(struct dxm_region *r, size_t pg, uintptr_t addr,
 {
 	struct dxm_ctx *ctx = r->ctx;
 	unsigned us = 5;
+	int err;
 	for (;;) {
 		uint8_t s = ps_load(&r->st[pg]);
 		switch (ps_state(s)) {
@@ -262,8 +275,10 @@ static void resolve(struct dxm_region *r, size_t pg, uintptr_t addr,
 				break; /* defer below */
 			if (!ps_cas(&r->st[pg], &s, s | PS_MAPPING))
 				continue;
-			map_page(r, pg, addr, false, write);
+			err = map_page(r, pg, addr, write);
 			mapping_done(r, pg);
+			if (err == -EAGAIN && retry_later(r, addr, here, &us))
+				continue;
 			return;
 		case PS_EXCLUSIVE:
 			if (!ps_cas(&r->st[pg], &s,
@@ -286,8 +301,10 @@ static void resolve(struct dxm_region *r, size_t pg, uintptr_t addr,
 				return;
 			}
 			invalidated(r, pg);
-			map_page(r, pg, addr, true, write);
+			err = map_page(r, pg, addr, write);
 			mapping_done(r, pg);
+			if (err == -EAGAIN && retry_later(r, addr, here, &us))
+				continue;
 			return;
 		default: /* LOCKED, INVALIDATING */
 			break;
@@ -398,35 +415,47 @@ bool fault_resolve_here(struct dxm_ctx *ctx, uintptr_t addr)
 
 /* Finish a run [a, b) whose pages we own (MAPPING or INVALIDATING). */
 static void flush_run(struct dxm_region *r, size_t a, size_t b, bool inv,
-		      enum dxm_event ev)
+		      unsigned flags, enum dxm_event ev)
 {
 	if (a == b)
 		return;
-	if (inv) {
+	if (inv)
 		notify_region_pages(r, a, b - a, ev, NULL);
-		for (size_t i = a; i < b; i++) {
-			if (ps_state(ps_load(&r->st[i])) != PS_INVALIDATING)
-				continue;
-			stat_add(&r->ctx->c.restores, 1);
-			/* Moved back while still INVALIDATING.  -EAGAIN: on a
-			 * handler thread (a fork or dxm_mprotect from a
-			 * callback), the data is still staged: the page stays
-			 * INVALIDATING and is re-queued like a fault's. */
-			if (r->kind == REGION_ANON &&
-			    anon_move_in(r, i, 1, false)) {
-				uintptr_t at[2] = { 0, 0 };
-				region_view_addrs(r, i, 1, at, 1);
-				requeue_restore(r, i, at[0]);
-				continue;
-			}
-			invalidated(r, i);
+	for (size_t i = a; i < b; i++) {
+		if (ps_state(ps_load(&r->st[i])) != PS_INVALIDATING) {
+			if (r->kind == REGION_ANON)
+				mapping_done(r, i); /* nothing to map */
+			continue;
 		}
+		stat_add(&r->ctx->c.restores, 1);
+		/* Moved back while still INVALIDATING.  -EAGAIN: on a handler
+		 * thread (a fork or dxm_mprotect from a callback), the data
+		 * is still staged: the page stays INVALIDATING and is
+		 * re-queued like a fault's, and is no longer ours (another
+		 * handler may finish it at once). */
+		if (r->kind == REGION_ANON && anon_move_in(r, i, 1, false)) {
+			uintptr_t at[2] = { 0, 0 };
+			region_view_addrs(r, i, 1, at, 1);
+			requeue_restore(r, i, at[0]);
+			continue;
+		}
+		invalidated(r, i);
+		if (r->kind == REGION_ANON)
+			mapping_done(r, i);
 	}
-	if (r->kind == REGION_SHM)
-		region_continue(r, a, b - a, 0);
-	for (size_t i = a; i < b; i++)
-		if (ps_state(ps_load(&r->st[i])) != PS_INVALIDATING)
-			mapping_done(r, i); /* not a re-queued one */
+	if (r->kind == REGION_SHM) {
+		/* -EAGAIN: an event is unread.  With PTC_WAIT (the caller
+		 * needs the mappings: dxm_range_fault) we wait, holding no
+		 * lock; a handler (it may be the reader), or a caller for
+		 * whom the mappings are only a head start (dxm_alias: its
+		 * pages fault in anyway), leaves the pages to fault in. */
+		unsigned us = 5;
+		while (region_continue(r, a, b - a, 0) == -EAGAIN &&
+		       (flags & PTC_WAIT) && !ctx_on_handler(r->ctx))
+			nap_us(&us);
+		for (size_t i = a; i < b; i++)
+			mapping_done(r, i);
+	}
 }
 
 /*
@@ -460,7 +489,7 @@ void pages_to_cpu(struct dxm_region *r, size_t pg, size_t n, unsigned flags,
 		 * page being mapped by another thread is waited for (a few
 		 * microseconds, never blocked on a driver); locked or
 		 * exclusive ones only with PTC_WAIT. */
-		flush_run(r, a, i, inv, ev);
+		flush_run(r, a, i, inv, flags, ev);
 		inv = false;
 		if ((st == PS_CPU && (s & PS_MAPPING)) ||
 		    ((flags & PTC_WAIT) && st != PS_EXCLUSIVE)) {
@@ -470,5 +499,5 @@ void pages_to_cpu(struct dxm_region *r, size_t pg, size_t n, unsigned flags,
 		}
 		a = i;
 	}
-	flush_run(r, a, i, inv, ev);
+	flush_run(r, a, i, inv, flags, ev);
 }

@@ -182,9 +182,9 @@ void pages_to_cpu(struct dxm_region *r, size_t pg, size_t n, unsigned flags,
 int anon_populate(struct dxm_region *r, uintptr_t start, size_t pg, size_t n,
 		  bool write);
 size_t anon_move_out(struct dxm_region *r, size_t pg, size_t n, void **dev,
-		     const uint8_t *need);
+		     uint8_t *need);
 int anon_move_in(struct dxm_region *r, size_t pg, size_t n, bool dontwake);
-void anon_zero_fill(struct dxm_region *r, uintptr_t addr, bool write);
+int anon_zero_fill(struct dxm_region *r, uintptr_t addr, bool write);
 void anon_discard(struct dxm_region *r, size_t pg, size_t n);
 #define TRASH_PAGES 64
 void anon_trash_init(struct dxm_ctx *ctx);

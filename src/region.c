@@ -1205,8 +1205,12 @@ static int continue_run(struct dxm_region *r, uintptr_t s, size_t pg,
 			 * waits on it and go on with the next page. */
 			uffd_wake(r->uffd, s, ctx->psize);
 			s += ctx->psize, pg++, n--;
-		} else if (got == -EAGAIN && ++tries < 1000) {
-			sched_yield(); /* the address space is changing */
+		} else if (got == -EAGAIN) {
+			/* An event is unread (a munmap's UNMAP...): we hold
+			 * vt_lock, and the handler that must read it may need
+			 * the gate behind a writer of vt_lock, or be us.  The
+			 * caller retries with no lock held. */
+			return -EAGAIN;
 		} else if ((got == -EFAULT || got == -ENOENT) && tries++ < 3 &&
 			   !fill_hole(r, pg)) {
 			continue;
@@ -1224,7 +1228,10 @@ static int continue_run(struct dxm_region *r, uintptr_t s, size_t pg,
  * UFFDIO_CONTINUE region pages [pg, pg+n) into every CPU view.  With first
  * set (a fault: n == 1), the faulting view's page goes first, so that the
  * faulting thread is woken soonest, and is not mapped twice.  The caller
- * owns the pages' PS_MAPPING bits.
+ * owns the pages' PS_MAPPING bits.  -EAGAIN: the kernel refused for now
+ * (an event is unread); some pages may be left unmapped and no thread was
+ * woken for them: a handler wakes the faulting thread (it faults again), any
+ * other caller naps and calls again (pages mapped meanwhile are skipped).
  */
 int region_continue(struct dxm_region *r, size_t pg, size_t n, uintptr_t first)
 {
@@ -1246,7 +1253,7 @@ int region_continue(struct dxm_region *r, size_t pg, size_t n, uintptr_t first)
 			if (here != (pass == 0))
 				continue; /* pass 0: the faulting view only */
 			int err = continue_run(r, s, a, b - a);
-			if (err && !ret)
+			if (err && (!ret || err == -EAGAIN))
 				ret = err;
 			found |= here;
 		}
