@@ -221,6 +221,7 @@ static int print_fn(enum dxm_log_level level, const char *fmt, va_list ap)
 		st_fail("the library logged an %s: %s", tag[level], buf);
 		return 0;
 	}
+	st_log_keep(tag[level], buf);
 	if ((level == DXM_LOG_INFO && st.verbose > 1) ||
 	    (level == DXM_LOG_DEBUG && st.verbose > 2))
 		fprintf(stderr, "dxm %s: %s\n", tag[level], buf);

@@ -321,6 +321,8 @@ void st_op_fork(struct st_worker *w);
 int st_watchdog_start(void);
 void st_watchdog_stop(void);
 void st_dump(const char *why);
+/* The library's last info and debug messages, kept for the dump. */
+void st_log_keep(const char *tag, const char *msg);
 void st_dump_settle(void);
 bool st_dump_started(void);
 bool st_dump_running(void);

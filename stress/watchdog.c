@@ -159,6 +159,35 @@ static void dump_tasks(void)
 	closedir(d);
 }
 
+/* The last ST_LOG_KEEP info and debug messages of the library (a refused
+ * page says why only at debug level), for the dump. */
+#define ST_LOG_KEEP 64
+static char log_ring[ST_LOG_KEEP][200];
+static atomic_bool log_busy[ST_LOG_KEEP]; /* a writer is in that slot */
+static atomic_uint log_next;
+
+void st_log_keep(const char *tag, const char *msg)
+{
+	unsigned i = atomic_fetch_add(&log_next, 1) % ST_LOG_KEEP;
+	if (atomic_exchange(&log_busy[i], true))
+		return; /* 64 messages came while one was written: drop it */
+	snprintf(log_ring[i], sizeof(log_ring[0]), "%.3f s %s: %s",
+		 (double)(st_now() - st.t_start) / 1e9, tag, msg);
+	atomic_store(&log_busy[i], false);
+}
+
+static void dump_log(void)
+{
+	unsigned n = atomic_load(&log_next);
+	if (!n)
+		return;
+	unsigned first = n > ST_LOG_KEEP ? n - ST_LOG_KEEP : 0;
+	fprintf(stderr, " the library's last %u info/debug message(s) of %u:\n",
+		n - first, n);
+	for (unsigned i = first; i < n; i++)
+		fprintf(stderr, "  %s\n", log_ring[i % ST_LOG_KEEP]);
+}
+
 /* DXM_STRESS_GDB=1: every thread's user-space stack too, from gdb (which
  * must be installed; the process must allow ptrace by its parent or root).
  * What a hang is waiting for is often only visible there. */
@@ -198,6 +227,7 @@ static void *dump_main(void *arg)
 		if (st.w[i].device)
 			st_watcher_dump(&st.w[i]);
 	dump_tasks();
+	dump_log();
 	dump_user_stacks();
 	struct dxm_stats s;
 	if (st.ctx && dxm_stats(st.ctx, &s, sizeof(s)) == 0)
@@ -303,13 +333,17 @@ void st_dump(const char *why)
 	pthread_cond_signal(&dump_cond);
 	pthread_mutex_unlock(&dump_mtx);
 	uint64_t t0 = st_now();
+	/* gdb needs far longer than the dump's own reads to attach and walk
+	 * every thread's stack. */
+	const char *g = getenv("DXM_STRESS_GDB");
+	int limit_ms = g && !strcmp(g, "1") ? 120000 : ST_HANG_MS;
 	while (!atomic_load(&dump_done)) {
-		if (st_now() - t0 > (uint64_t)ST_HANG_MS * 1000000) {
+		if (st_now() - t0 > (uint64_t)limit_ms * 1000000) {
 			fprintf(stderr, "==== stress: the dump itself hangs after "
 					"%d ms (pagemap, a dxm call or a "
 					"mirror lock in it blocks); giving up "
 					"on it\n",
-				ST_HANG_MS);
+				limit_ms);
 			atomic_store(&dumper_stuck, true);
 			break;
 		}
