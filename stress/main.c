@@ -218,6 +218,10 @@ static int print_fn(enum dxm_log_level level, const char *fmt, va_list ap)
 		atomic_fetch_add(level == DXM_LOG_ERROR ? &st.lib_errors
 							: &st.lib_warnings,
 				 1);
+		/* The thread that logged it is stopped here, so that gdb
+		 * (DXM_STRESS_GDB=1) shows how it got there. */
+		if (!atomic_exchange(&st.lib_stack_shown, true))
+			st_user_stacks("the library's first error or warning");
 		st_fail("the library logged an %s: %s", tag[level], buf);
 		return 0;
 	}

@@ -223,6 +223,7 @@ struct st_global {
 	_Atomic uint64_t last_realloc, last_fork;
 	atomic_uint in_realloc, in_fork; /* threads in (or waiting to) */
 	atomic_ulong lib_errors, lib_warnings;
+	atomic_bool lib_stack_shown; /* gdb was run at the first one */
 	atomic_ulong pagemap_violations, watcher_stale, watcher_changed;
 	atomic_ulong alias_lazy; /* CPU pages a new alias did not map at once */
 };
@@ -323,6 +324,8 @@ void st_watchdog_stop(void);
 void st_dump(const char *why);
 /* The library's last info and debug messages, kept for the dump. */
 void st_log_keep(const char *tag, const char *msg);
+/* DXM_STRESS_GDB=1: every thread's user-space stack, now, from gdb. */
+void st_user_stacks(const char *why);
 void st_dump_settle(void);
 bool st_dump_started(void);
 bool st_dump_running(void);

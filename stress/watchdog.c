@@ -191,20 +191,34 @@ static void dump_log(void)
 /* DXM_STRESS_GDB=1: every thread's user-space stack too, from gdb (which
  * must be installed; the process must allow ptrace by its parent or root).
  * What a hang is waiting for is often only visible there. */
-static void dump_user_stacks(void)
+static bool run_gdb(const char *title)
 {
 	const char *e = getenv("DXM_STRESS_GDB");
 	if (!e || strcmp(e, "1"))
-		return;
+		return false;
 	char cmd[256];
 	snprintf(cmd, sizeof(cmd),
 		 "gdb -p %d -batch -nx -ex 'set pagination off' "
 		 "-ex 'thread apply all bt' >&2 2>/dev/null </dev/null",
 		 (int)getpid());
-	fprintf(stderr, " threads (user stacks, gdb):\n");
+	fprintf(stderr, "%s\n", title);
 	fflush(stderr);
 	if (system(cmd) != 0)
 		fprintf(stderr, "  (gdb failed)\n");
+	return true;
+}
+
+void st_user_stacks(const char *why)
+{
+	char title[256];
+	snprintf(title, sizeof(title), "==== stress: %s: user stacks (gdb):",
+		 why);
+	run_gdb(title);
+}
+
+static void dump_user_stacks(void)
+{
+	run_gdb(" threads (user stacks, gdb):");
 }
 
 static void *dump_main(void *arg)
