@@ -726,10 +726,17 @@ static void fix_child(struct dxm_region *r, void *arg)
 		bool held = false;
 		if (ps_state(s) == PS_CPU)
 			continue;
-		/* Hold an unlocked exclusive page still while copying it. */
+		/* Hold an unlocked exclusive page still while copying it.
+		 * A page being given back (INVALIDATING, not ours) is on its
+		 * way out of staging: its slot may turn into a hole under
+		 * the copy, and the kernel's read of a staging hole waits
+		 * for a handler, which is this thread: left out.  A locked
+		 * page stays staged until its device unlocks it and a CPU
+		 * access takes it back (a window left open). */
 		if (ps_state(s) == PS_EXCLUSIVE)
 			held = ps_cas(p, &s, PS_INVALIDATING | (s & PS_WAITERS));
-		if (staged_page_exists(r, pg) &&
+		if ((held || ps_state(s) == PS_LOCKED) &&
+		    staged_page_exists(r, pg) &&
 		    region_view_addrs(r, pg, 1, runs, 1) == 1) {
 			long c = uffd_copy(f->child, runs[0], stg(r, pg),
 					   ctx->psize);
