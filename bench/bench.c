@@ -399,17 +399,35 @@ static void usage(FILE *f)
 {
 	fprintf(f,
 		"usage: dxm bench [--quick] [--out DIR] [--only GROUP]\n"
-		"  --quick      fewer samples and sizes (under a minute; checks "
-		"that the benchmark works)\n"
-		"  --out DIR    CSV files and plots (default bench/results)\n"
-		"  --only GROUP run one group:");
+		"\n"
+		"Every measurement side by side with its baseline, in one "
+		"run: a table of\n"
+		"medians and p99s with their ratios, CSV files and plots "
+		"(with gnuplot), and\n"
+		"one line per target. A full run takes about a minute; on a "
+		"terminal the\n"
+		"group that is running shows the seconds elapsed.\n"
+		"\n"
+		"  --quick      fewer samples and sizes: seconds instead of a "
+		"minute; checks\n"
+		"               that the benchmark works (default: the full "
+		"run)\n"
+		"  --out DIR    where the CSV files and plots go (default "
+		"bench/results,\n"
+		"               under the current directory; created)\n"
+		"  --only GROUP run one group (default: every group), one "
+		"of:\n              ");
 	for (size_t i = 0; i < NGROUPS; i++)
 		fprintf(f, " %s", groups[i].name);
-	fprintf(f, "\n\ngroups:\n");
+	fprintf(f, "\n  -h, --help   this text\n\ngroups:\n");
 	for (size_t i = 0; i < NGROUPS; i++)
 		fprintf(f, "  %-9s %s\n", groups[i].name, groups[i].what);
 	fprintf(f, "\nEnds with one line per target: \"target NAME: MEASURED "
-		   "(goal GOAL) ok\" or \"... MISSED\".\n");
+		   "(goal GOAL) ok\" or\n\"... MISSED\".\n"
+		   "Exit status: 0 every group ran (a missed target is a "
+		   "result, not an error),\n"
+		   "1 a group could not run (the reason is on stderr), 2 "
+		   "usage error.\n");
 }
 
 static const char *mode_name(unsigned mode)
