@@ -33,7 +33,7 @@
  *   EARLY_UNLOCK, ZAP_BEFORE_NOTIFY, FIX_RMW_LOCKED, NO_READ_RETRY,
  *   NO_READ_BEGIN_WAIT: other orders or omissions of the driver's or
  *                make_exclusive's steps; STRICT_CPU_STATE, STRICT_DEV_STATE:
- *                DESIGN.md's life-cycle sentence as assertions (README.md)
+ *                docs/design.md's life-cycle sentence as assertions (README.md)
  */
 
 #ifndef NH
@@ -389,7 +389,7 @@ proctype Cpu(byte i)
 			pte ->
 			assert(ps_state(st) == PS_CPU || ps_state(st) == PS_LOCKED);
 #ifdef STRICT_CPU_STATE
-			assert(ps_state(st) == PS_CPU); /* DESIGN.md, literally */
+			assert(ps_state(st) == PS_CPU); /* docs/design.md, literally */
 #endif
 			assert(!entry[0] && !entry[1] && !in_rmw[0] && !in_rmw[1]);
 			data++; incs++; k++; faulted[i] = 0
@@ -433,7 +433,7 @@ inline rmw()
 	atomic {
 		assert(!revoked[d]);    /* (a) */
 #ifdef STRICT_DEV_STATE
-		/* DESIGN.md, literally: only in LOCKED or EXCLUSIVE */
+		/* docs/design.md, literally: only in LOCKED or EXCLUSIVE */
 		assert(ps_state(st) == PS_LOCKED || ps_state(st) == PS_EXCLUSIVE);
 #endif
 		assert(entry[d] && !in_rmw[1 - d]);

@@ -612,7 +612,8 @@ DXM_API int dxm_ctx_create(struct dxm_ctx **ctxp, const struct dxm_ctx_opts *opt
 				  UFFD_FEATURE_EVENT_REMAP |
 				  UFFD_FEATURE_THREAD_ID | sigbus;
 	/* Not UFFD_FEATURE_EVENT_REMOVE: it makes every zap on this fd,
-	 * dxm's own revokes included, 5-9x slower (KERNEL-NOTES.md); a
+	 * dxm's own revokes included, wait for a handler to read an event
+	 * (docs/kernel-facts.md); a
 	 * program's MADV_DONTNEED of a memfd region loses nothing and the
 	 * next CPU access faults to the handler anyway (dxm_alloc(3)).
 	 * MOVE is for anonymous memory; EVENT_FORK is not enabled: shared

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * Page state: one byte per page of a region, shared by every CPU view
- * (alias) of that page.  The life cycle (DESIGN.md, model/ uses the same
+ * (alias) of that page.  The life cycle (docs/design.md, model/ uses the same
  * names):
  *
  *   CPU --make_exclusive--> LOCKED --exclusive_unlock--> EXCLUSIVE

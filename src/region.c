@@ -674,7 +674,7 @@ DXM_API int dxm_alloc(struct dxm_ctx *ctx, size_t len, unsigned flags,
 	}
 	r->fd = fd; /* kept only where views cannot be made without it */
 	/* No view is inherited by a fork()ed child: its page tables could
-	 * not be revoked from here (DESIGN.md, B7).  mremap copies this. */
+	 * not be revoked from here (docs/behaviours.md, B7).  mremap copies this. */
 	madvise(r->dev, len, MADV_DONTFORK);
 	pthread_rwlock_wrlock(&ctx->vt_lock);
 	err = rt_insert(ctx, r);
