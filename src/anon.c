@@ -483,9 +483,12 @@ static int move_in_page(struct dxm_region *r, size_t pg, uintptr_t cpu,
 	}
 	if (got == -EEXIST) {
 		/* The CPU really has another page there: keep it. */
-		pr_err("restore of %#lx: the CPU view has a page; the staged "
+		pr_err("restore of %#lx (page %zu of %zu, state %#x, staged "
+		       "%s, %s thread): the CPU view has a page; the staged "
 		       "one is dropped",
-		       cpu);
+		       cpu, pg, r->npages, (unsigned)ps_load(&r->st[pg]),
+		       staged_page_exists(r, pg) ? "yes" : "no",
+		       ctx_on_handler(ctx) ? "a handler" : "another");
 	} else if (staged_page_exists(r, pg)) {
 		pr_debug("restore of %#lx by copy: %s", cpu,
 			 strerror((int)-got));
