@@ -578,12 +578,22 @@ void anon_hand_back(struct dxm_region *r, size_t pg, size_t n, uintptr_t cpu)
 int anon_zero_fill(struct dxm_region *r, uintptr_t addr, bool write)
 {
 	struct dxm_ctx *ctx = r->ctx;
-	long got;
+	long got = -ENOENT;
 	pthread_rwlock_rdlock(&ctx->vt_lock);
-	if (write && ctx->psize <= sizeof(zero_page))
+	/* Still r's?  The caller looked addr up before it entered r; with
+	 * two handlers (or in SIGBUS mode) another thread may have read a
+	 * munmap's event since, and the program mapped and adopted new
+	 * memory there, whose page may be a device's: a zero page there
+	 * would be a CPU mapping of an exclusive page.  A view is detached
+	 * under vt_lock, so while we hold it, it stays r's. */
+	bool ours = false;
+	for (struct dxm_view *v = r->views; v && !ours; v = v->rnext)
+		ours = addr >= v->start &&
+		       addr < v->start + (v->npages << ctx->pshift);
+	if (ours && write && ctx->psize <= sizeof(zero_page))
 		got = uffd_copy(r->uffd, addr, (uintptr_t)zero_page,
 				ctx->psize);
-	else
+	else if (ours)
 		got = uffd_zeropage(r->uffd, addr, ctx->psize);
 	pthread_rwlock_unlock(&ctx->vt_lock);
 	if (got == -EAGAIN)

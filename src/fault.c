@@ -33,6 +33,7 @@
 #include <sys/mman.h>
 #include <time.h>
 
+#include "inject.h"
 #include "internal.h"
 
 static __thread bool requeued; /* a restore waits for events to be read */
@@ -275,6 +276,7 @@ static void resolve(struct dxm_region *r, size_t pg, uintptr_t addr,
 				break; /* defer below */
 			if (!ps_cas(&r->st[pg], &s, s | PS_MAPPING))
 				continue;
+			inject(INJ_RESOLVE); /* a slow handler, in tests */
 			err = map_page(r, pg, addr, write);
 			mapping_done(r, pg);
 			if (err == -EAGAIN && retry_later(r, addr, here, &us))

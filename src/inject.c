@@ -17,7 +17,7 @@
 
 static const char *const names[INJ_NSITES] = {
 	"continue", "move", "copy", "zeropage", "mmap",
-	"mremap",   "read", "poll", "notify",
+	"mremap",   "read", "poll", "notify",   "resolve",
 };
 
 static const struct {
@@ -79,8 +79,8 @@ int inject(enum inject_site s)
 	pthread_once(&once, parse);
 	if (!site[s].every)
 		return 0;
-	if (s == INJ_NOTIFY) {
-		/* A slow callback: "notify=0/MS" delays every callback. */
+	if (s == INJ_NOTIFY || s == INJ_RESOLVE) {
+		/* A slow callback or fault: "notify=0/MS" delays each. */
 		struct timespec ts = { site[s].every / 1000,
 				       (long)(site[s].every % 1000) * 1000000 };
 		nanosleep(&ts, NULL);

@@ -7,8 +7,9 @@
  * with ERRNO instead of entering the kernel, e.g.
  *   DXM_INJECT="continue=EAGAIN/2,move=EAGAIN/3,read=EINTR/5"
  * Sites: continue, move, copy, zeropage, mmap, mremap, read, poll, and
- * notify (a callback delayed by N milliseconds instead of failing:
- * "notify=0/N").
+ * two that delay by N milliseconds instead of failing: notify (each
+ * callback: "notify=0/N") and resolve (each fault on a page the CPU owns,
+ * between its lookup and its mapping: "resolve=0/N").
  */
 #ifndef DXM_INJECT_H
 #define DXM_INJECT_H
@@ -23,6 +24,7 @@ enum inject_site {
 	INJ_READ,
 	INJ_POLL,
 	INJ_NOTIFY,
+	INJ_RESOLVE,
 	INJ_NSITES,
 };
 

@@ -222,3 +222,65 @@ Test(inject, watchdog_reports_slow_callback_and_stuck_fault, .timeout = 30)
 	mem_teardown(&m);
 	dxm_ctx_destroy(ctx);
 }
+
+/*
+ * With two handlers, one resolves a fault on a page of adopted memory the
+ * CPU owns but never touched; while it is slow (300 ms between its lookup
+ * and its zero page), the other reads the program's munmap of that memory,
+ * and the program maps and adopts new memory at the same address, whose
+ * page a device then takes.  The slow handler's zero page must not land in
+ * the new memory: it would be a CPU mapping of the device's page, and the
+ * CPU would read zeros where the device wrote.
+ */
+struct toucher {
+	volatile uint64_t *p;
+	uint64_t seen;
+};
+
+static void *touch_read(void *arg)
+{
+	struct toucher *t = arg;
+	t->seen = *t->p;
+	return NULL;
+}
+
+Test(inject, slow_zero_fill_never_lands_in_memory_adopted_since,
+     .timeout = 60)
+{
+	setenv("DXM_INJECT", "resolve=0/300", 1);
+	struct dxm_ctx_opts o = { .sz = sizeof(o), .handler_threads = 2 };
+	struct dxm_ctx *ctx = ctx_or_skip(&o);
+	char *a = anon_map(PS);
+	adopt_or_skip(ctx, a, PS);
+	struct toucher t = { .p = (volatile uint64_t *)a };
+	pthread_t th;
+	cr_assert_eq(pthread_create(&th, NULL, touch_read, &t), 0);
+	/* The fault is counted before it is resolved (300 ms from now). */
+	cr_assert(WAIT_FOR(stats(ctx).cpu_faults >= 1, 5000));
+	cr_assert_eq(munmap(a, PS), 0); /* the other handler reads it */
+	char *b = mmap(a, PS, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1,
+		       0);
+	cr_assert_eq(b, a, "the address was not free again: %p", b);
+	*(volatile uint64_t *)b = 7; /* no fault to convert it */
+	cr_assert_eq(dxm_adopt(ctx, b, PS, 0), 0);
+	void *dev;
+	cr_assert_eq(dxm_make_exclusive(ctx, b, PS, NULL, &dev), 1);
+	cr_assert_not_null(dev);
+	*(volatile uint64_t *)dev = 1234; /* the device writes */
+	dxm_exclusive_unlock(ctx, b, PS, &dev);
+	cr_assert_lt(stats(ctx).cpu_faults, 2,
+		     "the slow fault was over too soon: the test proves "
+		     "nothing");
+	cr_assert(!page_present(b),
+		  "a CPU mapping of the device's page before any CPU access");
+	pthread_join(th, NULL);
+	/* The toucher faulted again on the new memory and got its page. */
+	cr_assert_eq(t.seen, 1234, "the CPU read %lu where the device wrote "
+				   "1234",
+		     (unsigned long)t.seen);
+	cr_assert_eq(*(volatile uint64_t *)b, 1234);
+	cr_assert_eq(dxm_free(ctx, b), 0);
+	munmap(b, PS);
+	dxm_ctx_destroy(ctx);
+}
