@@ -189,3 +189,10 @@ void adopt_or_skip(struct dxm_ctx *ctx, void *p, size_t len)
 			     "UFFD_FEATURE_MOVE, Linux 6.8)");
 	cr_assert_eq(err, 0, "dxm_adopt: %s", strerror(-err));
 }
+
+struct dxm_stats stats(struct dxm_ctx *ctx)
+{
+	struct dxm_stats st;
+	cr_assert_eq(dxm_stats(ctx, &st, sizeof(st)), 0);
+	return st;
+}

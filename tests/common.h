@@ -89,6 +89,8 @@ bool recorder_saw(struct recorder *r, enum dxm_event ev, const void *addr);
 
 /* Sleep ms milliseconds (restarted on EINTR). */
 void sleep_ms(unsigned ms);
+/* The context's statistics (asserting that dxm_stats works). */
+struct dxm_stats stats(struct dxm_ctx *ctx);
 /* Poll cond for up to ms milliseconds (asynchronous event handling). */
 #define WAIT_FOR(cond, ms)                                                     \
 	({                                                                     \

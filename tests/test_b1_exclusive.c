@@ -50,13 +50,6 @@ static void touch_all(void *p, size_t len)
 		(void)*(volatile char *)((char *)p + off);
 }
 
-static struct dxm_stats stats(struct dxm_ctx *ctx)
-{
-	struct dxm_stats st;
-	cr_assert_eq(dxm_stats(ctx, &st, sizeof(st)), 0);
-	return st;
-}
-
 static void **dev_array(size_t n)
 {
 	void **dev = calloc(n, sizeof(*dev));

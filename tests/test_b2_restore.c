@@ -26,13 +26,6 @@
 	}                                                                      \
 	ParameterizedTest(enum mem_kind *kind, b2_restore, name, .timeout = 30)
 
-static struct dxm_stats stats(struct dxm_ctx *ctx)
-{
-	struct dxm_stats st;
-	cr_assert_eq(dxm_stats(ctx, &st, sizeof(st)), 0);
-	return st;
-}
-
 /* Every recorded CLEAR carries no owner. */
 static void assert_clears_have_no_owner(struct recorder *r)
 {

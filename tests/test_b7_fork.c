@@ -48,13 +48,6 @@ static void wr(void *p, uint64_t v)
 	*(volatile uint64_t *)p = v;
 }
 
-static struct dxm_stats stats(struct dxm_ctx *ctx)
-{
-	struct dxm_stats st;
-	cr_assert_eq(dxm_stats(ctx, &st, sizeof(st)), 0);
-	return st;
-}
-
 static void no_core(void)
 {
 	struct rlimit rl = { 0, 0 };

@@ -42,13 +42,6 @@ static void wr(void *p, uint64_t v)
 	*(volatile uint64_t *)p = v;
 }
 
-static struct dxm_stats stats(struct dxm_ctx *ctx)
-{
-	struct dxm_stats st;
-	cr_assert_eq(dxm_stats(ctx, &st, sizeof(st)), 0);
-	return st;
-}
-
 /* Whether an event ev overlapping [start, end) was recorded. */
 static bool rec_overlaps(struct recorder *r, enum dxm_event ev,
 			 const void *start, const void *end)
