@@ -138,7 +138,6 @@ void region_hold(struct dxm_region *r);
 void region_run_quiet(struct dxm_ctx *ctx);
 size_t region_view_addrs(struct dxm_region *r, size_t pg, size_t n,
 			 uintptr_t *out, size_t max);
-bool region_range_writable(struct dxm_ctx *ctx, uintptr_t start, size_t len);
 struct dxm_unmap;
 struct dxm_unmap *region_unmap_detach(struct dxm_ctx *ctx, uintptr_t start,
 				      uintptr_t end);

@@ -401,15 +401,6 @@ out:
 	return err;
 }
 
-bool region_range_writable(struct dxm_ctx *ctx, uintptr_t start, size_t len)
-{
-	struct dxm_where w;
-	if (region_lookup_range(ctx, start, len, &w))
-		return false;
-	region_put(w.r);
-	return w.prot & PROT_WRITE;
-}
-
 /*
  * The CPU address runs of region pages [pg, pg+n) in every view: one
  * [start, end) pair per piece that overlaps, at most `max` pairs written to
