@@ -41,6 +41,7 @@
 #include <unistd.h>
 
 #include "compat_uffd.h"
+#include "inject.h"
 #include "internal.h"
 
 static char zero_page[65536] __attribute__((aligned(65536)));
@@ -733,6 +734,7 @@ static void fix_child(struct dxm_region *r, void *arg)
 	uintptr_t runs[2];
 	if (!region_enter(r))
 		return; /* torn down: nothing of it is the child's business */
+	inject(INJ_FORKFIX); /* a slow repair, in tests */
 	for (size_t pg = 0; pg < r->npages; pg++) {
 		dxm_pstate_t *p = &r->st[pg];
 		uint8_t s = ps_load(p);
@@ -751,6 +753,7 @@ static void fix_child(struct dxm_region *r, void *arg)
 		if ((held || ps_state(s) == PS_LOCKED) &&
 		    staged_page_exists(r, pg) &&
 		    region_view_addrs(r, pg, 1, runs, 1) == 1) {
+			inject(INJ_FORKFIX);
 			long c = uffd_copy(f->child, runs[0], stg(r, pg),
 					   ctx->psize);
 			if (c > 0)

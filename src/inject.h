@@ -8,8 +8,9 @@
  *   DXM_INJECT="continue=EAGAIN/2,move=EAGAIN/3,read=EINTR/5"
  * Sites: continue, move, copy, zeropage, mmap, mremap, read, poll, and
  * two that delay by N milliseconds instead of failing: notify (each
- * callback: "notify=0/N") and resolve (each fault on a page the CPU owns,
- * between its lookup and its mapping: "resolve=0/N").
+ * callback: "notify=0/N"), resolve (each fault on a page the CPU owns,
+ * between its lookup and its mapping: "resolve=0/N") and forkfix (a raw
+ * fork's repair, before each region and before each page it copies).
  */
 #ifndef DXM_INJECT_H
 #define DXM_INJECT_H
@@ -25,6 +26,7 @@ enum inject_site {
 	INJ_POLL,
 	INJ_NOTIFY,
 	INJ_RESOLVE,
+	INJ_FORKFIX,
 	INJ_NSITES,
 };
 

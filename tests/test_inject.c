@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "common.h"
@@ -282,5 +283,82 @@ Test(inject, slow_zero_fill_never_lands_in_memory_adopted_since,
 	cr_assert_eq(*(volatile uint64_t *)b, 1234);
 	cr_assert_eq(dxm_free(ctx, b), 0);
 	munmap(b, PS);
+	dxm_ctx_destroy(ctx);
+}
+
+/*
+ * Every fork, as root, also reaches the raw-fork repair (the kernel's
+ * UFFD_FEATURE_EVENT_FORK), which runs on a handler thread after the fork
+ * and copies the parent's staged pages into the child.  It must never copy
+ * a page that another handler is giving back to the CPU at that moment:
+ * the staging slot turns into a hole under the copy, and the kernel's read
+ * of it is a fault on staging (an old version had the other handler put a
+ * zero page there, which refused that page to every device for ever, or
+ * take it for a driver's stale access).  Here the repair is slow (200 ms
+ * before the region, 200 ms before each copy) and so is the callback of
+ * the restore that runs meanwhile (250 ms).
+ */
+static bool noop_invalidate(struct dxm_notifier *n,
+			    const struct dxm_range *r, unsigned long seq)
+{
+	(void)r;
+	dxm_notifier_set_seq(n, seq);
+	return true;
+}
+
+static const struct dxm_notifier_ops noop_ops = { .invalidate =
+							  noop_invalidate };
+
+Test(inject, raw_fork_repair_never_copies_a_page_being_given_back,
+     .timeout = 60)
+{
+	setenv("DXM_INJECT", "forkfix=0/200,notify=0/250", 1);
+	struct dxm_ctx_opts o = { .sz = sizeof(o), .handler_threads = 2 };
+	struct dxm_ctx *ctx = ctx_or_skip(&o);
+	if (geteuid() != 0 ||
+	    !(stats(ctx).uffd_anon_features & (1ull << 1)))
+		cr_skip_test("SKIP: no UFFD_FEATURE_EVENT_FORK (it needs "
+			     "root): the raw-fork repair never runs");
+	char *a = anon_map(PS);
+	*(volatile uint64_t *)a = 42;
+	adopt_or_skip(ctx, a, PS);
+	pid_t pid = fork();
+	cr_assert_neq(pid, -1);
+	if (pid == 0) {
+		/* Alive until the repair has copied (into a dead child, the
+		 * kernel reads nothing). */
+		usleep(1000 * 1000);
+		_exit(0);
+	}
+	/* The repair waits 200 ms; the device takes the page meanwhile. */
+	void *dev;
+	cr_assert_eq(dxm_make_exclusive(ctx, a, PS, NULL, &dev), 1);
+	cr_assert_not_null(dev);
+	*(volatile uint64_t *)dev += 1;
+	dxm_exclusive_unlock(ctx, a, PS, &dev);
+	struct dxm_notifier *n;
+	cr_assert_eq(dxm_notifier_insert(ctx, a, PS, &noop_ops, NULL, &n), 0);
+	/* The CPU takes it back: INVALIDATING for 250 ms (the callback),
+	 * while the repair looks at it (at 200 ms) and copies (at 400). */
+	struct toucher t = { .p = (volatile uint64_t *)a };
+	pthread_t th;
+	sleep_ms(50);
+	cr_assert_eq(pthread_create(&th, NULL, touch_read, &t), 0);
+	pthread_join(th, NULL);
+	cr_assert_eq(t.seen, 43);
+	int status;
+	cr_assert_eq(waitpid(pid, &status, 0), pid);
+	sleep_ms(500); /* the repair is over */
+	dxm_notifier_remove(n);
+	/* A staging slot left occupied would refuse the page for ever. */
+	for (int i = 0; i < 3; i++) {
+		cr_assert_eq(dxm_make_exclusive(ctx, a, PS, NULL, &dev), 1);
+		cr_assert_not_null(dev, "the page was refused (round %d)", i);
+		dxm_exclusive_unlock(ctx, a, PS, &dev);
+		cr_assert_eq(*(volatile uint64_t *)a, 43);
+	}
+	cr_assert_eq(stats(ctx).stale_device_faults, 0);
+	cr_assert_eq(dxm_free(ctx, a), 0);
+	munmap(a, PS);
 	dxm_ctx_destroy(ctx);
 }
