@@ -242,6 +242,7 @@ static size_t move_out_run(struct dxm_region *r, uintptr_t cpu, size_t pg,
 {
 	struct dxm_ctx *ctx = r->ctx;
 	size_t refused = 0, i = 0;
+	size_t stray_at = SIZE_MAX; /* the page whose stray was discarded */
 	while (i < n) {
 		long got = uffd_move(r->uffd, stg(r, pg + i),
 				     cpu + (i << ctx->pshift),
@@ -258,7 +259,7 @@ static size_t move_out_run(struct dxm_region *r, uintptr_t cpu, size_t pg,
 			 * staging now, never a hole it would fault on. */
 			long z = uffd_zeropage(r->uffd, stg(r, pg + i),
 					       ctx->psize);
-			if (z > 0 || z == -EEXIST) {
+			if (z > 0) {
 				need[i++] = 0;
 				continue;
 			}
@@ -267,6 +268,18 @@ static size_t move_out_run(struct dxm_region *r, uintptr_t cpu, size_t pg,
 		if (got == -EAGAIN) {
 			*again = true;
 			break;
+		}
+		if (got == -EEXIST && stray_at != i) {
+			/* The staging slot of a page the CPU owns holds a
+			 * page: nothing of the region's data (that is in the
+			 * CPU view), a leftover of a race.  It would refuse
+			 * this page to every device for ever: discard it. */
+			pr_info("staging slot of page %zu held a stray page: "
+				"discarded",
+				pg + i);
+			anon_discard(r, pg + i, 1);
+			stray_at = i;
+			continue;
 		}
 		/* Pinned, KSM, still shared, or the VMA changed: this page
 		 * fails alone, as in the kernel. */
