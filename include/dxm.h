@@ -136,6 +136,51 @@ bool dxm_check_exclusive(struct dxm_ctx *ctx, void *start, size_t len,
 long dxm_range_fault(struct dxm_ctx *ctx, void *start, size_t len,
 		     unsigned flags, void **dev);
 
+/* ------------------------------------------------------------ device view */
+
+/*
+ * The device-side view of the whole region that holds addr: what a backend
+ * imports once, before any conversion (VK_EXT_external_memory_host,
+ * cudaHostRegister, an RDMA registration), and never revokes.  Every
+ * address dxm_make_exclusive() returns for a page of that region lies in
+ * [base, base+len); addr itself is base + offset there.  The view lives
+ * until the region is gone (dxm_free, or the munmap of its last CPU view:
+ * the devices are told DXM_EVENT_UNMAP first).  See dxm_device_view(3).
+ */
+enum dxm_device_view_kind {
+	DXM_DEVVIEW_MEMFD = 1,	 /* dxm_alloc: a MAP_SHARED mapping of the
+				    region's memfd, never registered with a
+				    userfaultfd, never zapped */
+	DXM_DEVVIEW_STAGING = 2, /* dxm_adopt: the staging area */
+};
+
+/* dxm_device_view.flags: what a backend must know about the view */
+#define DXM_DEVVIEW_HOLES (1u << 0) /* a page is there only while a device
+				       holds it (LOCKED, EXCLUSIVE or
+				       INVALIDATING): touch nothing else */
+#define DXM_DEVVIEW_REGISTERED (1u << 1) /* registered with dxm's userfaultfd:
+					    a device access to a hole is a
+					    fault that dxm's handler resolves
+					    (reported as stale) */
+
+/* dxm_device_view() flags */
+#define DXM_DEVVIEW_FD (1u << 0) /* also a new descriptor of the memfd */
+
+struct dxm_device_view {
+	size_t sz;     /* filled: how much of this structure was written */
+	void *base;    /* the view of the whole region */
+	size_t len;    /* its length, the region's */
+	size_t offset; /* addr's place in it (and in the memfd) */
+	size_t psize;  /* the page size of the region */
+	uint32_t kind; /* enum dxm_device_view_kind */
+	uint32_t flags; /* DXM_DEVVIEW_HOLES, DXM_DEVVIEW_REGISTERED */
+	int fd;	       /* DXM_DEVVIEW_FD: the memfd (O_CLOEXEC; the caller
+			  closes it), base at offset 0; else -1 */
+};
+
+int dxm_device_view(struct dxm_ctx *ctx, const void *addr, unsigned flags,
+		    struct dxm_device_view *dv, size_t size);
+
 /* ------------------------------------------------------------- statistics */
 
 struct dxm_stats {

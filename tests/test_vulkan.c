@@ -1,0 +1,295 @@
+// SPDX-License-Identifier: MIT
+/*
+ * B14 device backends: the Vulkan backend (backends/vulkan) on the Vulkan
+ * device present, Mesa's lavapipe in CI.  A compute shader does a
+ * read-modify-write of counters as a device without PCIe AtomicOps does
+ * over the bus (a load, then a store) while CPU threads increment the same
+ * counters atomically: without dxm updates are lost, through the backend
+ * none are.  A CPU access to a page under work in flight waits for it and
+ * sees all of it; the CPU view is revoked (pagemap) meanwhile; a device
+ * that does not finish in time is declared lost without hanging the CPU.
+ * Skips with the reason where no Vulkan device can import host memory.
+ */
+#include <errno.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common.h"
+#include "counter_spv.h"
+#include "dxm_vk.h"
+
+#define STRIDE 16 /* 32-bit words between counters: one per cache line */
+#define NCOUNTERS 128 /* two pages of counters */
+#define CPU_THREADS 2
+
+struct args {
+	uint32_t count, stride, iters, delta;
+};
+
+static struct dxm_vk *vk_or_skip(struct dxm_ctx *ctx, unsigned timeout_ms)
+{
+	char why[512] = "";
+	struct dxm_vk_opts o = { .sz = sizeof(o),
+				 .device = -1,
+				 .timeout_ms = timeout_ms,
+				 .why = why,
+				 .why_len = sizeof(why) };
+	struct dxm_vk *vk = NULL;
+	int err = dxm_vk_create(ctx, &o, &vk);
+	if (err == -ENODEV)
+		cr_skip_test("SKIP: %s", why);
+	cr_assert_eq(err, 0, "dxm_vk_create: %s (%s)", strerror(-err), why);
+	return vk;
+}
+
+static struct dxm_vk_kernel *counter_kernel(struct dxm_vk *vk)
+{
+	struct dxm_vk_kernel *k;
+	int err = dxm_vk_kernel_create(vk, dxm_vk_counter_spv,
+				       sizeof(dxm_vk_counter_spv),
+				       sizeof(struct args), &k);
+	cr_assert_eq(err, 0, "dxm_vk_kernel_create: %s", strerror(-err));
+	return k;
+}
+
+static const uint32_t groups[3] = { (NCOUNTERS + 63) / 64, 1, 1 };
+
+/* CPU threads: atomic increments of every counter, round after round,
+ * until told to stop. */
+struct hammer {
+	uint32_t *c;
+	atomic_bool stop;
+	unsigned long done[CPU_THREADS];
+	pthread_t t[CPU_THREADS];
+	unsigned idx;
+	pthread_mutex_t mtx;
+};
+
+static void *hammer_fn(void *arg)
+{
+	struct hammer *h = arg;
+	pthread_mutex_lock(&h->mtx);
+	unsigned me = h->idx++;
+	pthread_mutex_unlock(&h->mtx);
+	unsigned long n = 0;
+	while (!atomic_load(&h->stop))
+		for (unsigned i = me; i < NCOUNTERS; i += CPU_THREADS) {
+			__atomic_fetch_add(&h->c[i * STRIDE], 1,
+					   __ATOMIC_SEQ_CST);
+			n++;
+		}
+	h->done[me] = n;
+	return NULL;
+}
+
+static void hammer_start(struct hammer *h, uint32_t *c)
+{
+	memset(h, 0, sizeof(*h));
+	h->c = c;
+	pthread_mutex_init(&h->mtx, NULL);
+	for (unsigned i = 0; i < CPU_THREADS; i++)
+		cr_assert_eq(pthread_create(&h->t[i], NULL, hammer_fn, h), 0);
+}
+
+static unsigned long hammer_stop(struct hammer *h)
+{
+	atomic_store(&h->stop, true);
+	unsigned long n = 0;
+	for (unsigned i = 0; i < CPU_THREADS; i++) {
+		pthread_join(h->t[i], NULL);
+		n += h->done[i];
+	}
+	return n;
+}
+
+static uint64_t sum(const uint32_t *c)
+{
+	uint64_t s = 0;
+	for (unsigned i = 0; i < NCOUNTERS; i++)
+		s += c[i * STRIDE];
+	return s;
+}
+
+/* Without dxm: the same shader on ordinary host memory, imported as it
+ * is, races with the CPU's atomics and loses updates. */
+Test(vulkan, lost_updates_without_dxm, .timeout = 300)
+{
+	struct dxm_ctx *ctx = ctx_or_skip(NULL);
+	struct dxm_vk *vk = vk_or_skip(ctx, 0);
+	struct dxm_vk_kernel *k = counter_kernel(vk);
+	size_t len = 2 * PS;
+	uint32_t *c = (uint32_t *)anon_map(len);
+	memset(c, 0, len);
+	struct args a = { NCOUNTERS, STRIDE, 60000, 1 };
+	uint64_t lost = 0;
+	for (int round = 0; round < 5 && !lost; round++) {
+		memset(c, 0, len);
+		struct hammer h;
+		hammer_start(&h, c);
+		sleep_ms(5);
+		uint64_t t;
+		int err = dxm_vk_dispatch(vk, k, c, len, &a, groups,
+					  DXM_VK_UNMANAGED, &t);
+		cr_assert_eq(err, 0, "dispatch: %s", strerror(-err));
+		cr_assert_eq(dxm_vk_wait(vk, t, 120ull * 1000000000ull), 0);
+		unsigned long cpu = hammer_stop(&h);
+		uint64_t want = cpu + (uint64_t)NCOUNTERS * a.iters;
+		uint64_t got = sum(c);
+		lost = want - got;
+		cr_log_info("round %d: %lu CPU increments, %llu device: %llu "
+			    "lost",
+			    round, cpu,
+			    (unsigned long long)NCOUNTERS * a.iters,
+			    (unsigned long long)lost);
+	}
+	cr_assert_gt(lost, 0, "no update lost in 5 rounds: the race did not "
+			      "happen here (one CPU?)");
+	dxm_vk_kernel_destroy(k);
+	dxm_vk_destroy(vk);
+	munmap(c, len);
+	dxm_ctx_destroy(ctx);
+}
+
+#define KIND_TEST(name, ...)                                                   \
+	ParameterizedTestParameters(vulkan, name)                              \
+	{                                                                      \
+		MEM_KINDS_ALL_PARAMS;                                          \
+	}                                                                      \
+	ParameterizedTest(enum mem_kind *kind, vulkan, name, __VA_ARGS__)
+
+/* Through the backend: dispatch after dispatch while CPU threads hammer
+ * the same counters; not one update lost. */
+KIND_TEST(no_lost_updates_through_backend, .timeout = 300)
+{
+	struct dxm_ctx *ctx = ctx_or_skip(NULL);
+	struct dxm_vk *vk = vk_or_skip(ctx, 0);
+	struct dxm_vk_kernel *k = counter_kernel(vk);
+	struct mem m;
+	size_t len = 2 * PS;
+	mem_setup(ctx, *kind, len, &m);
+	uint32_t *c = m.base;
+	memset(c, 0, len);
+	struct args a = { NCOUNTERS, STRIDE, 20000, 1 };
+	unsigned rounds = 20;
+	struct hammer h;
+	hammer_start(&h, c);
+	uint64_t t = 0;
+	for (unsigned i = 0; i < rounds; i++) {
+		int err = dxm_vk_dispatch(vk, k, c, len, &a, groups, 0, &t);
+		cr_assert_eq(err, 0, "dispatch %u: %s", i, strerror(-err));
+		sleep_ms(2);
+	}
+	cr_assert_eq(dxm_vk_wait(vk, t, 120ull * 1000000000ull), 0);
+	sleep_ms(20);
+	unsigned long cpu = hammer_stop(&h);
+	uint64_t want = cpu + (uint64_t)rounds * NCOUNTERS * a.iters;
+	uint64_t got = sum(c);
+	struct dxm_vk_stats st;
+	dxm_vk_get_stats(vk, &st);
+	cr_log_info("%s: %lu CPU increments, %u dispatches (%llu retries, "
+		    "%llu busy), %llu invalidations waited %.1f ms",
+		    mem_kind_name[*kind], cpu, rounds,
+		    (unsigned long long)st.retries,
+		    (unsigned long long)st.busy_retries,
+		    (unsigned long long)st.invalidations,
+		    st.invalidate_wait_ns / 1e6);
+	cr_assert_eq(got, want, "%s: %lld updates lost",
+		     mem_kind_name[*kind], (long long)(want - got));
+	cr_assert_eq(st.dispatches, rounds);
+	cr_assert(!st.lost);
+	dxm_vk_kernel_destroy(k);
+	dxm_vk_destroy(vk);
+	mem_teardown(&m);
+	dxm_ctx_destroy(ctx);
+}
+
+/* A CPU access to a page under work in flight waits for that work and
+ * then sees all of it; until then no CPU view maps the pages. */
+KIND_TEST(cpu_access_waits_for_work_in_flight, .timeout = 300)
+{
+	struct dxm_ctx *ctx = ctx_or_skip(NULL);
+	struct dxm_vk *vk = vk_or_skip(ctx, 0);
+	struct dxm_vk_kernel *k = counter_kernel(vk);
+	struct mem m;
+	uint32_t many = 4096; /* 64 pages of counters */
+	size_t len = many * STRIDE * 4;
+	mem_setup(ctx, *kind, len, &m);
+	uint32_t *c = m.base;
+	memset(c, 0, len);
+	struct args a = { many, STRIDE, 50000, 3 };
+	const uint32_t g[3] = { many / 64, 1, 1 };
+	uint64_t t;
+	int err = dxm_vk_dispatch(vk, k, c, len, &a, g, 0, &t);
+	cr_assert_eq(err, 0, "dispatch: %s", strerror(-err));
+	int busy = dxm_vk_done(vk, t) == 0;
+	cr_assert_eq(pages_present(m.base, len), 0,
+		     "a CPU view maps a page under device work");
+	if (*kind == MEM_ALIAS)
+		cr_assert_eq(pages_present(m.region, len), 0);
+	/* The last counter: the last one the device gets to. */
+	uint32_t v = __atomic_load_n(&c[(many - 1) * STRIDE],
+				     __ATOMIC_SEQ_CST);
+	cr_assert_eq(v, a.iters * a.delta, "saw %u of %u", v,
+		     a.iters * a.delta);
+	cr_assert_eq(dxm_vk_done(vk, t), 1, "the access did not wait");
+	for (uint32_t i = 0; i < many; i++)
+		cr_assert_eq(c[i * STRIDE], a.iters * a.delta, "counter %u", i);
+	struct dxm_vk_stats st;
+	dxm_vk_get_stats(vk, &st);
+	cr_log_info("%s: work %s in flight at the access; %llu "
+		    "invalidation(s) waited %.1f ms",
+		    mem_kind_name[*kind], busy ? "was" : "was no longer",
+		    (unsigned long long)st.invalidations,
+		    st.invalidate_wait_ns / 1e6);
+	if (busy)
+		cr_assert_geq(st.invalidations, 1);
+	dxm_vk_kernel_destroy(k);
+	dxm_vk_destroy(vk);
+	mem_teardown(&m);
+	dxm_ctx_destroy(ctx);
+}
+
+/* A device that does not finish within the timeout is declared lost: the
+ * CPU gets its page back, and the backend refuses further work. */
+Test(vulkan, lost_device_does_not_hang_cpu, .timeout = 300)
+{
+	struct dxm_ctx *ctx = ctx_or_skip(NULL);
+	struct dxm_vk *vk = vk_or_skip(ctx, 100);
+	struct dxm_vk_kernel *k = counter_kernel(vk);
+	struct mem m;
+	uint32_t many = 8192; /* 128 pages of counters */
+	size_t len = many * STRIDE * 4;
+	mem_setup(ctx, MEM_MEMFD, len, &m);
+	uint32_t *c = m.base;
+	memset(c, 0, len);
+	/* Long enough to outlast the timeout by far on any CPU. */
+	struct args a = { many, STRIDE, 60000, 1 };
+	const uint32_t g[3] = { many / 64, 1, 1 };
+	uint64_t t;
+	cr_assert_eq(dxm_vk_dispatch(vk, k, c, len, &a, g, 0, &t), 0);
+	if (dxm_vk_done(vk, t) == 1)
+		cr_skip_test("SKIP: the device finished before the CPU "
+			     "touched the page");
+	struct timespec t0, t1;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	(void)*(volatile uint32_t *)c;
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	double s = (double)(t1.tv_sec - t0.tv_sec) +
+		   (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+	struct dxm_vk_stats st;
+	dxm_vk_get_stats(vk, &st);
+	cr_log_info("the CPU access took %.3f s", s);
+	cr_assert(st.lost, "not declared lost after %.3f s", s);
+	cr_assert_lt(s, 30.0);
+	uint64_t t2;
+	cr_assert_eq(dxm_vk_dispatch(vk, k, c, len, &a, g, 0, &t2), -ENODEV);
+	cr_assert_eq(dxm_vk_wait(vk, t, 0), -ENODEV);
+	dxm_vk_kernel_destroy(k);
+	dxm_vk_destroy(vk); /* waits for the device's runaway work */
+	mem_teardown(&m);
+	dxm_ctx_destroy(ctx);
+}
