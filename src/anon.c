@@ -489,6 +489,14 @@ static int move_in_page(struct dxm_region *r, size_t pg, uintptr_t cpu,
 		 * gives the page up for now (data still staged). */
 		if (got == -EAGAIN)
 			return -EAGAIN;
+		/* ENOENT (holes are allowed): the CPU view's mapping is gone,
+		 * its munmap read by a handler and not yet applied, which
+		 * drops the staged data.  Nothing to copy either. */
+		if (got == -ENOENT) {
+			if (wake)
+				uffd_wake(r->uffd, cpu, ctx->psize);
+			return 0;
+		}
 		/* EEXIST cannot happen while the page is staged (the CPU
 		 * view is empty): retried before anything is discarded. */
 		if (got != -EEXIST || tries >= 1000)

@@ -250,6 +250,7 @@ static void dispatch(struct dxm_ctx *ctx, struct uffd_msg *msg, size_t n,
 		struct uffd_msg *m = &msg[i];
 		switch (m->event) {
 		case UFFD_EVENT_UNMAP:
+			inject(INJ_DETACH); /* a slow handler, in tests */
 			gone[ngone++] = region_unmap_detach(
 				ctx, m->arg.remove.start, m->arg.remove.end);
 			break;

@@ -18,6 +18,7 @@
 static const char *const names[INJ_NSITES] = {
 	"continue", "move", "copy", "zeropage", "mmap",
 	"mremap",   "read", "poll", "notify",   "resolve", "forkfix",
+	"detach",
 };
 
 static const struct {
@@ -79,7 +80,8 @@ int inject(enum inject_site s)
 	pthread_once(&once, parse);
 	if (!site[s].every)
 		return 0;
-	if (s == INJ_NOTIFY || s == INJ_RESOLVE || s == INJ_FORKFIX) {
+	if (s == INJ_NOTIFY || s == INJ_RESOLVE || s == INJ_FORKFIX ||
+	    s == INJ_DETACH) {
 		/* A slow callback or fault: "notify=0/MS" delays each. */
 		struct timespec ts = { site[s].every / 1000,
 				       (long)(site[s].every % 1000) * 1000000 };

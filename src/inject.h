@@ -9,8 +9,9 @@
  * Sites: continue, move, copy, zeropage, mmap, mremap, read, poll, and
  * two that delay by N milliseconds instead of failing: notify (each
  * callback: "notify=0/N"), resolve (each fault on a page the CPU owns,
- * between its lookup and its mapping: "resolve=0/N") and forkfix (a raw
- * fork's repair, before each region and before each page it copies).
+ * between its lookup and its mapping: "resolve=0/N"), forkfix (a raw
+ * fork's repair, before each region and before each page it copies) and
+ * detach (a munmap's event, read, before its views leave the table).
  */
 #ifndef DXM_INJECT_H
 #define DXM_INJECT_H
@@ -27,6 +28,7 @@ enum inject_site {
 	INJ_NOTIFY,
 	INJ_RESOLVE,
 	INJ_FORKFIX,
+	INJ_DETACH,
 	INJ_NSITES,
 };
 
