@@ -608,10 +608,7 @@ int anon_zero_fill(struct dxm_region *r, uintptr_t addr, bool write)
 	 * memory there, whose page may be a device's: a zero page there
 	 * would be a CPU mapping of an exclusive page.  A view is detached
 	 * under vt_lock, so while we hold it, it stays r's. */
-	bool ours = false;
-	for (struct dxm_view *v = r->views; v && !ours; v = v->rnext)
-		ours = addr >= v->start &&
-		       addr < v->start + (v->npages << ctx->pshift);
+	bool ours = region_owns_addr(r, addr);
 	if (ours && write && ctx->psize <= sizeof(zero_page))
 		got = uffd_copy(r->uffd, addr, (uintptr_t)zero_page,
 				ctx->psize);

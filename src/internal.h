@@ -145,6 +145,7 @@ void region_unmap_finish(struct dxm_ctx *ctx, struct dxm_unmap *u);
 void region_remap_move(struct dxm_ctx *ctx, uintptr_t from, uintptr_t to,
 		       size_t len);
 void region_zap(struct dxm_region *r, size_t pg, size_t n, void **dev);
+bool region_owns_addr(struct dxm_region *r, uintptr_t addr);
 int region_continue(struct dxm_region *r, size_t pg, size_t n,
 		    uintptr_t only_addr);
 void region_destroy_all(struct dxm_ctx *ctx);

@@ -82,6 +82,14 @@ static struct dxm_view *vt_find(struct dxm_ctx *ctx, uintptr_t addr)
 	return NULL;
 }
 
+/* Whether addr is in a live piece of r (vt_lock held): a piece leaves the
+ * table, when its munmap is applied, under vt_lock for writing. */
+bool region_owns_addr(struct dxm_region *r, uintptr_t addr)
+{
+	struct dxm_view *v = vt_find(r->ctx, addr);
+	return v && v->r == r;
+}
+
 static int vt_insert(struct dxm_ctx *ctx, struct dxm_view *v)
 {
 	if (ctx->vt_n == ctx->vt_cap) {
