@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -195,4 +196,25 @@ struct dxm_stats stats(struct dxm_ctx *ctx)
 	struct dxm_stats st;
 	cr_assert_eq(dxm_stats(ctx, &st, sizeof(st)), 0);
 	return st;
+}
+
+/* Whether addr is still a mapping of a dxm memfd.  Not just "mapped":
+ * once a view is unmapped, anything may be mapped there (ASan's allocator
+ * took a freed view's address in a CI run). */
+bool memfd_view_mapped(const void *addr)
+{
+	FILE *f = fopen("/proc/self/maps", "re");
+	cr_assert_not_null(f);
+	char line[512];
+	bool ours = false;
+	while (fgets(line, sizeof(line), f)) {
+		unsigned long a, b;
+		if (sscanf(line, "%lx-%lx", &a, &b) == 2 &&
+		    a <= (uintptr_t)addr && (uintptr_t)addr < b) {
+			ours = strstr(line, "/memfd:dxm") != NULL;
+			break;
+		}
+	}
+	fclose(f);
+	return ours;
 }

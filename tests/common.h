@@ -91,6 +91,9 @@ bool recorder_saw(struct recorder *r, enum dxm_event ev, const void *addr);
 void sleep_ms(unsigned ms);
 /* The context's statistics (asserting that dxm_stats works). */
 struct dxm_stats stats(struct dxm_ctx *ctx);
+/* Whether addr is still mapped by a dxm memfd view (after an unmap,
+ * anything else may be mapped there). */
+bool memfd_view_mapped(const void *addr);
 /* Poll cond for up to ms milliseconds (asynchronous event handling). */
 #define WAIT_FOR(cond, ms)                                                     \
 	({                                                                     \

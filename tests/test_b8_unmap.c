@@ -104,11 +104,6 @@ static size_t count_fds(void)
 	return n;
 }
 
-static bool mapped(const void *addr)
-{
-	unsigned char v;
-	return mincore((void *)addr, PS, &v) == 0;
-}
 
 /* The invalidate callback's last device write at one page: the CPU access
  * that caused the invalidation must see it. */
@@ -319,9 +314,9 @@ KIND_TEST(munmap_middle_notifies_only_that_part)
 	}
 	recorder_remove(&rec);
 	cr_assert_eq(dxm_free(ctx, r), 0);
-	cr_assert(!mapped(r));
-	cr_assert(!mapped(p));
-	cr_assert(!mapped(p + 7 * PS));
+	cr_assert(!memfd_view_mapped(r));
+	cr_assert(!memfd_view_mapped(p));
+	cr_assert(!memfd_view_mapped(p + 7 * PS));
 	dxm_ctx_destroy(ctx);
 }
 
@@ -367,7 +362,7 @@ Test(b8_unmap, munmap_alias_notifies_alias_only, .timeout = 30)
 	cr_assert_eq(rd(b + 5 * PS + 8), 1005);
 	recorder_remove(&rec);
 	cr_assert_eq(dxm_free(ctx, r), 0);
-	cr_assert(!mapped(b));
+	cr_assert(!memfd_view_mapped(b));
 	dxm_ctx_destroy(ctx);
 }
 
@@ -391,8 +386,8 @@ KIND_TEST(dxm_free_notifies_unmap)
 	cr_assert_eq(dxm_free(ctx, r), 0);
 	cr_assert(rec_covers(&rec, DXM_EVENT_UNMAP, r, LEN));
 	cr_assert(rec_covers(&rec, DXM_EVENT_UNMAP, p, LEN));
-	cr_assert(!mapped(r));
-	cr_assert(!mapped(p));
+	cr_assert(!memfd_view_mapped(r));
+	cr_assert(!memfd_view_mapped(p));
 	struct dxm_stats st1 = stats(ctx);
 	cr_assert_eq(st1.regions, st0.regions);
 	cr_assert_eq(st1.managed_pages, st0.managed_pages);
@@ -546,8 +541,8 @@ KIND_TEST(mremap_view_follows)
 	} else {
 		cr_assert_eq(dxm_free(ctx, r), 0);
 	}
-	cr_assert(!mapped(q));
-	cr_assert(!mapped(r));
+	cr_assert(!memfd_view_mapped(q));
+	cr_assert(!memfd_view_mapped(r));
 	dxm_ctx_destroy(ctx);
 }
 
@@ -592,7 +587,7 @@ KIND_TEST(mremap_partial_view_follows)
 	recorder_remove(&rec);
 	recorder_remove(&rec2);
 	cr_assert_eq(dxm_free(ctx, m.region), 0);
-	cr_assert(!mapped(q));
+	cr_assert(!memfd_view_mapped(q));
 	dxm_ctx_destroy(ctx);
 }
 

@@ -9,7 +9,6 @@
  * the region frees every alias.
  */
 #include <errno.h>
-#include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
 
@@ -39,26 +38,6 @@ static void wr(void *p, uint64_t v)
 	*(volatile uint64_t *)p = v;
 }
 
-/* Whether addr is still a mapping of a dxm memfd.  Not just "mapped":
- * once a view is unmapped, anything may be mapped there (ASan's allocator
- * took a freed view's address in a CI run). */
-static bool mapped(const void *addr)
-{
-	FILE *f = fopen("/proc/self/maps", "re");
-	cr_assert_not_null(f);
-	char line[512];
-	bool ours = false;
-	while (fgets(line, sizeof(line), f)) {
-		unsigned long a, b;
-		if (sscanf(line, "%lx-%lx", &a, &b) == 2 &&
-		    a <= (uintptr_t)addr && (uintptr_t)addr < b) {
-			ours = strstr(line, "/memfd:dxm") != NULL;
-			break;
-		}
-	}
-	fclose(f);
-	return ours;
-}
 
 static void setup(struct fix *f)
 {
@@ -314,8 +293,8 @@ Test(b9_alias, alias_made_while_exclusive_is_revoked, .timeout = 30)
 	cr_assert_eq(rd(b), 33);
 	recorder_remove(&recs[1]);
 	cr_assert_eq(dxm_free(ctx, r), 0);
-	cr_assert(!mapped(a));
-	cr_assert(!mapped(b));
+	cr_assert(!memfd_view_mapped(a));
+	cr_assert(!memfd_view_mapped(b));
 	dxm_ctx_destroy(ctx);
 }
 
@@ -341,7 +320,7 @@ Test(b9_alias, free_alias_leaves_region_and_other_views, .timeout = 30)
 	cr_assert_eq(recorder_count_event(&recs[2], DXM_EVENT_UNMAP), 0);
 	char *gone = f.v[1], *r = f.v[0], *b = f.v[2];
 
-	cr_assert(!mapped(gone));
+	cr_assert(!memfd_view_mapped(gone));
 	cr_assert_eq(dxm_free(f.ctx, gone), -ENOENT);
 	cr_assert_eq(dxm_alias(f.ctx, gone, dev), -ENOENT);
 	cr_assert_eq(dxm_make_exclusive(f.ctx, gone, LEN, owner, dev),
@@ -381,8 +360,8 @@ Test(b9_alias, free_alias_leaves_region_and_other_views, .timeout = 30)
 	recorder_remove(&recs[1]);
 	recorder_remove(&recs[2]);
 	cr_assert_eq(dxm_free(f.ctx, r), 0);
-	cr_assert(!mapped(b));
-	cr_assert(!mapped(r));
+	cr_assert(!memfd_view_mapped(b));
+	cr_assert(!memfd_view_mapped(r));
 	dxm_ctx_destroy(f.ctx);
 }
 
@@ -404,7 +383,7 @@ Test(b9_alias, free_region_frees_all_aliases, .timeout = 30)
 		cr_assert_eq(pages_present(f.v[k], LEN), 0);
 	/* Left locked: freeing must not wait for an unlock. */
 	for (size_t k = 0; k < f.nv; k++)
-		cr_assert(mapped(f.v[k]), "view %zu not seen as mapped", k);
+		cr_assert(memfd_view_mapped(f.v[k]), "view %zu not seen as mapped", k);
 
 	cr_assert_eq(dxm_free(f.ctx, f.v[0]), 0);
 	struct dxm_stats st1 = stats(f.ctx);
@@ -414,7 +393,7 @@ Test(b9_alias, free_region_frees_all_aliases, .timeout = 30)
 		char *a = f.v[k];
 		cr_assert(recorder_saw(&recs[k], DXM_EVENT_UNMAP, a),
 			  "view %zu not notified", k);
-		cr_assert(!mapped(a), "view %zu still mapped", k);
+		cr_assert(!memfd_view_mapped(a), "view %zu still mapped", k);
 		cr_assert_eq(dxm_free(f.ctx, a), -ENOENT, "view %zu", k);
 		cr_assert_eq(dxm_alias(f.ctx, a, dev), -ENOENT);
 		cr_assert_eq(dxm_make_exclusive(f.ctx, a, PS, owner, dev),
