@@ -2,7 +2,8 @@
 /*
  * Internal structures shared by the library's files.  Each lock is described
  * at the top of the file that owns it:
- *   ctx.c       ctx->gate (event read gate), handler threads, ctx registry
+ *   base.c      ctx->gate (event read gate), ctx->zap_lock
+ *   registry.c  registry_mtx (live contexts)
  *   region.c    ctx->vt_lock (view table), region refs, inflight, dying
  *   fault.c     ctx->defer_mtx (deferred and ready fault lists)
  *   notifier.c  ctx->n_mtx (notifier list, sequence protocol)
@@ -168,7 +169,6 @@ bool fault_resolve_here(struct dxm_ctx *ctx, uintptr_t addr);
 
 /* --------------------------------------------------------------- sigbus.c */
 int sigbus_init(void);
-bool ctx_resolve_sigbus(uintptr_t addr);
 void fault_drain_ready(struct dxm_ctx *ctx);
 void fault_release_waiters(struct dxm_region *r, size_t pg, size_t n);
 void fault_forget_region(struct dxm_region *r);
@@ -322,18 +322,30 @@ static inline void stat_add(atomic_ulong *c, unsigned long v)
 	atomic_fetch_add_explicit(c, v, memory_order_relaxed);
 }
 
+/* ----------------------------------------------------------- registry.c */
+int registry_add(struct dxm_ctx *ctx);
+bool registry_del(struct dxm_ctx *ctx);
 bool ctx_live(struct dxm_ctx *ctx);
-pid_t self_pid(void);
-void self_pid_forget(void);
+struct dxm_ctx *registry_find(bool (*fn)(struct dxm_ctx *ctx, uintptr_t arg),
+			      uintptr_t arg);
 void ctx_foreach_begin(void (*fn)(struct dxm_ctx *ctx));
 void ctx_foreach_end(void (*fn)(struct dxm_ctx *ctx));
 int ctx_check(struct dxm_ctx *ctx);
+
+/* ---------------------------------------------------------------- base.c */
+uint64_t now_ns(void);
+void nap_us(unsigned *us); /* sleep *us, then double it up to 1 ms */
+pid_t self_pid(void);
+void self_pid_forget(void);
+void ctx_set_handler(struct dxm_ctx *ctx);
+bool ctx_on_handler(struct dxm_ctx *ctx);
 void ctx_kick(struct dxm_ctx *ctx);
 void gate_lock(struct dxm_ctx *ctx);   /* the gate, then zap_lock (write) */
 void gate_unlock(struct dxm_ctx *ctx);
-bool ctx_on_handler(struct dxm_ctx *ctx);
-uint64_t now_ns(void);
-void nap_us(unsigned *us); /* sleep *us, then double it up to 1 ms */
+
+/* ------------------------------------------------------------- handler.c */
+int handlers_start(struct dxm_ctx *ctx);
+void handlers_stop(struct dxm_ctx *ctx);
 
 /* Whether a kernel-mode access (a system call, MADV_POPULATE_*) to a
  * missing page is resolved by dxm, or fails with EFAULT. */

@@ -17,16 +17,27 @@
  *     called for every SIGBUS that is not a managed page's.
  *
  * The handler installs once per process and stays; contexts are found in
- * the registry (ctx.c).  errno is preserved.
+ * the registry (registry.c).  errno is preserved.
  */
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "internal.h"
 
 static struct sigaction prev;
+
+/* A SIGBUS-mode context of this process that manages addr resolves it. */
+static bool resolves(struct dxm_ctx *ctx, uintptr_t addr)
+{
+	/* getpid(), not the cached value: a raw clone's child keeps the
+	 * parent's cache, and must not act on the parent's contexts. */
+	return (ctx->flags & DXM_CTX_SIGBUS) && ctx->pid == getpid() &&
+	       fault_resolve_here(ctx, addr);
+}
+
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 static int install_err;
 
@@ -34,7 +45,7 @@ static void on_sigbus(int sig, siginfo_t *si, void *uc)
 {
 	int saved = errno;
 	/* Only a fault raised by the kernel (si_code > 0), not kill(2). */
-	if (si->si_code > 0 && ctx_resolve_sigbus((uintptr_t)si->si_addr)) {
+	if (si->si_code > 0 && registry_find(resolves, (uintptr_t)si->si_addr)) {
 		errno = saved;
 		return;
 	}

@@ -1,0 +1,288 @@
+// SPDX-License-Identifier: MIT
+/*
+ * The handler loop: threads "dxm-fault/N" (all signals blocked) poll the
+ * userfaultfds, a stop eventfd (never read: once written it wakes every
+ * thread), a wake eventfd (deferred faults became ready) and the fork
+ * eventfd (fork.c: never read here).  Each reads messages in batches under
+ * the gate (base.c), applies their events to the tables (region.c, the
+ * memory kinds), then resolves their faults (fault.c).  It parks for a
+ * fork (fork_park below).
+ *
+ * This file owns no lock: it takes the gate and zap_lock (base.c) around
+ * each read.
+ */
+#include <errno.h>
+#include <poll.h>
+#include <sched.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "compat_uffd.h"
+#include "inject.h"
+#include "internal.h"
+
+#define BATCH 64
+
+/* How dispatch() leaves the gate once the events are applied. */
+enum gate_after {
+	GATE_UNLOCK, /* unlock it (and zap_lock) */
+	GATE_KEEP,   /* the forking thread holds it for us (FG_HELD) */
+	GATE_HANDOVER, /* the same, last batch: tell it (FG_APPLIED) */
+};
+
+/* Act on n (<= BATCH) messages read under gate_lock(): events first, then
+ * faults; leaves the locks as `after` says once the events are applied. */
+static void dispatch(struct dxm_ctx *ctx, struct uffd_msg *msg, size_t n,
+		     uint64_t epoch, enum gate_after after)
+{
+	struct dxm_unmap *gone[BATCH];
+	struct dxm_anon_rm *removed[BATCH];
+	int forked[BATCH];
+	struct {
+		uintptr_t from, len;
+	} moved[BATCH];
+	size_t ngone = 0, nmoved = 0, nremoved = 0, nforked = 0;
+
+	for (size_t i = 0; i < n; i++) {
+		struct uffd_msg *m = &msg[i];
+		switch (m->event) {
+		case UFFD_EVENT_UNMAP:
+			inject(INJ_DETACH); /* a slow handler, in tests */
+			gone[ngone++] = region_unmap_detach(
+				ctx, m->arg.remove.start, m->arg.remove.end);
+			break;
+		case UFFD_EVENT_REMAP:
+			region_remap_move(ctx, m->arg.remap.from,
+					  m->arg.remap.to, m->arg.remap.len);
+			moved[nmoved].from = m->arg.remap.from;
+			moved[nmoved++].len = m->arg.remap.len;
+			break;
+		case UFFD_EVENT_REMOVE:
+			removed[nremoved++] = anon_remove_begin(
+				ctx, m->arg.remove.start, m->arg.remove.end);
+			break;
+		case UFFD_EVENT_FORK:
+			forked[nforked++] = (int)m->arg.fork.ufd;
+			break;
+		}
+	}
+	if (after == GATE_UNLOCK)
+		gate_unlock(ctx);
+	else if (after == GATE_HANDOVER)
+		atomic_store(&ctx->fork_gate, FG_APPLIED);
+
+	for (size_t i = 0; i < nforked; i++)
+		anon_fork_event(ctx, forked[i]);
+	for (size_t i = 0; i < nmoved; i++)
+		notify_range(ctx, moved[i].from, moved[i].from + moved[i].len,
+			     DXM_EVENT_REMAP, NULL);
+	for (size_t i = 0; i < ngone; i++)
+		region_unmap_finish(ctx, gone[i]);
+	for (size_t i = 0; i < nremoved; i++)
+		anon_remove_finish(ctx, removed[i]);
+	for (size_t i = 0; i < n; i++) {
+		struct uffd_msg *m = &msg[i];
+		if (m->event == UFFD_EVENT_PAGEFAULT) {
+			/* Counted before the thread can be woken. */
+			stat_add(&ctx->c.cpu_faults, 1);
+			fault_resolve(ctx, m->arg.pagefault.address,
+				      m->arg.pagefault.flags &
+					      UFFD_PAGEFAULT_FLAG_WRITE,
+				      (pid_t)m->arg.pagefault.feat.ptid, epoch);
+		} else if (m->event != UFFD_EVENT_UNMAP &&
+			   m->event != UFFD_EVENT_REMAP &&
+			   m->event != UFFD_EVENT_REMOVE &&
+			   m->event != UFFD_EVENT_FORK) {
+			pr_warn("unexpected userfaultfd event %u", m->event);
+		}
+	}
+}
+
+static size_t handle_batch(struct dxm_ctx *ctx, int uffd)
+{
+	struct uffd_msg msg[BATCH];
+	gate_lock(ctx);
+	int inj = inject(INJ_READ);
+	ssize_t got = inj ? (errno = inj, -1) : read(uffd, msg, sizeof(msg));
+	if (got < 0) {
+		gate_unlock(ctx);
+		if (errno != EAGAIN && errno != EINTR)
+			pr_err("read(userfaultfd): %s", strerror(errno));
+		return 0;
+	}
+	size_t n = (size_t)got / sizeof(msg[0]);
+	dispatch(ctx, msg, n, atomic_load(&ctx->epoch), GATE_UNLOCK);
+	return n;
+}
+
+/*
+ * A fork is in progress (fork.c) and the kernel will hold it until a
+ * handler has read its UFFD_EVENT_FORK, while glibc holds the malloc and
+ * stdio locks for the whole fork: a handler thread must not allocate or
+ * log until it is over.  So each handler parks here at a safe point; the
+ * first one keeps reading the adopted-memory userfaultfd into a backlog
+ * allocated up front (nothing else), and acts on it once the fork is
+ * over.  One reader keeps the messages in order.
+ */
+static void fork_park(struct dxm_handler *h)
+{
+	struct dxm_ctx *ctx = h->ctx;
+	size_t n = 0;
+	/* Messages read from here on are no newer than this. */
+	uint64_t epoch = atomic_load(&ctx->epoch);
+	atomic_fetch_add(&ctx->fork_acks, 1);
+	while (atomic_load(&ctx->forking) && !atomic_load(&ctx->stopping)) {
+		struct pollfd p = { .fd = ctx->uffd_anon, .events = POLLIN };
+		if (h->idx != 0 || n == FORK_BACKLOG ||
+		    atomic_load(&ctx->fork_gate) == FG_NONE) {
+			poll(NULL, 0, 1);
+			continue;
+		}
+		if (poll(&p, 1, 1) == 1 && (p.revents & POLLIN)) {
+			ssize_t got = read(ctx->uffd_anon, h->backlog + n,
+					   (FORK_BACKLOG - n) * sizeof(*h->backlog));
+			if (got > 0)
+				n += (size_t)got / sizeof(*h->backlog);
+		}
+	}
+	atomic_fetch_sub(&ctx->fork_acks, 1);
+	/* FG_HELD: the forking thread holds the gate for us until the
+	 * backlog's events are applied (fork.c). */
+	bool held = h->idx == 0 && atomic_load(&ctx->fork_gate) == FG_HELD;
+	for (size_t i = 0; i < n; i += BATCH) {
+		size_t k = n - i < BATCH ? n - i : BATCH;
+		if (!held)
+			gate_lock(ctx);
+		dispatch(ctx, h->backlog + i, k, epoch,
+			 !held		 ? GATE_UNLOCK
+			 : i + k < n ? GATE_KEEP
+				     : GATE_HANDOVER);
+	}
+	if (held && !n)
+		atomic_store(&ctx->fork_gate, FG_APPLIED);
+}
+
+/* DXM_CTX_HANDLER_SPIN: after a batch, keep reading for spin_ns before
+ * going back to sleep in poll(), so that a fault that follows soon is
+ * picked up without a wake-up (a CPU is kept busy meanwhile). */
+static void spin(struct dxm_ctx *ctx)
+{
+	uint64_t until = now_ns() + ctx->spin_ns;
+	/* A fork waits for every handler to park (handler_main). */
+	while (now_ns() < until && !atomic_load(&ctx->stopping) &&
+	       !atomic_load(&ctx->forking)) {
+		size_t n = handle_batch(ctx, ctx->uffd);
+		if (ctx->uffd_anon >= 0)
+			n += handle_batch(ctx, ctx->uffd_anon);
+		if (n) {
+			fault_drain_ready(ctx);
+			/* A munmapped region's teardown may wait for us. */
+			region_run_quiet(ctx);
+			until = now_ns() + ctx->spin_ns;
+		} else {
+			/* The faulting thread may be waiting for this CPU. */
+			sched_yield();
+		}
+	}
+}
+
+static void *handler_main(void *arg)
+{
+	struct dxm_handler *h = arg;
+	struct dxm_ctx *ctx = h->ctx;
+	ctx_set_handler(ctx);
+	struct pollfd pfd[5] = {
+		{ .fd = ctx->stop_fd, .events = POLLIN },
+		{ .fd = ctx->wake_fd, .events = POLLIN },
+		{ .fd = ctx->uffd, .events = POLLIN },
+		{ .fd = ctx->uffd_anon, .events = POLLIN }, /* -1: ignored */
+		{ .fd = ctx->fork_fd, .events = POLLIN }, /* never read here */
+	};
+	for (;;) {
+		if (atomic_load(&ctx->forking)) {
+			fork_park(h);
+			continue;
+		}
+		int inj = inject(INJ_POLL);
+		int rc = inj ? (errno = inj, -1) : poll(pfd, 5, -1);
+		if (rc < 0) {
+			if (errno == EINTR)
+				continue;
+			pr_err("poll(userfaultfd): %s", strerror(errno));
+			break;
+		}
+		if (pfd[0].revents)
+			break;
+		if (pfd[1].revents) {
+			uint64_t v;
+			if (read(ctx->wake_fd, &v, sizeof(v)) < 0 &&
+			    errno != EAGAIN)
+				pr_err("read(eventfd): %s", strerror(errno));
+		}
+		for (int i = 2; i < 4; i++) {
+			if (pfd[i].revents & POLLIN)
+				handle_batch(ctx, pfd[i].fd);
+			else if (pfd[i].revents & (POLLERR | POLLHUP))
+				goto out;
+		}
+		fault_drain_ready(ctx);
+		region_run_quiet(ctx);
+		if (ctx->spin_ns)
+			spin(ctx);
+	}
+out:
+	if (!atomic_load(&ctx->stopping))
+		pr_err("fault handler thread %u stopped unexpectedly", h->idx);
+	atomic_store(&h->exited, true);
+	return NULL;
+}
+
+int handlers_start(struct dxm_ctx *ctx)
+{
+	sigset_t all, old;
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	int err = 0;
+	for (unsigned i = 0; i < ctx->nhandlers; i++) {
+		struct dxm_handler *h = &ctx->handlers[i];
+		h->ctx = ctx;
+		h->idx = i;
+		if (i == 0 && !(h->backlog = calloc(FORK_BACKLOG,
+						     sizeof(*h->backlog)))) {
+			err = -ENOMEM;
+			break;
+		}
+		err = -pthread_create(&h->tid, NULL, handler_main, h);
+		if (err)
+			break;
+		h->started = true;
+		char name[16];
+		snprintf(name, sizeof(name), "dxm-fault/%u", i % 100);
+		pthread_setname_np(h->tid, name);
+	}
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	return err;
+}
+
+void handlers_stop(struct dxm_ctx *ctx)
+{
+	uint64_t one = 1;
+	atomic_store(&ctx->stopping, true);
+	if (write(ctx->stop_fd, &one, sizeof(one)) < 0)
+		pr_err("cannot stop the fault handler: %s", strerror(errno));
+	for (unsigned i = 0; i < ctx->nhandlers; i++)
+		if (ctx->handlers[i].started) {
+			if (pthread_equal(ctx->handlers[i].tid,
+					  pthread_self())) {
+				pr_err("dxm_ctx_destroy called from a callback "
+				       "on the fault handler: leaking it");
+				pthread_detach(ctx->handlers[i].tid);
+			} else {
+				pthread_join(ctx->handlers[i].tid, NULL);
+			}
+		}
+}
