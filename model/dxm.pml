@@ -78,8 +78,8 @@ bit waiting[NCPU];      /* the thread sleeps in handle_userfault()         */
 bit faulted[NCPU];      /* ghost: an access faulted and has not completed  */
 
 /* ------------------------------------ fault.c deferral (for this page)
- * ctx->defer_mtx: each of its critical sections (try_defer: CAS + queue;
- * fault_release_waiters: move; fault_drain_ready: take) is one atomic step
+ * ctx->defer_mtx: each of its critical sections (ps_defer: CAS + queue;
+ * ps_release_waiters: move; fault_drain_ready: take) is one atomic step
  * here, which is what the mutex gives them. */
 byte ndeferred;         /* fault records on ctx->deferred                  */
 byte nready;            /* fault records on ctx->ready                     */
@@ -164,7 +164,7 @@ byte incs;              /* ghost: increments completed                     */
  * a woken thread's unread message leaves the queue (handle_userfault). */
 #define WAKE_ALL waiting[0] = 0; pending[0] = 0; waiting[1] = 0; pending[1] = 0
 
-/* fault.c fault_release_waiters(): every record of the page from deferred
+/* pstate.c ps_release_waiters(): every record of the page from deferred
  * to ready under defer_mtx, then ctx_kick() (the eventfd: modelled as
  * "ready is not empty" enabling a handler). */
 inline release_waiters()
@@ -291,11 +291,11 @@ inline resolve()
 			st = PS_INVALIDATING | (st & PS_WAITERS); s = 2
 		:: else ->      /* LOCKED, INVALIDATING, CPU|MAPPING */
 #if defined(BUG_DEFER_BLIND)
-			/* BUG: try_defer() stores s|PS_WAITERS without
+			/* BUG: ps_defer() stores s|PS_WAITERS without
 			 * checking that the byte still holds s */
 			s = st | 16
 #elif !defined(BUG_DEFER_PUSH_LATE)
-			/* try_defer(): under defer_mtx, CAS s -> s|PS_WAITERS
+			/* ps_defer(): under defer_mtx, CAS s -> s|PS_WAITERS
 			 * and queue the record before unlocking */
 			st = st | PS_WAITERS; ndeferred++; REC_SAT(ndeferred); s = 3
 #else

@@ -224,16 +224,6 @@ int anon_populate(struct dxm_region *r, uintptr_t start, size_t pg, size_t n,
 	return 0;
 }
 
-/* A page that could not be moved out goes back to the CPU. */
-static void refuse(struct dxm_region *r, size_t pg)
-{
-	uint8_t s = ps_load(&r->st[pg]);
-	while (!ps_cas(&r->st[pg], &s, PS_CPU))
-		;
-	if (s & PS_WAITERS)
-		fault_release_waiters(r, pg, 1);
-}
-
 /* Move one run of the CPU range to staging (dev[i] is page pg + i), clearing
  * need[i] for each page done; returns pages refused.  *again: the kernel
  * refused for now (an event is unread) and the rest of the run is left. */
@@ -285,7 +275,7 @@ static size_t move_out_run(struct dxm_region *r, uintptr_t cpu, size_t pg,
 		 * fails alone, as in the kernel. */
 		pr_debug("UFFDIO_MOVE out of %#lx: %s", cpu + (i << ctx->pshift),
 			 strerror((int)-got));
-		refuse(r, pg + i);
+		ps_set(r, pg + i, PS_CPU); /* refused */
 		dev[i] = NULL;
 		need[i++] = 0;
 		refused++;
@@ -344,7 +334,7 @@ size_t anon_move_out(struct dxm_region *r, size_t pg, size_t n, void **dev,
 	for (size_t i = 0; i < n; i++) {
 		if (!need[i])
 			continue;
-		refuse(r, pg + i);
+		ps_set(r, pg + i, PS_CPU); /* refused */
 		dev[i] = NULL;
 		refused++;
 	}
@@ -703,7 +693,7 @@ struct dxm_anon_rm *anon_remove_begin(struct dxm_ctx *ctx, uintptr_t start,
 			rm = malloc(sizeof(*rm));
 			if (!rm) {
 				/* Cannot track it: give it back now. */
-				invalidated_to_cpu(w.r, pg + i);
+				ps_set(w.r, pg + i, PS_CPU);
 				continue;
 			}
 			region_get(w.r);
@@ -730,7 +720,7 @@ void anon_remove_finish(struct dxm_ctx *ctx, struct dxm_anon_rm *rm)
 		notify_region_pages(rm->r, rm->pg, rm->n, DXM_EVENT_UNMAP, NULL);
 		anon_discard(rm->r, rm->pg, rm->n);
 		for (size_t i = 0; i < rm->n; i++)
-			invalidated_to_cpu(rm->r, rm->pg + i);
+			ps_set(rm->r, rm->pg + i, PS_CPU);
 		region_exit(rm->r);
 		region_put(rm->r);
 		free(rm);
@@ -777,13 +767,8 @@ static void fix_child(struct dxm_region *r, void *arg)
 			if (c > 0)
 				f->copied++;
 		}
-		if (held) {
-			s = ps_load(p);
-			while (!ps_cas(p, &s, PS_EXCLUSIVE))
-				;
-			if (s & PS_WAITERS)
-				fault_release_waiters(r, pg, 1);
-		}
+		if (held)
+			ps_set(r, pg, PS_EXCLUSIVE);
 	}
 	/* The child runs free of dxm: its copy is ordinary memory. */
 	pthread_rwlock_rdlock(&ctx->vt_lock);

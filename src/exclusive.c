@@ -166,7 +166,7 @@ DXM_API void dxm_exclusive_unlock(struct dxm_ctx *ctx, void *start, size_t len,
 		if (ps_state(s) != PS_LOCKED)
 			bad++;
 		else if (s & PS_WAITERS)
-			fault_release_waiters(r, base + i, 1);
+			ps_release_waiters(r, base + i, 1);
 	}
 	if (r)
 		region_put(r);

@@ -2,8 +2,8 @@
 /*
  * Resolving CPU faults, and giving pages back to the CPU.
  *
- * The handler calls into page state (pstate.h), notifiers (notifier.c) and
- * regions (region.c); none of them calls back into the handler.
+ * It calls into page state (pstate.c), notifiers (notifier.c), regions
+ * (region.c) and the memory kinds; none of them calls back into it.
  *
  * A fault on page p (through CPU view address a) is resolved by its page
  * state:
@@ -16,15 +16,9 @@
  * The handler never blocks on a driver: a fault it cannot resolve now is
  * deferred, never waited for.
  *
- * Locking: ctx->defer_mtx protects ctx->deferred (faults waiting for a
- * page) and ctx->ready (faults to resolve again).  A fault is deferred by
- * setting PS_WAITERS with a CAS that also checks the state is still one
- * that defers, with defer_mtx held, and queuing it before the lock is
- * dropped.  Whoever moves the page out of that state sees PS_WAITERS in
- * the value its own CAS replaced and calls fault_release_waiters(), which
- * takes defer_mtx: so the fault is already queued and is never lost.
- * Released faults go to ctx->ready and a handler thread resolves them
- * again from scratch (by address).
+ * Deferred faults and the ready list are pstate.c's; the handler loop
+ * (handler.c) calls fault_resolve for each fault message and
+ * fault_drain_ready for the faults released since.  This file owns no lock.
  */
 #include <errno.h>
 #include <sched.h>
@@ -39,93 +33,12 @@
 static __thread bool requeued; /* a restore waits for events to be read */
 static void finish_restore(struct dxm_fault *f);
 
-/* ------------------------------------------------------------- deferral */
-
-static bool try_defer(struct dxm_region *r, size_t pg, uintptr_t addr,
-		      uint8_t s, uint64_t epoch)
+/* Put back an adopted page's restore the kernel refused for now: the
+ * handler reads its userfaultfd before it tries again. */
+static void requeue_restore(struct dxm_region *r, size_t pg, uintptr_t addr)
 {
-	struct dxm_ctx *ctx = r->ctx;
-	struct dxm_fault *f = malloc(sizeof(*f));
-	if (!f)
-		return false; /* the caller retries */
-	*f = (struct dxm_fault){ .r = r, .pg = pg, .addr = addr,
-				 .t0 = now_ns(), .epoch = epoch };
-	pthread_mutex_lock(&ctx->defer_mtx);
-	uint8_t cur = s;
-	bool gone = r->forgotten;
-	bool ok = gone || ps_cas(&r->st[pg], &cur, s | PS_WAITERS);
-	if (ok && !gone) {
-		f->next = ctx->deferred;
-		ctx->deferred = f;
-	}
-	pthread_mutex_unlock(&ctx->defer_mtx);
-	if (ok && !gone)
-		stat_add(&ctx->c.deferred_faults, 1);
-	else
-		free(f);
-	if (gone) /* torn down: the thread retries on what is there now */
-		uffd_wake(r->uffd, addr, ctx->psize);
-	return ok;
-}
-
-/*
- * A fault on a region whose teardown began (region.c, the teardown rule):
- * it waits until the teardown is over and releases it.  If it is over
- * already, the thread is woken at once.
- */
-static void defer_dying(struct dxm_region *r, size_t pg, uintptr_t addr,
-			uint64_t epoch)
-{
-	struct dxm_ctx *ctx = r->ctx;
-	struct dxm_fault *f;
-	while (!(f = malloc(sizeof(*f))))
-		sched_yield();
-	*f = (struct dxm_fault){ .r = r, .pg = pg, .addr = addr,
-				 .t0 = now_ns(), .epoch = epoch };
-	pthread_mutex_lock(&ctx->defer_mtx);
-	bool gone = r->forgotten;
-	if (!gone) {
-		f->next = ctx->deferred;
-		ctx->deferred = f;
-	}
-	pthread_mutex_unlock(&ctx->defer_mtx);
-	if (gone) {
-		free(f);
-		uffd_wake(r->uffd, addr, ctx->psize);
-	}
-}
-
-/* Move the faults deferred on region pages [pg, pg+n) to the ready list. */
-void fault_release_waiters(struct dxm_region *r, size_t pg, size_t n)
-{
-	struct dxm_ctx *ctx = r->ctx;
-	bool any = false;
-	pthread_mutex_lock(&ctx->defer_mtx);
-	for (struct dxm_fault **pp = &ctx->deferred; *pp;) {
-		struct dxm_fault *f = *pp;
-		if (f->r == r && f->pg >= pg && f->pg < pg + n) {
-			*pp = f->next;
-			f->next = ctx->ready;
-			ctx->ready = f;
-			any = true;
-		} else {
-			pp = &f->next;
-		}
-	}
-	pthread_mutex_unlock(&ctx->defer_mtx);
-	if (any)
-		ctx_kick(ctx);
-}
-
-/* The region's teardown is over: its deferred faults are resolved again
- * (their addresses are gone: they are woken to retry), and no fault is
- * deferred on it any more. */
-void fault_forget_region(struct dxm_region *r)
-{
-	pthread_mutex_lock(&r->ctx->defer_mtx);
-	r->forgotten = true;
-	pthread_mutex_unlock(&r->ctx->defer_mtx);
-	fault_release_waiters(r, 0, r->npages);
+	ps_requeue_restore(r, pg, addr);
+	requeued = true;
 }
 
 void fault_drain_ready(struct dxm_ctx *ctx)
@@ -134,10 +47,7 @@ void fault_drain_ready(struct dxm_ctx *ctx)
 	/* Until empty, unless a restore was put back: then the handler must
 	 * read its userfaultfd first (the kick brings it back here). */
 	while (!requeued) {
-		pthread_mutex_lock(&ctx->defer_mtx);
-		struct dxm_fault *list = ctx->ready;
-		ctx->ready = NULL;
-		pthread_mutex_unlock(&ctx->defer_mtx);
+		struct dxm_fault *list = ps_take_ready(ctx);
 		if (!list)
 			return;
 		while (list) {
@@ -156,57 +66,6 @@ void fault_drain_ready(struct dxm_ctx *ctx)
 	}
 }
 
-/* Clear PS_MAPPING (and PS_WAITERS) on a page we own the mapping of. */
-static void mapping_done(struct dxm_region *r, size_t pg)
-{
-	uint8_t s = atomic_fetch_and_explicit(&r->st[pg],
-					      (uint8_t) ~(PS_MAPPING | PS_WAITERS),
-					      memory_order_acq_rel);
-	if (s & PS_WAITERS)
-		fault_release_waiters(r, pg, 1);
-}
-
-/* INVALIDATING -> CPU|MAPPING, keeping PS_WAITERS for mapping_done(). */
-static void invalidated(struct dxm_region *r, size_t pg)
-{
-	uint8_t s = ps_load(&r->st[pg]);
-	while (!ps_cas(&r->st[pg], &s,
-		       PS_CPU | PS_MAPPING | (s & PS_WAITERS)))
-		;
-}
-
-/* INVALIDATING -> CPU for a page that is not mapped again by us (its data
- * was discarded): waiters resolve it from scratch. */
-void invalidated_to_cpu(struct dxm_region *r, size_t pg)
-{
-	uint8_t s = ps_load(&r->st[pg]);
-	while (!ps_cas(&r->st[pg], &s, PS_CPU))
-		;
-	if (s & PS_WAITERS)
-		fault_release_waiters(r, pg, 1);
-}
-
-/* An adopted page whose move back the kernel refused for now (EAGAIN: an
- * event is unread, and this handler thread may be the one to read it):
- * keep it INVALIDATING and try again once the handler has read events. */
-static void requeue_restore(struct dxm_region *r, size_t pg, uintptr_t addr)
-{
-	struct dxm_ctx *ctx = r->ctx;
-	struct dxm_fault *f;
-	while (!(f = malloc(sizeof(*f))))
-		sched_yield();
-	region_get(r);
-	region_hold(r); /* inside until finish_restore is done with it */
-	*f = (struct dxm_fault){ .r = r, .pg = pg, .addr = addr,
-				 .restore = true };
-	pthread_mutex_lock(&ctx->defer_mtx);
-	f->next = ctx->ready;
-	ctx->ready = f;
-	pthread_mutex_unlock(&ctx->defer_mtx);
-	requeued = true;
-	ctx_kick(ctx);
-}
-
 static void finish_restore(struct dxm_fault *f)
 {
 	struct dxm_region *r = f->r;
@@ -215,8 +74,8 @@ static void finish_restore(struct dxm_fault *f)
 	if (anon_move_in(r, f->pg, 1, true)) {
 		requeue_restore(r, f->pg, f->addr);
 	} else {
-		invalidated(r, f->pg);
-		mapping_done(r, f->pg);
+		ps_invalidated(r, f->pg);
+		ps_mapping_done(r, f->pg);
 		uffd_wake(r->uffd, f->addr, r->ctx->psize);
 	}
 	region_exit(r);
@@ -278,7 +137,7 @@ static void resolve(struct dxm_region *r, size_t pg, uintptr_t addr,
 				continue;
 			inject(INJ_RESOLVE); /* a slow handler, in tests */
 			err = map_page(r, pg, addr, write);
-			mapping_done(r, pg);
+			ps_mapping_done(r, pg);
 			if (err == -EAGAIN && retry_later(r, addr, here, &us))
 				continue;
 			return;
@@ -296,15 +155,15 @@ static void resolve(struct dxm_region *r, size_t pg, uintptr_t addr,
 					requeue_restore(r, pg, addr);
 					return;
 				}
-				invalidated(r, pg);
-				mapping_done(r, pg);
+				ps_invalidated(r, pg);
+				ps_mapping_done(r, pg);
 				/* Woken only now: the page is the CPU's. */
 				uffd_wake(r->uffd, addr, ctx->psize);
 				return;
 			}
-			invalidated(r, pg);
+			ps_invalidated(r, pg);
 			err = map_page(r, pg, addr, write);
-			mapping_done(r, pg);
+			ps_mapping_done(r, pg);
 			if (err == -EAGAIN && retry_later(r, addr, here, &us))
 				continue;
 			return;
@@ -315,7 +174,7 @@ static void resolve(struct dxm_region *r, size_t pg, uintptr_t addr,
 			nap_us(&us); /* async-signal-safe */
 			continue;
 		}
-		if (try_defer(r, pg, addr, s, epoch))
+		if (ps_defer(r, pg, addr, s, epoch))
 			return;
 		sched_yield();
 	}
@@ -350,7 +209,7 @@ void fault_resolve(struct dxm_ctx *ctx, uintptr_t addr, bool write, pid_t tid,
 			resolve(w.r, pg, addr, write, false, epoch);
 			region_exit(w.r);
 		} else {
-			defer_dying(w.r, pg, addr, epoch);
+			ps_defer_dying(w.r, pg, addr, epoch);
 		}
 		region_put(w.r);
 		return;
@@ -426,7 +285,7 @@ static void flush_run(struct dxm_region *r, size_t a, size_t b, bool inv,
 	for (size_t i = a; i < b; i++) {
 		if (ps_state(ps_load(&r->st[i])) != PS_INVALIDATING) {
 			if (r->kind == REGION_ANON)
-				mapping_done(r, i); /* nothing to map */
+				ps_mapping_done(r, i); /* nothing to map */
 			continue;
 		}
 		stat_add(&r->ctx->c.restores, 1);
@@ -441,9 +300,9 @@ static void flush_run(struct dxm_region *r, size_t a, size_t b, bool inv,
 			requeue_restore(r, i, at[0]);
 			continue;
 		}
-		invalidated(r, i);
+		ps_invalidated(r, i);
 		if (r->kind == REGION_ANON)
-			mapping_done(r, i);
+			ps_mapping_done(r, i);
 	}
 	if (r->kind == REGION_SHM) {
 		/* -EAGAIN: an event is unread.  With PTC_WAIT (the caller
@@ -456,7 +315,7 @@ static void flush_run(struct dxm_region *r, size_t a, size_t b, bool inv,
 		       (flags & PTC_WAIT) && !ctx_on_handler(r->ctx))
 			nap_us(&us);
 		for (size_t i = a; i < b; i++)
-			mapping_done(r, i);
+			ps_mapping_done(r, i);
 	}
 }
 

@@ -14,7 +14,7 @@
  * until its pages are in staging; the prepare handler holds it for writing
  * from before it restores the pages until the fork is over (parent and
  * child handlers), so no conversion can move a page out in between.  The
- * registry lock (ctx.c) is held across the fork too, so a context created
+ * registry lock (registry.c) is held across the fork too, so a context created
  * or destroyed meanwhile cannot leave the child with a locked registry.
  */
 #include <errno.h>
@@ -45,7 +45,7 @@ static void restore_for_fork(struct dxm_region *r, void *arg)
  * With UFFD_FEATURE_EVENT_FORK the kernel holds the fork until a handler
  * reads its event, and glibc holds the malloc and stdio locks meanwhile: a
  * handler caught allocating would never read it.  Park the handlers at a
- * safe point first (ctx.c, fork_park).  Last, after every page was
+ * safe point first (handler.c, fork_park).  Last, after every page was
  * restored: restoring may need them.
  *
  * Every handler must be reached: ctx->fork_fd stays readable until the

@@ -5,7 +5,7 @@
  *   base.c      ctx->gate (event read gate), ctx->zap_lock
  *   registry.c  registry_mtx (live contexts)
  *   region.c    ctx->vt_lock (view table), region refs, inflight, dying
- *   fault.c     ctx->defer_mtx (deferred and ready fault lists)
+ *   pstate.c    ctx->defer_mtx (deferred and ready fault lists)
  *   notifier.c  ctx->n_mtx (notifier list, sequence protocol)
  *   pstate.h    the per-page state byte (lock-free, CAS)
  *   fork.c      ctx->fork_lock (conversions and dxm_free against fork)
@@ -151,7 +151,8 @@ int region_continue(struct dxm_region *r, size_t pg, size_t n,
 		    uintptr_t only_addr);
 void region_destroy_all(struct dxm_ctx *ctx);
 
-/* ---------------------------------------------------------------- fault.c */
+/* --------------------------------------------------------------- pstate.c */
+/* A fault waiting for a page (deferred), or to be resolved again (ready). */
 struct dxm_fault {
 	struct dxm_region *r;	/* referenced when restore is set */
 	size_t pg;
@@ -162,6 +163,19 @@ struct dxm_fault {
 	bool reported;	/* by the watchdog (defer_mtx) */
 	struct dxm_fault *next;
 };
+bool ps_defer(struct dxm_region *r, size_t pg, uintptr_t addr, uint8_t s,
+	      uint64_t epoch);
+void ps_defer_dying(struct dxm_region *r, size_t pg, uintptr_t addr,
+		    uint64_t epoch);
+void ps_release_waiters(struct dxm_region *r, size_t pg, size_t n);
+void ps_forget_region(struct dxm_region *r);
+struct dxm_fault *ps_take_ready(struct dxm_ctx *ctx);
+void ps_requeue_restore(struct dxm_region *r, size_t pg, uintptr_t addr);
+void ps_mapping_done(struct dxm_region *r, size_t pg);
+void ps_invalidated(struct dxm_region *r, size_t pg);
+void ps_set(struct dxm_region *r, size_t pg, uint8_t to);
+
+/* ---------------------------------------------------------------- fault.c */
 void fault_resolve(struct dxm_ctx *ctx, uintptr_t addr, bool write,
 		   pid_t tid, uint64_t epoch);
 #define EPOCH_NOW UINT64_MAX /* a fault happening now, not a message */
@@ -170,9 +184,6 @@ bool fault_resolve_here(struct dxm_ctx *ctx, uintptr_t addr);
 /* --------------------------------------------------------------- sigbus.c */
 int sigbus_init(void);
 void fault_drain_ready(struct dxm_ctx *ctx);
-void fault_release_waiters(struct dxm_region *r, size_t pg, size_t n);
-void fault_forget_region(struct dxm_region *r);
-void invalidated_to_cpu(struct dxm_region *r, size_t pg);
 #define PTC_INVALIDATE 1u /* invalidate exclusive pages (else skip them) */
 #define PTC_WAIT 2u	  /* wait for locked/busy pages (else skip them) */
 void pages_to_cpu(struct dxm_region *r, size_t pg, size_t n, unsigned flags,
@@ -264,16 +275,16 @@ struct dxm_ctx {
 	pthread_mutex_t trash_mtx;
 	struct dxm_uffd_info uinfo_anon;
 	pthread_rwlock_t fork_lock; /* fork.c */
-	atomic_int forking;	    /* handlers parked for a fork (ctx.c) */
+	atomic_int forking;	    /* handlers parked for a fork (handler.c) */
 	atomic_uint fork_acks;	    /* handlers parked so far */
-	atomic_int fork_gate;	    /* FG_* (fork.c, ctx.c) */
+	atomic_int fork_gate;	    /* FG_* (fork.c, handler.c) */
 	bool fork_locked;	    /* by the thread forking (registry lock) */
 	size_t psize;
 	unsigned pshift;
 
-	pthread_mutex_t gate; /* ctx.c */
+	pthread_mutex_t gate; /* base.c */
 	_Atomic uint64_t epoch; /* mappings inserted (changed under gate) */
-	pthread_rwlock_t zap_lock; /* ctx.c: events being read vs region_zap */
+	pthread_rwlock_t zap_lock; /* base.c: events being read vs region_zap */
 	pthread_mutex_t um_mtx;	   /* region.c: UNMAP passes in flight */
 	pthread_cond_t um_cond;
 	struct dxm_unmap *um_passes;

@@ -16,7 +16,7 @@
  *             make_exclusive does not convert a page with this bit set: it
  *             waits for the bit to clear, so its zap always comes after the
  *             mapping and no mapping can appear behind a conversion.
- *   bit  3    PS_WAITERS: a fault on this page was deferred (see fault.c);
+ *   bit  3    PS_WAITERS: a fault on this page was deferred (see pstate.c);
  *             whoever moves the page out of LOCKED/INVALIDATING/MAPPING
  *             must hand the deferred faults back to the handler.
  *
@@ -30,7 +30,7 @@
  *   INVALIDATING -> CPU|MAPPING   the same thread, after the notifiers returned
  *   CPU -> CPU|MAPPING -> CPU     whoever maps the page (handler, range_fault,
  *                                 alias creation)
- * PS_WAITERS is only set under ctx->defer_mtx (fault.c).
+ * PS_WAITERS is only set under ctx->defer_mtx (pstate.c).
  */
 #ifndef DXM_PSTATE_H
 #define DXM_PSTATE_H

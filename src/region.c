@@ -15,7 +15,7 @@
  *   reading and leave with a region reference (refs), never with the lock:
  *   no library lock is held while a notifier runs.
  *
- *   ctx->gate (ctx.c) is held around "mmap + insert into the table" here,
+ *   ctx->gate (base.c) is held around "mmap + insert into the table" here,
  *   and by a handler thread around "read() events + detach the pieces they
  *   unmapped".  The kernel frees the addresses of a munmap before it queues
  *   the UNMAP event, and the munmap returns once the event is read: until
@@ -25,7 +25,7 @@
  *   hands out another address) and mapped again (region_map_fresh): the
  *   stale event can never tear down a new view.  dxm_adopt, whose address
  *   is the program's, waits instead for the stale piece to be detached.
- *   Lock order: gate -> zap_lock (ctx.c) -> vt_lock.
+ *   Lock order: gate -> zap_lock (base.c) -> vt_lock.
  *
  *   ctx->um_mtx protects ctx->um_passes: UNMAP events read and detached
  *   whose notifications are still running (a munmap returns before them).
@@ -335,7 +335,7 @@ static void teardown_finish(struct dxm_region *r)
 {
 	for (size_t i = 0; i < r->npages; i++)
 		atomic_store(&r->st[i], PS_CPU);
-	fault_forget_region(r);
+	ps_forget_region(r);
 	region_put(r);
 }
 
@@ -564,7 +564,7 @@ static void *map_view(void *arg, size_t len)
 
 /*
  * A new CPU view of r, without keeping the memfd open, inserted into the
- * table under the gate (see ctx.c), then populated (only a brand-new
+ * table under the gate (see base.c), then populated (only a brand-new
  * region: nobody knows its address yet, so no page of it can be
  * exclusive), then registered.
  */
@@ -979,7 +979,7 @@ static void finish_gone(struct dxm_ctx *ctx, struct dxm_gone *list, bool unmap)
 		else
 			/* Faults deferred on addresses that are gone are
 			 * resolved again, and woken to retry. */
-			fault_release_waiters(r, 0, r->npages);
+			ps_release_waiters(r, 0, r->npages);
 		region_put(r);
 		free(g);
 	}
@@ -1074,7 +1074,7 @@ DXM_API int dxm_free(struct dxm_ctx *ctx, void *addr)
 	return err;
 }
 
-/* Under the gate (ctx.c): detach what a munmap removed, and register the
+/* Under the gate (base.c): detach what a munmap removed, and register the
  * pass until region_unmap_finish() has told the devices. */
 struct dxm_unmap *region_unmap_detach(struct dxm_ctx *ctx, uintptr_t start,
 				      uintptr_t end)
@@ -1139,7 +1139,7 @@ void region_remap_move(struct dxm_ctx *ctx, uintptr_t from, uintptr_t to,
 
 /*
  * Zap region pages [pg, pg+n) whose dev[i] is set, in every CPU view, one
- * madvise per contiguous run.  Under vt_lock, and zap_lock (ctx.c) so that
+ * madvise per contiguous run.  Under vt_lock, and zap_lock (base.c) so that
  * no address is zapped after its munmap returned and it was reused by
  * another mapping.  Left open: a munmap that the kernel has done but whose
  * event no handler has read yet (the munmap has not returned), while a

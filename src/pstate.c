@@ -1,0 +1,173 @@
+// SPDX-License-Identifier: MIT
+/*
+ * Page-state transitions that more than one file makes (the states and the
+ * byte are pstate.h's), and the faults that wait for a page: deferred
+ * faults and the ready list.
+ *
+ * Locking (this file owns ctx->defer_mtx): defer_mtx protects
+ * ctx->deferred (faults waiting for a page) and ctx->ready (faults to
+ * resolve again).  A fault is deferred by setting PS_WAITERS with a CAS
+ * that also checks the state is still one that defers, with defer_mtx
+ * held, and queuing it before the lock is dropped.  Whoever moves the page
+ * out of that state sees PS_WAITERS in the value its own CAS replaced and
+ * calls ps_release_waiters(), which takes defer_mtx: so the fault is
+ * already queued and is never lost.  Released faults go to ctx->ready and
+ * a handler thread resolves them again from scratch (by address,
+ * fault.c).  Nothing is called with defer_mtx held.
+ */
+#include <sched.h>
+#include <stdlib.h>
+
+#include "internal.h"
+
+/* ------------------------------------------------------------- deferral */
+
+bool ps_defer(struct dxm_region *r, size_t pg, uintptr_t addr,
+		      uint8_t s, uint64_t epoch)
+{
+	struct dxm_ctx *ctx = r->ctx;
+	struct dxm_fault *f = malloc(sizeof(*f));
+	if (!f)
+		return false; /* the caller retries */
+	*f = (struct dxm_fault){ .r = r, .pg = pg, .addr = addr,
+				 .t0 = now_ns(), .epoch = epoch };
+	pthread_mutex_lock(&ctx->defer_mtx);
+	uint8_t cur = s;
+	bool gone = r->forgotten;
+	bool ok = gone || ps_cas(&r->st[pg], &cur, s | PS_WAITERS);
+	if (ok && !gone) {
+		f->next = ctx->deferred;
+		ctx->deferred = f;
+	}
+	pthread_mutex_unlock(&ctx->defer_mtx);
+	if (ok && !gone)
+		stat_add(&ctx->c.deferred_faults, 1);
+	else
+		free(f);
+	if (gone) /* torn down: the thread retries on what is there now */
+		uffd_wake(r->uffd, addr, ctx->psize);
+	return ok;
+}
+
+/*
+ * A fault on a region whose teardown began (region.c, the teardown rule):
+ * it waits until the teardown is over and releases it.  If it is over
+ * already, the thread is woken at once.
+ */
+void ps_defer_dying(struct dxm_region *r, size_t pg, uintptr_t addr,
+			uint64_t epoch)
+{
+	struct dxm_ctx *ctx = r->ctx;
+	struct dxm_fault *f;
+	while (!(f = malloc(sizeof(*f))))
+		sched_yield();
+	*f = (struct dxm_fault){ .r = r, .pg = pg, .addr = addr,
+				 .t0 = now_ns(), .epoch = epoch };
+	pthread_mutex_lock(&ctx->defer_mtx);
+	bool gone = r->forgotten;
+	if (!gone) {
+		f->next = ctx->deferred;
+		ctx->deferred = f;
+	}
+	pthread_mutex_unlock(&ctx->defer_mtx);
+	if (gone) {
+		free(f);
+		uffd_wake(r->uffd, addr, ctx->psize);
+	}
+}
+
+/* Move the faults deferred on region pages [pg, pg+n) to the ready list. */
+void ps_release_waiters(struct dxm_region *r, size_t pg, size_t n)
+{
+	struct dxm_ctx *ctx = r->ctx;
+	bool any = false;
+	pthread_mutex_lock(&ctx->defer_mtx);
+	for (struct dxm_fault **pp = &ctx->deferred; *pp;) {
+		struct dxm_fault *f = *pp;
+		if (f->r == r && f->pg >= pg && f->pg < pg + n) {
+			*pp = f->next;
+			f->next = ctx->ready;
+			ctx->ready = f;
+			any = true;
+		} else {
+			pp = &f->next;
+		}
+	}
+	pthread_mutex_unlock(&ctx->defer_mtx);
+	if (any)
+		ctx_kick(ctx);
+}
+
+/* The region's teardown is over: its deferred faults are resolved again
+ * (their addresses are gone: they are woken to retry), and no fault is
+ * deferred on it any more. */
+void ps_forget_region(struct dxm_region *r)
+{
+	pthread_mutex_lock(&r->ctx->defer_mtx);
+	r->forgotten = true;
+	pthread_mutex_unlock(&r->ctx->defer_mtx);
+	ps_release_waiters(r, 0, r->npages);
+}
+
+/* The ready list, emptied: fault.c resolves each again. */
+struct dxm_fault *ps_take_ready(struct dxm_ctx *ctx)
+{
+	pthread_mutex_lock(&ctx->defer_mtx);
+	struct dxm_fault *list = ctx->ready;
+	ctx->ready = NULL;
+	pthread_mutex_unlock(&ctx->defer_mtx);
+	return list;
+}
+
+/* ---------------------------------------------------------- transitions */
+
+/* Clear PS_MAPPING (and PS_WAITERS) on a page we own the mapping of. */
+void ps_mapping_done(struct dxm_region *r, size_t pg)
+{
+	uint8_t s = atomic_fetch_and_explicit(&r->st[pg],
+					      (uint8_t) ~(PS_MAPPING | PS_WAITERS),
+					      memory_order_acq_rel);
+	if (s & PS_WAITERS)
+		ps_release_waiters(r, pg, 1);
+}
+
+/* INVALIDATING -> CPU|MAPPING, keeping PS_WAITERS for mapping_done(). */
+void ps_invalidated(struct dxm_region *r, size_t pg)
+{
+	uint8_t s = ps_load(&r->st[pg]);
+	while (!ps_cas(&r->st[pg], &s,
+		       PS_CPU | PS_MAPPING | (s & PS_WAITERS)))
+		;
+}
+
+/* A page we own (LOCKED, INVALIDATING, or MAPPING) goes to state `to`,
+ * flags cleared; its waiters resolve it again from scratch.  To PS_CPU: a
+ * page not mapped again by us (its data was discarded or never left). */
+void ps_set(struct dxm_region *r, size_t pg, uint8_t to)
+{
+	uint8_t s = ps_load(&r->st[pg]);
+	while (!ps_cas(&r->st[pg], &s, to))
+		;
+	if (s & PS_WAITERS)
+		ps_release_waiters(r, pg, 1);
+}
+
+/* An adopted page whose move back the kernel refused for now (EAGAIN: an
+ * event is unread, and this handler thread may be the one to read it):
+ * keep it INVALIDATING and try again once the handler has read events. */
+void ps_requeue_restore(struct dxm_region *r, size_t pg, uintptr_t addr)
+{
+	struct dxm_ctx *ctx = r->ctx;
+	struct dxm_fault *f;
+	while (!(f = malloc(sizeof(*f))))
+		sched_yield();
+	region_get(r);
+	region_hold(r); /* inside until finish_restore is done with it */
+	*f = (struct dxm_fault){ .r = r, .pg = pg, .addr = addr,
+				 .restore = true };
+	pthread_mutex_lock(&ctx->defer_mtx);
+	f->next = ctx->ready;
+	ctx->ready = f;
+	pthread_mutex_unlock(&ctx->defer_mtx);
+	ctx_kick(ctx);
+}
