@@ -44,6 +44,8 @@
 #include "inject.h"
 #include "internal.h"
 
+static void anon_discard(struct dxm_region *r, size_t pg, size_t n);
+
 static char zero_page[65536] __attribute__((aligned(65536)));
 
 static inline uintptr_t stg(struct dxm_region *r, size_t pg)
@@ -130,7 +132,7 @@ DXM_API int dxm_adopt(struct dxm_ctx *ctx, void *addr, size_t len,
 		return -ENOMEM;
 	r->ctx = ctx;
 	r->fd = -1;
-	r->kind = REGION_ANON;
+	r->kind = &anon_kind;
 	r->uffd = ctx->uffd_anon;
 	r->npages = len >> ctx->pshift;
 	atomic_init(&r->refs, 1);
@@ -176,8 +178,8 @@ fail:
  * own); for dxm_range_fault readable or writable as asked.  A range the
  * program made unreadable or unwritable behind dxm's back gives -EPERM.
  */
-int anon_populate(struct dxm_region *r, uintptr_t start, size_t pg, size_t n,
-		  bool write)
+static int anon_populate(struct dxm_region *r, uintptr_t start, size_t pg,
+			 size_t n, bool write)
 {
 	struct dxm_ctx *ctx = r->ctx;
 	size_t i = 0;
@@ -283,6 +285,23 @@ static size_t move_out_run(struct dxm_region *r, uintptr_t cpu, size_t pg,
 	return refused;
 }
 
+struct move_out {
+	size_t pg; /* dev[0] and need[0] are page pg's */
+	void **dev;
+	uint8_t *need;
+	size_t refused;
+};
+
+static int move_out_fn(struct dxm_region *r, uintptr_t cpu, size_t pg,
+		       size_t n, void *arg)
+{
+	struct move_out *m = arg;
+	bool again = false;
+	m->refused += move_out_run(r, cpu, pg, n, m->dev + (pg - m->pg),
+				   m->need + (pg - m->pg), &again);
+	return again;
+}
+
 /*
  * Move region pages [pg, pg+n) whose need[i] is set (LOCKED by the
  * caller) out of the CPU's view into staging; need[] is the caller's
@@ -293,44 +312,20 @@ static size_t move_out_run(struct dxm_region *r, uintptr_t cpu, size_t pg,
  * waits with no lock held; a handler (it may be the reader) refuses the
  * rest.
  */
-size_t anon_move_out(struct dxm_region *r, size_t pg, size_t n, void **dev,
-		     uint8_t *need)
+static size_t anon_move_out(struct dxm_region *r, size_t pg, size_t n,
+			    void **dev, uint8_t *need)
 {
 	struct dxm_ctx *ctx = r->ctx;
-	size_t refused = 0;
+	struct move_out m = { pg, dev, need, 0 };
 	unsigned us = 5;
-	for (;;) {
-		bool again = false;
-		pthread_rwlock_rdlock(&ctx->vt_lock);
-		for (struct dxm_view *v = r->views; v; v = v->rnext) {
-			size_t a = v->pgoff > pg ? v->pgoff : pg;
-			size_t b = v->pgoff + v->npages < pg + n
-					   ? v->pgoff + v->npages
-					   : pg + n;
-			while (a < b) {
-				while (a < b && !need[a - pg])
-					a++;
-				size_t e = a;
-				while (e < b && need[e - pg])
-					e++;
-				if (e > a) {
-					uintptr_t cpu =
-						v->start +
-						((a - v->pgoff) << ctx->pshift);
-					refused += move_out_run(
-						r, cpu, a, e - a, dev + (a - pg),
-						need + (a - pg), &again);
-				}
-				a = e;
-			}
-		}
-		pthread_rwlock_unlock(&ctx->vt_lock);
-		if (!again)
-			return refused;
+	while (region_runs(r, pg, n, need, move_out_fn, &m)) {
 		if (ctx_on_handler(ctx))
 			break;
 		nap_us(&us);
 	}
+	/* Left: the kernel refused for now on a handler thread, or no
+	 * view shows the page any more (a munmap is being read). */
+	size_t refused = m.refused;
 	for (size_t i = 0; i < n; i++) {
 		if (!need[i])
 			continue;
@@ -408,7 +403,7 @@ static bool trash_run(struct dxm_ctx *ctx, uintptr_t s, size_t len)
 
 /* Discard staging pages [pg, pg+n): their data is gone (the program
  * discarded it, or it was copied back). */
-void anon_discard(struct dxm_region *r, size_t pg, size_t n)
+static void anon_discard(struct dxm_region *r, size_t pg, size_t n)
 {
 	struct dxm_ctx *ctx = r->ctx;
 	uintptr_t s = stg(r, pg);
@@ -533,44 +528,76 @@ static int move_in_page(struct dxm_region *r, size_t pg, uintptr_t cpu,
  * move yet and is still staged; the caller must try again later.  Any
  * other thread waits, holding no lock: the handler it waits for may need
  * vt_lock (a munmap's event is read and applied under it). */
-int anon_move_in(struct dxm_region *r, size_t pg, size_t n, bool dontwake)
+static int move_in_fn(struct dxm_region *r, uintptr_t cpu, size_t pg,
+		      size_t n, void *arg)
+{
+	(void)n; /* one page */
+	return move_in_page(r, pg, cpu, *(uint64_t *)arg);
+}
+
+static int anon_move_in(struct dxm_region *r, size_t pg, size_t n,
+			bool dontwake)
 {
 	uint64_t mode = dontwake ? UFFDIO_MOVE_MODE_DONTWAKE : 0;
-	struct dxm_ctx *ctx = r->ctx;
-	bool handler = ctx_on_handler(ctx);
-	int ret = 0;
+	bool handler = ctx_on_handler(r->ctx);
 	for (size_t a = pg; a < pg + n; a++) {
 		unsigned us = 5;
-		for (;;) {
-			int err = 0;
-			pthread_rwlock_rdlock(&ctx->vt_lock);
-			for (struct dxm_view *v = r->views; v; v = v->rnext)
-				if (a >= v->pgoff && a < v->pgoff + v->npages) {
-					err = move_in_page(
-						r, a,
-						v->start + ((a - v->pgoff)
-							    << ctx->pshift),
-						mode);
-					break;
-				}
-			pthread_rwlock_unlock(&ctx->vt_lock);
-			if (err != -EAGAIN)
-				break;
-			if (handler) {
-				ret = -EAGAIN;
-				break;
-			}
+		while (region_runs(r, a, 1, NULL, move_in_fn, &mode) ==
+		       -EAGAIN) {
+			if (handler)
+				return -EAGAIN;
 			nap_us(&us);
 		}
 	}
-	return ret;
+	return 0;
+}
+
+/* A CPU fault on an exclusive page whose notifiers ran: moved back while
+ * still INVALIDATING; if the kernel refuses for now, the page stays put
+ * (the caller re-queues it). */
+static int anon_restore(struct dxm_region *r, size_t pg, uintptr_t addr)
+{
+	if (anon_move_in(r, pg, 1, true))
+		return -EAGAIN;
+	ps_invalidated(r, pg);
+	ps_mapping_done(r, pg);
+	/* Woken only now: the page is the CPU's. */
+	uffd_wake(r->uffd, addr, r->ctx->psize);
+	return 0;
+}
+
+/* A run given back (pages_to_cpu): the CPU's pages are in place, the
+ * invalidated ones move back.  -EAGAIN: on a handler thread (a fork or
+ * dxm_mprotect from a callback), the data is still staged: the page stays
+ * INVALIDATING and is re-queued like a fault's, and is no longer ours
+ * (another handler may finish it at once). */
+static void anon_restore_run(struct dxm_region *r, size_t a, size_t b,
+			     unsigned flags)
+{
+	(void)flags;
+	for (size_t i = a; i < b; i++) {
+		if (ps_state(ps_load(&r->st[i])) != PS_INVALIDATING) {
+			ps_mapping_done(r, i); /* nothing to map */
+			continue;
+		}
+		if (anon_move_in(r, i, 1, false)) {
+			uintptr_t at[2] = { 0, 0 };
+			region_view_addrs(r, i, 1, at, 1);
+			region_get(r);
+			region_hold(r); /* until the restore is finished */
+			ps_requeue_restore(r, i, at[0]);
+			continue;
+		}
+		ps_invalidated(r, i);
+		ps_mapping_done(r, i);
+	}
 }
 
 /* dxm_free: move every staged page of [pg, pg+n) back to cpu, the view
  * already detached from the table (but still registered), nobody inside
  * the region (the teardown rule, region.c): every page that is not the
  * CPU's has its data in staging. */
-void anon_hand_back(struct dxm_region *r, size_t pg, size_t n, uintptr_t cpu)
+static void hand_back(struct dxm_region *r, size_t pg, size_t n, uintptr_t cpu)
 {
 	for (size_t i = 0; i < n; i++) {
 		if (ps_state(ps_load(&r->st[pg + i])) == PS_CPU)
@@ -587,8 +614,10 @@ void anon_hand_back(struct dxm_region *r, size_t pg, size_t n, uintptr_t cpu)
  * the kernel would, a zero page (a write gets its own zeroed page).
  * -EAGAIN: an event is unread; the thread was not woken (the caller's
  * business: fault.c). */
-int anon_zero_fill(struct dxm_region *r, uintptr_t addr, bool write)
+static int anon_zero_fill(struct dxm_region *r, size_t pg, uintptr_t addr,
+			  bool write)
 {
+	(void)pg;
 	struct dxm_ctx *ctx = r->ctx;
 	long got = -ENOENT;
 	pthread_rwlock_rdlock(&ctx->vt_lock);
@@ -620,8 +649,8 @@ int anon_zero_fill(struct dxm_region *r, uintptr_t addr, bool write)
  * returned: a driver bug that would otherwise write into a fresh page and
  * lose the data.  Reported, never silent.
  */
-void anon_staging_fault(struct dxm_region *r, size_t pg, uintptr_t addr,
-			pid_t tid)
+static void anon_staging_fault(struct dxm_region *r, size_t pg,
+			       uintptr_t addr, pid_t tid)
 {
 	struct dxm_ctx *ctx = r->ctx;
 	if (ps_is_exclusive(ps_load(&r->st[pg]))) {
@@ -641,6 +670,43 @@ void anon_staging_fault(struct dxm_region *r, size_t pg, uintptr_t addr,
 	if (tid > 0)
 		syscall(SYS_tgkill, getpid(), tid, SIGBUS);
 	uffd_wake(r->uffd, addr, ctx->psize);
+}
+
+/* A piece detached: dxm_free hands its pages back to the program, every
+ * page in place; after a program's munmap of part of the range, the
+ * staged data of that part goes too (with the last view, staging goes
+ * with the region). */
+static void anon_gone(struct dxm_region *r, uintptr_t start, size_t pgoff,
+		      size_t n, bool unmap, bool last)
+{
+	if (unmap) {
+		hand_back(r, pgoff, n, start);
+		uffd_unregister(r->uffd, start, n << r->ctx->pshift);
+		return;
+	}
+	if (last)
+		return;
+	for (size_t i = 0; i < n; i++)
+		if (ps_state(ps_load(&r->st[pgoff + i])) != PS_CPU) {
+			anon_discard(r, pgoff + i, 1);
+			atomic_store(&r->st[pgoff + i], PS_CPU);
+		}
+}
+
+/* Staging keeps the view's protection: UFFDIO_MOVE wants both sides
+ * alike.  (Under vt_lock, for writing.) */
+static void anon_protect(struct dxm_region *r, size_t pg, size_t n, int prot)
+{
+	size_t shift = r->ctx->pshift;
+	mprotect(r->dev + (pg << shift), n << shift, prot);
+}
+
+/* The staging area goes with the region: no UNMAP event for our own
+ * munmap. */
+static void anon_release(struct dxm_region *r)
+{
+	uffd_unregister(r->uffd, (uintptr_t)r->dev,
+			r->npages << r->ctx->pshift);
 }
 
 /* ------------------------------------------------------ MADV_DONTNEED */
@@ -674,7 +740,7 @@ struct dxm_anon_rm *anon_remove_begin(struct dxm_ctx *ctx, uintptr_t start,
 		struct dxm_anon_rm *rm = NULL;
 		/* Inside the region until anon_remove_finish (region.c, the
 		 * teardown rule); a region being torn down is left to it. */
-		bool in = w.r->kind == REGION_ANON && region_enter(w.r);
+		bool in = w.r->kind == &anon_kind && region_enter(w.r);
 		for (size_t i = 0; i < n && in; i++) {
 			dxm_pstate_t *p = &w.r->st[pg + i];
 			uint8_t s = ps_load(p);
@@ -740,7 +806,7 @@ static void fix_child(struct dxm_region *r, void *arg)
 	struct fork_fix *f = arg;
 	struct dxm_ctx *ctx = r->ctx;
 	uintptr_t runs[2];
-	if (!region_enter(r))
+	if (r->kind != &anon_kind || !region_enter(r))
 		return; /* torn down: nothing of it is the child's business */
 	inject(INJ_FORKFIX); /* a slow repair, in tests */
 	for (size_t pg = 0; pg < r->npages; pg++) {
@@ -787,9 +853,27 @@ static void fix_child(struct dxm_region *r, void *arg)
 void anon_fork_event(struct dxm_ctx *ctx, int child_uffd)
 {
 	struct fork_fix f = { .child = child_uffd };
-	region_foreach(ctx, REGION_ANON, fix_child, &f);
+	region_foreach(ctx, KIND_MOVES, fix_child, &f);
 	close(child_uffd);
 	if (f.copied)
 		pr_info("raw fork: %zu exclusive page(s) copied into the child",
 			f.copied);
 }
+
+const struct dxm_kind anon_kind = {
+	.name = "adopted",
+	.flags = KIND_MOVES,
+	/* Staging: a page is there only while a device holds it, and the
+	 * area is registered with the userfaultfd that UFFDIO_MOVE needs. */
+	.devview_kind = DXM_DEVVIEW_STAGING,
+	.devview_flags = DXM_DEVVIEW_HOLES | DXM_DEVVIEW_REGISTERED,
+	.populate = anon_populate,
+	.revoke = anon_move_out,
+	.fill = anon_zero_fill,
+	.restore = anon_restore,
+	.restore_run = anon_restore_run,
+	.gone = anon_gone,
+	.staging_fault = anon_staging_fault,
+	.protect = anon_protect,
+	.release = anon_release,
+};

@@ -64,17 +64,10 @@ DXM_API int dxm_device_view(struct dxm_ctx *ctx, const void *addr,
 		   (a & (ctx->psize - 1));
 	v.psize = ctx->psize;
 	v.fd = -1;
-	if (r->kind == REGION_SHM) {
-		v.kind = DXM_DEVVIEW_MEMFD;
-	} else {
-		/* Staging: a page is there only while a device holds it,
-		 * and the area is registered with the userfaultfd that
-		 * UFFDIO_MOVE needs. */
-		v.kind = DXM_DEVVIEW_STAGING;
-		v.flags = DXM_DEVVIEW_HOLES | DXM_DEVVIEW_REGISTERED;
-	}
+	v.kind = r->kind->devview_kind;
+	v.flags = r->kind->devview_flags;
 	if (flags & DXM_DEVVIEW_FD) {
-		if (r->kind != REGION_SHM)
+		if (!(r->kind->flags & KIND_FILE))
 			err = -EOPNOTSUPP; /* private memory has no file */
 		else
 			err = v.fd = memfd_of(r, (uintptr_t)r->dev, v.len);

@@ -27,7 +27,7 @@ static int begin(struct dxm_ctx *ctx, void *start, size_t len,
 		return -EINVAL;
 	if (region_lookup_range(ctx, (uintptr_t)start, len, w))
 		return -EFAULT;
-	bool forks = convert && w->r->kind == REGION_ANON;
+	bool forks = convert && (w->r->kind->flags & KIND_MOVES);
 	if (forks)
 		fork_enter(ctx);
 	if (!region_enter(w->r)) {
@@ -63,26 +63,23 @@ DXM_API long dxm_make_exclusive(struct dxm_ctx *ctx, void *start, size_t len,
 		return err;
 	struct dxm_region *r = w.r;
 	size_t n = len >> ctx->pshift, done = 0;
-	uint8_t *need = NULL; /* adopted memory: pages to move out */
+	bool forks = r->kind->flags & KIND_MOVES; /* fork_lock held (begin) */
+	uint8_t *need = NULL; /* the pages that were the CPU's */
 	/* Like GUP with FOLL_WRITE in the kernel: a range the CPU view
-	 * cannot write is refused. */
-	if (!(w.prot & PROT_WRITE)) {
-		if (r->kind == REGION_ANON)
+	 * cannot write is refused.  No private page may be in staging while
+	 * a fork copies the address space (fork.c): fork_lock is held from
+	 * begin(). */
+	if (!(w.prot & PROT_WRITE))
+		err = -EPERM;
+	else if (r->kind->populate)
+		err = r->kind->populate(r, (uintptr_t)start, pg, n, true);
+	if (!err && !(need = calloc(n, 1)))
+		err = -ENOMEM;
+	if (err) {
+		if (forks)
 			fork_exit(ctx);
 		end(&w);
-		return -EPERM;
-	}
-	if (r->kind == REGION_ANON) {
-		/* No private page may be in staging while a fork copies the
-		 * address space (fork.c): fork_lock is held from begin(). */
-		err = anon_populate(r, (uintptr_t)start, pg, n, true);
-		if (!err && !(need = calloc(n, 1)))
-			err = -ENOMEM;
-		if (err) {
-			fork_exit(ctx);
-			end(&w);
-			return err;
-		}
+		return err;
 	}
 
 	for (size_t i = 0; i < n; i++) {
@@ -102,8 +99,7 @@ DXM_API long dxm_make_exclusive(struct dxm_ctx *ctx, void *start, size_t len,
 			if (!ps_cas(p, &s, PS_LOCKED))
 				continue;
 			dev[i] = dev_addr(r, pg + i);
-			if (need)
-				need[i] = st == PS_CPU; /* else in staging */
+			need[i] = st == PS_CPU; /* else revoked already */
 			done++;
 			break;
 		}
@@ -114,18 +110,14 @@ DXM_API long dxm_make_exclusive(struct dxm_ctx *ctx, void *start, size_t len,
 		 * view loses its mappings: after this returns no CPU access
 		 * completes without the handler. */
 		notify_region_pages(r, pg, n, DXM_EVENT_EXCLUSIVE, owner);
-		if (r->kind == REGION_SHM)
-			region_zap(r, pg, n, dev);
-		else
-			refused += anon_move_out(r, pg, n, dev, need);
+		refused += r->kind->revoke(r, pg, n, dev, need);
 		stat_add(&ctx->c.conversions, 1);
 		stat_add(&ctx->c.pages_converted, n - refused);
 	}
 	stat_add(&ctx->c.pages_refused, refused);
-	if (need) {
-		free(need);
+	free(need);
+	if (forks)
 		fork_exit(ctx);
-	}
 	end(&w);
 	return (long)n;
 }
@@ -214,23 +206,21 @@ DXM_API long dxm_range_fault(struct dxm_ctx *ctx, void *start, size_t len,
 		return -EPERM;
 	}
 	pages_to_cpu(w.r, pg, n, PTC_INVALIDATE | PTC_WAIT, DXM_EVENT_CLEAR);
-	if (w.r->kind == REGION_ANON) {
-		/* The pages live in the CPU view now, and a page the program
-		 * dropped must exist for a system call in user-mode-only
-		 * mode: fault them in.  An ordinary device access goes
-		 * through the CPU view itself (the staging slot is empty). */
-		err = anon_populate(w.r, (uintptr_t)start, pg, n,
-				    flags & DXM_FAULT_WRITE);
-		if (err) {
-			end(&w);
-			return err;
-		}
+	/* Where pages move (adopted memory) they live in the CPU view now,
+	 * and a page the program dropped must exist for a system call in
+	 * user-mode-only mode: fault them in.  An ordinary device access
+	 * goes through the CPU view itself (the staging slot is empty). */
+	bool moves = w.r->kind->flags & KIND_MOVES;
+	if (w.r->kind->populate &&
+	    (err = w.r->kind->populate(w.r, (uintptr_t)start, pg, n,
+				       flags & DXM_FAULT_WRITE))) {
+		end(&w);
+		return err;
 	}
 	if (dev)
 		for (size_t i = 0; i < n; i++)
-			dev[i] = w.r->kind == REGION_ANON
-					 ? (char *)start + (i << ctx->pshift)
-					 : dev_addr(w.r, pg + i);
+			dev[i] = moves ? (char *)start + (i << ctx->pshift)
+				       : dev_addr(w.r, pg + i);
 	end(&w);
 	return (long)n;
 }

@@ -30,23 +30,31 @@
 #include "inject.h"
 #include "internal.h"
 
-static __thread bool requeued; /* a restore waits for events to be read */
 static void finish_restore(struct dxm_fault *f);
 
-/* Put back an adopted page's restore the kernel refused for now: the
- * handler reads its userfaultfd before it tries again. */
-static void requeue_restore(struct dxm_region *r, size_t pg, uintptr_t addr)
+/*
+ * A kind's restore of page pg (a fault at addr) said -EAGAIN.  If the page
+ * is still INVALIDATING, its data is not back: the restore is put back on
+ * the ready list, holding the region, and tried again once the handler
+ * has read its userfaultfd.  True: done so.  Else the page is the CPU's
+ * but not mapped, and the faulting thread must fault again.
+ */
+static bool requeued_restore(struct dxm_region *r, size_t pg, uintptr_t addr)
 {
+	if (ps_state(ps_load(&r->st[pg])) != PS_INVALIDATING)
+		return false;
+	region_get(r);
+	region_hold(r); /* inside until finish_restore is done with it */
 	ps_requeue_restore(r, pg, addr);
-	requeued = true;
+	return true;
 }
 
 void fault_drain_ready(struct dxm_ctx *ctx)
 {
-	requeued = false;
+	ps_requeued();
 	/* Until empty, unless a restore was put back: then the handler must
 	 * read its userfaultfd first (the kick brings it back here). */
-	while (!requeued) {
+	while (!ps_requeued()) {
 		struct dxm_fault *list = ps_take_ready(ctx);
 		if (!list)
 			return;
@@ -71,38 +79,17 @@ static void finish_restore(struct dxm_fault *f)
 	struct dxm_region *r = f->r;
 	/* Still inside (requeue_restore): a dxm_free waits for us, and
 	 * whoever waits for the page (PTC_WAIT) is not left waiting. */
-	if (anon_move_in(r, f->pg, 1, true)) {
-		requeue_restore(r, f->pg, f->addr);
-	} else {
-		ps_invalidated(r, f->pg);
-		ps_mapping_done(r, f->pg);
+	if (r->kind->restore(r, f->pg, f->addr) == -EAGAIN &&
+	    !requeued_restore(r, f->pg, f->addr))
 		uffd_wake(r->uffd, f->addr, r->ctx->psize);
-	}
 	region_exit(r);
 	region_put(r);
 }
 
 /* ------------------------------------------------------------ the fault */
 
-/*
- * Map a page we own (PS_MAPPING) for the CPU.  A memfd page is mapped in
- * every view, so that a kernel-mode access through another alias (a system
- * call, which fails with EFAULT under a user-mode-only userfaultfd) finds it
- * too; the faulting address is handled first.  An adopted page that is
- * the CPU's but not there is a page it never had: the kernel's answer, a
- * zero page (an invalidated one comes back from staging: resolve()).
- * -EAGAIN: the kernel refused for now, the faulting thread was not woken.
- */
-static int map_page(struct dxm_region *r, size_t pg, uintptr_t addr,
-		    bool write)
-{
-	if (r->kind == REGION_SHM)
-		return region_continue(r, pg, 1, addr) == -EAGAIN ? -EAGAIN : 0;
-	return anon_zero_fill(r, addr, write);
-}
-
-/* map_page() got -EAGAIN: an event is unread and the page, the CPU's now,
- * is not mapped.  A handler thread never waits for that (it may be the one
+/* A kind's fill or restore got -EAGAIN: an event is unread and the page,
+ * the CPU's now, is not mapped.  A handler thread never waits for that (it may be the one
  * to read the event): the faulting thread is woken to fault again.  The
  * faulting thread itself (here) naps and tries again (true). */
 static bool retry_later(struct dxm_region *r, uintptr_t addr, bool here,
@@ -136,7 +123,7 @@ static void resolve(struct dxm_region *r, size_t pg, uintptr_t addr,
 			if (!ps_cas(&r->st[pg], &s, s | PS_MAPPING))
 				continue;
 			inject(INJ_RESOLVE); /* a slow handler, in tests */
-			err = map_page(r, pg, addr, write);
+			err = r->kind->fill(r, pg, addr, write);
 			ps_mapping_done(r, pg);
 			if (err == -EAGAIN && retry_later(r, addr, here, &us))
 				continue;
@@ -147,24 +134,9 @@ static void resolve(struct dxm_region *r, size_t pg, uintptr_t addr,
 				continue;
 			notify_region_pages(r, pg, 1, DXM_EVENT_CLEAR, NULL);
 			stat_add(&ctx->c.restores, 1);
-			if (r->kind == REGION_ANON) {
-				/* Moved back while still INVALIDATING: if the
-				 * kernel refuses for now, the page stays put
-				 * and is retried after the pending events. */
-				if (anon_move_in(r, pg, 1, true)) {
-					requeue_restore(r, pg, addr);
-					return;
-				}
-				ps_invalidated(r, pg);
-				ps_mapping_done(r, pg);
-				/* Woken only now: the page is the CPU's. */
-				uffd_wake(r->uffd, addr, ctx->psize);
-				return;
-			}
-			ps_invalidated(r, pg);
-			err = map_page(r, pg, addr, write);
-			ps_mapping_done(r, pg);
-			if (err == -EAGAIN && retry_later(r, addr, here, &us))
+			err = r->kind->restore(r, pg, addr);
+			if (err == -EAGAIN && !requeued_restore(r, pg, addr) &&
+			    retry_later(r, addr, here, &us))
 				continue;
 			return;
 		default: /* LOCKED, INVALIDATING */
@@ -218,8 +190,8 @@ void fault_resolve(struct dxm_ctx *ctx, uintptr_t addr, bool write, pid_t tid,
 	size_t pg;
 	if (region_lookup_dev(ctx, (void *)addr, &r, &pg) == 0) {
 		/* A device-side (staging) page of adopted memory. */
-		if (r->kind == REGION_ANON && r->epoch <= epoch)
-			anon_staging_fault(r, pg, addr, tid);
+		if (r->kind->staging_fault && r->epoch <= epoch)
+			r->kind->staging_fault(r, pg, addr, tid);
 		else
 			wake_any(ctx, addr);
 		region_put(r);
@@ -245,11 +217,11 @@ bool fault_resolve_here(struct dxm_ctx *ctx, uintptr_t addr)
 		 * the page (filled with zeros); after its invalidation a
 		 * driver bug, counted and left to kill the thread (the
 		 * signal's default action), as in thread mode. */
-		bool ok = r->kind == REGION_ANON &&
+		bool ok = r->kind->staging_fault &&
 			  ps_is_exclusive(ps_load(&r->st[pg]));
 		if (ok)
-			anon_staging_fault(r, pg, addr, 0);
-		else if (r->kind == REGION_ANON)
+			r->kind->staging_fault(r, pg, addr, 0);
+		else if (r->kind->staging_fault)
 			stat_add(&ctx->c.stale_device_faults, 1);
 		region_put(r);
 		return ok;
@@ -274,7 +246,8 @@ bool fault_resolve_here(struct dxm_ctx *ctx, uintptr_t addr)
 
 /* ------------------------------------------------- giving pages back */
 
-/* Finish a run [a, b) whose pages we own (MAPPING or INVALIDATING). */
+/* Finish a run [a, b) whose pages we own (MAPPING or INVALIDATING): the
+ * devices are told (inv), then the kind maps them back. */
 static void flush_run(struct dxm_region *r, size_t a, size_t b, bool inv,
 		      unsigned flags, enum dxm_event ev)
 {
@@ -282,41 +255,10 @@ static void flush_run(struct dxm_region *r, size_t a, size_t b, bool inv,
 		return;
 	if (inv)
 		notify_region_pages(r, a, b - a, ev, NULL);
-	for (size_t i = a; i < b; i++) {
-		if (ps_state(ps_load(&r->st[i])) != PS_INVALIDATING) {
-			if (r->kind == REGION_ANON)
-				ps_mapping_done(r, i); /* nothing to map */
-			continue;
-		}
-		stat_add(&r->ctx->c.restores, 1);
-		/* Moved back while still INVALIDATING.  -EAGAIN: on a handler
-		 * thread (a fork or dxm_mprotect from a callback), the data
-		 * is still staged: the page stays INVALIDATING and is
-		 * re-queued like a fault's, and is no longer ours (another
-		 * handler may finish it at once). */
-		if (r->kind == REGION_ANON && anon_move_in(r, i, 1, false)) {
-			uintptr_t at[2] = { 0, 0 };
-			region_view_addrs(r, i, 1, at, 1);
-			requeue_restore(r, i, at[0]);
-			continue;
-		}
-		ps_invalidated(r, i);
-		if (r->kind == REGION_ANON)
-			ps_mapping_done(r, i);
-	}
-	if (r->kind == REGION_SHM) {
-		/* -EAGAIN: an event is unread.  With PTC_WAIT (the caller
-		 * needs the mappings: dxm_range_fault) we wait, holding no
-		 * lock; a handler (it may be the reader), or a caller for
-		 * whom the mappings are only a head start (dxm_alias: its
-		 * pages fault in anyway), leaves the pages to fault in. */
-		unsigned us = 5;
-		while (region_continue(r, a, b - a, 0) == -EAGAIN &&
-		       (flags & PTC_WAIT) && !ctx_on_handler(r->ctx))
-			nap_us(&us);
-		for (size_t i = a; i < b; i++)
-			ps_mapping_done(r, i);
-	}
+	for (size_t i = a; i < b; i++)
+		if (ps_state(ps_load(&r->st[i])) == PS_INVALIDATING)
+			stat_add(&r->ctx->c.restores, 1);
+	r->kind->restore_run(r, a, b, flags);
 }
 
 /*

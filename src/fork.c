@@ -96,7 +96,7 @@ static void prepare_one(struct dxm_ctx *ctx)
 	pthread_rwlock_wrlock(&ctx->fork_lock);
 	ctx->fork_locked = true;
 	unsigned regions = 0;
-	region_foreach(ctx, REGION_ANON, restore_for_fork, &regions);
+	region_foreach(ctx, KIND_MOVES, restore_for_fork, &regions);
 	if (regions) /* forks that had private pages to restore */
 		stat_add(&ctx->c.forks, 1);
 	if (ctx->uinfo_anon.features & UFFD_FEATURE_EVENT_FORK)

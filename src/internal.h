@@ -76,17 +76,87 @@ struct dxm_view {
 	struct dxm_view *rnext; /* next piece of the same region (vt_lock) */
 };
 
-enum region_kind {
-	REGION_SHM,  /* dxm_alloc: memfd pages, restored by UFFDIO_CONTINUE */
-	REGION_ANON, /* dxm_adopt: private anonymous pages, moved out to a
-			staging area and back by UFFDIO_MOVE */
+/*
+ * A kind of memory: what differs between them, behind one table (the
+ * kernel's vm_operations_struct is the model).  memfd.c: dxm_alloc's
+ * memfd pages, restored by UFFDIO_CONTINUE; anon.c: dxm_adopt's private
+ * anonymous pages, moved out to a staging area and back by UFFDIO_MOVE.
+ * Nothing outside a kind's file tests which kind a region is: the rest
+ * of the library calls these, or tests a KIND_* property.  Each is called
+ * inside the region (region_enter, the teardown rule) unless it says
+ * otherwise, and on pages the caller owns (pstate.h).  NULL: nothing to do.
+ */
+#define KIND_MOVES (1u << 0) /* pages move out to staging: a fork gives them
+				back first and conversions hold fork off
+				(fork.c); a read-only view cannot take one
+				back (dxm_mprotect); a page the CPU owns is
+				reached through the CPU view (dxm_range_fault) */
+#define KIND_ALIAS (1u << 1) /* dxm_alias may map the pages again */
+#define KIND_FILE (1u << 2)  /* the device view has a file (dxm_device_view) */
+
+struct dxm_kind {
+	const char *name;
+	unsigned flags;	  /* KIND_* */
+	int devview_kind; /* DXM_DEVVIEW_*, and its flags */
+	unsigned devview_flags;
+	/* dxm_alloc: the region's pages and its device view (r->dev, r->fd),
+	 * not yet in any table. */
+	int (*create)(struct dxm_region *r);
+	/* Before a conversion (write) or after dxm_range_fault: the pages of
+	 * [pg, pg+n) the CPU owns exist in the CPU view at start.  -EPERM:
+	 * the view does not allow the access. */
+	int (*populate)(struct dxm_region *r, uintptr_t start, size_t pg,
+			size_t n, bool write);
+	/* Pages [pg, pg+n) whose dev[i] is set are LOCKED by the caller and
+	 * the notifiers ran: no CPU view may map them any more.  need[i]:
+	 * the page was the CPU's (scratch: the kind may change it).  A page
+	 * that cannot be taken goes back to the CPU, its dev[i] cleared.
+	 * Returns the pages refused so. */
+	size_t (*revoke)(struct dxm_region *r, size_t pg, size_t n, void **dev,
+			 uint8_t *need);
+	/* A CPU fault at addr on page pg, the CPU's, PS_MAPPING ours: map it
+	 * (write: the access was a write).  -EAGAIN: refused for now (an
+	 * event is unread), the faulting thread not woken. */
+	int (*fill)(struct dxm_region *r, size_t pg, uintptr_t addr,
+		    bool write);
+	/* A CPU fault at addr on page pg, INVALIDATING and ours, its
+	 * notifiers done: the page becomes the CPU's again, mapped at addr,
+	 * and the faulting thread is woken.  -EAGAIN: refused for now; the
+	 * page is either still INVALIDATING (its data not back yet: the
+	 * caller re-queues it) or the CPU's but not mapped (the thread must
+	 * fault again). */
+	int (*restore)(struct dxm_region *r, size_t pg, uintptr_t addr);
+	/* Pages [a, b) ours, each INVALIDATING (notified, restores counted)
+	 * or CPU|PS_MAPPING: map them in every CPU view and drop them; PTC_*
+	 * flags (fault.c).  A page whose data cannot come back now stays
+	 * INVALIDATING, re-queued as a fault's restore. */
+	void (*restore_run)(struct dxm_region *r, size_t a, size_t b,
+			    unsigned flags);
+	/* A CPU view piece [start, +n pages), region page pgoff, detached and
+	 * the devices told.  unmap: dxm_free (the piece is dxm's to undo);
+	 * else the program unmapped it.  last: r has no view left.  Nobody is
+	 * inside r when it is dxm_free. */
+	void (*gone)(struct dxm_region *r, uintptr_t start, size_t pgoff,
+		     size_t n, bool unmap, bool last);
+	/* A fault on device-side address addr (page pg) by thread tid (0:
+	 * the faulting thread itself, SIGBUS mode).  NULL: the device view
+	 * never faults. */
+	void (*staging_fault)(struct dxm_region *r, size_t pg, uintptr_t addr,
+			      pid_t tid);
+	/* dxm_mprotect changed the CPU view of [pg, pg+n) to prot. */
+	void (*protect)(struct dxm_region *r, size_t pg, size_t n, int prot);
+	/* The last reference is gone (not inside): undo what the kind set
+	 * up beyond r->dev's mapping and r->fd, which the caller closes. */
+	void (*release)(struct dxm_region *r);
 };
+extern const struct dxm_kind memfd_kind; /* memfd.c */
+extern const struct dxm_kind anon_kind;	 /* anon.c */
 
 struct dxm_region {
 	struct dxm_ctx *ctx;
-	enum region_kind kind;
+	const struct dxm_kind *kind;
 	int uffd;	    /* the userfaultfd its views are registered with */
-	int fd;		    /* SHM: the memfd, only while needed (-1) */
+	int fd;		    /* memfd: the memfd, only while needed (-1) */
 	bool keep_fd;	    /* views must be mmap()ed from fd (valgrind) */
 	atomic_long refs;
 	/* Operations inside the region (region_enter), R_DYING once its
@@ -98,8 +168,9 @@ struct dxm_region {
 	struct dxm_region *quiet_next; /* ctx->quiet (lock-free stack) */
 	bool forgotten;	    /* deferred faults released for good (defer_mtx) */
 	size_t npages;
-	char *dev;	    /* SHM: device view (MAP_SHARED, never registered);
-			       ANON: staging area (registered, same uffd) */
+	char *dev;	    /* memfd: device view (MAP_SHARED, never
+			       registered); adopted: staging area
+			       (registered, same uffd) */
 	dxm_pstate_t *st;   /* one byte per page */
 	unsigned next_group; /* under vt_lock (write) */
 	uint64_t epoch;	    /* ctx->epoch when its staging was inserted */
@@ -124,7 +195,7 @@ int region_wait_unclaimed(struct dxm_ctx *ctx, uintptr_t start, size_t len,
 void *region_map_fresh(struct dxm_ctx *ctx, size_t len,
 		       void *(*map)(void *arg, size_t len), void *arg);
 void region_wait_unmaps(struct dxm_ctx *ctx, uintptr_t start, uintptr_t end);
-void region_foreach(struct dxm_ctx *ctx, enum region_kind kind,
+void region_foreach(struct dxm_ctx *ctx, unsigned kind_flags,
 		    void (*fn)(struct dxm_region *r, void *arg), void *arg);
 int region_lookup_range(struct dxm_ctx *ctx, uintptr_t start, size_t len,
 			struct dxm_where *w);
@@ -145,10 +216,12 @@ struct dxm_unmap *region_unmap_detach(struct dxm_ctx *ctx, uintptr_t start,
 void region_unmap_finish(struct dxm_ctx *ctx, struct dxm_unmap *u);
 void region_remap_move(struct dxm_ctx *ctx, uintptr_t from, uintptr_t to,
 		       size_t len);
-void region_zap(struct dxm_region *r, size_t pg, size_t n, void **dev);
+int region_runs(struct dxm_region *r, size_t pg, size_t n,
+		const uint8_t *mask,
+		int (*fn)(struct dxm_region *r, uintptr_t cpu, size_t pg,
+			  size_t n, void *arg),
+		void *arg);
 bool region_owns_addr(struct dxm_region *r, uintptr_t addr);
-int region_continue(struct dxm_region *r, size_t pg, size_t n,
-		    uintptr_t only_addr);
 void region_destroy_all(struct dxm_ctx *ctx);
 
 /* --------------------------------------------------------------- pstate.c */
@@ -171,6 +244,7 @@ void ps_release_waiters(struct dxm_region *r, size_t pg, size_t n);
 void ps_forget_region(struct dxm_region *r);
 struct dxm_fault *ps_take_ready(struct dxm_ctx *ctx);
 void ps_requeue_restore(struct dxm_region *r, size_t pg, uintptr_t addr);
+bool ps_requeued(void);
 void ps_mapping_done(struct dxm_region *r, size_t pg);
 void ps_invalidated(struct dxm_region *r, size_t pg);
 void ps_set(struct dxm_region *r, size_t pg, uint8_t to);
@@ -190,19 +264,9 @@ void pages_to_cpu(struct dxm_region *r, size_t pg, size_t n, unsigned flags,
 		  enum dxm_event ev);
 
 /* ----------------------------------------------------------------- anon.c */
-int anon_populate(struct dxm_region *r, uintptr_t start, size_t pg, size_t n,
-		  bool write);
-size_t anon_move_out(struct dxm_region *r, size_t pg, size_t n, void **dev,
-		     uint8_t *need);
-int anon_move_in(struct dxm_region *r, size_t pg, size_t n, bool dontwake);
-int anon_zero_fill(struct dxm_region *r, uintptr_t addr, bool write);
-void anon_discard(struct dxm_region *r, size_t pg, size_t n);
 #define TRASH_PAGES 64
 void anon_trash_init(struct dxm_ctx *ctx);
 void anon_trash_fini(struct dxm_ctx *ctx);
-void anon_hand_back(struct dxm_region *r, size_t pg, size_t n, uintptr_t cpu);
-void anon_staging_fault(struct dxm_region *r, size_t pg, uintptr_t addr,
-			pid_t tid);
 struct dxm_anon_rm;
 struct dxm_anon_rm *anon_remove_begin(struct dxm_ctx *ctx, uintptr_t start,
 				      uintptr_t end);

@@ -20,6 +20,8 @@
 
 #include "internal.h"
 
+static __thread bool requeued; /* a restore waits for events to be read */
+
 /* ------------------------------------------------------------- deferral */
 
 bool ps_defer(struct dxm_region *r, size_t pg, uintptr_t addr,
@@ -154,20 +156,30 @@ void ps_set(struct dxm_region *r, size_t pg, uint8_t to)
 
 /* An adopted page whose move back the kernel refused for now (EAGAIN: an
  * event is unread, and this handler thread may be the one to read it):
- * keep it INVALIDATING and try again once the handler has read events. */
+ * it stays INVALIDATING and is tried again once the handler has read
+ * events (fault.c).  The caller gave it a region reference and holds the
+ * region (region_hold) until then. */
 void ps_requeue_restore(struct dxm_region *r, size_t pg, uintptr_t addr)
 {
 	struct dxm_ctx *ctx = r->ctx;
 	struct dxm_fault *f;
 	while (!(f = malloc(sizeof(*f))))
 		sched_yield();
-	region_get(r);
-	region_hold(r); /* inside until finish_restore is done with it */
 	*f = (struct dxm_fault){ .r = r, .pg = pg, .addr = addr,
 				 .restore = true };
 	pthread_mutex_lock(&ctx->defer_mtx);
 	f->next = ctx->ready;
 	ctx->ready = f;
 	pthread_mutex_unlock(&ctx->defer_mtx);
+	requeued = true;
 	ctx_kick(ctx);
+}
+
+/* Whether this thread re-queued a restore since the last call: the
+ * handler must read its userfaultfd before it drains the ready list again. */
+bool ps_requeued(void)
+{
+	bool r = requeued;
+	requeued = false;
+	return r;
 }

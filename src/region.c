@@ -239,9 +239,8 @@ void region_put(struct dxm_region *r)
 	if (atomic_fetch_sub_explicit(&r->refs, 1, memory_order_acq_rel) != 1)
 		return;
 	struct dxm_ctx *ctx = r->ctx;
-	if (r->kind == REGION_ANON) /* no UNMAP event for our own munmap */
-		uffd_unregister(r->uffd, (uintptr_t)r->dev,
-				r->npages << ctx->pshift);
+	if (r->kind->release)
+		r->kind->release(r);
 	munmap(r->dev, r->npages << ctx->pshift);
 	if (r->fd >= 0)
 		close(r->fd);
@@ -409,6 +408,16 @@ out:
 	return err;
 }
 
+/* The part [*a, *b) of region pages [pg, pg+n) that piece v shows; false
+ * if none. */
+static bool clip(const struct dxm_view *v, size_t pg, size_t n, size_t *a,
+		 size_t *b)
+{
+	*a = v->pgoff > pg ? v->pgoff : pg;
+	*b = v->pgoff + v->npages < pg + n ? v->pgoff + v->npages : pg + n;
+	return *a < *b;
+}
+
 /*
  * The CPU address runs of region pages [pg, pg+n) in every view: one
  * [start, end) pair per piece that overlaps, at most `max` pairs written to
@@ -419,13 +428,10 @@ size_t region_view_addrs(struct dxm_region *r, size_t pg, size_t n,
 			 uintptr_t *out, size_t max)
 {
 	struct dxm_ctx *ctx = r->ctx;
-	size_t k = 0;
+	size_t k = 0, a, b;
 	pthread_rwlock_rdlock(&ctx->vt_lock);
 	for (struct dxm_view *v = r->views; v; v = v->rnext) {
-		size_t a = v->pgoff > pg ? v->pgoff : pg;
-		size_t b = v->pgoff + v->npages < pg + n ? v->pgoff + v->npages
-							 : pg + n;
-		if (a >= b)
+		if (!clip(v, pg, n, &a, &b))
 			continue;
 		if (k < max) {
 			out[2 * k] = v->start + ((a - v->pgoff) << ctx->pshift);
@@ -436,6 +442,44 @@ size_t region_view_addrs(struct dxm_region *r, size_t pg, size_t n,
 	}
 	pthread_rwlock_unlock(&ctx->vt_lock);
 	return k;
+}
+
+/*
+ * For each CPU view piece of r, each run of region pages in [pg, pg+n)
+ * whose mask byte is set (mask NULL: every page; mask[i] is page pg + i):
+ * fn(r, cpu, first page, pages, arg), cpu the run's first CPU address.
+ * Under vt_lock (read): the addresses stay r's while fn runs (a view is
+ * detached under the write lock), so fn must not wait for a handler
+ * (internal.h).  The first non-zero return of fn ends the walk and is
+ * returned.
+ */
+int region_runs(struct dxm_region *r, size_t pg, size_t n,
+		const uint8_t *mask,
+		int (*fn)(struct dxm_region *r, uintptr_t cpu, size_t pg,
+			  size_t n, void *arg),
+		void *arg)
+{
+	struct dxm_ctx *ctx = r->ctx;
+	int ret = 0;
+	size_t a, b;
+	pthread_rwlock_rdlock(&ctx->vt_lock);
+	for (struct dxm_view *v = r->views; v && !ret; v = v->rnext) {
+		if (!clip(v, pg, n, &a, &b))
+			continue;
+		while (a < b && !ret) {
+			while (mask && a < b && !mask[a - pg])
+				a++;
+			size_t e = a;
+			while (e < b && (!mask || mask[e - pg]))
+				e++;
+			if (e > a)
+				ret = fn(r, v->start + ((a - v->pgoff) << ctx->pshift),
+					 a, e - a, arg);
+			a = e;
+		}
+	}
+	pthread_rwlock_unlock(&ctx->vt_lock);
+	return ret;
 }
 
 /* --------------------------------------------------------------- creation */
@@ -640,7 +684,7 @@ DXM_API int dxm_alloc(struct dxm_ctx *ctx, size_t len, unsigned flags,
 	if (!r)
 		return -ENOMEM;
 	r->ctx = ctx;
-	r->kind = REGION_SHM;
+	r->kind = &memfd_kind;
 	r->uffd = ctx->uffd;
 	r->fd = -1;
 	r->npages = len >> ctx->pshift;
@@ -650,31 +694,9 @@ DXM_API int dxm_alloc(struct dxm_ctx *ctx, size_t len, unsigned flags,
 		free(r);
 		return -ENOMEM;
 	}
-
-	int fd = memfd_create("dxm", MFD_CLOEXEC | MFD_ALLOW_SEALING);
-	if (fd < 0) {
-		err = -errno;
+	err = r->kind->create(r);
+	if (err)
 		goto fail;
-	}
-	if (ftruncate(fd, (off_t)len) || fallocate(fd, 0, 0, (off_t)len) ||
-	    fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL)) {
-		err = -errno;
-		close(fd);
-		goto fail;
-	}
-	int inj = inject(INJ_MMAP);
-	r->dev = inj ? MAP_FAILED
-		     : mmap(NULL, len, PROT_READ | PROT_WRITE,
-			    MAP_SHARED | MAP_POPULATE, fd, 0);
-	err = inj ? -inj : -errno;
-	if (r->dev == MAP_FAILED) {
-		close(fd);
-		goto fail;
-	}
-	r->fd = fd; /* kept only where views cannot be made without it */
-	/* No view is inherited by a fork()ed child: its page tables could
-	 * not be revoked from here (docs/behaviours.md, B7).  mremap copies this. */
-	madvise(r->dev, len, MADV_DONTFORK);
 	pthread_rwlock_wrlock(&ctx->vt_lock);
 	err = rt_insert(ctx, r);
 	pthread_rwlock_unlock(&ctx->vt_lock);
@@ -721,7 +743,7 @@ DXM_API int dxm_alias(struct dxm_ctx *ctx, void *addr, void **aliasp)
 		return -ENOENT;
 	struct dxm_region *r = w.r;
 	if (w.vstart != (uintptr_t)addr || w.pgoff != 0 ||
-	    r->kind != REGION_SHM) {
+	    !(r->kind->flags & KIND_ALIAS)) {
 		region_put(r); /* adopted private memory has one view */
 		return -EINVAL;
 	}
@@ -854,15 +876,16 @@ int region_adopt_insert(struct dxm_region *r, uintptr_t start, size_t len)
 	return err;
 }
 
-/* Call fn on every live region of a kind, with a reference and no lock. */
-void region_foreach(struct dxm_ctx *ctx, enum region_kind kind,
+/* Call fn on every live region whose kind has every KIND_* flag of
+ * kind_flags, with a reference and no lock. */
+void region_foreach(struct dxm_ctx *ctx, unsigned kind_flags,
 		    void (*fn)(struct dxm_region *r, void *arg), void *arg)
 {
 	pthread_rwlock_rdlock(&ctx->vt_lock);
 	size_t n = 0;
 	struct dxm_region **v = malloc((ctx->rt_n + 1) * sizeof(*v));
 	for (size_t i = 0; v && i < ctx->rt_n; i++)
-		if (ctx->rt[i]->kind == kind) {
+		if ((ctx->rt[i]->kind->flags & kind_flags) == kind_flags) {
 			region_get(ctx->rt[i]);
 			v[n++] = ctx->rt[i];
 		}
@@ -925,36 +948,15 @@ static int detach_range(struct dxm_ctx *ctx, uintptr_t start, uintptr_t end,
 	return 0;
 }
 
-/*
- * One detached piece: the devices are told, then (`unmap`: dxm_free, not a
- * munmap the program did) a memfd view is unregistered and unmapped, and
- * adopted memory is handed back to the program with every page in place.
- * After a program's munmap of part of an adopted range, its staged data
- * goes too.
- */
+/* One detached piece: the devices are told, then its kind undoes it
+ * (`unmap`: dxm_free, not a munmap the program did). */
 static void gone_piece(struct dxm_ctx *ctx, struct dxm_gone *g, bool unmap)
 {
 	struct dxm_region *r = g->r;
-	size_t len = g->end - g->start, n = len >> ctx->pshift;
+	size_t len = g->end - g->start;
 	notify_range(ctx, g->start, g->end, DXM_EVENT_UNMAP, NULL);
-	if (r->kind == REGION_SHM) {
-		if (unmap) {
-			uffd_unregister(r->uffd, g->start, len);
-			munmap((void *)g->start, len);
-		}
-	} else if (unmap) {
-		anon_hand_back(r, g->pgoff, n, g->start);
-		uffd_unregister(r->uffd, g->start, len);
-	} else if (!g->last) {
-		/* The rest of the region lives on: free the staged pages of
-		 * this part now (with the last view, staging goes with the
-		 * region). */
-		for (size_t i = 0; i < n; i++)
-			if (ps_state(ps_load(&r->st[g->pgoff + i])) != PS_CPU) {
-				anon_discard(r, g->pgoff + i, 1);
-				atomic_store(&r->st[g->pgoff + i], PS_CPU);
-			}
-	}
+	r->kind->gone(r, g->start, g->pgoff, len >> ctx->pshift, unmap,
+		      g->last);
 	stat_add(&ctx->c.events_unmap, !unmap);
 }
 
@@ -1137,135 +1139,6 @@ void region_remap_move(struct dxm_ctx *ctx, uintptr_t from, uintptr_t to,
 	pthread_rwlock_unlock(&ctx->vt_lock);
 }
 
-/*
- * Zap region pages [pg, pg+n) whose dev[i] is set, in every CPU view, one
- * madvise per contiguous run.  Under vt_lock, and zap_lock (base.c) so that
- * no address is zapped after its munmap returned and it was reused by
- * another mapping.  Left open: a munmap that the kernel has done but whose
- * event no handler has read yet (the munmap has not returned), while a
- * third thread maps something else at that address and this zap runs: the
- * kernel gives no way to zap only a mapping that is still ours.
- */
-void region_zap(struct dxm_region *r, size_t pg, size_t n, void **dev)
-{
-	struct dxm_ctx *ctx = r->ctx;
-	pthread_rwlock_rdlock(&ctx->zap_lock); /* not between read and detach */
-	pthread_rwlock_rdlock(&ctx->vt_lock);
-	for (struct dxm_view *v = r->views; v; v = v->rnext) {
-		size_t a = v->pgoff > pg ? v->pgoff : pg;
-		size_t b = v->pgoff + v->npages < pg + n ? v->pgoff + v->npages
-							 : pg + n;
-		while (a < b) {
-			while (a < b && !dev[a - pg])
-				a++;
-			size_t e = a;
-			while (e < b && dev[e - pg])
-				e++;
-			if (e > a) {
-				uintptr_t s = v->start +
-					      ((a - v->pgoff) << ctx->pshift);
-				int err = sys_madvise((void *)s,
-						      (e - a) << ctx->pshift,
-						      MADV_DONTNEED);
-				if (err)
-					pr_err("zap of %#lx failed: %s", s,
-					       strerror(-err));
-			}
-			a = e;
-		}
-	}
-	pthread_rwlock_unlock(&ctx->vt_lock);
-	pthread_rwlock_unlock(&ctx->zap_lock);
-}
-
-/* Make a page the handler cannot resolve from the page cache (a hole the
- * program punched with MADV_REMOVE) exist again, zero-filled. */
-static int fill_hole(struct dxm_region *r, size_t pg)
-{
-	struct dxm_ctx *ctx = r->ctx;
-	return sys_madvise(r->dev + (pg << ctx->pshift), ctx->psize,
-			   MADV_POPULATE_WRITE);
-}
-
-static int continue_run(struct dxm_region *r, uintptr_t s, size_t pg,
-			size_t n)
-{
-	struct dxm_ctx *ctx = r->ctx;
-	int tries = 0;
-	while (n) {
-		long got = uffd_continue(r->uffd, s, n << ctx->pshift);
-		if (got > 0) {
-			size_t k = (size_t)got >> ctx->pshift;
-			s += k << ctx->pshift, pg += k, n -= k;
-			continue;
-		}
-		if (got == -EEXIST) {
-			/* Already mapped (a duplicate fault): wake whoever
-			 * waits on it and go on with the next page. */
-			uffd_wake(r->uffd, s, ctx->psize);
-			s += ctx->psize, pg++, n--;
-		} else if (got == -EAGAIN) {
-			/* An event is unread (a munmap's UNMAP...): we hold
-			 * vt_lock, and the handler that must read it may need
-			 * the gate behind a writer of vt_lock, or be us.  The
-			 * caller retries with no lock held. */
-			return -EAGAIN;
-		} else if ((got == -EFAULT || got == -ENOENT) && tries++ < 3 &&
-			   !fill_hole(r, pg)) {
-			continue;
-		} else {
-			/* Not ours any more (unmapped, unregistered): let
-			 * the faulting threads retry on their own. */
-			uffd_wake(r->uffd, s, n << ctx->pshift);
-			return (int)got;
-		}
-	}
-	return 0;
-}
-
-/*
- * UFFDIO_CONTINUE region pages [pg, pg+n) into every CPU view.  With first
- * set (a fault: n == 1), the faulting view's page goes first, so that the
- * faulting thread is woken soonest, and is not mapped twice.  The caller
- * owns the pages' PS_MAPPING bits.  -EAGAIN: the kernel refused for now
- * (an event is unread); some pages may be left unmapped and no thread was
- * woken for them: a handler wakes the faulting thread (it faults again), any
- * other caller naps and calls again (pages mapped meanwhile are skipped).
- */
-int region_continue(struct dxm_region *r, size_t pg, size_t n, uintptr_t first)
-{
-	struct dxm_ctx *ctx = r->ctx;
-	int ret = 0;
-	bool found = !first;
-	pthread_rwlock_rdlock(&ctx->vt_lock);
-	for (int pass = first ? 0 : 1; pass < 2; pass++) {
-		for (struct dxm_view *v = r->views; v; v = v->rnext) {
-			size_t a = v->pgoff > pg ? v->pgoff : pg;
-			size_t b = v->pgoff + v->npages < pg + n
-					   ? v->pgoff + v->npages
-					   : pg + n;
-			if (a >= b)
-				continue;
-			uintptr_t s = v->start + ((a - v->pgoff) << ctx->pshift);
-			bool here = first && first >= s &&
-				    first < s + ((b - a) << ctx->pshift);
-			if (here != (pass == 0))
-				continue; /* pass 0: the faulting view only */
-			int err = continue_run(r, s, a, b - a);
-			if (err && (!ret || err == -EAGAIN))
-				ret = err;
-			found |= here;
-		}
-	}
-	pthread_rwlock_unlock(&ctx->vt_lock);
-	if (!found) {
-		/* The view went away: let the faulting thread retry. */
-		uffd_wake(r->uffd, first, ctx->psize);
-		ret = -EFAULT;
-	}
-	return ret;
-}
-
 /* ctx_destroy: free every region that is left. */
 void region_destroy_all(struct dxm_ctx *ctx)
 {
@@ -1321,7 +1194,7 @@ DXM_API int dxm_mprotect(struct dxm_ctx *ctx, void *addr, size_t len, int prot)
 	notify_range(ctx, start, end, DXM_EVENT_PROTECTION, NULL);
 	struct dxm_region *r = w.r;
 	size_t pg = w.pgoff + ((start - w.vstart) >> ctx->pshift);
-	if (r->kind == REGION_ANON && !(prot & PROT_WRITE))
+	if ((r->kind->flags & KIND_MOVES) && !(prot & PROT_WRITE))
 		/* UFFDIO_MOVE cannot restore into a read-only mapping: give
 		 * the pages back first (the devices were just invalidated). */
 		pages_to_cpu(r, pg, len >> ctx->pshift,
@@ -1332,10 +1205,8 @@ DXM_API int dxm_mprotect(struct dxm_ctx *ctx, void *addr, size_t len, int prot)
 		err = vt_split(ctx, end);
 	if (!err && mprotect(addr, len, prot))
 		err = -errno;
-	/* Staging keeps the view's protection: UFFDIO_MOVE wants both
-	 * sides alike. */
-	if (!err && r->kind == REGION_ANON)
-		mprotect(r->dev + (pg << ctx->pshift), len, prot);
+	if (!err && r->kind->protect)
+		r->kind->protect(r, pg, len >> ctx->pshift, prot);
 	if (!err)
 		for (size_t i = vt_search(ctx, start);
 		     i < ctx->vt_n && ctx->vt[i]->start < end; i++)
