@@ -231,7 +231,7 @@ DXM_API void dxm_ctx_destroy(struct dxm_ctx *ctx)
 	}
 	/* Regions first: devices are told (DXM_EVENT_UNMAP) while the
 	 * handlers still run, so every waiting fault is resolved. */
-	region_destroy_all(ctx);
+	views_destroy_all(ctx);
 	fault_drain_ready(ctx);
 	if (!registry_del(ctx))
 		return;

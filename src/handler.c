@@ -81,7 +81,7 @@ static void dispatch(struct dxm_ctx *ctx, struct uffd_msg *msg, size_t n,
 		notify_range(ctx, moved[i].from, moved[i].from + moved[i].len,
 			     DXM_EVENT_REMAP, NULL);
 	for (size_t i = 0; i < ngone; i++)
-		region_unmap_finish(ctx, gone[i]);
+		views_unmap_finish(ctx, gone[i]);
 	for (size_t i = 0; i < nremoved; i++)
 		anon_remove_finish(ctx, removed[i]);
 	for (size_t i = 0; i < n; i++) {

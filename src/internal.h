@@ -210,10 +210,41 @@ void region_hold(struct dxm_region *r);
 void region_run_quiet(struct dxm_ctx *ctx);
 size_t region_view_addrs(struct dxm_region *r, size_t pg, size_t n,
 			 uintptr_t *out, size_t max);
-struct dxm_unmap;
+/* A detached run of CPU addresses, to notify and unmap outside the locks. */
+struct dxm_gone {
+	struct dxm_region *r; /* referenced */
+	uintptr_t start, end;
+	size_t pgoff;
+	bool last;	      /* the region has no piece left */
+	bool owner;	      /* and this pass tears it down (region_kill) */
+	struct dxm_gone *next;
+};
+
+/* An UNMAP event read and detached, whose notifications may still run. */
+struct dxm_unmap {
+	uintptr_t start, end;
+	struct dxm_gone *list;
+	struct dxm_unmap *next; /* um_mtx */
+};
+
 struct dxm_unmap *region_unmap_detach(struct dxm_ctx *ctx, uintptr_t start,
 				      uintptr_t end);
-void region_unmap_finish(struct dxm_ctx *ctx, struct dxm_unmap *u);
+void region_unmap_done(struct dxm_ctx *ctx, struct dxm_unmap *u);
+int region_detach_range(struct dxm_ctx *ctx, uintptr_t start, uintptr_t end,
+			int group, struct dxm_gone **list);
+/* The tables (vt_lock held as each says in region.c). */
+struct dxm_view *vt_find(struct dxm_ctx *ctx, uintptr_t addr);
+size_t vt_search(struct dxm_ctx *ctx, uintptr_t addr);
+int vt_split(struct dxm_ctx *ctx, uintptr_t addr);
+int rt_insert(struct dxm_ctx *ctx, struct dxm_region *r);
+void rt_remove(struct dxm_ctx *ctx, struct dxm_region *r);
+int region_add_piece(struct dxm_ctx *ctx, struct dxm_region *r, void *addr,
+		     unsigned group);
+/* The teardown rule's steps (region.c). */
+bool region_kill(struct dxm_region *r);
+void region_wait_quiet(struct dxm_region *r);
+void region_teardown_finish(struct dxm_region *r);
+void region_finish_when_quiet(struct dxm_region *r);
 void region_remap_move(struct dxm_ctx *ctx, uintptr_t from, uintptr_t to,
 		       size_t len);
 int region_runs(struct dxm_region *r, size_t pg, size_t n,
@@ -222,7 +253,6 @@ int region_runs(struct dxm_region *r, size_t pg, size_t n,
 			  size_t n, void *arg),
 		void *arg);
 bool region_owns_addr(struct dxm_region *r, uintptr_t addr);
-void region_destroy_all(struct dxm_ctx *ctx);
 
 /* --------------------------------------------------------------- pstate.c */
 /* A fault waiting for a page (deferred), or to be resolved again (ready). */
@@ -417,6 +447,10 @@ bool ctx_on_handler(struct dxm_ctx *ctx);
 void ctx_kick(struct dxm_ctx *ctx);
 void gate_lock(struct dxm_ctx *ctx);   /* the gate, then zap_lock (write) */
 void gate_unlock(struct dxm_ctx *ctx);
+
+/* --------------------------------------------------------------- views.c */
+void views_unmap_finish(struct dxm_ctx *ctx, struct dxm_unmap *u);
+void views_destroy_all(struct dxm_ctx *ctx);
 
 /* ------------------------------------------------------------- handler.c */
 int handlers_start(struct dxm_ctx *ctx);
