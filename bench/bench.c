@@ -430,20 +430,6 @@ static void usage(FILE *f)
 		   "usage error.\n");
 }
 
-static const char *mode_name(unsigned mode)
-{
-	switch (mode) {
-	case DXM_UFFD_DEV:
-		return "/dev/userfaultfd";
-	case DXM_UFFD_SYSCALL:
-		return "userfaultfd(2)";
-	case DXM_UFFD_USER_ONLY:
-		return "userfaultfd(2), user-mode only";
-	default:
-		return "?";
-	}
-}
-
 static void header(void)
 {
 	struct utsname u;
@@ -455,14 +441,12 @@ static void header(void)
 	printf("dxm bench%s: %s, Linux %s %s, %ld CPUs, uid %d\n",
 	       bn_opt.quick ? " --quick" : "", date, u.release, u.machine,
 	       sysconf(_SC_NPROCESSORS_ONLN), (int)getuid());
-	struct dxm_ctx *ctx;
-	struct dxm_stats st;
-	if (!dxm_ctx_create(&ctx, NULL)) {
-		if (!dxm_stats(ctx, &st, sizeof(st)))
-			printf("dxm: %s, %u handler thread(s) by default, "
-			       "modes measured:",
-			       mode_name(st.uffd_mode), st.handler_threads);
-		dxm_ctx_destroy(ctx);
+	struct dxm_features f = DXM_OPTS(dxm_features);
+	if (!dxm_probe(&f, sizeof(f))) {
+		printf("dxm %s: userfaultfd %s, %u handler thread(s) by "
+		       "default, modes measured:",
+		       dxm_version(), dxm_uffd_mode_str(f.uffd_mode),
+		       f.handler_threads);
 		for (size_t i = 0; i < bn_n_dxm_modes; i++)
 			printf(" %s", bn_dxm_modes[i].name);
 		printf("\n");

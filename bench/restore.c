@@ -49,8 +49,17 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include "compat_uffd.h"
+#include <linux/userfaultfd.h>
+
 #include "harness.h"
+
+/* Newer than some installed kernel headers (the values are the ABI). */
+#ifndef UFFD_USER_MODE_ONLY
+#define UFFD_USER_MODE_ONLY 1 /* Linux 5.11 */
+#endif
+#ifndef USERFAULTFD_IOC_NEW
+#define USERFAULTFD_IOC_NEW _IO(0xAA, 0x00) /* /dev/userfaultfd, Linux 6.1 */
+#endif
 
 #define BLOCK 16
 #define SPIN_US 200

@@ -8,9 +8,21 @@
  * callbacks and only then restores the mapping.  This is the user-space
  * counterpart of the kernel's make_device_exclusive_range().
  *
- * Conventions: every function returns 0 or a non-negative count on success
- * and a negative errno on failure; handles are opaque; structures that cross
- * the API carry their size.  See dxm(7).
+ * Conventions: every function that returns int or long returns 0 or a
+ * non-negative count on success and a negative errno on failure (errno is
+ * not used to report errors).  The others cannot fail:
+ *   - void: dxm_ctx_destroy ignores NULL, a dead context and a fork()ed
+ *     child's call, and refuses (logged) a call from a callback;
+ *     dxm_notifier_remove ignores NULL; dxm_exclusive_unlock logs bad
+ *     arguments (a dead context too) and pages that were not locked;
+ *   - dxm_check_exclusive returns a bool, false for bad arguments too;
+ *   - dxm_notifier_read_begin, _read_retry and _set_seq take a live
+ *     notifier (not checked) and return a sequence number, a bool, nothing;
+ *   - dxm_notifier_priv returns the priv given to dxm_notifier_insert (NULL
+ *     for NULL), dxm_set_print the previous print function;
+ *   - dxm_version*() and the *_str() functions return constants, never NULL.
+ * Handles are opaque; structures that cross the API carry their size.  See
+ * dxm(7).
  */
 #ifndef DXM_H
 #define DXM_H
@@ -24,8 +36,28 @@
 extern "C" {
 #endif
 
+/* The version of this header; dxm_version() and friends give the library's. */
 #define DXM_VERSION_MAJOR 0
 #define DXM_VERSION_MINOR 1
+#define DXM_VERSION_PATCH 0
+#define DXM_VERSION "0.1.0" /* meson.build's project version */
+
+/* The library's version at run time: "0.1.0", 0, 1.  See dxm_version(3). */
+const char *dxm_version(void);
+unsigned dxm_version_major(void);
+unsigned dxm_version_minor(void);
+
+/*
+ * A structure that carries its size, zeroed, with sz set and the fields
+ * given (libbpf's LIBBPF_OPTS):
+ *	struct dxm_ctx_opts o = DXM_OPTS(dxm_ctx_opts, .flags = DXM_CTX_SIGBUS);
+ *	dxm_ctx_create(&ctx, &DXM_OPTS(dxm_ctx_opts, .handler_threads = 2));
+ * A compound literal: the fields not named are 0 (padding is not
+ * guaranteed to be).
+ */
+#define DXM_OPTS(...) DXM_OPTS_(__VA_ARGS__, ) /* fields may be none */
+#define DXM_OPTS_(type, ...)                                                   \
+	((struct type){ .sz = sizeof(struct type), __VA_ARGS__ })
 
 struct dxm_ctx;
 struct dxm_notifier;
@@ -212,6 +244,55 @@ struct dxm_stats {
 };
 
 int dxm_stats(struct dxm_ctx *ctx, struct dxm_stats *st, size_t size);
+
+/* ------------------------------------------------------------- the kernel */
+
+/* dxm_features.flags: what works here, for this process */
+#define DXM_FEAT_KERNEL_FAULTS (1u << 0) /* system calls on exclusive pages
+					    are resolved: uffd_mode is not
+					    DXM_UFFD_USER_ONLY */
+#define DXM_FEAT_ADOPT (1u << 1) /* dxm_adopt works (UFFD_FEATURE_MOVE) */
+#define DXM_FEAT_SIGBUS (1u << 2) /* DXM_CTX_SIGBUS (UFFD_FEATURE_SIGBUS) */
+#define DXM_FEAT_FORK_EVENTS (1u << 3) /* UFFD_FEATURE_EVENT_FORK granted for
+					  adopted memory: a raw clone is
+					  repaired (needs CAP_SYS_PTRACE) */
+
+/* What a context created now without options would get (dxm_probe(3)). */
+struct dxm_features {
+	size_t sz;		     /* filled: how much of this structure was
+					written */
+	uint32_t uffd_mode;	     /* enum dxm_uffd_mode, as in dxm_stats */
+	uint32_t flags;		     /* DXM_FEAT_* */
+	uint64_t uffd_features;	     /* as dxm_stats.uffd_features */
+	uint64_t uffd_anon_features; /* as dxm_stats.uffd_anon_features (0: no
+					dxm_adopt) */
+	uint64_t uffd_offered;	     /* every UFFD_FEATURE_* the kernel offers
+					in uffd_mode */
+	uint32_t handler_threads;    /* as dxm_stats.handler_threads: 1 or
+					$DXM_HANDLER_THREADS */
+	uint32_t reserved;	     /* 0 */
+};
+
+/* Probe the kernel without a context (opens and closes userfaultfds). */
+int dxm_probe(struct dxm_features *f, size_t size);
+
+/* ------------------------------------------------------------------ names */
+
+/*
+ * Short fixed names, for messages and scripts; "unknown" for a value this
+ * version does not know, never NULL.  See dxm_event_str(3).
+ */
+const char *dxm_event_str(enum dxm_event event); /* "clear", "exclusive",
+						    "unmap", "protection",
+						    "fork", "remap" */
+const char *dxm_uffd_mode_str(enum dxm_uffd_mode mode); /* "dev", "syscall",
+							   "user-only" */
+/* The resolution mode that DXM_CTX_* flags choose: "thread", "spin",
+ * "sigbus" (DXM_CTX_SIGBUS wins); "unknown" for flags dxm_ctx_create
+ * refuses. */
+const char *dxm_resolution_str(unsigned ctx_flags);
+/* The kernel's name of one UFFD_FEATURE_* bit: "UFFD_FEATURE_MOVE". */
+const char *dxm_uffd_feature_str(uint64_t feature);
 
 /* ---------------------------------------------------------------- logging */
 

@@ -16,11 +16,11 @@
 #include "inject.h"
 #include "internal.h"
 
-#define MAX_HANDLERS 64
-
 /* --------------------------------------------------------------- create */
 
-static unsigned env_threads(void)
+/* Handler threads when the options do not say: $DXM_HANDLER_THREADS or 1
+ * (probe.c reports it too). */
+unsigned ctx_default_threads(void)
 {
 	const char *e = getenv("DXM_HANDLER_THREADS");
 	if (!e)
@@ -29,20 +29,6 @@ static unsigned env_threads(void)
 	return v >= 1 && v <= MAX_HANDLERS ? (unsigned)v : 1;
 }
 
-static const char *mode_name(int mode)
-{
-	switch (mode) {
-	case DXM_UFFD_DEV:
-		return "/dev/userfaultfd (system calls on exclusive pages are "
-		       "resolved)";
-	case DXM_UFFD_SYSCALL:
-		return "userfaultfd(2) (system calls on exclusive pages are "
-		       "resolved)";
-	default:
-		return "user-mode-only userfaultfd (a system call whose buffer "
-		       "is an exclusive page fails with EFAULT)";
-	}
-}
 
 static void ctx_free(struct dxm_ctx *ctx)
 {
@@ -125,7 +111,8 @@ DXM_API int dxm_ctx_create(struct dxm_ctx **ctxp, const struct dxm_ctx_opts *opt
 	pthread_mutex_init(&ctx->n_mtx, NULL);
 	pthread_cond_init(&ctx->n_cond, NULL);
 	atomic_init(&ctx->n_seq, 0);
-	ctx->nhandlers = o.handler_threads ? o.handler_threads : env_threads();
+	ctx->nhandlers = o.handler_threads ? o.handler_threads
+					   : ctx_default_threads();
 	ctx->flags = o.flags;
 	if (o.flags & DXM_CTX_HANDLER_SPIN)
 		ctx->spin_ns = (uint64_t)(o.spin_us ? o.spin_us : 100) * 1000;
@@ -139,34 +126,14 @@ DXM_API int dxm_ctx_create(struct dxm_ctx **ctxp, const struct dxm_ctx_opts *opt
 	 * resolves them itself (sigbus.c); events still go to the handler. */
 	const uint64_t sigbus = o.flags & DXM_CTX_SIGBUS ? UFFD_FEATURE_SIGBUS
 							 : 0;
-	const uint64_t required = UFFD_FEATURE_MINOR_SHMEM |
-				  UFFD_FEATURE_MISSING_SHMEM |
-				  UFFD_FEATURE_EVENT_UNMAP |
-				  UFFD_FEATURE_EVENT_REMAP |
-				  UFFD_FEATURE_THREAD_ID | sigbus;
-	/* Not UFFD_FEATURE_EVENT_REMOVE: it makes every zap on this fd,
-	 * dxm's own revokes included, wait for a handler to read an event
-	 * (docs/kernel-facts.md); a
-	 * program's MADV_DONTNEED of a memfd region loses nothing and the
-	 * next CPU access faults to the handler anyway (dxm_alloc(3)).
-	 * MOVE is for anonymous memory; EVENT_FORK is not enabled: shared
-	 * regions are not inherited (MADV_DONTFORK). */
-	const uint64_t optional = UFFD_FEATURE_MOVE;
-	err = uffd_open(&ctx->uinfo, required, optional, false);
+	err = uffd_open(&ctx->uinfo, CTX_UFFD_REQUIRED | sigbus,
+			CTX_UFFD_OPTIONAL, false);
 	if (err < 0)
 		goto fail;
 	ctx->uffd = err;
-	/* Adopted memory gets its own userfaultfd: there a program's
-	 * MADV_DONTNEED must discard data, so EVENT_REMOVE is on (dxm's own
-	 * conversions are UFFDIO_MOVEs, which raise no REMOVE).  EVENT_FORK,
-	 * where granted, repairs a raw clone (anon.c).  Optional: without
-	 * MOVE only dxm_adopt fails. */
-	int afd = uffd_open(&ctx->uinfo_anon,
-			    UFFD_FEATURE_MOVE | UFFD_FEATURE_EVENT_UNMAP |
-				    UFFD_FEATURE_EVENT_REMAP |
-				    UFFD_FEATURE_EVENT_REMOVE |
-				    UFFD_FEATURE_THREAD_ID | sigbus,
-			    UFFD_FEATURE_EVENT_FORK, true);
+	/* Optional: without it only dxm_adopt fails. */
+	int afd = uffd_open(&ctx->uinfo_anon, ANON_UFFD_REQUIRED | sigbus,
+			    ANON_UFFD_OPTIONAL, true);
 	if (afd >= 0)
 		ctx->uffd_anon = afd;
 	else
@@ -208,7 +175,13 @@ DXM_API int dxm_ctx_create(struct dxm_ctx **ctxp, const struct dxm_ctx_opts *opt
 	}
 	static atomic_bool said;
 	if (!atomic_exchange(&said, true))
-		pr_info("userfaultfd mode: %s", mode_name(ctx->uinfo.mode));
+		pr_info("userfaultfd mode: %s (%s)",
+			dxm_uffd_mode_str(ctx->uinfo.mode),
+			ctx->uinfo.mode == DXM_UFFD_USER_ONLY
+				? "a system call whose buffer is an exclusive "
+				  "page fails with EFAULT"
+				: "system calls on exclusive pages are "
+				  "resolved");
 	*ctxp = ctx;
 	return 0;
 fail:

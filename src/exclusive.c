@@ -13,6 +13,7 @@
 #include <sys/mman.h>
 
 #include "internal.h"
+#include "trace.h"
 
 /* Common prologue: check arguments, find the region, enter it.  convert:
  * a conversion, which holds off forks while it moves adopted pages out
@@ -115,6 +116,7 @@ DXM_API long dxm_make_exclusive(struct dxm_ctx *ctx, void *start, size_t len,
 		stat_add(&ctx->c.pages_converted, n - refused);
 	}
 	stat_add(&ctx->c.pages_refused, refused);
+	DXM_TRACE_REVOKE(start, len, n - refused, owner);
 	free(need);
 	if (forks)
 		fork_exit(ctx);

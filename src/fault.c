@@ -29,6 +29,7 @@
 
 #include "inject.h"
 #include "internal.h"
+#include "trace.h"
 
 static void finish_restore(struct dxm_fault *f);
 
@@ -79,8 +80,9 @@ static void finish_restore(struct dxm_fault *f)
 	struct dxm_region *r = f->r;
 	/* Still inside (requeue_restore): a dxm_free waits for us, and
 	 * whoever waits for the page (PTC_WAIT) is not left waiting. */
-	if (r->kind->restore(r, f->pg, f->addr) == -EAGAIN &&
-	    !requeued_restore(r, f->pg, f->addr))
+	int err = r->kind->restore(r, f->pg, f->addr);
+	DXM_TRACE_RESTORE_END(f->addr, err);
+	if (err == -EAGAIN && !requeued_restore(r, f->pg, f->addr))
 		uffd_wake(r->uffd, f->addr, r->ctx->psize);
 	region_exit(r);
 	region_put(r);
@@ -132,9 +134,11 @@ static void resolve(struct dxm_region *r, size_t pg, uintptr_t addr,
 			if (!ps_cas(&r->st[pg], &s,
 				    PS_INVALIDATING | (s & PS_WAITERS)))
 				continue;
+			DXM_TRACE_RESTORE_BEGIN(addr, pg);
 			notify_region_pages(r, pg, 1, DXM_EVENT_CLEAR, NULL);
 			stat_add(&ctx->c.restores, 1);
 			err = r->kind->restore(r, pg, addr);
+			DXM_TRACE_RESTORE_END(addr, err);
 			if (err == -EAGAIN && !requeued_restore(r, pg, addr) &&
 			    retry_later(r, addr, here, &us))
 				continue;
@@ -236,6 +240,7 @@ bool fault_resolve_here(struct dxm_ctx *ctx, uintptr_t addr)
 		return true;
 	}
 	stat_add(&ctx->c.cpu_faults, 1);
+	DXM_TRACE_FAULT(addr, DXM_TRACE_FAULT_HERE, 0);
 	/* The access kind is unknown: an adopted page the CPU never had
 	 * gets its own zeroed page, as a write would. */
 	resolve(w.r, pg, addr, true, true, EPOCH_NOW);

@@ -27,6 +27,7 @@
 
 #include "compat_uffd.h"
 #include "internal.h"
+#include "trace.h"
 
 static void restore_for_fork(struct dxm_region *r, void *arg)
 {
@@ -93,6 +94,7 @@ static void prepare_one(struct dxm_ctx *ctx)
 {
 	if (ctx->pid != self_pid() || ctx->uffd_anon < 0)
 		return;
+	DXM_TRACE_FORK_BEGIN(ctx);
 	pthread_rwlock_wrlock(&ctx->fork_lock);
 	ctx->fork_locked = true;
 	unsigned regions = 0;
@@ -101,6 +103,7 @@ static void prepare_one(struct dxm_ctx *ctx)
 		stat_add(&ctx->c.forks, 1);
 	if (ctx->uinfo_anon.features & UFFD_FEATURE_EVENT_FORK)
 		park_handlers(ctx);
+	DXM_TRACE_FORK_END(ctx, regions);
 }
 
 /* In the parent, and in the child (its copies of the locks are held by

@@ -24,6 +24,7 @@
 #include "compat_uffd.h"
 #include "inject.h"
 #include "internal.h"
+#include "trace.h"
 
 #define BATCH 64
 
@@ -89,6 +90,9 @@ static void dispatch(struct dxm_ctx *ctx, struct uffd_msg *msg, size_t n,
 		if (m->event == UFFD_EVENT_PAGEFAULT) {
 			/* Counted before the thread can be woken. */
 			stat_add(&ctx->c.cpu_faults, 1);
+			DXM_TRACE_FAULT(m->arg.pagefault.address,
+					m->arg.pagefault.flags,
+					m->arg.pagefault.feat.ptid);
 			fault_resolve(ctx, m->arg.pagefault.address,
 				      m->arg.pagefault.flags &
 					      UFFD_PAGEFAULT_FLAG_WRITE,
@@ -115,6 +119,7 @@ static size_t handle_batch(struct dxm_ctx *ctx, int uffd)
 		return 0;
 	}
 	size_t n = (size_t)got / sizeof(msg[0]);
+	DXM_TRACE_READ(uffd, n);
 	dispatch(ctx, msg, n, atomic_load(&ctx->epoch), GATE_UNLOCK);
 	return n;
 }
@@ -145,8 +150,11 @@ static void fork_park(struct dxm_handler *h)
 		if (poll(&p, 1, 1) == 1 && (p.revents & POLLIN)) {
 			ssize_t got = read(ctx->uffd_anon, h->backlog + n,
 					   (FORK_BACKLOG - n) * sizeof(*h->backlog));
-			if (got > 0)
+			if (got > 0) {
 				n += (size_t)got / sizeof(*h->backlog);
+				DXM_TRACE_READ(ctx->uffd_anon,
+					       (size_t)got / sizeof(*h->backlog));
+			}
 		}
 	}
 	atomic_fetch_sub(&ctx->fork_acks, 1);

@@ -341,6 +341,33 @@ void notifier_destroy_all(struct dxm_ctx *ctx);
 
 /* ------------------------------------------------------------------ ctx.c */
 #define FORK_BACKLOG 1024 /* messages read while a fork is in progress */
+#define MAX_HANDLERS 64
+
+/*
+ * The userfaultfd features a context asks for (dxm_probe asks the same).
+ * Memfd regions: not UFFD_FEATURE_EVENT_REMOVE, which makes every zap on
+ * this fd, dxm's own revokes included, wait for a handler to read an event
+ * (docs/kernel-facts.md); a program's MADV_DONTNEED of a memfd region
+ * loses nothing and the next CPU access faults to the handler anyway
+ * (dxm_alloc(3)).  MOVE is for the trash area (anon.c); EVENT_FORK is not
+ * enabled: shared regions are not inherited (MADV_DONTFORK).
+ * Adopted memory gets its own userfaultfd: there a program's MADV_DONTNEED
+ * must discard data, so EVENT_REMOVE is on (dxm's own conversions are
+ * UFFDIO_MOVEs, which raise no REMOVE).  EVENT_FORK, where granted,
+ * repairs a raw clone (anon.c).  DXM_CTX_SIGBUS adds UFFD_FEATURE_SIGBUS
+ * to both.
+ */
+#define CTX_UFFD_REQUIRED                                                      \
+	(UFFD_FEATURE_MINOR_SHMEM | UFFD_FEATURE_MISSING_SHMEM |               \
+	 UFFD_FEATURE_EVENT_UNMAP | UFFD_FEATURE_EVENT_REMAP |                 \
+	 UFFD_FEATURE_THREAD_ID)
+#define CTX_UFFD_OPTIONAL UFFD_FEATURE_MOVE
+#define ANON_UFFD_REQUIRED                                                     \
+	(UFFD_FEATURE_MOVE | UFFD_FEATURE_EVENT_UNMAP |                        \
+	 UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_EVENT_REMOVE |                \
+	 UFFD_FEATURE_THREAD_ID)
+#define ANON_UFFD_OPTIONAL UFFD_FEATURE_EVENT_FORK
+unsigned ctx_default_threads(void);
 
 struct dxm_handler {
 	struct dxm_ctx *ctx;

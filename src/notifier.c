@@ -29,6 +29,7 @@
 
 #include "inject.h"
 #include "internal.h"
+#include "trace.h"
 
 DXM_API int dxm_notifier_insert(struct dxm_ctx *ctx, void *start, size_t len,
 				const struct dxm_notifier_ops *ops, void *priv,
@@ -172,6 +173,9 @@ void notify_range(struct dxm_ctx *ctx, uintptr_t start, uintptr_t end,
 			if (mine)
 				atomic_store(&n->cb_event, ev);
 			inject(INJ_NOTIFY); /* a slow callback, in tests */
+			DXM_TRACE_NOTIFY(r.start,
+					 (uintptr_t)r.end - (uintptr_t)r.start,
+					 ev, r.owner, n);
 			n->ops->invalidate(n, &r, cur);
 			if (mine)
 				atomic_compare_exchange_strong(&n->cb_start,

@@ -19,20 +19,6 @@
 
 #include "stress_int.h"
 
-static const char *mode_name(uint32_t mode)
-{
-	switch (mode) {
-	case DXM_UFFD_DEV:
-		return "/dev/userfaultfd";
-	case DXM_UFFD_SYSCALL:
-		return "userfaultfd(2)";
-	case DXM_UFFD_USER_ONLY:
-		return "user-mode-only";
-	default:
-		return "?";
-	}
-}
-
 static void op_inc(struct st_worker *w)
 {
 	st_op_begin(w, "cpu-inc");
@@ -108,7 +94,7 @@ static bool efault(struct st_worker *w, const char *call, char *page,
 	    !(st.ctx_flags & DXM_CTX_SIGBUS)) {
 		st_fail("%s on managed page %p failed with EFAULT with a %s "
 			"userfaultfd (B2: it must wait for dxm and succeed)",
-			call, (void *)page, mode_name(st.uffd_mode));
+			call, (void *)page, dxm_uffd_mode_str(st.uffd_mode));
 		return false;
 	}
 	st_count(w, OP_EFAULT, 1);

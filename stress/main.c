@@ -143,16 +143,21 @@ static int parse(int argc, char **argv)
 				goto bad;
 			st.handlers = (unsigned)v;
 			break;
-		case 'm':
-			if (!strcmp(optarg, "thread"))
-				st.ctx_flags = 0;
-			else if (!strcmp(optarg, "spin"))
-				st.ctx_flags = DXM_CTX_HANDLER_SPIN;
-			else if (!strcmp(optarg, "sigbus"))
-				st.ctx_flags = DXM_CTX_SIGBUS;
-			else
+		case 'm': {
+			/* the library's names of the resolution modes */
+			static const unsigned modes[] = {
+				0, DXM_CTX_HANDLER_SPIN, DXM_CTX_SIGBUS
+			};
+			const size_t n = sizeof(modes) / sizeof(modes[0]);
+			size_t i = 0;
+			while (i < n &&
+			       strcmp(optarg, dxm_resolution_str(modes[i])))
+				i++;
+			if (i == n)
 				goto bad;
+			st.ctx_flags = modes[i];
 			break;
+		}
 		case 'c':
 			if (!parse_uint(optarg, ST_MAX_CHURN, &v) || !v)
 				goto bad;
@@ -230,21 +235,6 @@ static int print_fn(enum dxm_log_level level, const char *fmt, va_list ap)
 	    (level == DXM_LOG_DEBUG && st.verbose > 2))
 		fprintf(stderr, "dxm %s: %s\n", tag[level], buf);
 	return 0;
-}
-
-static const char *mode_name(uint32_t mode)
-{
-	switch (mode) {
-	case DXM_UFFD_DEV:
-		return "/dev/userfaultfd (system calls on exclusive pages wait)";
-	case DXM_UFFD_SYSCALL:
-		return "userfaultfd(2) (system calls on exclusive pages wait)";
-	case DXM_UFFD_USER_ONLY:
-		return "user-mode-only (system calls on exclusive pages get "
-		       "EFAULT)";
-	default:
-		return "?";
-	}
 }
 
 /* -------------------------------------------------------- fatal signals */
@@ -500,16 +490,13 @@ static int setup(const struct dxm_ctx_opts *o)
 	struct dxm_stats s;
 	dxm_stats(st.ctx, &s, sizeof(s));
 	st.uffd_mode = s.uffd_mode;
-	printf("stress: userfaultfd mode: %s; resolution: %s, %u handler "
-	       "thread(s); adopted memory: %s\n",
-	       st.ctx_flags & DXM_CTX_SIGBUS
-		       ? "with UFFD_FEATURE_SIGBUS (system calls on exclusive "
-			 "pages get EFAULT)"
-		       : mode_name(s.uffd_mode),
-	       st.ctx_flags & DXM_CTX_SIGBUS	     ? "SIGBUS in the faulting thread"
-	       : st.ctx_flags & DXM_CTX_HANDLER_SPIN ? "spinning handler"
-						     : "handler thread",
-	       s.handler_threads,
+	bool waits = s.uffd_mode != DXM_UFFD_USER_ONLY &&
+		     !(st.ctx_flags & DXM_CTX_SIGBUS);
+	printf("stress: userfaultfd mode: %s (system calls on exclusive pages "
+	       "%s); resolution: %s, %u handler thread(s); adopted memory: "
+	       "%s\n",
+	       dxm_uffd_mode_str(s.uffd_mode), waits ? "wait" : "get EFAULT",
+	       dxm_resolution_str(st.ctx_flags), s.handler_threads,
 	       !st.anon_ok ? "not available (dxm_adopt: ENOSYS), memfd only"
 	       : st.disabled[F_ANON] ? "disabled"
 				     : "yes");

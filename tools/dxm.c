@@ -31,14 +31,9 @@
 #include <unistd.h>
 
 #include "bench.h"
-#include "compat_uffd.h"
 #include "dxm.h"
 #include "dxm_mirror.h"
 #include "stress.h"
-
-#ifndef DXM_VERSION
-#define DXM_VERSION "unknown"
-#endif
 
 enum { EXIT_USAGE = 2 };
 
@@ -47,20 +42,6 @@ static double now_s(void)
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static const char *mode_str(unsigned mode)
-{
-	switch (mode) {
-	case DXM_UFFD_DEV:
-		return "/dev/userfaultfd";
-	case DXM_UFFD_SYSCALL:
-		return "userfaultfd(2)";
-	case DXM_UFFD_USER_ONLY:
-		return "userfaultfd(2), user-mode only";
-	default:
-		return "?";
-	}
 }
 
 /* A whole decimal number in [min, max], or false. */
@@ -371,7 +352,7 @@ static int cmd_demo(int argc, char **argv)
 	       "(%lu non-atomic\nincrements) on %lu counters, one per page\n",
 	       threads, ops, pages);
 	printf("userfaultfd: %s; %u handler thread(s)\n\n",
-	       mode_str(st.uffd_mode), st.handler_threads);
+	       dxm_uffd_mode_str(st.uffd_mode), st.handler_threads);
 
 	int rc = run_round(&d, (unsigned)threads, false);
 	printf("\n");
@@ -413,8 +394,9 @@ static void info_usage(FILE *f)
 		"dxm work here\n"
 		"(each with the kernel feature it needs), and the userfaultfd "
 		"features enabled,\n"
-		"by name. It creates and destroys a context, and one in SIGBUS "
-		"mode.\n"
+		"by name. It creates no context: dxm_probe(3) opens and closes "
+		"the\n"
+		"userfaultfds a context would.\n"
 		"\n"
 		"  --json      one JSON object instead of text (keys in "
 		"dxm(1))\n"
@@ -424,30 +406,6 @@ static void info_usage(FILE *f)
 		"printed), 2 usage\n"
 		"error.\n");
 }
-
-/* The kernel's UFFD_FEATURE_* bits, by name (linux/userfaultfd.h). */
-static const struct {
-	uint64_t bit;
-	const char *name;
-} uffd_features[] = {
-	{ UFFD_FEATURE_PAGEFAULT_FLAG_WP, "UFFD_FEATURE_PAGEFAULT_FLAG_WP" },
-	{ UFFD_FEATURE_EVENT_FORK, "UFFD_FEATURE_EVENT_FORK" },
-	{ UFFD_FEATURE_EVENT_REMAP, "UFFD_FEATURE_EVENT_REMAP" },
-	{ UFFD_FEATURE_EVENT_REMOVE, "UFFD_FEATURE_EVENT_REMOVE" },
-	{ UFFD_FEATURE_MISSING_HUGETLBFS, "UFFD_FEATURE_MISSING_HUGETLBFS" },
-	{ UFFD_FEATURE_MISSING_SHMEM, "UFFD_FEATURE_MISSING_SHMEM" },
-	{ UFFD_FEATURE_EVENT_UNMAP, "UFFD_FEATURE_EVENT_UNMAP" },
-	{ UFFD_FEATURE_SIGBUS, "UFFD_FEATURE_SIGBUS" },
-	{ UFFD_FEATURE_THREAD_ID, "UFFD_FEATURE_THREAD_ID" },
-	{ UFFD_FEATURE_MINOR_HUGETLBFS, "UFFD_FEATURE_MINOR_HUGETLBFS" },
-	{ UFFD_FEATURE_MINOR_SHMEM, "UFFD_FEATURE_MINOR_SHMEM" },
-	{ UFFD_FEATURE_EXACT_ADDRESS, "UFFD_FEATURE_EXACT_ADDRESS" },
-	{ UFFD_FEATURE_WP_HUGETLBFS_SHMEM, "UFFD_FEATURE_WP_HUGETLBFS_SHMEM" },
-	{ UFFD_FEATURE_WP_UNPOPULATED, "UFFD_FEATURE_WP_UNPOPULATED" },
-	{ UFFD_FEATURE_POISON, "UFFD_FEATURE_POISON" },
-	{ UFFD_FEATURE_WP_ASYNC, "UFFD_FEATURE_WP_ASYNC" },
-	{ UFFD_FEATURE_MOVE, "UFFD_FEATURE_MOVE" },
-};
 
 /*
  * The names of the bits set in v, in bit order: as a JSON array, or as
@@ -465,12 +423,12 @@ static void print_features(uint64_t v, bool json, int indent)
 		if (!(v & bit))
 			continue;
 		char name[40];
-		snprintf(name, sizeof(name), "%#llx", (unsigned long long)bit);
-		for (size_t i = 0;
-		     i < sizeof(uffd_features) / sizeof(uffd_features[0]); i++)
-			if (uffd_features[i].bit == bit)
-				snprintf(name, sizeof(name), "%s",
-					 uffd_features[i].name);
+		const char *known = dxm_uffd_feature_str(bit);
+		if (strcmp(known, "unknown"))
+			snprintf(name, sizeof(name), "%s", known);
+		else
+			snprintf(name, sizeof(name), "%#llx",
+				 (unsigned long long)bit);
 		int len = (int)strlen(name);
 		if (json) {
 			printf("%s\"%s\"", first ? "" : ", ", name);
@@ -502,20 +460,6 @@ static void json_str(const char *s)
 			putchar(*s);
 	}
 	putchar('"');
-}
-
-static const char *mode_key(unsigned mode)
-{
-	switch (mode) {
-	case DXM_UFFD_DEV:
-		return "dev";
-	case DXM_UFFD_SYSCALL:
-		return "syscall";
-	case DXM_UFFD_USER_ONLY:
-		return "user-only";
-	default:
-		return "unknown";
-	}
 }
 
 /* One line of "what works": name, yes/no, and why. */
@@ -564,13 +508,14 @@ static int cmd_info(int argc, char **argv)
 	dxm_print_fn prev = NULL;
 	if (json)
 		prev = dxm_set_print(NULL);
-	struct dxm_ctx *ctx;
-	int err = dxm_ctx_create(&ctx, NULL);
+	struct dxm_features f = DXM_OPTS(dxm_features);
+	int err = dxm_probe(&f, sizeof(f));
+	if (json)
+		dxm_set_print(prev);
 	if (err) {
 		if (json) {
-			dxm_set_print(prev);
 			printf("{\"version\": \"%s\", \"kernel\": ",
-			       DXM_VERSION);
+			       dxm_version());
 			json_str(u.release);
 			printf(", \"machine\": ");
 			json_str(u.machine);
@@ -579,33 +524,20 @@ static int cmd_info(int argc, char **argv)
 			json_str(strerror(-err));
 			printf("}\n");
 		} else {
-			printf("dxm %s, Linux %s %s, uid %d\n", DXM_VERSION,
+			printf("dxm %s, Linux %s %s, uid %d\n", dxm_version(),
 			       u.release, u.machine, (int)getuid());
 			printf("dxm cannot run here: %s\n", strerror(-err));
 		}
 		return 1;
 	}
-	struct dxm_stats st;
-	memset(&st, 0, sizeof(st));
-	dxm_stats(ctx, &st, sizeof(st));
-	dxm_ctx_destroy(ctx);
-
-	/* SIGBUS mode, quietly: its absence is an answer, not an error. */
-	if (!json)
-		prev = dxm_set_print(NULL);
-	struct dxm_ctx_opts so = { .sz = sizeof(so), .flags = DXM_CTX_SIGBUS };
-	bool sigbus = dxm_ctx_create(&ctx, &so) == 0;
-	if (sigbus)
-		dxm_ctx_destroy(ctx);
-	dxm_set_print(prev);
-
-	bool kernel_faults = st.uffd_mode != DXM_UFFD_USER_ONLY;
-	bool adopt = st.uffd_anon_features != 0;
-	bool fork_events = st.uffd_anon_features & UFFD_FEATURE_EVENT_FORK;
+	bool kernel_faults = f.flags & DXM_FEAT_KERNEL_FAULTS;
+	bool adopt = f.flags & DXM_FEAT_ADOPT;
+	bool sigbus = f.flags & DXM_FEAT_SIGBUS;
+	bool fork_events = f.flags & DXM_FEAT_FORK_EVENTS;
 
 	if (json) {
 		printf("{\n  \"version\": \"%s\",\n  \"kernel\": ",
-		       DXM_VERSION);
+		       dxm_version());
 		json_str(u.release);
 		printf(",\n  \"machine\": ");
 		json_str(u.machine);
@@ -618,26 +550,26 @@ static int cmd_info(int argc, char **argv)
 		       "  \"sigbus_mode\": %s,\n"
 		       "  \"fork_events\": %s,\n"
 		       "  \"uffd_features\": ",
-		       (int)getuid(), psize, mode_key(st.uffd_mode),
-		       kernel_faults ? "true" : "false", st.handler_threads,
+		       (int)getuid(), psize, dxm_uffd_mode_str(f.uffd_mode),
+		       kernel_faults ? "true" : "false", f.handler_threads,
 		       adopt ? "true" : "false", sigbus ? "true" : "false",
 		       fork_events ? "true" : "false");
-		print_features(st.uffd_features, true, 0);
+		print_features(f.uffd_features, true, 0);
 		printf(",\n  \"uffd_anon_features\": ");
-		print_features(st.uffd_anon_features, true, 0);
+		print_features(f.uffd_anon_features, true, 0);
 		printf("\n}\n");
 		return 0;
 	}
 
-	printf("dxm %s, Linux %s %s, uid %d, page size %ld\n", DXM_VERSION,
+	printf("dxm %s, Linux %s %s, uid %d, page size %ld\n", dxm_version(),
 	       u.release, u.machine, (int)getuid(), psize);
-	printf("userfaultfd: %s\n", mode_str(st.uffd_mode));
+	printf("userfaultfd: %s\n", dxm_uffd_mode_str(f.uffd_mode));
 	printf("system calls on exclusive pages: %s\n",
 	       kernel_faults ? "resolved (they wait like a CPU access)"
 			     : "fail with EFAULT (call "
 			       "dxm_range_fault first)");
 	printf("fault-handler threads per context: %u\n\n",
-	       st.handler_threads);
+	       f.handler_threads);
 	printf("what works here:\n");
 	info_line("memfd regions (dxm_alloc, dxm_alias)", true,
 		  "UFFD_FEATURE_MINOR_SHMEM", NULL);
@@ -653,9 +585,9 @@ static int cmd_info(int argc, char **argv)
 		  "UFFD_FEATURE_EVENT_FORK",
 		  adopt ? "needs CAP_SYS_PTRACE" : "needs dxm_adopt");
 	printf("\nuserfaultfd features enabled:\n  memfd regions:  ");
-	print_features(st.uffd_features, false, 18);
+	print_features(f.uffd_features, false, 18);
 	printf("\n  adopted memory: ");
-	print_features(st.uffd_anon_features, false, 18);
+	print_features(f.uffd_anon_features, false, 18);
 	printf("\n");
 	return 0;
 }
@@ -844,7 +776,7 @@ int main(int argc, char **argv)
 		return 0;
 	}
 	if (!strcmp(cmd, "-V") || !strcmp(cmd, "--version")) {
-		printf("dxm %s\n", DXM_VERSION);
+		printf("dxm %s\n", dxm_version());
 		return 0;
 	}
 	if (!strcmp(cmd, "help")) {
