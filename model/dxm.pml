@@ -7,7 +7,7 @@
  *
  * Actors:
  *   Handler  x NH    userfaultfd handler threads (ctx.c handler_main,
- *                    handle_batch; fault.c resolve, fault_drain_ready)
+ *                    handle_batch; fault.c resolve, dxmi_fault_drain_ready)
  *   Cpu      x 2     program threads: K_CPU atomic increments (lock add) of
  *                    a counter in the page; an access to an absent PTE is a
  *                    userfaultfd fault: a message, then sleep until woken
@@ -78,8 +78,8 @@ bit waiting[NCPU];      /* the thread sleeps in handle_userfault()         */
 bit faulted[NCPU];      /* ghost: an access faulted and has not completed  */
 
 /* ------------------------------------ fault.c deferral (for this page)
- * ctx->defer_mtx: each of its critical sections (ps_defer: CAS + queue;
- * ps_release_waiters: move; fault_drain_ready: take) is one atomic step
+ * ctx->defer_mtx: each of its critical sections (dxmi_ps_defer: CAS + queue;
+ * dxmi_ps_release_waiters: move; dxmi_fault_drain_ready: take) is one atomic step
  * here, which is what the mutex gives them. */
 byte ndeferred;         /* fault records on ctx->deferred                  */
 byte nready;            /* fault records on ctx->ready                     */
@@ -164,8 +164,8 @@ byte incs;              /* ghost: increments completed                     */
  * a woken thread's unread message leaves the queue (handle_userfault). */
 #define WAKE_ALL waiting[0] = 0; pending[0] = 0; waiting[1] = 0; pending[1] = 0
 
-/* pstate.c ps_release_waiters(): every record of the page from deferred
- * to ready under defer_mtx, then ctx_kick() (the eventfd: modelled as
+/* pstate.c dxmi_ps_release_waiters(): every record of the page from deferred
+ * to ready under defer_mtx, then dxmi_ctx_kick() (the eventfd: modelled as
  * "ready is not empty" enabling a handler). */
 inline release_waiters()
 {
@@ -206,7 +206,7 @@ inline cb_op(d)
 	fi
 }
 
-/* notifier.c notify_range(): one pass over the page.  Own conversions
+/* notifier.c dxmi_notify_range(): one pass over the page.  Own conversions
  * (DXM_EVENT_EXCLUSIVE with owner == the mirror) return at once: not
  * called.  ctx->n_mtx sections are atomic.  The list is LIFO and both
  * "all" notifiers were inserted by dxm_mirror_create(), before any op
@@ -257,7 +257,7 @@ inline notify(ev, own)
 
 /* fault.c map_page() -> region.c region_continue(r, pg, 1, addr) ->
  * continue_run(): UFFDIO_CONTINUE maps the page, or fails with EEXIST and
- * uffd_wake()s; every waiter wakes.  (Its second pass, over the other CPU
+ * dxmi_uffd_wake()s; every waiter wakes.  (Its second pass, over the other CPU
  * views, has none here.) */
 inline map_page()
 {
@@ -291,11 +291,11 @@ inline resolve()
 			st = PS_INVALIDATING | (st & PS_WAITERS); s = 2
 		:: else ->      /* LOCKED, INVALIDATING, CPU|MAPPING */
 #if defined(BUG_DEFER_BLIND)
-			/* BUG: ps_defer() stores s|PS_WAITERS without
+			/* BUG: dxmi_ps_defer() stores s|PS_WAITERS without
 			 * checking that the byte still holds s */
 			s = st | 16
 #elif !defined(BUG_DEFER_PUSH_LATE)
-			/* ps_defer(): under defer_mtx, CAS s -> s|PS_WAITERS
+			/* dxmi_ps_defer(): under defer_mtx, CAS s -> s|PS_WAITERS
 			 * and queue the record before unlocking */
 			st = st | PS_WAITERS; ndeferred++; REC_SAT(ndeferred); s = 3
 #else
@@ -362,7 +362,7 @@ end_idle:
 	   };
 		resolve()
 #endif
-	:: atomic {     /* fault_drain_ready(): take the ready list */
+	:: atomic {     /* dxmi_fault_drain_ready(): take the ready list */
 		nready > 0 -> n = nready; nready = 0
 	   };
 		do

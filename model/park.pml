@@ -22,9 +22,9 @@
  *                    not here), park_handlers: forking = 1, write(fork_fd),
  *                    wait until fork_acks == NH (no timeout); fork() in the
  *                    kernel; release(parent): read(fork_fd) (drained),
- *                    forking = 0, ctx_kick
+ *                    forking = 0, dxmi_ctx_kick
  *   init             at any time, once each: a fault message (a
- *                    userfaultfd readable), a ctx_kick (wake_fd)
+ *                    userfaultfd readable), a dxmi_ctx_kick (wake_fd)
  *
  * Properties: no handler is asleep in poll() or busy while a fork is in
  * the kernel (assertion at the fork); every fork completes (no invalid end
@@ -49,7 +49,7 @@
 bit  forking;           /* ctx->forking                                    */
 byte fork_acks;         /* ctx->fork_acks                                  */
 bit  fork_fd;           /* ctx->fork_fd is readable (eventfd count > 0)    */
-bit  wake_fd;           /* ctx->wake_fd is readable (ctx_kick)             */
+bit  wake_fd;           /* ctx->wake_fd is readable (dxmi_ctx_kick)             */
 bit  msgs;              /* a userfaultfd has a message                     */
 
 bit  in_fork;           /* ghost: fork() runs in the kernel                */
@@ -91,7 +91,7 @@ end_poll:		(wake_fd || msgs
 				fi
 			};
 			/* handle_batch(): read() the userfaultfds, resolve,
-			 * fault_drain_ready(), region_run_quiet() */
+			 * dxmi_fault_drain_ready(), dxmi_region_run_quiet() */
 			atomic { assert(!in_fork); msgs = 0 };
 			unsafe[i] = 0
 		fi
@@ -109,7 +109,7 @@ proctype Fork()
 #ifndef BUG_ONE_SHOT_KICK
 		fork_fd = 1;    /* write(ctx->fork_fd, 1) */
 #else
-		wake_fd = 1;    /* BUG: ctx_kick(): one reader resets it */
+		wake_fd = 1;    /* BUG: dxmi_ctx_kick(): one reader resets it */
 #endif
 		/* while (fork_acks < want) poll(NULL, 0, 1) */
 		if
@@ -118,13 +118,13 @@ proctype Fork()
 		:: skip         /* BUG: 2 s passed, fork anyway */
 #endif
 		fi;
-		/* (gate_lock: not modelled) fork() */
+		/* (dxmi_gate_lock: not modelled) fork() */
 		atomic { in_fork = 1; assert(NONE_UNSAFE) };
 		in_fork = 0;
 		/* release(ctx, parent) */
 		fork_fd = 0;    /* read(ctx->fork_fd): drained */
 		forking = 0;
-		wake_fd = 1;    /* ctx_kick() */
+		wake_fd = 1;    /* dxmi_ctx_kick() */
 		n++;
 		forks = n
 	od

@@ -10,24 +10,24 @@
  * with every increment in it.
  *
  * Actors (names of the C functions they run):
- *   Device    dxm_make_exclusive (begin(): region_enter; CAS -> PS_LOCKED;
+ *   Device    dxm_make_exclusive (begin(): dxmi_region_enter; CAS -> PS_LOCKED;
  *             anon_move_out: the data to staging), one device access of
  *             staging, dxm_exclusive_unlock (-> PS_EXCLUSIVE)
- *   Restorer  pages_to_cpu(PTC_INVALIDATE | PTC_WAIT) inside the region:
+ *   Restorer  dxmi_pages_to_cpu(PTC_INVALIDATE | PTC_WAIT) inside the region:
  *             the fork prepare handler's restore_for_fork, dxm_mprotect to
  *             a read-only protection, dxm_range_fault.  EXCLUSIVE ->
  *             INVALIDATING, notifiers, invalidated() -> CPU|MAPPING,
  *             anon_move_in (into every view of the table), mapping_done()
- *   Freer     dxm_free -> free_region: region_kill (R_DYING),
- *             region_wait_quiet, detach_range, gone_piece (notifiers,
+ *   Freer     dxm_free -> free_region: dxmi_region_kill (R_DYING),
+ *             dxmi_region_wait_quiet, detach_range, gone_piece (notifiers,
  *             anon_hand_back of every page that is not PS_CPU,
- *             uffd_unregister), teardown_finish (-> PS_CPU,
+ *             dxmi_uffd_unregister), teardown_finish (-> PS_CPU,
  *             fault_forget_region)
  *   Cpu       a program thread: one increment of the counter (lock add);
  *             a hole in the registered view is a userfaultfd fault
  *   Handler   the fault handler thread: read() of the queued messages and
- *             events, fault_resolve (region_lookup, region_enter or
- *             defer_dying, resolve), fault_drain_ready (the ready list,
+ *             events, dxmi_fault_resolve (dxmi_region_lookup, dxmi_region_enter or
+ *             defer_dying, resolve), dxmi_fault_drain_ready (the ready list,
  *             finish_restore of a re-queued restore)
  *   Env       (EAGAIN=1) another mapping's munmap or MADV_DONTNEED queues
  *             an event on uffd_anon: until a handler reads it, every
@@ -38,13 +38,13 @@
  *   RESTORER=0|1           start the Restorer (default 1)
  *   BUG_DETACH_FIRST       mutant: dxm_free detaches the view before it
  *                          waits for the users (the old order)
- *   BUG_RESTORER_OUTSIDE   mutant: pages_to_cpu's caller does not
- *                          region_enter (the old fork prepare handler)
+ *   BUG_RESTORER_OUTSIDE   mutant: dxmi_pages_to_cpu's caller does not
+ *                          dxmi_region_enter (the old fork prepare handler)
  *   BUG_REQUEUE_OUTSIDE    mutant: a restore the handler re-queues leaves
  *                          the region (fault.c keeps it inside with
- *                          region_hold until finish_restore is done)
+ *                          dxmi_region_hold until finish_restore is done)
  *   FIX_WAIT_DYING         another fix of BUG_REQUEUE_OUTSIDE, not taken:
- *                          pages_to_cpu(PTC_WAIT) stops waiting
+ *                          dxmi_pages_to_cpu(PTC_WAIT) stops waiting
  *                          for a page once the region is dying
  *   RESTORER_ON_HANDLER    the Restorer runs on a handler thread (a fork,
  *                          or dxm_mprotect, from a driver's callback):
@@ -100,7 +100,7 @@ byte nrestore;          /* ctx->ready: re-queued restores (f->restore)     */
 
 byte finished;          /* Device, Restorer, Freer, Cpu done               */
 
-/* UFFDIO_MOVE (without DONTWAKE), UFFDIO_ZEROPAGE, uffd_wake, unregister:
+/* UFFDIO_MOVE (without DONTWAKE), UFFDIO_ZEROPAGE, dxmi_uffd_wake, unregister:
  * the waiting thread wakes; its unread message leaves the queue. */
 #define WAKE waiting = 0; pending = 0
 
@@ -116,9 +116,9 @@ byte finished;          /* Device, Restorer, Freer, Cpu done               */
 #define INV_STAGED      (!stg_present || ps_state(st) != PS_CPU || (st & PS_MAPPING))
 #define CHECK_INV       assert(INV_ONE_COPY); assert(INV_STAGED)
 
-/* region.c region_enter(): fetch_add; if R_DYING was set, region_exit()
- * (the transient count only delays region_wait_quiet: one step here) */
-inline region_enter(ok)
+/* region.c dxmi_region_enter(): fetch_add; if R_DYING was set, dxmi_region_exit()
+ * (the transient count only delays dxmi_region_wait_quiet: one step here) */
+inline dxmi_region_enter(ok)
 {
 	atomic {
 		if
@@ -128,14 +128,14 @@ inline region_enter(ok)
 	}
 }
 
-/* region.c region_exit() (the last one out of a munmapped region hands
+/* region.c dxmi_region_exit() (the last one out of a munmapped region hands
  * it to a handler: no munmap here) */
-inline region_exit()
+inline dxmi_region_exit()
 {
 	users--
 }
 
-/* fault.c fault_release_waiters() + ctx_kick() */
+/* fault.c fault_release_waiters() + dxmi_ctx_kick() */
 inline release_waiters()
 {
 	atomic { nready = nready + ndeferred; ndeferred = 0; assert(nready < 8) }
@@ -260,7 +260,7 @@ inline resolve()
 	:: s == 1 ->
 		/* map_page(): a page the CPU never had: anon_zero_fill()
 		 * (UFFDIO_ZEROPAGE/COPY; EEXIST, or EAGAIN 1000 times on
-		 * this handler: uffd_wake only, the thread faults again) */
+		 * this handler: dxmi_uffd_wake only, the thread faults again) */
 		atomic {
 			if
 			:: !cpu_present && !ev_unread -> cpu_present = 1; cpu_val = 0
@@ -270,7 +270,7 @@ inline resolve()
 		};
 		mapping_done()
 	:: s == 2 ->
-		dev_ok = 0;     /* notify_region_pages(DXM_EVENT_CLEAR) */
+		dev_ok = 0;     /* dxmi_notify_region_pages(DXM_EVENT_CLEAR) */
 		move_in_handler();
 		if
 		:: !moved -> requeue_restore()
@@ -282,15 +282,15 @@ inline resolve()
 	s = 0
 }
 
-/* fault.c fault_resolve(): region_lookup (vt_lock read), then inside the
+/* fault.c dxmi_fault_resolve(): dxmi_region_lookup (vt_lock read), then inside the
  * region resolve(), or defer_dying(); no view: wake_any() */
-inline fault_resolve()
+inline dxmi_fault_resolve()
 {
 	if
 	:: view ->
-		region_enter(ok);
+		dxmi_region_enter(ok);
 		if
-		:: ok -> resolve(); region_exit()
+		:: ok -> resolve(); dxmi_region_exit()
 		:: else -> defer_dying()
 		fi
 	:: else -> atomic { WAKE }
@@ -301,7 +301,7 @@ inline fault_resolve()
 inline finish_restore()
 {
 #ifdef BUG_REQUEUE_OUTSIDE
-	region_enter(ok);
+	dxmi_region_enter(ok);
 #else
 	ok = 1;         /* still inside since requeue_restore() */
 #endif
@@ -313,7 +313,7 @@ inline finish_restore()
 		:: !moved -> requeue_restore()
 		:: else -> invalidated(); mapping_done(); atomic { WAKE }
 		fi;
-		region_exit()
+		dxmi_region_exit()
 	fi
 }
 
@@ -330,11 +330,11 @@ end_idle:
 		s = pending; pending = 0; ev_unread = 0
 	   };
 		if
-		:: s -> s = 0; fault_resolve()
+		:: s -> s = 0; dxmi_fault_resolve()
 		:: else
 		fi
-	:: atomic { nready > 0 -> nready-- };   /* fault_drain_ready() */
-		fault_resolve()
+	:: atomic { nready > 0 -> nready-- };   /* dxmi_fault_drain_ready() */
+		dxmi_fault_resolve()
 	:: atomic { nrestore > 0 -> nrestore-- };
 		finish_restore()
 	od
@@ -359,7 +359,7 @@ proctype Device()
 {
 	bit ok, got, need;
 	byte s;
-	region_enter(ok);       /* begin() (fork_enter: not modelled) */
+	dxmi_region_enter(ok);       /* begin() (dxmi_fork_enter: not modelled) */
 	if
 	:: !ok -> goto out      /* -EFAULT */
 	:: else
@@ -374,7 +374,7 @@ proctype Device()
 		:: else -> got = 0
 		fi
 	};
-	/* notify_region_pages(DXM_EVENT_EXCLUSIVE, owner): its own */
+	/* dxmi_notify_region_pages(DXM_EVENT_EXCLUSIVE, owner): its own */
 	if
 	:: got && need ->
 		/* anon_move_out(): under vt_lock (read), every view */
@@ -406,7 +406,7 @@ proctype Device()
 	:: got && !need -> dev_ok = 1       /* already in staging */
 	:: else
 	fi;
-	region_exit();          /* end() */
+	dxmi_region_exit();          /* end() */
 	/* the driver's access to staging, until its callback */
 	if
 	:: atomic { dev_ok -> assert(stg_present); stg_val++; incs++ }
@@ -439,11 +439,11 @@ proctype Restorer()
 	byte s;
 	bit ok = 1, moved;
 #ifndef BUG_RESTORER_OUTSIDE
-	region_enter(ok);
+	dxmi_region_enter(ok);
 #endif
 	if
 	:: ok ->
-		/* pages_to_cpu(PTC_INVALIDATE | PTC_WAIT), one page */
+		/* dxmi_pages_to_cpu(PTC_INVALIDATE | PTC_WAIT), one page */
 		do
 		:: atomic {
 			ps_state(st) == PS_CPU && !(st & PS_MAPPING) ->
@@ -461,7 +461,7 @@ proctype Restorer()
 		/* flush_run() */
 		if
 		:: s == 2 ->
-			dev_ok = 0;     /* notify_region_pages(ev) */
+			dev_ok = 0;     /* dxmi_notify_region_pages(ev) */
 			/* moved back while still INVALIDATING, then
 			 * invalidated() */
 #ifndef RESTORER_ON_HANDLER
@@ -484,7 +484,7 @@ proctype Restorer()
 		:: else
 		fi;
 #ifndef BUG_RESTORER_OUTSIDE
-		region_exit()
+		dxmi_region_exit()
 #else
 		skip
 #endif
@@ -495,16 +495,16 @@ proctype Restorer()
 
 proctype Freer()
 {
-	/* dxm_free: fork_enter (not modelled); free_region(): */
-	users = users | R_DYING;        /* region_kill() */
+	/* dxm_free: dxmi_fork_enter (not modelled); free_region(): */
+	users = users | R_DYING;        /* dxmi_region_kill() */
 #ifndef BUG_DETACH_FIRST
-	users == R_DYING;               /* region_wait_quiet() */
+	users == R_DYING;               /* dxmi_region_wait_quiet() */
 #endif
 	view = 0;                       /* detach_range() (gate, vt_lock write) */
 #ifdef BUG_DETACH_FIRST
 	users == R_DYING;               /* BUG: waits only now */
 #endif
-	/* gone_piece(): notify_range(DXM_EVENT_UNMAP), the device lets go */
+	/* gone_piece(): dxmi_notify_range(DXM_EVENT_UNMAP), the device lets go */
 	dev_ok = 0;
 	/* anon_hand_back(): every page that is not PS_CPU, from staging into
 	 * the (detached, still registered) view; EAGAIN: nap, again */
@@ -514,7 +514,7 @@ proctype Freer()
 		atomic { st = PS_CPU; CHECK_INV }
 	:: else
 	fi;
-	atomic { registered = 0; WAKE };        /* uffd_unregister() */
+	atomic { registered = 0; WAKE };        /* dxmi_uffd_unregister() */
 	/* teardown_finish() */
 	atomic { st = PS_CPU; CHECK_INV };
 	atomic {        /* fault_forget_region() */

@@ -7,7 +7,7 @@
  *   1. cpu1 munmaps an adopted view: the kernel queues an UNMAP event on
  *      uffd_anon, and until a handler reads it every UFFDIO_MOVE on
  *      uffd_anon fails with EAGAIN; the munmap sleeps until it is read.
- *   2. a device thread in dxm_range_fault -> pages_to_cpu -> anon_move_in
+ *   2. a device thread in dxm_range_fault -> dxmi_pages_to_cpu -> anon_move_in
  *      holds vt_lock for reading across move_in_page(); on EAGAIN it napped
  *      and tried again, still holding it.
  *   3. cpu2 in dxm_mprotect asks vt_lock for writing and waits for the
@@ -15,8 +15,8 @@
  *      PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP), so every new reader
  *      now waits behind cpu2.
  *   4. the handler, before it can read the event, needs vt_lock: for
- *      reading (region_lookup of a CPU fault in the batch before) or for
- *      writing (region_unmap_detach of an event in the batch before).
+ *      reading (dxmi_region_lookup of a CPU fault in the batch before) or for
+ *      writing (dxmi_region_unmap_detach of an event in the batch before).
  *   5. nobody reads the event: EAGAIN for ever.
  * Now anon_move_in drops vt_lock before it naps, and a handler never
  * waits (anon_move_in returns -EAGAIN, the restore is re-queued).
@@ -28,10 +28,10 @@
  *            under the lock), unlock; EAGAIN: nap, again
  *   Writer   cpu2: dxm_mprotect's vt_lock (write) section
  *   Handler  the handler thread: the rest of the batch it is in (a CPU
- *            fault's region_lookup: read; an earlier UNMAP or REMAP
+ *            fault's dxmi_region_lookup: read; an earlier UNMAP or REMAP
  *            event: write; a restore of an adopted page: anon_move_in on
  *            the handler; or nothing), then read() of the UNMAP event
- *            (handle_batch) and region_unmap_detach() (write)
+ *            (handle_batch) and dxmi_region_unmap_detach() (write)
  *
  * Property: no invalid end state (no deadlock).
  *
@@ -44,7 +44,7 @@
  *   HANDLER_READS         the handler's batch before needs vt_lock for
  *                         reading only (the stack seen at 898 s): with the
  *                         mutant, only the writer preference (cpu2 waiting)
- *                         makes it wait; a write (region_unmap_detach)
+ *                         makes it wait; a write (dxmi_region_unmap_detach)
  *                         deadlocks with the mover alone
  */
 
@@ -92,7 +92,7 @@ proctype Mover()
 		:: !unmap_unread -> rdunlock(); break   /* moved */
 		:: else ->      /* EAGAIN */
 #ifndef BUG_NAP_HOLDING_LOCK
-			rdunlock()      /* nap_us(), with no lock held */
+			rdunlock()      /* dxmi_nap_us(), with no lock held */
 #else
 			/* BUG: nap and try again, vt_lock still held */
 			!unmap_unread -> rdunlock(); break
@@ -103,7 +103,7 @@ proctype Mover()
 
 proctype Writer()
 {
-	wrlock();               /* dxm_mprotect: vt_split, mprotect */
+	wrlock();               /* dxm_mprotect: dxmi_vt_split, mprotect */
 	wrunlock()
 }
 
@@ -121,8 +121,8 @@ proctype Handler()
 	:: b = 0
 	fi;
 	if
-	:: b == 1 -> rdlock(); rdunlock()       /* fault_resolve: region_lookup */
-	:: b == 2 -> wrlock(); wrunlock()       /* region_unmap_detach, region_remap_move */
+	:: b == 1 -> rdlock(); rdunlock()       /* dxmi_fault_resolve: dxmi_region_lookup */
+	:: b == 2 -> wrlock(); wrunlock()       /* dxmi_region_unmap_detach, dxmi_region_remap_move */
 	:: b == 3 -> rdlock();                  /* resolve: anon_move_in on the handler */
 		if
 		:: !unmap_unread -> rdunlock()
@@ -138,7 +138,7 @@ proctype Handler()
 	fi;
 	/* handle_batch(): read() the UNMAP event; the munmap returns */
 	atomic { unmap_unread -> unmap_unread = 0 };
-	/* dispatch(): region_unmap_detach() */
+	/* dispatch(): dxmi_region_unmap_detach() */
 	wrlock();
 	wrunlock()
 }

@@ -96,7 +96,7 @@ static void *map_staging(void *arg, size_t len)
 DXM_API int dxm_adopt(struct dxm_ctx *ctx, void *addr, size_t len,
 		      unsigned flags)
 {
-	int err = ctx_check(ctx);
+	int err = dxmi_ctx_check(ctx);
 	if (err)
 		return err;
 	if (!range_ok(ctx, addr, len) || flags)
@@ -109,7 +109,7 @@ DXM_API int dxm_adopt(struct dxm_ctx *ctx, void *addr, size_t len,
 	uintptr_t start = (uintptr_t)addr;
 	/* Managed already (-EEXIST), or a dead view still in the table:
 	 * wait for its munmap to be seen. */
-	err = region_wait_unclaimed(ctx, start, len, false);
+	err = dxmi_region_wait_unclaimed(ctx, start, len, false);
 	if (err)
 		return err;
 	err = check_anon_range(start, start + len, true);
@@ -124,7 +124,7 @@ DXM_API int dxm_adopt(struct dxm_ctx *ctx, void *addr, size_t len,
 	 * system call's access to a missing page: populate first, so that
 	 * only exclusive pages fault. */
 	if (!kernel_faults_resolved(ctx) &&
-	    (err = sys_madvise(addr, len, MADV_POPULATE_WRITE)))
+	    (err = dxmi_sys_madvise(addr, len, MADV_POPULATE_WRITE)))
 		return err;
 
 	struct dxm_region *r = calloc(1, sizeof(*r));
@@ -132,7 +132,7 @@ DXM_API int dxm_adopt(struct dxm_ctx *ctx, void *addr, size_t len,
 		return -ENOMEM;
 	r->ctx = ctx;
 	r->fd = -1;
-	r->kind = &anon_kind;
+	r->kind = &dxmi_anon_kind;
 	r->uffd = ctx->uffd_anon;
 	r->npages = len >> ctx->pshift;
 	atomic_init(&r->refs, 1);
@@ -140,7 +140,7 @@ DXM_API int dxm_adopt(struct dxm_ctx *ctx, void *addr, size_t len,
 	/* Staging must not sit where the table still has a dead view: a
 	 * device's fault there would be taken for a CPU fault on it. */
 	pthread_mutex_lock(&ctx->gate);
-	r->dev = r->st ? region_map_fresh(ctx, len, map_staging, NULL)
+	r->dev = r->st ? dxmi_region_map_fresh(ctx, len, map_staging, NULL)
 		       : MAP_FAILED;
 	pthread_mutex_unlock(&ctx->gate);
 	if (!r->st || r->dev == MAP_FAILED) {
@@ -148,11 +148,11 @@ DXM_API int dxm_adopt(struct dxm_ctx *ctx, void *addr, size_t len,
 		goto fail;
 	}
 	madvise(r->dev, len, MADV_DONTFORK);
-	err = uffd_register(r->uffd, (uintptr_t)r->dev, len,
+	err = dxmi_uffd_register(r->uffd, (uintptr_t)r->dev, len,
 			    UFFDIO_REGISTER_MODE_MISSING);
 	if (err)
 		goto fail;
-	err = region_adopt_insert(r, start, len);
+	err = dxmi_region_adopt_insert(r, start, len);
 	if (err)
 		goto fail;
 	stat_add(&ctx->c.regions, 1);
@@ -161,7 +161,7 @@ DXM_API int dxm_adopt(struct dxm_ctx *ctx, void *addr, size_t len,
 fail:
 	if (r->dev != MAP_FAILED && r->dev) {
 		/* no UNMAP event for our own staging */
-		uffd_unregister(r->uffd, (uintptr_t)r->dev, len);
+		dxmi_uffd_unregister(r->uffd, (uintptr_t)r->dev, len);
 		munmap(r->dev, len);
 	}
 	free((void *)r->st);
@@ -193,7 +193,7 @@ static int anon_populate(struct dxm_region *r, uintptr_t start, size_t pg,
 			break;
 		uintptr_t a = start + (i << ctx->pshift);
 		size_t len = (e - i) << ctx->pshift;
-		int err = sys_madvise((void *)a, len,
+		int err = dxmi_sys_madvise((void *)a, len,
 				      write ? MADV_POPULATE_WRITE
 					    : MADV_POPULATE_READ);
 		if (err == -EFAULT && !kernel_faults_resolved(ctx)) {
@@ -236,7 +236,7 @@ static size_t move_out_run(struct dxm_region *r, uintptr_t cpu, size_t pg,
 	size_t refused = 0, i = 0;
 	size_t stray_at = SIZE_MAX; /* the page whose stray was discarded */
 	while (i < n) {
-		long got = uffd_move(r->uffd, stg(r, pg + i),
+		long got = dxmi_uffd_move(r->uffd, stg(r, pg + i),
 				     cpu + (i << ctx->pshift),
 				     (n - i) << ctx->pshift, 0);
 		if (got > 0) {
@@ -249,7 +249,7 @@ static size_t move_out_run(struct dxm_region *r, uintptr_t cpu, size_t pg,
 			/* A hole (the program discarded the page after it
 			 * was populated): the device gets a zero page in
 			 * staging now, never a hole it would fault on. */
-			long z = uffd_zeropage(r->uffd, stg(r, pg + i),
+			long z = dxmi_uffd_zeropage(r->uffd, stg(r, pg + i),
 					       ctx->psize);
 			if (z > 0) {
 				need[i++] = 0;
@@ -277,7 +277,7 @@ static size_t move_out_run(struct dxm_region *r, uintptr_t cpu, size_t pg,
 		 * fails alone, as in the kernel. */
 		pr_debug("UFFDIO_MOVE out of %#lx: %s", cpu + (i << ctx->pshift),
 			 strerror((int)-got));
-		ps_set(r, pg + i, PS_CPU); /* refused */
+		dxmi_ps_set(r, pg + i, PS_CPU); /* refused */
 		dev[i] = NULL;
 		need[i++] = 0;
 		refused++;
@@ -318,10 +318,10 @@ static size_t anon_move_out(struct dxm_region *r, size_t pg, size_t n,
 	struct dxm_ctx *ctx = r->ctx;
 	struct move_out m = { pg, dev, need, 0 };
 	unsigned us = 5;
-	while (region_runs(r, pg, n, need, move_out_fn, &m)) {
-		if (ctx_on_handler(ctx))
+	while (dxmi_region_runs(r, pg, n, need, move_out_fn, &m)) {
+		if (dxmi_ctx_on_handler(ctx))
 			break;
-		nap_us(&us);
+		dxmi_nap_us(&us);
 	}
 	/* Left: the kernel refused for now on a handler thread, or no
 	 * view shows the page any more (a munmap is being read). */
@@ -329,7 +329,7 @@ static size_t anon_move_out(struct dxm_region *r, size_t pg, size_t n,
 	for (size_t i = 0; i < n; i++) {
 		if (!need[i])
 			continue;
-		ps_set(r, pg + i, PS_CPU); /* refused */
+		dxmi_ps_set(r, pg + i, PS_CPU); /* refused */
 		dev[i] = NULL;
 		refused++;
 	}
@@ -349,7 +349,7 @@ static size_t anon_move_out(struct dxm_region *r, size_t pg, size_t n,
  * that cannot be done (no MOVE on ctx->uffd, a read-only staging range),
  * the unregister path remains.
  */
-void anon_trash_init(struct dxm_ctx *ctx)
+void dxmi_anon_trash_init(struct dxm_ctx *ctx)
 {
 	if (ctx->uffd_anon < 0 || !(ctx->uinfo.features & UFFD_FEATURE_MOVE))
 		return;
@@ -359,7 +359,7 @@ void anon_trash_init(struct dxm_ctx *ctx)
 	if (t == MAP_FAILED)
 		return;
 	madvise(t, len, MADV_DONTFORK);
-	if (uffd_register(ctx->uffd, (uintptr_t)t, len,
+	if (dxmi_uffd_register(ctx->uffd, (uintptr_t)t, len,
 			  UFFDIO_REGISTER_MODE_MISSING)) {
 		munmap(t, len);
 		return;
@@ -367,11 +367,11 @@ void anon_trash_init(struct dxm_ctx *ctx)
 	ctx->trash = t;
 }
 
-void anon_trash_fini(struct dxm_ctx *ctx)
+void dxmi_anon_trash_fini(struct dxm_ctx *ctx)
 {
 	if (ctx->trash) {
 		size_t len = TRASH_PAGES << ctx->pshift;
-		uffd_unregister(ctx->uffd, (uintptr_t)ctx->trash, len);
+		dxmi_uffd_unregister(ctx->uffd, (uintptr_t)ctx->trash, len);
 		munmap(ctx->trash, len);
 		ctx->trash = NULL;
 	}
@@ -384,7 +384,7 @@ static bool trash_run(struct dxm_ctx *ctx, uintptr_t s, size_t len)
 	bool ok = true;
 	pthread_mutex_lock(&ctx->trash_mtx);
 	for (size_t done = 0, tries = 0; done < len;) {
-		long got = uffd_move(ctx->uffd, (uintptr_t)ctx->trash + done,
+		long got = dxmi_uffd_move(ctx->uffd, (uintptr_t)ctx->trash + done,
 				     s + done, len - done,
 				     UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES);
 		if (got > 0) {
@@ -421,11 +421,11 @@ static void anon_discard(struct dxm_region *r, size_t pg, size_t n)
 		s += done;
 		len -= done;
 	}
-	int err = uffd_unregister(r->uffd, s, len);
+	int err = dxmi_uffd_unregister(r->uffd, s, len);
 	if (!err)
-		err = sys_madvise((void *)s, len, MADV_DONTNEED);
+		err = dxmi_sys_madvise((void *)s, len, MADV_DONTNEED);
 	if (!err)
-		err = uffd_register(r->uffd, s, len,
+		err = dxmi_uffd_register(r->uffd, s, len,
 				    UFFDIO_REGISTER_MODE_MISSING);
 	if (err)
 		pr_err("cannot discard staging pages at %#lx: %s", s,
@@ -462,7 +462,7 @@ static int move_in_page(struct dxm_region *r, size_t pg, uintptr_t cpu,
 	bool wake = !(wake_mode & UFFDIO_MOVE_MODE_DONTWAKE);
 	long got;
 	for (int tries = 0;; tries++) {
-		got = uffd_move(r->uffd, cpu, stg(r, pg), ctx->psize,
+		got = dxmi_uffd_move(r->uffd, cpu, stg(r, pg), ctx->psize,
 				UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES | wake_mode);
 		if (got > 0)
 			return 0; /* a hole moves nothing: the CPU then faults
@@ -479,7 +479,7 @@ static int move_in_page(struct dxm_region *r, size_t pg, uintptr_t cpu,
 		 * drops the staged data.  Nothing to copy either. */
 		if (got == -ENOENT) {
 			if (wake)
-				uffd_wake(r->uffd, cpu, ctx->psize);
+				dxmi_uffd_wake(r->uffd, cpu, ctx->psize);
 			return 0;
 		}
 		/* EEXIST cannot happen while the page is staged (the CPU
@@ -495,12 +495,12 @@ static int move_in_page(struct dxm_region *r, size_t pg, uintptr_t cpu,
 		       "one is dropped",
 		       cpu, pg, r->npages, (unsigned)ps_load(&r->st[pg]),
 		       staged_page_exists(r, pg) ? "yes" : "no",
-		       ctx_on_handler(ctx) ? "a handler" : "another");
+		       dxmi_ctx_on_handler(ctx) ? "a handler" : "another");
 	} else if (staged_page_exists(r, pg)) {
 		pr_debug("restore of %#lx by copy: %s", cpu,
 			 strerror((int)-got));
 		for (int tries = 0;; tries++) {
-			long c = uffd_copy_mode(r->uffd, cpu, stg(r, pg),
+			long c = dxmi_uffd_copy_mode(r->uffd, cpu, stg(r, pg),
 						ctx->psize,
 						wake ? 0
 						     : UFFDIO_COPY_MODE_DONTWAKE);
@@ -511,7 +511,7 @@ static int move_in_page(struct dxm_region *r, size_t pg, uintptr_t cpu,
 				       "stays in staging at %#lx",
 				       cpu, strerror((int)-c), stg(r, pg));
 				if (wake)
-					uffd_wake(r->uffd, cpu, ctx->psize);
+					dxmi_uffd_wake(r->uffd, cpu, ctx->psize);
 				return 0;
 			}
 			sched_yield();
@@ -519,7 +519,7 @@ static int move_in_page(struct dxm_region *r, size_t pg, uintptr_t cpu,
 	}
 	anon_discard(r, pg, 1);
 	if (wake)
-		uffd_wake(r->uffd, cpu, ctx->psize);
+		dxmi_uffd_wake(r->uffd, cpu, ctx->psize);
 	return 0;
 }
 
@@ -539,14 +539,14 @@ static int anon_move_in(struct dxm_region *r, size_t pg, size_t n,
 			bool dontwake)
 {
 	uint64_t mode = dontwake ? UFFDIO_MOVE_MODE_DONTWAKE : 0;
-	bool handler = ctx_on_handler(r->ctx);
+	bool handler = dxmi_ctx_on_handler(r->ctx);
 	for (size_t a = pg; a < pg + n; a++) {
 		unsigned us = 5;
-		while (region_runs(r, a, 1, NULL, move_in_fn, &mode) ==
+		while (dxmi_region_runs(r, a, 1, NULL, move_in_fn, &mode) ==
 		       -EAGAIN) {
 			if (handler)
 				return -EAGAIN;
-			nap_us(&us);
+			dxmi_nap_us(&us);
 		}
 	}
 	return 0;
@@ -559,14 +559,14 @@ static int anon_restore(struct dxm_region *r, size_t pg, uintptr_t addr)
 {
 	if (anon_move_in(r, pg, 1, true))
 		return -EAGAIN;
-	ps_invalidated(r, pg);
-	ps_mapping_done(r, pg);
+	dxmi_ps_invalidated(r, pg);
+	dxmi_ps_mapping_done(r, pg);
 	/* Woken only now: the page is the CPU's. */
-	uffd_wake(r->uffd, addr, r->ctx->psize);
+	dxmi_uffd_wake(r->uffd, addr, r->ctx->psize);
 	return 0;
 }
 
-/* A run given back (pages_to_cpu): the CPU's pages are in place, the
+/* A run given back (dxmi_pages_to_cpu): the CPU's pages are in place, the
  * invalidated ones move back.  -EAGAIN: on a handler thread (a fork or
  * dxm_mprotect from a callback), the data is still staged: the page stays
  * INVALIDATING and is re-queued like a fault's, and is no longer ours
@@ -577,19 +577,19 @@ static void anon_restore_run(struct dxm_region *r, size_t a, size_t b,
 	(void)flags;
 	for (size_t i = a; i < b; i++) {
 		if (ps_state(ps_load(&r->st[i])) != PS_INVALIDATING) {
-			ps_mapping_done(r, i); /* nothing to map */
+			dxmi_ps_mapping_done(r, i); /* nothing to map */
 			continue;
 		}
 		if (anon_move_in(r, i, 1, false)) {
 			uintptr_t at[2] = { 0, 0 };
-			region_view_addrs(r, i, 1, at, 1);
-			region_get(r);
-			region_hold(r); /* until the restore is finished */
-			ps_requeue_restore(r, i, at[0]);
+			dxmi_region_view_addrs(r, i, 1, at, 1);
+			dxmi_region_get(r);
+			dxmi_region_hold(r); /* until the restore is finished */
+			dxmi_ps_requeue_restore(r, i, at[0]);
 			continue;
 		}
-		ps_invalidated(r, i);
-		ps_mapping_done(r, i);
+		dxmi_ps_invalidated(r, i);
+		dxmi_ps_mapping_done(r, i);
 	}
 }
 
@@ -605,7 +605,7 @@ static void hand_back(struct dxm_region *r, size_t pg, size_t n, uintptr_t cpu)
 		unsigned us = 5;
 		while (move_in_page(r, pg + i, cpu + (i << r->ctx->pshift), 0) ==
 		       -EAGAIN)
-			nap_us(&us);
+			dxmi_nap_us(&us);
 		atomic_store(&r->st[pg + i], PS_CPU);
 	}
 }
@@ -627,17 +627,17 @@ static int anon_zero_fill(struct dxm_region *r, size_t pg, uintptr_t addr,
 	 * memory there, whose page may be a device's: a zero page there
 	 * would be a CPU mapping of an exclusive page.  A view is detached
 	 * under vt_lock, so while we hold it, it stays r's. */
-	bool ours = region_owns_addr(r, addr);
+	bool ours = dxmi_region_owns_addr(r, addr);
 	if (ours && write && ctx->psize <= sizeof(zero_page))
-		got = uffd_copy(r->uffd, addr, (uintptr_t)zero_page,
+		got = dxmi_uffd_copy(r->uffd, addr, (uintptr_t)zero_page,
 				ctx->psize);
 	else if (ours)
-		got = uffd_zeropage(r->uffd, addr, ctx->psize);
+		got = dxmi_uffd_zeropage(r->uffd, addr, ctx->psize);
 	pthread_rwlock_unlock(&ctx->vt_lock);
 	if (got == -EAGAIN)
 		return -EAGAIN;
 	if (got <= 0)
-		uffd_wake(r->uffd, addr, ctx->psize); /* EEXIST etc. */
+		dxmi_uffd_wake(r->uffd, addr, ctx->psize); /* EEXIST etc. */
 	return 0;
 }
 
@@ -654,9 +654,9 @@ static void anon_staging_fault(struct dxm_region *r, size_t pg,
 {
 	struct dxm_ctx *ctx = r->ctx;
 	if (ps_is_exclusive(ps_load(&r->st[pg]))) {
-		long got = uffd_zeropage(r->uffd, addr, ctx->psize);
+		long got = dxmi_uffd_zeropage(r->uffd, addr, ctx->psize);
 		if (got <= 0)
-			uffd_wake(r->uffd, addr, ctx->psize);
+			dxmi_uffd_wake(r->uffd, addr, ctx->psize);
 		return;
 	}
 	stat_add(&ctx->c.stale_device_faults, 1);
@@ -669,7 +669,7 @@ static void anon_staging_fault(struct dxm_region *r, size_t pg,
 #endif
 	if (tid > 0)
 		syscall(SYS_tgkill, getpid(), tid, SIGBUS);
-	uffd_wake(r->uffd, addr, ctx->psize);
+	dxmi_uffd_wake(r->uffd, addr, ctx->psize);
 }
 
 /* A piece detached: dxm_free hands its pages back to the program, every
@@ -681,7 +681,7 @@ static void anon_gone(struct dxm_region *r, uintptr_t start, size_t pgoff,
 {
 	if (unmap) {
 		hand_back(r, pgoff, n, start);
-		uffd_unregister(r->uffd, start, n << r->ctx->pshift);
+		dxmi_uffd_unregister(r->uffd, start, n << r->ctx->pshift);
 		return;
 	}
 	if (last)
@@ -705,7 +705,7 @@ static void anon_protect(struct dxm_region *r, size_t pg, size_t n, int prot)
  * munmap. */
 static void anon_release(struct dxm_region *r)
 {
-	uffd_unregister(r->uffd, (uintptr_t)r->dev,
+	dxmi_uffd_unregister(r->uffd, (uintptr_t)r->dev,
 			r->npages << r->ctx->pshift);
 }
 
@@ -722,14 +722,14 @@ struct dxm_anon_rm {
  * gate: take the exclusive pages of the range (-> INVALIDATING) so that
  * any fault read after this event waits, and return them to finish.
  */
-struct dxm_anon_rm *anon_remove_begin(struct dxm_ctx *ctx, uintptr_t start,
+struct dxm_anon_rm *dxmi_anon_remove_begin(struct dxm_ctx *ctx, uintptr_t start,
 				      uintptr_t end)
 {
 	struct dxm_anon_rm *list = NULL;
 	stat_add(&ctx->c.events_remove, 1);
 	for (uintptr_t a = start; a < end;) {
 		struct dxm_where w;
-		if (region_lookup(ctx, a, &w)) {
+		if (dxmi_region_lookup(ctx, a, &w)) {
 			a += ctx->psize;
 			continue;
 		}
@@ -738,9 +738,9 @@ struct dxm_anon_rm *anon_remove_begin(struct dxm_ctx *ctx, uintptr_t start,
 		size_t pg = w.pgoff + ((a - w.vstart) >> ctx->pshift);
 		size_t n = (b - a) >> ctx->pshift;
 		struct dxm_anon_rm *rm = NULL;
-		/* Inside the region until anon_remove_finish (region.c, the
+		/* Inside the region until dxmi_anon_remove_finish (region.c, the
 		 * teardown rule); a region being torn down is left to it. */
-		bool in = w.r->kind == &anon_kind && region_enter(w.r);
+		bool in = w.r->kind == &dxmi_anon_kind && dxmi_region_enter(w.r);
 		for (size_t i = 0; i < n && in; i++) {
 			dxm_pstate_t *p = &w.r->st[pg + i];
 			uint8_t s = ps_load(p);
@@ -759,17 +759,17 @@ struct dxm_anon_rm *anon_remove_begin(struct dxm_ctx *ctx, uintptr_t start,
 			rm = malloc(sizeof(*rm));
 			if (!rm) {
 				/* Cannot track it: give it back now. */
-				ps_set(w.r, pg + i, PS_CPU);
+				dxmi_ps_set(w.r, pg + i, PS_CPU);
 				continue;
 			}
-			region_get(w.r);
-			region_hold(w.r); /* until anon_remove_finish */
+			dxmi_region_get(w.r);
+			dxmi_region_hold(w.r); /* until dxmi_anon_remove_finish */
 			*rm = (struct dxm_anon_rm){ w.r, pg + i, 1, list };
 			list = rm;
 		}
 		if (in)
-			region_exit(w.r);
-		region_put(w.r);
+			dxmi_region_exit(w.r);
+		dxmi_region_put(w.r);
 		a = b;
 	}
 	return list;
@@ -778,17 +778,17 @@ struct dxm_anon_rm *anon_remove_begin(struct dxm_ctx *ctx, uintptr_t start,
 /* After the gate: the devices are told (DXM_EVENT_UNMAP), the staged data
  * is discarded as the program asked, and the pages are the CPU's again (a
  * later access gets a zero page). */
-void anon_remove_finish(struct dxm_ctx *ctx, struct dxm_anon_rm *rm)
+void dxmi_anon_remove_finish(struct dxm_ctx *ctx, struct dxm_anon_rm *rm)
 {
 	(void)ctx;
 	while (rm) {
 		struct dxm_anon_rm *next = rm->next;
-		notify_region_pages(rm->r, rm->pg, rm->n, DXM_EVENT_UNMAP, NULL);
+		dxmi_notify_region_pages(rm->r, rm->pg, rm->n, DXM_EVENT_UNMAP, NULL);
 		anon_discard(rm->r, rm->pg, rm->n);
 		for (size_t i = 0; i < rm->n; i++)
-			ps_set(rm->r, rm->pg + i, PS_CPU);
-		region_exit(rm->r);
-		region_put(rm->r);
+			dxmi_ps_set(rm->r, rm->pg + i, PS_CPU);
+		dxmi_region_exit(rm->r);
+		dxmi_region_put(rm->r);
 		free(rm);
 		rm = next;
 	}
@@ -806,7 +806,7 @@ static void fix_child(struct dxm_region *r, void *arg)
 	struct fork_fix *f = arg;
 	struct dxm_ctx *ctx = r->ctx;
 	uintptr_t runs[2];
-	if (r->kind != &anon_kind || !region_enter(r))
+	if (r->kind != &dxmi_anon_kind || !dxmi_region_enter(r))
 		return; /* torn down: nothing of it is the child's business */
 	inject(INJ_FORKFIX); /* a slow repair, in tests */
 	for (size_t pg = 0; pg < r->npages; pg++) {
@@ -826,22 +826,22 @@ static void fix_child(struct dxm_region *r, void *arg)
 			held = ps_cas(p, &s, PS_INVALIDATING | (s & PS_WAITERS));
 		if ((held || ps_state(s) == PS_LOCKED) &&
 		    staged_page_exists(r, pg) &&
-		    region_view_addrs(r, pg, 1, runs, 1) == 1) {
+		    dxmi_region_view_addrs(r, pg, 1, runs, 1) == 1) {
 			inject(INJ_FORKFIX);
-			long c = uffd_copy(f->child, runs[0], stg(r, pg),
+			long c = dxmi_uffd_copy(f->child, runs[0], stg(r, pg),
 					   ctx->psize);
 			if (c > 0)
 				f->copied++;
 		}
 		if (held)
-			ps_set(r, pg, PS_EXCLUSIVE);
+			dxmi_ps_set(r, pg, PS_EXCLUSIVE);
 	}
 	/* The child runs free of dxm: its copy is ordinary memory. */
 	pthread_rwlock_rdlock(&ctx->vt_lock);
 	for (struct dxm_view *v = r->views; v; v = v->rnext)
-		uffd_unregister(f->child, v->start, v->npages << ctx->pshift);
+		dxmi_uffd_unregister(f->child, v->start, v->npages << ctx->pshift);
 	pthread_rwlock_unlock(&ctx->vt_lock);
-	region_exit(r);
+	dxmi_region_exit(r);
 }
 
 /*
@@ -850,17 +850,17 @@ static void fix_child(struct dxm_region *r, void *arg)
  * holes where the parent's exclusive pages sit in staging.  Copy them into
  * the child, unregister the child's ranges and let it go.
  */
-void anon_fork_event(struct dxm_ctx *ctx, int child_uffd)
+void dxmi_anon_fork_event(struct dxm_ctx *ctx, int child_uffd)
 {
 	struct fork_fix f = { .child = child_uffd };
-	region_foreach(ctx, KIND_MOVES, fix_child, &f);
+	dxmi_region_foreach(ctx, KIND_MOVES, fix_child, &f);
 	close(child_uffd);
 	if (f.copied)
 		pr_info("raw fork: %zu exclusive page(s) copied into the child",
 			f.copied);
 }
 
-const struct dxm_kind anon_kind = {
+const struct dxm_kind dxmi_anon_kind = {
 	.name = "adopted",
 	.flags = KIND_MOVES,
 	/* Staging: a page is there only while a device holds it, and the

@@ -38,7 +38,7 @@
 
 #include "internal.h"
 
-uint64_t now_ns(void)
+uint64_t dxmi_now_ns(void)
 {
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -47,7 +47,7 @@ uint64_t now_ns(void)
 
 /* A back-off: sleep *us microseconds, then double it, up to 1 ms.
  * Async-signal-safe (SIGBUS mode naps in its signal handler). */
-void nap_us(unsigned *us)
+void dxmi_nap_us(unsigned *us)
 {
 	struct timespec ts = { 0, (long)*us * 1000 };
 	nanosleep(&ts, NULL);
@@ -62,7 +62,7 @@ void nap_us(unsigned *us)
  */
 static atomic_int my_pid;
 
-pid_t self_pid(void)
+pid_t dxmi_self_pid(void)
 {
 	pid_t p = atomic_load_explicit(&my_pid, memory_order_relaxed);
 	if (!p) {
@@ -72,7 +72,7 @@ pid_t self_pid(void)
 	return p;
 }
 
-void self_pid_forget(void)
+void dxmi_self_pid_forget(void)
 {
 	atomic_store(&my_pid, 0);
 }
@@ -82,17 +82,17 @@ void self_pid_forget(void)
 static __thread struct dxm_ctx *handler_of;
 
 /* handler.c: this thread is one of ctx's handler threads. */
-void ctx_set_handler(struct dxm_ctx *ctx)
+void dxmi_ctx_set_handler(struct dxm_ctx *ctx)
 {
 	handler_of = ctx;
 }
 
-bool ctx_on_handler(struct dxm_ctx *ctx)
+bool dxmi_ctx_on_handler(struct dxm_ctx *ctx)
 {
 	return handler_of == ctx;
 }
 
-void ctx_kick(struct dxm_ctx *ctx)
+void dxmi_ctx_kick(struct dxm_ctx *ctx)
 {
 	uint64_t one = 1;
 	if (write(ctx->wake_fd, &one, sizeof(one)) < 0 && errno != EAGAIN)
@@ -100,13 +100,13 @@ void ctx_kick(struct dxm_ctx *ctx)
 }
 
 /* Take the gate and zap_lock, as a batch is read and applied under. */
-void gate_lock(struct dxm_ctx *ctx)
+void dxmi_gate_lock(struct dxm_ctx *ctx)
 {
 	pthread_mutex_lock(&ctx->gate);
 	pthread_rwlock_wrlock(&ctx->zap_lock);
 }
 
-void gate_unlock(struct dxm_ctx *ctx)
+void dxmi_gate_unlock(struct dxm_ctx *ctx)
 {
 	pthread_rwlock_unlock(&ctx->zap_lock);
 	pthread_mutex_unlock(&ctx->gate);

@@ -20,7 +20,7 @@
 
 /* Handler threads when the options do not say: $DXM_HANDLER_THREADS or 1
  * (probe.c reports it too). */
-unsigned ctx_default_threads(void)
+unsigned dxmi_ctx_default_threads(void)
 {
 	const char *e = getenv("DXM_HANDLER_THREADS");
 	if (!e)
@@ -32,7 +32,7 @@ unsigned ctx_default_threads(void)
 
 static void ctx_free(struct dxm_ctx *ctx)
 {
-	anon_trash_fini(ctx);
+	dxmi_anon_trash_fini(ctx);
 	if (ctx->uffd >= 0)
 		close(ctx->uffd);
 	if (ctx->uffd_anon >= 0)
@@ -92,7 +92,7 @@ DXM_API int dxm_ctx_create(struct dxm_ctx **ctxp, const struct dxm_ctx_opts *opt
 	ctx->fork_fd = -1;
 	ctx->psize = (size_t)sysconf(_SC_PAGESIZE);
 	ctx->pshift = (unsigned)__builtin_ctzl(ctx->psize);
-	ctx->pid = self_pid();
+	ctx->pid = dxmi_self_pid();
 	pthread_rwlockattr_t ra;
 	pthread_rwlockattr_init(&ra);
 	pthread_rwlockattr_setkind_np(&ra,
@@ -112,7 +112,7 @@ DXM_API int dxm_ctx_create(struct dxm_ctx **ctxp, const struct dxm_ctx_opts *opt
 	pthread_cond_init(&ctx->n_cond, NULL);
 	atomic_init(&ctx->n_seq, 0);
 	ctx->nhandlers = o.handler_threads ? o.handler_threads
-					   : ctx_default_threads();
+					   : dxmi_ctx_default_threads();
 	ctx->flags = o.flags;
 	if (o.flags & DXM_CTX_HANDLER_SPIN)
 		ctx->spin_ns = (uint64_t)(o.spin_us ? o.spin_us : 100) * 1000;
@@ -126,19 +126,19 @@ DXM_API int dxm_ctx_create(struct dxm_ctx **ctxp, const struct dxm_ctx_opts *opt
 	 * resolves them itself (sigbus.c); events still go to the handler. */
 	const uint64_t sigbus = o.flags & DXM_CTX_SIGBUS ? UFFD_FEATURE_SIGBUS
 							 : 0;
-	err = uffd_open(&ctx->uinfo, CTX_UFFD_REQUIRED | sigbus,
+	err = dxmi_uffd_open(&ctx->uinfo, CTX_UFFD_REQUIRED | sigbus,
 			CTX_UFFD_OPTIONAL, false);
 	if (err < 0)
 		goto fail;
 	ctx->uffd = err;
 	/* Optional: without it only dxm_adopt fails. */
-	int afd = uffd_open(&ctx->uinfo_anon, ANON_UFFD_REQUIRED | sigbus,
+	int afd = dxmi_uffd_open(&ctx->uinfo_anon, ANON_UFFD_REQUIRED | sigbus,
 			    ANON_UFFD_OPTIONAL, true);
 	if (afd >= 0)
 		ctx->uffd_anon = afd;
 	else
 		pr_info("dxm_adopt unavailable: %s", strerror(-afd));
-	anon_trash_init(ctx);
+	dxmi_anon_trash_init(ctx);
 	if ((o.flags & DXM_CTX_REQUIRE_KERNEL_FAULTS) &&
 	    ctx->uinfo.mode == DXM_UFFD_USER_ONLY) {
 		pr_err("dxm_ctx_create: kernel-mode fault resolution needs "
@@ -154,23 +154,23 @@ DXM_API int dxm_ctx_create(struct dxm_ctx **ctxp, const struct dxm_ctx_opts *opt
 		err = -errno;
 		goto fail;
 	}
-	fork_init();
-	if (sigbus && (err = sigbus_init()))
+	dxmi_fork_init();
+	if (sigbus && (err = dxmi_sigbus_init()))
 		goto fail;
-	err = registry_add(ctx);
+	err = dxmi_registry_add(ctx);
 	if (err)
 		goto fail;
-	err = handlers_start(ctx);
+	err = dxmi_handlers_start(ctx);
 	if (err) {
-		handlers_stop(ctx);
-		registry_del(ctx);
+		dxmi_handlers_stop(ctx);
+		dxmi_registry_del(ctx);
 		goto fail;
 	}
-	err = watchdog_start(ctx);
+	err = dxmi_watchdog_start(ctx);
 	if (err) {
-		handlers_stop(ctx);
-		watchdog_stop(ctx); /* its locks exist once it was started */
-		registry_del(ctx);
+		dxmi_handlers_stop(ctx);
+		dxmi_watchdog_stop(ctx); /* its locks exist once it was started */
+		dxmi_registry_del(ctx);
 		goto fail;
 	}
 	static atomic_bool said;
@@ -191,27 +191,27 @@ fail:
 
 DXM_API void dxm_ctx_destroy(struct dxm_ctx *ctx)
 {
-	if (!ctx || !ctx_live(ctx))
+	if (!ctx || !dxmi_ctx_live(ctx))
 		return;
-	if (ctx->pid != self_pid()) {
+	if (ctx->pid != dxmi_self_pid()) {
 		/* A fork()ed child: the memory is the parent's business. */
 		return;
 	}
-	if (ctx_on_handler(ctx)) {
+	if (dxmi_ctx_on_handler(ctx)) {
 		pr_err("dxm_ctx_destroy: called from a notifier callback; "
 		       "refused");
 		return;
 	}
 	/* Regions first: devices are told (DXM_EVENT_UNMAP) while the
 	 * handlers still run, so every waiting fault is resolved. */
-	views_destroy_all(ctx);
-	fault_drain_ready(ctx);
-	if (!registry_del(ctx))
+	dxmi_views_destroy_all(ctx);
+	dxmi_fault_drain_ready(ctx);
+	if (!dxmi_registry_del(ctx))
 		return;
-	handlers_stop(ctx);
-	region_run_quiet(ctx); /* teardowns finished after the handlers */
-	watchdog_stop(ctx);
-	notifier_destroy_all(ctx);
+	dxmi_handlers_stop(ctx);
+	dxmi_region_run_quiet(ctx); /* teardowns finished after the handlers */
+	dxmi_watchdog_stop(ctx);
+	dxmi_notifier_destroy_all(ctx);
 	pthread_mutex_lock(&ctx->defer_mtx);
 	struct dxm_fault *lists[2] = { ctx->deferred, ctx->ready };
 	pthread_mutex_unlock(&ctx->defer_mtx);
@@ -226,7 +226,7 @@ DXM_API void dxm_ctx_destroy(struct dxm_ctx *ctx)
 
 DXM_API int dxm_stats(struct dxm_ctx *ctx, struct dxm_stats *st, size_t size)
 {
-	int err = ctx_check(ctx);
+	int err = dxmi_ctx_check(ctx);
 	if (err)
 		return err;
 	if (!st || size < sizeof(uint64_t))

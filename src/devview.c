@@ -6,7 +6,7 @@
  * dxm_make_exclusive() then returns addresses inside it, and the backend
  * turns them into offsets of its one import.
  *
- * No lock of its own: the region is found with region_lookup() (vt_lock
+ * No lock of its own: the region is found with dxmi_region_lookup() (vt_lock
  * for reading, left with a reference), and what is read of it (dev,
  * npages, kind, fd) is set when the region is made and stays until its
  * last reference goes.
@@ -41,7 +41,7 @@ DXM_API int dxm_device_view(struct dxm_ctx *ctx, const void *addr,
 			    unsigned flags, struct dxm_device_view *dv,
 			    size_t size)
 {
-	int err = ctx_check(ctx);
+	int err = dxmi_ctx_check(ctx);
 	if (err)
 		return err;
 	size_t need = (flags & DXM_DEVVIEW_FD)
@@ -52,7 +52,7 @@ DXM_API int dxm_device_view(struct dxm_ctx *ctx, const void *addr,
 		return -EINVAL;
 	struct dxm_where w;
 	uintptr_t a = (uintptr_t)addr;
-	if (region_lookup(ctx, a, &w))
+	if (dxmi_region_lookup(ctx, a, &w))
 		return -EFAULT;
 	struct dxm_region *r = w.r;
 	struct dxm_device_view v = { 0 };
@@ -72,7 +72,7 @@ DXM_API int dxm_device_view(struct dxm_ctx *ctx, const void *addr,
 		else
 			err = v.fd = memfd_of(r, (uintptr_t)r->dev, v.len);
 	}
-	region_put(r);
+	dxmi_region_put(r);
 	if (err < 0)
 		return err;
 	/* A caller built against an older, shorter structure gets what it

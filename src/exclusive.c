@@ -4,7 +4,7 @@
  * dxm_exclusive_unlock (unlock_page), dxm_check_exclusive
  * (check_device_exclusive_range, seed v4) and dxm_range_fault
  * (hmm_range_fault).  No lock of its own: page states are CAS'd
- * (pstate.h), the region is held with region_enter() so a teardown waits
+ * (pstate.h), the region is held with dxmi_region_enter() so a teardown waits
  * for us, and notifiers run with no library lock held.
  */
 #include <errno.h>
@@ -21,20 +21,20 @@
 static int begin(struct dxm_ctx *ctx, void *start, size_t len,
 		 struct dxm_where *w, size_t *pg, bool convert)
 {
-	int err = ctx_check(ctx);
+	int err = dxmi_ctx_check(ctx);
 	if (err)
 		return err;
 	if (!range_ok(ctx, start, len))
 		return -EINVAL;
-	if (region_lookup_range(ctx, (uintptr_t)start, len, w))
+	if (dxmi_region_lookup_range(ctx, (uintptr_t)start, len, w))
 		return -EFAULT;
 	bool forks = convert && (w->r->kind->flags & KIND_MOVES);
 	if (forks)
-		fork_enter(ctx);
-	if (!region_enter(w->r)) {
+		dxmi_fork_enter(ctx);
+	if (!dxmi_region_enter(w->r)) {
 		if (forks)
-			fork_exit(ctx);
-		region_put(w->r);
+			dxmi_fork_exit(ctx);
+		dxmi_region_put(w->r);
 		return -EFAULT;
 	}
 	*pg = w->pgoff + (((uintptr_t)start - w->vstart) >> ctx->pshift);
@@ -43,8 +43,8 @@ static int begin(struct dxm_ctx *ctx, void *start, size_t len,
 
 static void end(struct dxm_where *w)
 {
-	region_exit(w->r);
-	region_put(w->r);
+	dxmi_region_exit(w->r);
+	dxmi_region_put(w->r);
 }
 
 static inline void *dev_addr(struct dxm_region *r, size_t pg)
@@ -78,7 +78,7 @@ DXM_API long dxm_make_exclusive(struct dxm_ctx *ctx, void *start, size_t len,
 		err = -ENOMEM;
 	if (err) {
 		if (forks)
-			fork_exit(ctx);
+			dxmi_fork_exit(ctx);
 		end(&w);
 		return err;
 	}
@@ -110,7 +110,7 @@ DXM_API long dxm_make_exclusive(struct dxm_ctx *ctx, void *start, size_t len,
 		/* Devices first (they give the pages up), then every CPU
 		 * view loses its mappings: after this returns no CPU access
 		 * completes without the handler. */
-		notify_region_pages(r, pg, n, DXM_EVENT_EXCLUSIVE, owner);
+		dxmi_notify_region_pages(r, pg, n, DXM_EVENT_EXCLUSIVE, owner);
 		refused += r->kind->revoke(r, pg, n, dev, need);
 		stat_add(&ctx->c.conversions, 1);
 		stat_add(&ctx->c.pages_converted, n - refused);
@@ -119,7 +119,7 @@ DXM_API long dxm_make_exclusive(struct dxm_ctx *ctx, void *start, size_t len,
 	DXM_TRACE_REVOKE(start, len, n - refused, owner);
 	free(need);
 	if (forks)
-		fork_exit(ctx);
+		dxmi_fork_exit(ctx);
 	end(&w);
 	return (long)n;
 }
@@ -127,7 +127,7 @@ DXM_API long dxm_make_exclusive(struct dxm_ctx *ctx, void *start, size_t len,
 DXM_API void dxm_exclusive_unlock(struct dxm_ctx *ctx, void *start, size_t len,
 				  void **dev)
 {
-	if (ctx_check(ctx) || !dev || !range_ok(ctx, start, len)) {
+	if (dxmi_ctx_check(ctx) || !dev || !range_ok(ctx, start, len)) {
 		pr_warn("dxm_exclusive_unlock: invalid arguments %p+%#zx",
 			start, len);
 		return;
@@ -143,9 +143,9 @@ DXM_API void dxm_exclusive_unlock(struct dxm_ctx *ctx, void *start, size_t len,
 		    base + i >= r->npages) {
 			size_t pg;
 			if (r)
-				region_put(r);
+				dxmi_region_put(r);
 			r = NULL;
-			if (region_lookup_dev(ctx, dev[i], &r, &pg)) {
+			if (dxmi_region_lookup_dev(ctx, dev[i], &r, &pg)) {
 				bad++;
 				continue;
 			}
@@ -160,10 +160,10 @@ DXM_API void dxm_exclusive_unlock(struct dxm_ctx *ctx, void *start, size_t len,
 		if (ps_state(s) != PS_LOCKED)
 			bad++;
 		else if (s & PS_WAITERS)
-			ps_release_waiters(r, base + i, 1);
+			dxmi_ps_release_waiters(r, base + i, 1);
 	}
 	if (r)
-		region_put(r);
+		dxmi_region_put(r);
 	if (bad)
 		pr_warn("dxm_exclusive_unlock: %zu page(s) of %p were not "
 			"locked by dxm_make_exclusive",
@@ -195,7 +195,7 @@ DXM_API long dxm_range_fault(struct dxm_ctx *ctx, void *start, size_t len,
 	int err = begin(ctx, start, len, &w, &pg, false);
 	if (err)
 		return err;
-	if ((flags & ~DXM_FAULT_WRITE) || ctx_on_handler(ctx)) {
+	if ((flags & ~DXM_FAULT_WRITE) || dxmi_ctx_on_handler(ctx)) {
 		/* From a callback on the handler thread it could wait for a
 		 * page that thread itself must give back. */
 		end(&w);
@@ -207,7 +207,7 @@ DXM_API long dxm_range_fault(struct dxm_ctx *ctx, void *start, size_t len,
 		end(&w);
 		return -EPERM;
 	}
-	pages_to_cpu(w.r, pg, n, PTC_INVALIDATE | PTC_WAIT, DXM_EVENT_CLEAR);
+	dxmi_pages_to_cpu(w.r, pg, n, PTC_INVALIDATE | PTC_WAIT, DXM_EVENT_CLEAR);
 	/* Where pages move (adopted memory) they live in the CPU view now,
 	 * and a page the program dropped must exist for a system call in
 	 * user-mode-only mode: fault them in.  An ordinary device access

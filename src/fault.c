@@ -17,8 +17,8 @@
  * deferred, never waited for.
  *
  * Deferred faults and the ready list are pstate.c's; the handler loop
- * (handler.c) calls fault_resolve for each fault message and
- * fault_drain_ready for the faults released since.  This file owns no lock.
+ * (handler.c) calls dxmi_fault_resolve for each fault message and
+ * dxmi_fault_drain_ready for the faults released since.  This file owns no lock.
  */
 #include <errno.h>
 #include <sched.h>
@@ -44,19 +44,19 @@ static bool requeued_restore(struct dxm_region *r, size_t pg, uintptr_t addr)
 {
 	if (ps_state(ps_load(&r->st[pg])) != PS_INVALIDATING)
 		return false;
-	region_get(r);
-	region_hold(r); /* inside until finish_restore is done with it */
-	ps_requeue_restore(r, pg, addr);
+	dxmi_region_get(r);
+	dxmi_region_hold(r); /* inside until finish_restore is done with it */
+	dxmi_ps_requeue_restore(r, pg, addr);
 	return true;
 }
 
-void fault_drain_ready(struct dxm_ctx *ctx)
+void dxmi_fault_drain_ready(struct dxm_ctx *ctx)
 {
-	ps_requeued();
+	dxmi_ps_requeued();
 	/* Until empty, unless a restore was put back: then the handler must
 	 * read its userfaultfd first (the kick brings it back here). */
-	while (!ps_requeued()) {
-		struct dxm_fault *list = ps_take_ready(ctx);
+	while (!dxmi_ps_requeued()) {
+		struct dxm_fault *list = dxmi_ps_take_ready(ctx);
 		if (!list)
 			return;
 		while (list) {
@@ -68,7 +68,7 @@ void fault_drain_ready(struct dxm_ctx *ctx)
 				/* The access kind is not kept: a write that
 				 * finds a zero page takes one more (ordinary)
 				 * COW fault. */
-				fault_resolve(ctx, f->addr, false, 0,
+				dxmi_fault_resolve(ctx, f->addr, false, 0,
 					      f->epoch);
 			free(f);
 		}
@@ -83,9 +83,9 @@ static void finish_restore(struct dxm_fault *f)
 	int err = r->kind->restore(r, f->pg, f->addr);
 	DXM_TRACE_RESTORE_END(f->addr, err);
 	if (err == -EAGAIN && !requeued_restore(r, f->pg, f->addr))
-		uffd_wake(r->uffd, f->addr, r->ctx->psize);
-	region_exit(r);
-	region_put(r);
+		dxmi_uffd_wake(r->uffd, f->addr, r->ctx->psize);
+	dxmi_region_exit(r);
+	dxmi_region_put(r);
 }
 
 /* ------------------------------------------------------------ the fault */
@@ -98,10 +98,10 @@ static bool retry_later(struct dxm_region *r, uintptr_t addr, bool here,
 			unsigned *us)
 {
 	if (!here) {
-		uffd_wake(r->uffd, addr, r->ctx->psize);
+		dxmi_uffd_wake(r->uffd, addr, r->ctx->psize);
 		return false;
 	}
-	nap_us(us); /* async-signal-safe */
+	dxmi_nap_us(us); /* async-signal-safe */
 	return true;
 }
 
@@ -126,7 +126,7 @@ static void resolve(struct dxm_region *r, size_t pg, uintptr_t addr,
 				continue;
 			inject(INJ_RESOLVE); /* a slow handler, in tests */
 			err = r->kind->fill(r, pg, addr, write);
-			ps_mapping_done(r, pg);
+			dxmi_ps_mapping_done(r, pg);
 			if (err == -EAGAIN && retry_later(r, addr, here, &us))
 				continue;
 			return;
@@ -135,7 +135,7 @@ static void resolve(struct dxm_region *r, size_t pg, uintptr_t addr,
 				    PS_INVALIDATING | (s & PS_WAITERS)))
 				continue;
 			DXM_TRACE_RESTORE_BEGIN(addr, pg);
-			notify_region_pages(r, pg, 1, DXM_EVENT_CLEAR, NULL);
+			dxmi_notify_region_pages(r, pg, 1, DXM_EVENT_CLEAR, NULL);
 			stat_add(&ctx->c.restores, 1);
 			err = r->kind->restore(r, pg, addr);
 			DXM_TRACE_RESTORE_END(addr, err);
@@ -147,10 +147,10 @@ static void resolve(struct dxm_region *r, size_t pg, uintptr_t addr,
 			break;
 		}
 		if (here) {
-			nap_us(&us); /* async-signal-safe */
+			dxmi_nap_us(&us); /* async-signal-safe */
 			continue;
 		}
-		if (ps_defer(r, pg, addr, s, epoch))
+		if (dxmi_ps_defer(r, pg, addr, s, epoch))
 			return;
 		sched_yield();
 	}
@@ -164,41 +164,41 @@ static void resolve(struct dxm_region *r, size_t pg, uintptr_t addr,
  */
 static void wake_any(struct dxm_ctx *ctx, uintptr_t addr)
 {
-	uffd_wake(ctx->uffd, addr, ctx->psize);
+	dxmi_uffd_wake(ctx->uffd, addr, ctx->psize);
 	if (ctx->uffd_anon >= 0)
-		uffd_wake(ctx->uffd_anon, addr, ctx->psize);
+		dxmi_uffd_wake(ctx->uffd_anon, addr, ctx->psize);
 }
 
-void fault_resolve(struct dxm_ctx *ctx, uintptr_t addr, bool write, pid_t tid,
+void dxmi_fault_resolve(struct dxm_ctx *ctx, uintptr_t addr, bool write, pid_t tid,
 		   uint64_t epoch)
 {
 	addr &= ~(uintptr_t)(ctx->psize - 1);
 	struct dxm_where w;
-	if (region_lookup(ctx, addr, &w) == 0) {
+	if (dxmi_region_lookup(ctx, addr, &w) == 0) {
 		if (w.epoch > epoch) {
 			wake_any(ctx, addr);
-			region_put(w.r);
+			dxmi_region_put(w.r);
 			return;
 		}
 		size_t pg = w.pgoff + ((addr - w.vstart) >> ctx->pshift);
-		if (region_enter(w.r)) {
+		if (dxmi_region_enter(w.r)) {
 			resolve(w.r, pg, addr, write, false, epoch);
-			region_exit(w.r);
+			dxmi_region_exit(w.r);
 		} else {
-			ps_defer_dying(w.r, pg, addr, epoch);
+			dxmi_ps_defer_dying(w.r, pg, addr, epoch);
 		}
-		region_put(w.r);
+		dxmi_region_put(w.r);
 		return;
 	}
 	struct dxm_region *r;
 	size_t pg;
-	if (region_lookup_dev(ctx, (void *)addr, &r, &pg) == 0) {
+	if (dxmi_region_lookup_dev(ctx, (void *)addr, &r, &pg) == 0) {
 		/* A device-side (staging) page of adopted memory. */
 		if (r->kind->staging_fault && r->epoch <= epoch)
 			r->kind->staging_fault(r, pg, addr, tid);
 		else
 			wake_any(ctx, addr);
-		region_put(r);
+		dxmi_region_put(r);
 		return;
 	}
 	/* Not a managed address (any more): the view was unmapped or is
@@ -208,14 +208,14 @@ void fault_resolve(struct dxm_ctx *ctx, uintptr_t addr, bool write, pid_t tid,
 
 /* DXM_CTX_SIGBUS: the faulting thread resolves its own fault (from its
  * SIGBUS handler).  False if addr is not this context's. */
-bool fault_resolve_here(struct dxm_ctx *ctx, uintptr_t addr)
+bool dxmi_fault_resolve_here(struct dxm_ctx *ctx, uintptr_t addr)
 {
 	addr &= ~(uintptr_t)(ctx->psize - 1);
 	struct dxm_where w;
-	if (region_lookup(ctx, addr, &w)) {
+	if (dxmi_region_lookup(ctx, addr, &w)) {
 		struct dxm_region *r;
 		size_t pg;
-		if (region_lookup_dev(ctx, (void *)addr, &r, &pg))
+		if (dxmi_region_lookup_dev(ctx, (void *)addr, &r, &pg))
 			return false;
 		/* A device's touch of a staging page: a hole while it holds
 		 * the page (filled with zeros); after its invalidation a
@@ -227,16 +227,16 @@ bool fault_resolve_here(struct dxm_ctx *ctx, uintptr_t addr)
 			r->kind->staging_fault(r, pg, addr, 0);
 		else if (r->kind->staging_fault)
 			stat_add(&ctx->c.stale_device_faults, 1);
-		region_put(r);
+		dxmi_region_put(r);
 		return ok;
 	}
 	size_t pg = w.pgoff + ((addr - w.vstart) >> ctx->pshift);
-	if (!region_enter(w.r)) {
+	if (!dxmi_region_enter(w.r)) {
 		/* Being torn down: retry the access in a while (once the
 		 * view is gone, the kernel resolves it on its own). */
 		unsigned us = 100;
-		region_put(w.r);
-		nap_us(&us);
+		dxmi_region_put(w.r);
+		dxmi_nap_us(&us);
 		return true;
 	}
 	stat_add(&ctx->c.cpu_faults, 1);
@@ -244,8 +244,8 @@ bool fault_resolve_here(struct dxm_ctx *ctx, uintptr_t addr)
 	/* The access kind is unknown: an adopted page the CPU never had
 	 * gets its own zeroed page, as a write would. */
 	resolve(w.r, pg, addr, true, true, EPOCH_NOW);
-	region_exit(w.r);
-	region_put(w.r);
+	dxmi_region_exit(w.r);
+	dxmi_region_put(w.r);
 	return true;
 }
 
@@ -259,7 +259,7 @@ static void flush_run(struct dxm_region *r, size_t a, size_t b, bool inv,
 	if (a == b)
 		return;
 	if (inv)
-		notify_region_pages(r, a, b - a, ev, NULL);
+		dxmi_notify_region_pages(r, a, b - a, ev, NULL);
 	for (size_t i = a; i < b; i++)
 		if (ps_state(ps_load(&r->st[i])) == PS_INVALIDATING)
 			stat_add(&r->ctx->c.restores, 1);
@@ -274,7 +274,7 @@ static void flush_run(struct dxm_region *r, size_t a, size_t b, bool inv,
  * another thread is busy with; otherwise skip them.  Never called from a
  * handler thread with PTC_WAIT.
  */
-void pages_to_cpu(struct dxm_region *r, size_t pg, size_t n, unsigned flags,
+void dxmi_pages_to_cpu(struct dxm_region *r, size_t pg, size_t n, unsigned flags,
 		  enum dxm_event ev)
 {
 	size_t a = pg, i = pg, end = pg + n;
@@ -301,7 +301,7 @@ void pages_to_cpu(struct dxm_region *r, size_t pg, size_t n, unsigned flags,
 		inv = false;
 		if ((st == PS_CPU && (s & PS_MAPPING)) ||
 		    ((flags & PTC_WAIT) && st != PS_EXCLUSIVE)) {
-			nap_us(&us);
+			dxmi_nap_us(&us);
 		} else {
 			i++;
 		}

@@ -34,12 +34,12 @@ static void restore_for_fork(struct dxm_region *r, void *arg)
 	/* Inside the region (region.c, the teardown rule): a dxm_free
 	 * waits for us; one that began first holds fork_lock until its
 	 * hand-back is over, so we cannot be here; a munmap drops it. */
-	if (!region_enter(r))
+	if (!dxmi_region_enter(r))
 		return;
 	(*(unsigned *)arg)++;
-	pages_to_cpu(r, 0, r->npages, PTC_INVALIDATE | PTC_WAIT,
+	dxmi_pages_to_cpu(r, 0, r->npages, PTC_INVALIDATE | PTC_WAIT,
 		     DXM_EVENT_FORK);
-	region_exit(r);
+	dxmi_region_exit(r);
 }
 
 /*
@@ -59,17 +59,17 @@ static void restore_for_fork(struct dxm_region *r, void *arg)
  */
 static void park_handlers(struct dxm_ctx *ctx)
 {
-	bool on_handler = ctx_on_handler(ctx);
+	bool on_handler = dxmi_ctx_on_handler(ctx);
 	unsigned want = ctx->nhandlers - (on_handler ? 1 : 0);
 	uint64_t one = 1;
 	atomic_store(&ctx->forking, 1);
 	if (write(ctx->fork_fd, &one, sizeof(one)) < 0)
 		pr_err("fork: cannot reach the fault handlers: %s",
 		       strerror(errno));
-	uint64_t t0 = now_ns();
+	uint64_t t0 = dxmi_now_ns();
 	bool said = false;
 	while (atomic_load(&ctx->fork_acks) < want) {
-		if (!said && now_ns() - t0 > 2000000000ull) {
+		if (!said && dxmi_now_ns() - t0 > 2000000000ull) {
 			pr_warn("fork: still waiting for %u of %u fault "
 				"handler(s) to park (one may be in a callback "
 				"waiting for a lock this thread holds)",
@@ -86,19 +86,19 @@ static void park_handlers(struct dxm_ctx *ctx)
 	 * callback on a handler thread, that thread holds nothing but cannot
 	 * park: handler 0 applies its backlog under the gate itself. */
 	if (!on_handler)
-		gate_lock(ctx);
+		dxmi_gate_lock(ctx);
 	atomic_store(&ctx->fork_gate, on_handler ? FG_NOGATE : FG_HELD);
 }
 
 static void prepare_one(struct dxm_ctx *ctx)
 {
-	if (ctx->pid != self_pid() || ctx->uffd_anon < 0)
+	if (ctx->pid != dxmi_self_pid() || ctx->uffd_anon < 0)
 		return;
 	DXM_TRACE_FORK_BEGIN(ctx);
 	pthread_rwlock_wrlock(&ctx->fork_lock);
 	ctx->fork_locked = true;
 	unsigned regions = 0;
-	region_foreach(ctx, KIND_MOVES, restore_for_fork, &regions);
+	dxmi_region_foreach(ctx, KIND_MOVES, restore_for_fork, &regions);
 	if (regions) /* forks that had private pages to restore */
 		stat_add(&ctx->c.forks, 1);
 	if (ctx->uinfo_anon.features & UFFD_FEATURE_EVENT_FORK)
@@ -120,7 +120,7 @@ static void release(struct dxm_ctx *ctx, bool parent)
 		if (read(ctx->fork_fd, &v, sizeof(v)) < 0 && errno != EAGAIN)
 			pr_err("fork: read(eventfd): %s", strerror(errno));
 		atomic_store(&ctx->forking, 0);
-		ctx_kick(ctx);
+		dxmi_ctx_kick(ctx);
 	}
 	if (atomic_load(&ctx->fork_gate) == FG_HELD ||
 	    atomic_load(&ctx->fork_gate) == FG_APPLIED) {
@@ -128,7 +128,7 @@ static void release(struct dxm_ctx *ctx, bool parent)
 		while (parent && atomic_load(&ctx->fork_gate) == FG_HELD &&
 		       !atomic_load(&ctx->handlers[0].exited))
 			poll(NULL, 0, 1);
-		gate_unlock(ctx);
+		dxmi_gate_unlock(ctx);
 	}
 	atomic_store(&ctx->fork_gate, FG_NONE);
 	if (ctx->fork_locked) {
@@ -149,18 +149,18 @@ static void release_child(struct dxm_ctx *ctx)
 
 static void prepare(void)
 {
-	ctx_foreach_begin(prepare_one);
+	dxmi_ctx_foreach_begin(prepare_one);
 }
 
 static void parent(void)
 {
-	ctx_foreach_end(release_parent);
+	dxmi_ctx_foreach_end(release_parent);
 }
 
 static void child(void)
 {
-	self_pid_forget();
-	ctx_foreach_end(release_child);
+	dxmi_self_pid_forget();
+	dxmi_ctx_foreach_end(release_child);
 }
 
 static pthread_once_t once = PTHREAD_ONCE_INIT;
@@ -170,17 +170,17 @@ static void install(void)
 	pthread_atfork(prepare, parent, child);
 }
 
-void fork_init(void)
+void dxmi_fork_init(void)
 {
 	pthread_once(&once, install);
 }
 
-bool fork_enter(struct dxm_ctx *ctx)
+bool dxmi_fork_enter(struct dxm_ctx *ctx)
 {
 	return pthread_rwlock_rdlock(&ctx->fork_lock) == 0;
 }
 
-void fork_exit(struct dxm_ctx *ctx)
+void dxmi_fork_exit(struct dxm_ctx *ctx)
 {
 	pthread_rwlock_unlock(&ctx->fork_lock);
 }

@@ -35,7 +35,7 @@ enum gate_after {
 	GATE_HANDOVER, /* the same, last batch: tell it (FG_APPLIED) */
 };
 
-/* Act on n (<= BATCH) messages read under gate_lock(): events first, then
+/* Act on n (<= BATCH) messages read under dxmi_gate_lock(): events first, then
  * faults; leaves the locks as `after` says once the events are applied. */
 static void dispatch(struct dxm_ctx *ctx, struct uffd_msg *msg, size_t n,
 		     uint64_t epoch, enum gate_after after)
@@ -53,17 +53,17 @@ static void dispatch(struct dxm_ctx *ctx, struct uffd_msg *msg, size_t n,
 		switch (m->event) {
 		case UFFD_EVENT_UNMAP:
 			inject(INJ_DETACH); /* a slow handler, in tests */
-			gone[ngone++] = region_unmap_detach(
+			gone[ngone++] = dxmi_region_unmap_detach(
 				ctx, m->arg.remove.start, m->arg.remove.end);
 			break;
 		case UFFD_EVENT_REMAP:
-			region_remap_move(ctx, m->arg.remap.from,
+			dxmi_region_remap_move(ctx, m->arg.remap.from,
 					  m->arg.remap.to, m->arg.remap.len);
 			moved[nmoved].from = m->arg.remap.from;
 			moved[nmoved++].len = m->arg.remap.len;
 			break;
 		case UFFD_EVENT_REMOVE:
-			removed[nremoved++] = anon_remove_begin(
+			removed[nremoved++] = dxmi_anon_remove_begin(
 				ctx, m->arg.remove.start, m->arg.remove.end);
 			break;
 		case UFFD_EVENT_FORK:
@@ -72,19 +72,19 @@ static void dispatch(struct dxm_ctx *ctx, struct uffd_msg *msg, size_t n,
 		}
 	}
 	if (after == GATE_UNLOCK)
-		gate_unlock(ctx);
+		dxmi_gate_unlock(ctx);
 	else if (after == GATE_HANDOVER)
 		atomic_store(&ctx->fork_gate, FG_APPLIED);
 
 	for (size_t i = 0; i < nforked; i++)
-		anon_fork_event(ctx, forked[i]);
+		dxmi_anon_fork_event(ctx, forked[i]);
 	for (size_t i = 0; i < nmoved; i++)
-		notify_range(ctx, moved[i].from, moved[i].from + moved[i].len,
+		dxmi_notify_range(ctx, moved[i].from, moved[i].from + moved[i].len,
 			     DXM_EVENT_REMAP, NULL);
 	for (size_t i = 0; i < ngone; i++)
-		views_unmap_finish(ctx, gone[i]);
+		dxmi_views_unmap_finish(ctx, gone[i]);
 	for (size_t i = 0; i < nremoved; i++)
-		anon_remove_finish(ctx, removed[i]);
+		dxmi_anon_remove_finish(ctx, removed[i]);
 	for (size_t i = 0; i < n; i++) {
 		struct uffd_msg *m = &msg[i];
 		if (m->event == UFFD_EVENT_PAGEFAULT) {
@@ -93,7 +93,7 @@ static void dispatch(struct dxm_ctx *ctx, struct uffd_msg *msg, size_t n,
 			DXM_TRACE_FAULT(m->arg.pagefault.address,
 					m->arg.pagefault.flags,
 					m->arg.pagefault.feat.ptid);
-			fault_resolve(ctx, m->arg.pagefault.address,
+			dxmi_fault_resolve(ctx, m->arg.pagefault.address,
 				      m->arg.pagefault.flags &
 					      UFFD_PAGEFAULT_FLAG_WRITE,
 				      (pid_t)m->arg.pagefault.feat.ptid, epoch);
@@ -109,11 +109,11 @@ static void dispatch(struct dxm_ctx *ctx, struct uffd_msg *msg, size_t n,
 static size_t handle_batch(struct dxm_ctx *ctx, int uffd)
 {
 	struct uffd_msg msg[BATCH];
-	gate_lock(ctx);
+	dxmi_gate_lock(ctx);
 	int inj = inject(INJ_READ);
 	ssize_t got = inj ? (errno = inj, -1) : read(uffd, msg, sizeof(msg));
 	if (got < 0) {
-		gate_unlock(ctx);
+		dxmi_gate_unlock(ctx);
 		if (errno != EAGAIN && errno != EINTR)
 			pr_err("read(userfaultfd): %s", strerror(errno));
 		return 0;
@@ -164,7 +164,7 @@ static void fork_park(struct dxm_handler *h)
 	for (size_t i = 0; i < n; i += BATCH) {
 		size_t k = n - i < BATCH ? n - i : BATCH;
 		if (!held)
-			gate_lock(ctx);
+			dxmi_gate_lock(ctx);
 		dispatch(ctx, h->backlog + i, k, epoch,
 			 !held		 ? GATE_UNLOCK
 			 : i + k < n ? GATE_KEEP
@@ -179,18 +179,18 @@ static void fork_park(struct dxm_handler *h)
  * picked up without a wake-up (a CPU is kept busy meanwhile). */
 static void spin(struct dxm_ctx *ctx)
 {
-	uint64_t until = now_ns() + ctx->spin_ns;
+	uint64_t until = dxmi_now_ns() + ctx->spin_ns;
 	/* A fork waits for every handler to park (handler_main). */
-	while (now_ns() < until && !atomic_load(&ctx->stopping) &&
+	while (dxmi_now_ns() < until && !atomic_load(&ctx->stopping) &&
 	       !atomic_load(&ctx->forking)) {
 		size_t n = handle_batch(ctx, ctx->uffd);
 		if (ctx->uffd_anon >= 0)
 			n += handle_batch(ctx, ctx->uffd_anon);
 		if (n) {
-			fault_drain_ready(ctx);
+			dxmi_fault_drain_ready(ctx);
 			/* A munmapped region's teardown may wait for us. */
-			region_run_quiet(ctx);
-			until = now_ns() + ctx->spin_ns;
+			dxmi_region_run_quiet(ctx);
+			until = dxmi_now_ns() + ctx->spin_ns;
 		} else {
 			/* The faulting thread may be waiting for this CPU. */
 			sched_yield();
@@ -202,7 +202,7 @@ static void *handler_main(void *arg)
 {
 	struct dxm_handler *h = arg;
 	struct dxm_ctx *ctx = h->ctx;
-	ctx_set_handler(ctx);
+	dxmi_ctx_set_handler(ctx);
 	struct pollfd pfd[5] = {
 		{ .fd = ctx->stop_fd, .events = POLLIN },
 		{ .fd = ctx->wake_fd, .events = POLLIN },
@@ -237,8 +237,8 @@ static void *handler_main(void *arg)
 			else if (pfd[i].revents & (POLLERR | POLLHUP))
 				goto out;
 		}
-		fault_drain_ready(ctx);
-		region_run_quiet(ctx);
+		dxmi_fault_drain_ready(ctx);
+		dxmi_region_run_quiet(ctx);
 		if (ctx->spin_ns)
 			spin(ctx);
 	}
@@ -249,7 +249,7 @@ out:
 	return NULL;
 }
 
-int handlers_start(struct dxm_ctx *ctx)
+int dxmi_handlers_start(struct dxm_ctx *ctx)
 {
 	sigset_t all, old;
 	sigfillset(&all);
@@ -276,7 +276,7 @@ int handlers_start(struct dxm_ctx *ctx)
 	return err;
 }
 
-void handlers_stop(struct dxm_ctx *ctx)
+void dxmi_handlers_stop(struct dxm_ctx *ctx)
 {
 	uint64_t one = 1;
 	atomic_store(&ctx->stopping, true);

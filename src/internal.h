@@ -16,6 +16,11 @@
  * unread event, a fault to be resolved) while it holds a library lock:
  * the handler may need that lock before it can read the event.  A handler
  * thread never waits for anything but such short critical sections.
+ *
+ * Names: the public API is dxm_*; every other global function or object
+ * of the library is dxmi_* (libdxm.a shows them to a static link, where a
+ * bare name could clash with the program's own; .ci/check-symbols checks
+ * both libraries).
  */
 #ifndef DXM_INTERNAL_H
 #define DXM_INTERNAL_H
@@ -47,19 +52,19 @@ struct dxm_uffd_info {
 	uint64_t features; /* enabled on the fd */
 	uint64_t offered;  /* what the kernel reported */
 };
-int uffd_open(struct dxm_uffd_info *info, uint64_t required, uint64_t optional,
+int dxmi_uffd_open(struct dxm_uffd_info *info, uint64_t required, uint64_t optional,
 	      bool quiet);
-int uffd_register(int uffd, uintptr_t start, size_t len, uint64_t mode);
-int uffd_unregister(int uffd, uintptr_t start, size_t len);
-long uffd_continue(int uffd, uintptr_t start, size_t len);
-int uffd_wake(int uffd, uintptr_t start, size_t len);
-long uffd_move(int uffd, uintptr_t dst, uintptr_t src, size_t len,
+int dxmi_uffd_register(int uffd, uintptr_t start, size_t len, uint64_t mode);
+int dxmi_uffd_unregister(int uffd, uintptr_t start, size_t len);
+long dxmi_uffd_continue(int uffd, uintptr_t start, size_t len);
+int dxmi_uffd_wake(int uffd, uintptr_t start, size_t len);
+long dxmi_uffd_move(int uffd, uintptr_t dst, uintptr_t src, size_t len,
 	       uint64_t mode);
-long uffd_copy(int uffd, uintptr_t dst, uintptr_t src, size_t len);
-long uffd_copy_mode(int uffd, uintptr_t dst, uintptr_t src, size_t len,
+long dxmi_uffd_copy(int uffd, uintptr_t dst, uintptr_t src, size_t len);
+long dxmi_uffd_copy_mode(int uffd, uintptr_t dst, uintptr_t src, size_t len,
 		    uint64_t mode);
-long uffd_zeropage(int uffd, uintptr_t dst, size_t len);
-int sys_madvise(void *addr, size_t len, int advice);
+long dxmi_uffd_zeropage(int uffd, uintptr_t dst, size_t len);
+int dxmi_sys_madvise(void *addr, size_t len, int advice);
 
 /* --------------------------------------------------------------- region.c */
 struct dxm_region;
@@ -83,7 +88,7 @@ struct dxm_view {
  * anonymous pages, moved out to a staging area and back by UFFDIO_MOVE.
  * Nothing outside a kind's file tests which kind a region is: the rest
  * of the library calls these, or tests a KIND_* property.  Each is called
- * inside the region (region_enter, the teardown rule) unless it says
+ * inside the region (dxmi_region_enter, the teardown rule) unless it says
  * otherwise, and on pages the caller owns (pstate.h).  NULL: nothing to do.
  */
 #define KIND_MOVES (1u << 0) /* pages move out to staging: a fork gives them
@@ -149,8 +154,8 @@ struct dxm_kind {
 	 * up beyond r->dev's mapping and r->fd, which the caller closes. */
 	void (*release)(struct dxm_region *r);
 };
-extern const struct dxm_kind memfd_kind; /* memfd.c */
-extern const struct dxm_kind anon_kind;	 /* anon.c */
+extern const struct dxm_kind dxmi_memfd_kind; /* memfd.c */
+extern const struct dxm_kind dxmi_anon_kind;	 /* anon.c */
 
 struct dxm_region {
 	struct dxm_ctx *ctx;
@@ -159,7 +164,7 @@ struct dxm_region {
 	int fd;		    /* memfd: the memfd, only while needed (-1) */
 	bool keep_fd;	    /* views must be mmap()ed from fd (valgrind) */
 	atomic_long refs;
-	/* Operations inside the region (region_enter), R_DYING once its
+	/* Operations inside the region (dxmi_region_enter), R_DYING once its
 	 * teardown began: see "The teardown rule" in region.c. */
 	atomic_uint users;
 	/* munmap: the last one out hands the teardown's end to a handler
@@ -188,27 +193,27 @@ struct dxm_where {
 	uint64_t epoch;	   /* the piece's (staging: the region's) */
 };
 
-int region_lookup(struct dxm_ctx *ctx, uintptr_t addr, struct dxm_where *w);
-int region_adopt_insert(struct dxm_region *r, uintptr_t start, size_t len);
-int region_wait_unclaimed(struct dxm_ctx *ctx, uintptr_t start, size_t len,
+int dxmi_region_lookup(struct dxm_ctx *ctx, uintptr_t addr, struct dxm_where *w);
+int dxmi_region_adopt_insert(struct dxm_region *r, uintptr_t start, size_t len);
+int dxmi_region_wait_unclaimed(struct dxm_ctx *ctx, uintptr_t start, size_t len,
 			  bool keep_gate);
-void *region_map_fresh(struct dxm_ctx *ctx, size_t len,
+void *dxmi_region_map_fresh(struct dxm_ctx *ctx, size_t len,
 		       void *(*map)(void *arg, size_t len), void *arg);
-void region_wait_unmaps(struct dxm_ctx *ctx, uintptr_t start, uintptr_t end);
-void region_foreach(struct dxm_ctx *ctx, unsigned kind_flags,
+void dxmi_region_wait_unmaps(struct dxm_ctx *ctx, uintptr_t start, uintptr_t end);
+void dxmi_region_foreach(struct dxm_ctx *ctx, unsigned kind_flags,
 		    void (*fn)(struct dxm_region *r, void *arg), void *arg);
-int region_lookup_range(struct dxm_ctx *ctx, uintptr_t start, size_t len,
+int dxmi_region_lookup_range(struct dxm_ctx *ctx, uintptr_t start, size_t len,
 			struct dxm_where *w);
-int region_lookup_dev(struct dxm_ctx *ctx, const void *dev,
+int dxmi_region_lookup_dev(struct dxm_ctx *ctx, const void *dev,
 		      struct dxm_region **rp, size_t *pg);
-void region_get(struct dxm_region *r);
-void region_put(struct dxm_region *r);
+void dxmi_region_get(struct dxm_region *r);
+void dxmi_region_put(struct dxm_region *r);
 #define R_DYING (1u << 31)
-bool region_enter(struct dxm_region *r);
-void region_exit(struct dxm_region *r);
-void region_hold(struct dxm_region *r);
-void region_run_quiet(struct dxm_ctx *ctx);
-size_t region_view_addrs(struct dxm_region *r, size_t pg, size_t n,
+bool dxmi_region_enter(struct dxm_region *r);
+void dxmi_region_exit(struct dxm_region *r);
+void dxmi_region_hold(struct dxm_region *r);
+void dxmi_region_run_quiet(struct dxm_ctx *ctx);
+size_t dxmi_region_view_addrs(struct dxm_region *r, size_t pg, size_t n,
 			 uintptr_t *out, size_t max);
 /* A detached run of CPU addresses, to notify and unmap outside the locks. */
 struct dxm_gone {
@@ -216,7 +221,7 @@ struct dxm_gone {
 	uintptr_t start, end;
 	size_t pgoff;
 	bool last;	      /* the region has no piece left */
-	bool owner;	      /* and this pass tears it down (region_kill) */
+	bool owner;	      /* and this pass tears it down (dxmi_region_kill) */
 	struct dxm_gone *next;
 };
 
@@ -227,32 +232,32 @@ struct dxm_unmap {
 	struct dxm_unmap *next; /* um_mtx */
 };
 
-struct dxm_unmap *region_unmap_detach(struct dxm_ctx *ctx, uintptr_t start,
+struct dxm_unmap *dxmi_region_unmap_detach(struct dxm_ctx *ctx, uintptr_t start,
 				      uintptr_t end);
-void region_unmap_done(struct dxm_ctx *ctx, struct dxm_unmap *u);
-int region_detach_range(struct dxm_ctx *ctx, uintptr_t start, uintptr_t end,
+void dxmi_region_unmap_done(struct dxm_ctx *ctx, struct dxm_unmap *u);
+int dxmi_region_detach_range(struct dxm_ctx *ctx, uintptr_t start, uintptr_t end,
 			int group, struct dxm_gone **list);
 /* The tables (vt_lock held as each says in region.c). */
-struct dxm_view *vt_find(struct dxm_ctx *ctx, uintptr_t addr);
-size_t vt_search(struct dxm_ctx *ctx, uintptr_t addr);
-int vt_split(struct dxm_ctx *ctx, uintptr_t addr);
-int rt_insert(struct dxm_ctx *ctx, struct dxm_region *r);
-void rt_remove(struct dxm_ctx *ctx, struct dxm_region *r);
-int region_add_piece(struct dxm_ctx *ctx, struct dxm_region *r, void *addr,
+struct dxm_view *dxmi_vt_find(struct dxm_ctx *ctx, uintptr_t addr);
+size_t dxmi_vt_search(struct dxm_ctx *ctx, uintptr_t addr);
+int dxmi_vt_split(struct dxm_ctx *ctx, uintptr_t addr);
+int dxmi_rt_insert(struct dxm_ctx *ctx, struct dxm_region *r);
+void dxmi_rt_remove(struct dxm_ctx *ctx, struct dxm_region *r);
+int dxmi_region_add_piece(struct dxm_ctx *ctx, struct dxm_region *r, void *addr,
 		     unsigned group);
 /* The teardown rule's steps (region.c). */
-bool region_kill(struct dxm_region *r);
-void region_wait_quiet(struct dxm_region *r);
-void region_teardown_finish(struct dxm_region *r);
-void region_finish_when_quiet(struct dxm_region *r);
-void region_remap_move(struct dxm_ctx *ctx, uintptr_t from, uintptr_t to,
+bool dxmi_region_kill(struct dxm_region *r);
+void dxmi_region_wait_quiet(struct dxm_region *r);
+void dxmi_region_teardown_finish(struct dxm_region *r);
+void dxmi_region_finish_when_quiet(struct dxm_region *r);
+void dxmi_region_remap_move(struct dxm_ctx *ctx, uintptr_t from, uintptr_t to,
 		       size_t len);
-int region_runs(struct dxm_region *r, size_t pg, size_t n,
+int dxmi_region_runs(struct dxm_region *r, size_t pg, size_t n,
 		const uint8_t *mask,
 		int (*fn)(struct dxm_region *r, uintptr_t cpu, size_t pg,
 			  size_t n, void *arg),
 		void *arg);
-bool region_owns_addr(struct dxm_region *r, uintptr_t addr);
+bool dxmi_region_owns_addr(struct dxm_region *r, uintptr_t addr);
 
 /* --------------------------------------------------------------- pstate.c */
 /* A fault waiting for a page (deferred), or to be resolved again (ready). */
@@ -266,46 +271,46 @@ struct dxm_fault {
 	bool reported;	/* by the watchdog (defer_mtx) */
 	struct dxm_fault *next;
 };
-bool ps_defer(struct dxm_region *r, size_t pg, uintptr_t addr, uint8_t s,
+bool dxmi_ps_defer(struct dxm_region *r, size_t pg, uintptr_t addr, uint8_t s,
 	      uint64_t epoch);
-void ps_defer_dying(struct dxm_region *r, size_t pg, uintptr_t addr,
+void dxmi_ps_defer_dying(struct dxm_region *r, size_t pg, uintptr_t addr,
 		    uint64_t epoch);
-void ps_release_waiters(struct dxm_region *r, size_t pg, size_t n);
-void ps_forget_region(struct dxm_region *r);
-struct dxm_fault *ps_take_ready(struct dxm_ctx *ctx);
-void ps_requeue_restore(struct dxm_region *r, size_t pg, uintptr_t addr);
-bool ps_requeued(void);
-void ps_mapping_done(struct dxm_region *r, size_t pg);
-void ps_invalidated(struct dxm_region *r, size_t pg);
-void ps_set(struct dxm_region *r, size_t pg, uint8_t to);
+void dxmi_ps_release_waiters(struct dxm_region *r, size_t pg, size_t n);
+void dxmi_ps_forget_region(struct dxm_region *r);
+struct dxm_fault *dxmi_ps_take_ready(struct dxm_ctx *ctx);
+void dxmi_ps_requeue_restore(struct dxm_region *r, size_t pg, uintptr_t addr);
+bool dxmi_ps_requeued(void);
+void dxmi_ps_mapping_done(struct dxm_region *r, size_t pg);
+void dxmi_ps_invalidated(struct dxm_region *r, size_t pg);
+void dxmi_ps_set(struct dxm_region *r, size_t pg, uint8_t to);
 
 /* ---------------------------------------------------------------- fault.c */
-void fault_resolve(struct dxm_ctx *ctx, uintptr_t addr, bool write,
+void dxmi_fault_resolve(struct dxm_ctx *ctx, uintptr_t addr, bool write,
 		   pid_t tid, uint64_t epoch);
 #define EPOCH_NOW UINT64_MAX /* a fault happening now, not a message */
-bool fault_resolve_here(struct dxm_ctx *ctx, uintptr_t addr);
+bool dxmi_fault_resolve_here(struct dxm_ctx *ctx, uintptr_t addr);
 
 /* --------------------------------------------------------------- sigbus.c */
-int sigbus_init(void);
-void fault_drain_ready(struct dxm_ctx *ctx);
+int dxmi_sigbus_init(void);
+void dxmi_fault_drain_ready(struct dxm_ctx *ctx);
 #define PTC_INVALIDATE 1u /* invalidate exclusive pages (else skip them) */
 #define PTC_WAIT 2u	  /* wait for locked/busy pages (else skip them) */
-void pages_to_cpu(struct dxm_region *r, size_t pg, size_t n, unsigned flags,
+void dxmi_pages_to_cpu(struct dxm_region *r, size_t pg, size_t n, unsigned flags,
 		  enum dxm_event ev);
 
 /* ----------------------------------------------------------------- anon.c */
 #define TRASH_PAGES 64
-void anon_trash_init(struct dxm_ctx *ctx);
-void anon_trash_fini(struct dxm_ctx *ctx);
+void dxmi_anon_trash_init(struct dxm_ctx *ctx);
+void dxmi_anon_trash_fini(struct dxm_ctx *ctx);
 struct dxm_anon_rm;
-struct dxm_anon_rm *anon_remove_begin(struct dxm_ctx *ctx, uintptr_t start,
+struct dxm_anon_rm *dxmi_anon_remove_begin(struct dxm_ctx *ctx, uintptr_t start,
 				      uintptr_t end);
-void anon_remove_finish(struct dxm_ctx *ctx, struct dxm_anon_rm *rm);
-void anon_fork_event(struct dxm_ctx *ctx, int child_uffd);
+void dxmi_anon_remove_finish(struct dxm_ctx *ctx, struct dxm_anon_rm *rm);
+void dxmi_anon_fork_event(struct dxm_ctx *ctx, int child_uffd);
 
 /* ------------------------------------------------------------- watchdog.c */
-int watchdog_start(struct dxm_ctx *ctx);
-void watchdog_stop(struct dxm_ctx *ctx);
+int dxmi_watchdog_start(struct dxm_ctx *ctx);
+void dxmi_watchdog_stop(struct dxm_ctx *ctx);
 
 /* ----------------------------------------------------------------- fork.c */
 /* ctx->fork_gate: who holds the gate while a fork parks the handlers. */
@@ -315,9 +320,9 @@ void watchdog_stop(struct dxm_ctx *ctx);
 #define FG_APPLIED 2 /* handler 0 applied the backlog's events */
 #define FG_NOGATE 3  /* not every handler parked: handler 0 reads anyway
 			and applies its backlog under the gate later */
-void fork_init(void);
-bool fork_enter(struct dxm_ctx *ctx);
-void fork_exit(struct dxm_ctx *ctx);
+void dxmi_fork_init(void);
+bool dxmi_fork_enter(struct dxm_ctx *ctx);
+void dxmi_fork_exit(struct dxm_ctx *ctx);
 
 /* ------------------------------------------------------------- notifier.c */
 struct dxm_notifier {
@@ -328,16 +333,16 @@ struct dxm_notifier {
 	atomic_ulong seq;
 	unsigned busy;	/* callbacks in flight (n_mtx) */
 	bool removed;	/* (n_mtx) */
-	atomic_ulong cb_start;	 /* now_ns() while its callback runs, else 0 */
+	atomic_ulong cb_start;	 /* dxmi_now_ns() while its callback runs, else 0 */
 	atomic_int cb_event;	 /* what it is being told (watchdog.c) */
 	uint64_t cb_reported;	 /* cb_start the watchdog reported (n_mtx) */
 	struct dxm_notifier *next;
 };
-void notify_range(struct dxm_ctx *ctx, uintptr_t start, uintptr_t end,
+void dxmi_notify_range(struct dxm_ctx *ctx, uintptr_t start, uintptr_t end,
 		  enum dxm_event ev, const void *owner);
-void notify_region_pages(struct dxm_region *r, size_t pg, size_t n,
+void dxmi_notify_region_pages(struct dxm_region *r, size_t pg, size_t n,
 			 enum dxm_event ev, const void *owner);
-void notifier_destroy_all(struct dxm_ctx *ctx);
+void dxmi_notifier_destroy_all(struct dxm_ctx *ctx);
 
 /* ------------------------------------------------------------------ ctx.c */
 #define FORK_BACKLOG 1024 /* messages read while a fork is in progress */
@@ -367,7 +372,7 @@ void notifier_destroy_all(struct dxm_ctx *ctx);
 	 UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_EVENT_REMOVE |                \
 	 UFFD_FEATURE_THREAD_ID)
 #define ANON_UFFD_OPTIONAL UFFD_FEATURE_EVENT_FORK
-unsigned ctx_default_threads(void);
+unsigned dxmi_ctx_default_threads(void);
 
 struct dxm_handler {
 	struct dxm_ctx *ctx;
@@ -455,33 +460,33 @@ static inline void stat_add(atomic_ulong *c, unsigned long v)
 }
 
 /* ----------------------------------------------------------- registry.c */
-int registry_add(struct dxm_ctx *ctx);
-bool registry_del(struct dxm_ctx *ctx);
-bool ctx_live(struct dxm_ctx *ctx);
-struct dxm_ctx *registry_find(bool (*fn)(struct dxm_ctx *ctx, uintptr_t arg),
+int dxmi_registry_add(struct dxm_ctx *ctx);
+bool dxmi_registry_del(struct dxm_ctx *ctx);
+bool dxmi_ctx_live(struct dxm_ctx *ctx);
+struct dxm_ctx *dxmi_registry_find(bool (*fn)(struct dxm_ctx *ctx, uintptr_t arg),
 			      uintptr_t arg);
-void ctx_foreach_begin(void (*fn)(struct dxm_ctx *ctx));
-void ctx_foreach_end(void (*fn)(struct dxm_ctx *ctx));
-int ctx_check(struct dxm_ctx *ctx);
+void dxmi_ctx_foreach_begin(void (*fn)(struct dxm_ctx *ctx));
+void dxmi_ctx_foreach_end(void (*fn)(struct dxm_ctx *ctx));
+int dxmi_ctx_check(struct dxm_ctx *ctx);
 
 /* ---------------------------------------------------------------- base.c */
-uint64_t now_ns(void);
-void nap_us(unsigned *us); /* sleep *us, then double it up to 1 ms */
-pid_t self_pid(void);
-void self_pid_forget(void);
-void ctx_set_handler(struct dxm_ctx *ctx);
-bool ctx_on_handler(struct dxm_ctx *ctx);
-void ctx_kick(struct dxm_ctx *ctx);
-void gate_lock(struct dxm_ctx *ctx);   /* the gate, then zap_lock (write) */
-void gate_unlock(struct dxm_ctx *ctx);
+uint64_t dxmi_now_ns(void);
+void dxmi_nap_us(unsigned *us); /* sleep *us, then double it up to 1 ms */
+pid_t dxmi_self_pid(void);
+void dxmi_self_pid_forget(void);
+void dxmi_ctx_set_handler(struct dxm_ctx *ctx);
+bool dxmi_ctx_on_handler(struct dxm_ctx *ctx);
+void dxmi_ctx_kick(struct dxm_ctx *ctx);
+void dxmi_gate_lock(struct dxm_ctx *ctx);   /* the gate, then zap_lock (write) */
+void dxmi_gate_unlock(struct dxm_ctx *ctx);
 
 /* --------------------------------------------------------------- views.c */
-void views_unmap_finish(struct dxm_ctx *ctx, struct dxm_unmap *u);
-void views_destroy_all(struct dxm_ctx *ctx);
+void dxmi_views_unmap_finish(struct dxm_ctx *ctx, struct dxm_unmap *u);
+void dxmi_views_destroy_all(struct dxm_ctx *ctx);
 
 /* ------------------------------------------------------------- handler.c */
-int handlers_start(struct dxm_ctx *ctx);
-void handlers_stop(struct dxm_ctx *ctx);
+int dxmi_handlers_start(struct dxm_ctx *ctx);
+void dxmi_handlers_stop(struct dxm_ctx *ctx);
 
 /* Whether a kernel-mode access (a system call, MADV_POPULATE_*) to a
  * missing page is resolved by dxm, or fails with EFAULT. */

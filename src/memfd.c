@@ -9,7 +9,7 @@
  * data); restoring maps the page back with UFFDIO_CONTINUE, in every view.
  *
  * No lock of its own: pages follow pstate.h (the caller owns those it
- * names), CPU addresses are used under vt_lock (region_runs), and a zap
+ * names), CPU addresses are used under vt_lock (dxmi_region_runs), and a zap
  * also holds zap_lock (base.c).
  */
 #include <errno.h>
@@ -56,7 +56,7 @@ static int zap_run(struct dxm_region *r, uintptr_t s, size_t pg, size_t n,
 		   void *arg)
 {
 	(void)pg, (void)arg;
-	int err = sys_madvise((void *)s, n << r->ctx->pshift, MADV_DONTNEED);
+	int err = dxmi_sys_madvise((void *)s, n << r->ctx->pshift, MADV_DONTNEED);
 	if (err)
 		pr_err("zap of %#lx failed: %s", s, strerror(-err));
 	return 0;
@@ -78,7 +78,7 @@ static size_t memfd_revoke(struct dxm_region *r, size_t pg, size_t n,
 	for (size_t i = 0; i < n; i++)
 		need[i] = dev[i] != NULL;
 	pthread_rwlock_rdlock(&ctx->zap_lock); /* not between read and detach */
-	region_runs(r, pg, n, need, zap_run, NULL);
+	dxmi_region_runs(r, pg, n, need, zap_run, NULL);
 	pthread_rwlock_unlock(&ctx->zap_lock);
 	return 0;
 }
@@ -90,7 +90,7 @@ static size_t memfd_revoke(struct dxm_region *r, size_t pg, size_t n,
 static int fill_hole(struct dxm_region *r, size_t pg)
 {
 	struct dxm_ctx *ctx = r->ctx;
-	return sys_madvise(r->dev + (pg << ctx->pshift), ctx->psize,
+	return dxmi_sys_madvise(r->dev + (pg << ctx->pshift), ctx->psize,
 			   MADV_POPULATE_WRITE);
 }
 
@@ -100,7 +100,7 @@ static int continue_run(struct dxm_region *r, uintptr_t s, size_t pg,
 	struct dxm_ctx *ctx = r->ctx;
 	int tries = 0;
 	while (n) {
-		long got = uffd_continue(r->uffd, s, n << ctx->pshift);
+		long got = dxmi_uffd_continue(r->uffd, s, n << ctx->pshift);
 		if (got > 0) {
 			size_t k = (size_t)got >> ctx->pshift;
 			s += k << ctx->pshift, pg += k, n -= k;
@@ -109,7 +109,7 @@ static int continue_run(struct dxm_region *r, uintptr_t s, size_t pg,
 		if (got == -EEXIST) {
 			/* Already mapped (a duplicate fault): wake whoever
 			 * waits on it and go on with the next page. */
-			uffd_wake(r->uffd, s, ctx->psize);
+			dxmi_uffd_wake(r->uffd, s, ctx->psize);
 			s += ctx->psize, pg++, n--;
 		} else if (got == -EAGAIN) {
 			/* An event is unread (a munmap's UNMAP...): we hold
@@ -123,7 +123,7 @@ static int continue_run(struct dxm_region *r, uintptr_t s, size_t pg,
 		} else {
 			/* Not ours any more (unmapped, unregistered): let
 			 * the faulting threads retry on their own. */
-			uffd_wake(r->uffd, s, n << ctx->pshift);
+			dxmi_uffd_wake(r->uffd, s, n << ctx->pshift);
 			return (int)got;
 		}
 	}
@@ -166,10 +166,10 @@ static int memfd_continue(struct dxm_region *r, size_t pg, size_t n,
 {
 	struct cont c = { .first = first, .found = !first };
 	for (c.pass = first ? 0 : 1; c.pass < 2; c.pass++)
-		region_runs(r, pg, n, NULL, cont_run, &c);
+		dxmi_region_runs(r, pg, n, NULL, cont_run, &c);
 	if (!c.found) {
 		/* The view went away: let the faulting thread retry. */
-		uffd_wake(r->uffd, first, r->ctx->psize);
+		dxmi_uffd_wake(r->uffd, first, r->ctx->psize);
 		c.ret = -EFAULT;
 	}
 	return c.ret;
@@ -185,9 +185,9 @@ static int memfd_fill(struct dxm_region *r, size_t pg, uintptr_t addr,
 /* The data never left the page cache: map it back. */
 static int memfd_restore(struct dxm_region *r, size_t pg, uintptr_t addr)
 {
-	ps_invalidated(r, pg);
+	dxmi_ps_invalidated(r, pg);
 	int err = memfd_fill(r, pg, addr, false);
-	ps_mapping_done(r, pg);
+	dxmi_ps_mapping_done(r, pg);
 	return err;
 }
 
@@ -196,7 +196,7 @@ static void memfd_restore_run(struct dxm_region *r, size_t a, size_t b,
 {
 	for (size_t i = a; i < b; i++)
 		if (ps_state(ps_load(&r->st[i])) == PS_INVALIDATING)
-			ps_invalidated(r, i);
+			dxmi_ps_invalidated(r, i);
 	/* -EAGAIN: an event is unread.  With PTC_WAIT (the caller needs
 	 * the mappings: dxm_range_fault) we wait, holding no lock; a
 	 * handler (it may be the reader), or a caller for whom the mappings
@@ -204,10 +204,10 @@ static void memfd_restore_run(struct dxm_region *r, size_t a, size_t b,
 	 * leaves the pages to fault in. */
 	unsigned us = 5;
 	while (memfd_continue(r, a, b - a, 0) == -EAGAIN &&
-	       (flags & PTC_WAIT) && !ctx_on_handler(r->ctx))
-		nap_us(&us);
+	       (flags & PTC_WAIT) && !dxmi_ctx_on_handler(r->ctx))
+		dxmi_nap_us(&us);
 	for (size_t i = a; i < b; i++)
-		ps_mapping_done(r, i);
+		dxmi_ps_mapping_done(r, i);
 }
 
 /* ------------------------------------------------------------------ gone */
@@ -220,12 +220,12 @@ static void memfd_gone(struct dxm_region *r, uintptr_t start, size_t pgoff,
 	(void)pgoff, (void)last;
 	if (unmap) {
 		size_t len = n << r->ctx->pshift;
-		uffd_unregister(r->uffd, start, len);
+		dxmi_uffd_unregister(r->uffd, start, len);
 		munmap((void *)start, len);
 	}
 }
 
-const struct dxm_kind memfd_kind = {
+const struct dxm_kind dxmi_memfd_kind = {
 	.name = "memfd",
 	.flags = KIND_ALIAS | KIND_FILE,
 	.devview_kind = DXM_DEVVIEW_MEMFD,

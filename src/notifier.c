@@ -35,7 +35,7 @@ DXM_API int dxm_notifier_insert(struct dxm_ctx *ctx, void *start, size_t len,
 				const struct dxm_notifier_ops *ops, void *priv,
 				struct dxm_notifier **np)
 {
-	int err = ctx_check(ctx);
+	int err = dxmi_ctx_check(ctx);
 	if (err)
 		return err;
 	uintptr_t s = (uintptr_t)start;
@@ -119,7 +119,7 @@ DXM_API void dxm_notifier_set_seq(struct dxm_notifier *n, unsigned long seq)
 
 #define NOTIFY_STACK 64 /* no allocation below this (SIGBUS mode) */
 
-void notify_range(struct dxm_ctx *ctx, uintptr_t start, uintptr_t end,
+void dxmi_notify_range(struct dxm_ctx *ctx, uintptr_t start, uintptr_t end,
 		  enum dxm_event ev, const void *owner)
 {
 	struct dxm_notifier *stack[NOTIFY_STACK], **hit = stack;
@@ -154,7 +154,7 @@ void notify_range(struct dxm_ctx *ctx, uintptr_t start, uintptr_t end,
 	pthread_mutex_unlock(&ctx->n_mtx);
 
 	if (nhit) {
-		uint64_t t0 = now_ns();
+		uint64_t t0 = dxmi_now_ns();
 		for (size_t i = 0; i < nhit; i++) {
 			struct dxm_notifier *n = hit[i];
 			struct dxm_range r = {
@@ -167,7 +167,7 @@ void notify_range(struct dxm_ctx *ctx, uintptr_t start, uintptr_t end,
 			};
 			/* For the watchdog: the first of concurrent callbacks
 			 * of n records its start, and clears only its own. */
-			unsigned long t0 = now_ns(), none = 0;
+			unsigned long t0 = dxmi_now_ns(), none = 0;
 			bool mine = atomic_compare_exchange_strong(
 				&n->cb_start, &none, t0);
 			if (mine)
@@ -181,7 +181,7 @@ void notify_range(struct dxm_ctx *ctx, uintptr_t start, uintptr_t end,
 				atomic_compare_exchange_strong(&n->cb_start,
 							       &t0, 0);
 		}
-		stat_add(&ctx->c.notifier_ns, now_ns() - t0);
+		stat_add(&ctx->c.notifier_ns, dxmi_now_ns() - t0);
 		stat_add(&ctx->c.notifier_calls, nhit);
 	}
 
@@ -198,12 +198,12 @@ void notify_range(struct dxm_ctx *ctx, uintptr_t start, uintptr_t end,
 
 /* Notify region pages [pg, pg+n) at their addresses in every CPU view
  * (every alias, every piece): none may be skipped. */
-void notify_region_pages(struct dxm_region *r, size_t pg, size_t n,
+void dxmi_notify_region_pages(struct dxm_region *r, size_t pg, size_t n,
 			 enum dxm_event ev, const void *owner)
 {
 	uintptr_t stack[2 * 32], *runs = stack; /* no allocation below 32 */
 	size_t max = 32, k;
-	while ((k = region_view_addrs(r, pg, n, runs, max)) > max) {
+	while ((k = dxmi_region_view_addrs(r, pg, n, runs, max)) > max) {
 		if (runs != stack)
 			free(runs);
 		max = k + 8;
@@ -211,12 +211,12 @@ void notify_region_pages(struct dxm_region *r, size_t pg, size_t n,
 			sched_yield();
 	}
 	for (size_t i = 0; i < k; i++)
-		notify_range(r->ctx, runs[2 * i], runs[2 * i + 1], ev, owner);
+		dxmi_notify_range(r->ctx, runs[2 * i], runs[2 * i + 1], ev, owner);
 	if (runs != stack)
 		free(runs);
 }
 
-void notifier_destroy_all(struct dxm_ctx *ctx)
+void dxmi_notifier_destroy_all(struct dxm_ctx *ctx)
 {
 	pthread_mutex_lock(&ctx->n_mtx);
 	struct dxm_notifier *n = ctx->notifiers;

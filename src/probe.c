@@ -38,7 +38,7 @@ DXM_API unsigned dxm_version_minor(void)
 static int try_open(struct dxm_uffd_info *info, uint64_t required,
 		    uint64_t optional, bool quiet)
 {
-	int fd = uffd_open(info, required, optional, quiet);
+	int fd = dxmi_uffd_open(info, required, optional, quiet);
 	if (fd < 0)
 		return fd;
 	close(fd);
@@ -59,7 +59,7 @@ DXM_API int dxm_probe(struct dxm_features *f, size_t size)
 	v.uffd_mode = (uint32_t)info.mode;
 	v.uffd_features = info.features;
 	v.uffd_offered = info.offered;
-	v.handler_threads = ctx_default_threads();
+	v.handler_threads = dxmi_ctx_default_threads();
 	if (info.mode != DXM_UFFD_USER_ONLY)
 		v.flags |= DXM_FEAT_KERNEL_FAULTS;
 	/* The rest is optional in a context: its absence is an answer. */

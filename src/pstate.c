@@ -10,7 +10,7 @@
  * that also checks the state is still one that defers, with defer_mtx
  * held, and queuing it before the lock is dropped.  Whoever moves the page
  * out of that state sees PS_WAITERS in the value its own CAS replaced and
- * calls ps_release_waiters(), which takes defer_mtx: so the fault is
+ * calls dxmi_ps_release_waiters(), which takes defer_mtx: so the fault is
  * already queued and is never lost.  Released faults go to ctx->ready and
  * a handler thread resolves them again from scratch (by address,
  * fault.c).  Nothing is called with defer_mtx held.
@@ -24,7 +24,7 @@ static __thread bool requeued; /* a restore waits for events to be read */
 
 /* ------------------------------------------------------------- deferral */
 
-bool ps_defer(struct dxm_region *r, size_t pg, uintptr_t addr,
+bool dxmi_ps_defer(struct dxm_region *r, size_t pg, uintptr_t addr,
 		      uint8_t s, uint64_t epoch)
 {
 	struct dxm_ctx *ctx = r->ctx;
@@ -32,7 +32,7 @@ bool ps_defer(struct dxm_region *r, size_t pg, uintptr_t addr,
 	if (!f)
 		return false; /* the caller retries */
 	*f = (struct dxm_fault){ .r = r, .pg = pg, .addr = addr,
-				 .t0 = now_ns(), .epoch = epoch };
+				 .t0 = dxmi_now_ns(), .epoch = epoch };
 	pthread_mutex_lock(&ctx->defer_mtx);
 	uint8_t cur = s;
 	bool gone = r->forgotten;
@@ -47,7 +47,7 @@ bool ps_defer(struct dxm_region *r, size_t pg, uintptr_t addr,
 	else
 		free(f);
 	if (gone) /* torn down: the thread retries on what is there now */
-		uffd_wake(r->uffd, addr, ctx->psize);
+		dxmi_uffd_wake(r->uffd, addr, ctx->psize);
 	return ok;
 }
 
@@ -56,7 +56,7 @@ bool ps_defer(struct dxm_region *r, size_t pg, uintptr_t addr,
  * it waits until the teardown is over and releases it.  If it is over
  * already, the thread is woken at once.
  */
-void ps_defer_dying(struct dxm_region *r, size_t pg, uintptr_t addr,
+void dxmi_ps_defer_dying(struct dxm_region *r, size_t pg, uintptr_t addr,
 			uint64_t epoch)
 {
 	struct dxm_ctx *ctx = r->ctx;
@@ -64,7 +64,7 @@ void ps_defer_dying(struct dxm_region *r, size_t pg, uintptr_t addr,
 	while (!(f = malloc(sizeof(*f))))
 		sched_yield();
 	*f = (struct dxm_fault){ .r = r, .pg = pg, .addr = addr,
-				 .t0 = now_ns(), .epoch = epoch };
+				 .t0 = dxmi_now_ns(), .epoch = epoch };
 	pthread_mutex_lock(&ctx->defer_mtx);
 	bool gone = r->forgotten;
 	if (!gone) {
@@ -74,12 +74,12 @@ void ps_defer_dying(struct dxm_region *r, size_t pg, uintptr_t addr,
 	pthread_mutex_unlock(&ctx->defer_mtx);
 	if (gone) {
 		free(f);
-		uffd_wake(r->uffd, addr, ctx->psize);
+		dxmi_uffd_wake(r->uffd, addr, ctx->psize);
 	}
 }
 
 /* Move the faults deferred on region pages [pg, pg+n) to the ready list. */
-void ps_release_waiters(struct dxm_region *r, size_t pg, size_t n)
+void dxmi_ps_release_waiters(struct dxm_region *r, size_t pg, size_t n)
 {
 	struct dxm_ctx *ctx = r->ctx;
 	bool any = false;
@@ -97,22 +97,22 @@ void ps_release_waiters(struct dxm_region *r, size_t pg, size_t n)
 	}
 	pthread_mutex_unlock(&ctx->defer_mtx);
 	if (any)
-		ctx_kick(ctx);
+		dxmi_ctx_kick(ctx);
 }
 
 /* The region's teardown is over: its deferred faults are resolved again
  * (their addresses are gone: they are woken to retry), and no fault is
  * deferred on it any more. */
-void ps_forget_region(struct dxm_region *r)
+void dxmi_ps_forget_region(struct dxm_region *r)
 {
 	pthread_mutex_lock(&r->ctx->defer_mtx);
 	r->forgotten = true;
 	pthread_mutex_unlock(&r->ctx->defer_mtx);
-	ps_release_waiters(r, 0, r->npages);
+	dxmi_ps_release_waiters(r, 0, r->npages);
 }
 
 /* The ready list, emptied: fault.c resolves each again. */
-struct dxm_fault *ps_take_ready(struct dxm_ctx *ctx)
+struct dxm_fault *dxmi_ps_take_ready(struct dxm_ctx *ctx)
 {
 	pthread_mutex_lock(&ctx->defer_mtx);
 	struct dxm_fault *list = ctx->ready;
@@ -124,17 +124,17 @@ struct dxm_fault *ps_take_ready(struct dxm_ctx *ctx)
 /* ---------------------------------------------------------- transitions */
 
 /* Clear PS_MAPPING (and PS_WAITERS) on a page we own the mapping of. */
-void ps_mapping_done(struct dxm_region *r, size_t pg)
+void dxmi_ps_mapping_done(struct dxm_region *r, size_t pg)
 {
 	uint8_t s = atomic_fetch_and_explicit(&r->st[pg],
 					      (uint8_t) ~(PS_MAPPING | PS_WAITERS),
 					      memory_order_acq_rel);
 	if (s & PS_WAITERS)
-		ps_release_waiters(r, pg, 1);
+		dxmi_ps_release_waiters(r, pg, 1);
 }
 
 /* INVALIDATING -> CPU|MAPPING, keeping PS_WAITERS for mapping_done(). */
-void ps_invalidated(struct dxm_region *r, size_t pg)
+void dxmi_ps_invalidated(struct dxm_region *r, size_t pg)
 {
 	uint8_t s = ps_load(&r->st[pg]);
 	while (!ps_cas(&r->st[pg], &s,
@@ -145,21 +145,21 @@ void ps_invalidated(struct dxm_region *r, size_t pg)
 /* A page we own (LOCKED, INVALIDATING, or MAPPING) goes to state `to`,
  * flags cleared; its waiters resolve it again from scratch.  To PS_CPU: a
  * page not mapped again by us (its data was discarded or never left). */
-void ps_set(struct dxm_region *r, size_t pg, uint8_t to)
+void dxmi_ps_set(struct dxm_region *r, size_t pg, uint8_t to)
 {
 	uint8_t s = ps_load(&r->st[pg]);
 	while (!ps_cas(&r->st[pg], &s, to))
 		;
 	if (s & PS_WAITERS)
-		ps_release_waiters(r, pg, 1);
+		dxmi_ps_release_waiters(r, pg, 1);
 }
 
 /* An adopted page whose move back the kernel refused for now (EAGAIN: an
  * event is unread, and this handler thread may be the one to read it):
  * it stays INVALIDATING and is tried again once the handler has read
  * events (fault.c).  The caller gave it a region reference and holds the
- * region (region_hold) until then. */
-void ps_requeue_restore(struct dxm_region *r, size_t pg, uintptr_t addr)
+ * region (dxmi_region_hold) until then. */
+void dxmi_ps_requeue_restore(struct dxm_region *r, size_t pg, uintptr_t addr)
 {
 	struct dxm_ctx *ctx = r->ctx;
 	struct dxm_fault *f;
@@ -172,12 +172,12 @@ void ps_requeue_restore(struct dxm_region *r, size_t pg, uintptr_t addr)
 	ctx->ready = f;
 	pthread_mutex_unlock(&ctx->defer_mtx);
 	requeued = true;
-	ctx_kick(ctx);
+	dxmi_ctx_kick(ctx);
 }
 
 /* Whether this thread re-queued a restore since the last call: the
  * handler must read its userfaultfd before it drains the ready list again. */
-bool ps_requeued(void)
+bool dxmi_ps_requeued(void)
 {
 	bool r = requeued;
 	requeued = false;

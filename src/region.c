@@ -25,7 +25,7 @@
  *   then the table still holds the dead pieces, and a new mapping may land
  *   on their addresses.  So a new view, or a staging area, that overlaps a
  *   piece of the table is kept aside (a placeholder, so that the kernel
- *   hands out another address) and mapped again (region_map_fresh): the
+ *   hands out another address) and mapped again (dxmi_region_map_fresh): the
  *   stale event can never tear down a new view.  dxm_adopt, whose address
  *   is the program's, waits instead for the stale piece to be detached.
  *   Lock order: gate -> zap_lock (base.c) -> vt_lock.
@@ -62,7 +62,7 @@
 /* ------------------------------------------------------------ piece table */
 
 /* Index of the first piece whose end is above addr (vt_lock held). */
-size_t vt_search(struct dxm_ctx *ctx, uintptr_t addr)
+size_t dxmi_vt_search(struct dxm_ctx *ctx, uintptr_t addr)
 {
 	size_t lo = 0, hi = ctx->vt_n;
 	while (lo < hi) {
@@ -76,9 +76,9 @@ size_t vt_search(struct dxm_ctx *ctx, uintptr_t addr)
 	return lo;
 }
 
-struct dxm_view *vt_find(struct dxm_ctx *ctx, uintptr_t addr)
+struct dxm_view *dxmi_vt_find(struct dxm_ctx *ctx, uintptr_t addr)
 {
-	size_t i = vt_search(ctx, addr);
+	size_t i = dxmi_vt_search(ctx, addr);
 	if (i < ctx->vt_n && ctx->vt[i]->start <= addr)
 		return ctx->vt[i];
 	return NULL;
@@ -86,9 +86,9 @@ struct dxm_view *vt_find(struct dxm_ctx *ctx, uintptr_t addr)
 
 /* Whether addr is in a live piece of r (vt_lock held): a piece leaves the
  * table, when its munmap is applied, under vt_lock for writing. */
-bool region_owns_addr(struct dxm_region *r, uintptr_t addr)
+bool dxmi_region_owns_addr(struct dxm_region *r, uintptr_t addr)
 {
-	struct dxm_view *v = vt_find(r->ctx, addr);
+	struct dxm_view *v = dxmi_vt_find(r->ctx, addr);
 	return v && v->r == r;
 }
 
@@ -102,7 +102,7 @@ static int vt_insert(struct dxm_ctx *ctx, struct dxm_view *v)
 		ctx->vt = nv;
 		ctx->vt_cap = cap;
 	}
-	size_t i = vt_search(ctx, v->start);
+	size_t i = dxmi_vt_search(ctx, v->start);
 	memmove(&ctx->vt[i + 1], &ctx->vt[i],
 		(ctx->vt_n - i) * sizeof(ctx->vt[0]));
 	ctx->vt[i] = v;
@@ -114,7 +114,7 @@ static int vt_insert(struct dxm_ctx *ctx, struct dxm_view *v)
 
 static void vt_remove(struct dxm_ctx *ctx, struct dxm_view *v)
 {
-	size_t i = vt_search(ctx, v->start);
+	size_t i = dxmi_vt_search(ctx, v->start);
 	if (i < ctx->vt_n && ctx->vt[i] == v) {
 		memmove(&ctx->vt[i], &ctx->vt[i + 1],
 			(ctx->vt_n - i - 1) * sizeof(ctx->vt[0]));
@@ -129,9 +129,9 @@ static void vt_remove(struct dxm_ctx *ctx, struct dxm_view *v)
 
 /* Split the piece containing addr so that a piece starts at addr.  The
  * table needs room for one more entry (vt_lock held for writing). */
-int vt_split(struct dxm_ctx *ctx, uintptr_t addr)
+int dxmi_vt_split(struct dxm_ctx *ctx, uintptr_t addr)
 {
-	struct dxm_view *v = vt_find(ctx, addr);
+	struct dxm_view *v = dxmi_vt_find(ctx, addr);
 	if (!v || v->start == addr)
 		return 0;
 	struct dxm_view *t = malloc(sizeof(*t));
@@ -166,7 +166,7 @@ static size_t rt_search(struct dxm_ctx *ctx, uintptr_t dev)
 	return lo;
 }
 
-int rt_insert(struct dxm_ctx *ctx, struct dxm_region *r)
+int dxmi_rt_insert(struct dxm_ctx *ctx, struct dxm_region *r)
 {
 	if (ctx->rt_n == ctx->rt_cap) {
 		size_t cap = ctx->rt_cap ? ctx->rt_cap * 2 : 16;
@@ -184,7 +184,7 @@ int rt_insert(struct dxm_ctx *ctx, struct dxm_region *r)
 	return 0;
 }
 
-void rt_remove(struct dxm_ctx *ctx, struct dxm_region *r)
+void dxmi_rt_remove(struct dxm_ctx *ctx, struct dxm_region *r)
 {
 	size_t i = rt_search(ctx, (uintptr_t)r->dev);
 	if (i < ctx->rt_n && ctx->rt[i] == r) {
@@ -200,7 +200,7 @@ void rt_remove(struct dxm_ctx *ctx, struct dxm_region *r)
  * address, where the CPU view may have been unmapped or moved since: as
  * the kernel's unlock_page() goes by page.
  */
-int region_lookup_dev(struct dxm_ctx *ctx, const void *dev,
+int dxmi_region_lookup_dev(struct dxm_ctx *ctx, const void *dev,
 		      struct dxm_region **rp, size_t *pg)
 {
 	uintptr_t d = (uintptr_t)dev;
@@ -211,7 +211,7 @@ int region_lookup_dev(struct dxm_ctx *ctx, const void *dev,
 	    !((d - (uintptr_t)ctx->rt[i]->dev) & (ctx->psize - 1))) {
 		*rp = ctx->rt[i];
 		*pg = (d - (uintptr_t)ctx->rt[i]->dev) >> ctx->pshift;
-		region_get(*rp);
+		dxmi_region_get(*rp);
 		err = 0;
 	}
 	pthread_rwlock_unlock(&ctx->vt_lock);
@@ -231,12 +231,12 @@ static void fill_where(struct dxm_view *v, struct dxm_where *w)
 
 /* ------------------------------------------------------- region lifetime */
 
-void region_get(struct dxm_region *r)
+void dxmi_region_get(struct dxm_region *r)
 {
 	atomic_fetch_add_explicit(&r->refs, 1, memory_order_relaxed);
 }
 
-void region_put(struct dxm_region *r)
+void dxmi_region_put(struct dxm_region *r)
 {
 	if (atomic_fetch_sub_explicit(&r->refs, 1, memory_order_acq_rel) != 1)
 		return;
@@ -256,7 +256,7 @@ void region_put(struct dxm_region *r)
  * The teardown rule.  Every operation that owns pages of a region (takes a
  * page out of the CPU's hands or gives one back, moves data to or from
  * staging, maps a page into a view) does it inside the region, between
- * region_enter() and region_exit(): dxm_make_exclusive, dxm_range_fault,
+ * dxmi_region_enter() and dxmi_region_exit(): dxm_make_exclusive, dxm_range_fault,
  * dxm_mprotect, dxm_alias, the fork prepare handler's restore, the fault
  * handler's (or a SIGBUS handler's) resolution and a restore it re-queued,
  * a program's MADV_DONTNEED of adopted memory, a raw fork's repair.  A
@@ -271,16 +271,16 @@ void region_put(struct dxm_region *r)
  *             it finds no view and moves nothing, and the data is the
  *             program's to drop), tells the devices, and leaves the rest
  *             to the last one out, who queues the region for a handler
- *             thread (region_run_quiet): states reset, deferred faults
+ *             thread (dxmi_region_run_quiet): states reset, deferred faults
  *             released for good, the table's reference dropped.
  * A fault on a dying region is deferred (fault.c) until the teardown
- * releases it.  Only the thread whose region_kill() set R_DYING tears the
+ * releases it.  Only the thread whose dxmi_region_kill() set R_DYING tears the
  * region down.
  */
-bool region_enter(struct dxm_region *r)
+bool dxmi_region_enter(struct dxm_region *r)
 {
 	if (atomic_fetch_add(&r->users, 1) & R_DYING) {
-		region_exit(r);
+		dxmi_region_exit(r);
 		return false;
 	}
 	return true;
@@ -289,7 +289,7 @@ bool region_enter(struct dxm_region *r)
 /* One more hold for a thread already inside (it cannot fail then): a
  * restore re-queued for later stays inside until it is done, so that a
  * dxm_free waits for it rather than for someone waiting on it. */
-void region_hold(struct dxm_region *r)
+void dxmi_region_hold(struct dxm_region *r)
 {
 	atomic_fetch_add(&r->users, 1);
 }
@@ -305,10 +305,10 @@ static void run_on_quiet(struct dxm_region *r)
 	do
 		r->quiet_next = top;
 	while (!atomic_compare_exchange_weak(&ctx->quiet, &top, r));
-	ctx_kick(ctx);
+	dxmi_ctx_kick(ctx);
 }
 
-void region_exit(struct dxm_region *r)
+void dxmi_region_exit(struct dxm_region *r)
 {
 	if (atomic_fetch_sub(&r->users, 1) == (R_DYING | 1))
 		run_on_quiet(r);
@@ -316,37 +316,37 @@ void region_exit(struct dxm_region *r)
 
 /* Begin the teardown: no one enters from now on.  False if another
  * thread began it already (it owns the teardown). */
-bool region_kill(struct dxm_region *r)
+bool dxmi_region_kill(struct dxm_region *r)
 {
 	return !(atomic_fetch_or(&r->users, R_DYING) & R_DYING);
 }
 
 /* dxm_free: wait until nobody is inside (never on a handler thread). */
-void region_wait_quiet(struct dxm_region *r)
+void dxmi_region_wait_quiet(struct dxm_region *r)
 {
 	unsigned us = 5;
 	while (atomic_load(&r->users) != R_DYING)
-		nap_us(&us);
+		dxmi_nap_us(&us);
 }
 
 /* The end of every teardown, views detached and the devices told: the
  * states are reset, faults deferred on the region are released for good,
  * and the table's reference goes. */
-void region_teardown_finish(struct dxm_region *r)
+void dxmi_region_teardown_finish(struct dxm_region *r)
 {
 	for (size_t i = 0; i < r->npages; i++)
 		atomic_store(&r->st[i], PS_CPU);
-	ps_forget_region(r);
-	region_put(r);
+	dxmi_ps_forget_region(r);
+	dxmi_region_put(r);
 }
 
 /* Handler threads: finish the munmapped regions whose last user left. */
-void region_run_quiet(struct dxm_ctx *ctx)
+void dxmi_region_run_quiet(struct dxm_ctx *ctx)
 {
 	struct dxm_region *r = atomic_exchange(&ctx->quiet, NULL);
 	while (r) {
 		struct dxm_region *next = r->quiet_next;
-		region_teardown_finish(r);
+		dxmi_region_teardown_finish(r);
 		r = next;
 	}
 }
@@ -354,21 +354,21 @@ void region_run_quiet(struct dxm_ctx *ctx)
 /* munmap: the last one out finishes it on a handler thread; if nobody is
  * inside now, we do, at once (no lock held here): a fault read after the
  * UNMAP event then finds the region gone from the statistics too. */
-void region_finish_when_quiet(struct dxm_region *r)
+void dxmi_region_finish_when_quiet(struct dxm_region *r)
 {
 	atomic_store(&r->on_quiet, true);
 	if (atomic_load(&r->users) == R_DYING &&
 	    atomic_exchange(&r->on_quiet, false))
-		region_teardown_finish(r);
+		dxmi_region_teardown_finish(r);
 }
 
-int region_lookup(struct dxm_ctx *ctx, uintptr_t addr, struct dxm_where *w)
+int dxmi_region_lookup(struct dxm_ctx *ctx, uintptr_t addr, struct dxm_where *w)
 {
 	pthread_rwlock_rdlock(&ctx->vt_lock);
-	struct dxm_view *v = vt_find(ctx, addr);
+	struct dxm_view *v = dxmi_vt_find(ctx, addr);
 	if (v) {
 		fill_where(v, w);
-		region_get(v->r);
+		dxmi_region_get(v->r);
 	}
 	pthread_rwlock_unlock(&ctx->vt_lock);
 	return v ? 0 : -EFAULT;
@@ -379,12 +379,12 @@ int region_lookup(struct dxm_ctx *ctx, uintptr_t addr, struct dxm_where *w)
  * view (any number of pieces of it, contiguous).  w describes the piece at
  * start; w->prot is the intersection of the pieces' protections.
  */
-int region_lookup_range(struct dxm_ctx *ctx, uintptr_t start, size_t len,
+int dxmi_region_lookup_range(struct dxm_ctx *ctx, uintptr_t start, size_t len,
 			struct dxm_where *w)
 {
 	int err = -EFAULT;
 	pthread_rwlock_rdlock(&ctx->vt_lock);
-	size_t i = vt_search(ctx, start);
+	size_t i = dxmi_vt_search(ctx, start);
 	if (i >= ctx->vt_n || ctx->vt[i]->start > start)
 		goto out;
 	struct dxm_view *v = ctx->vt[i];
@@ -400,7 +400,7 @@ int region_lookup_range(struct dxm_ctx *ctx, uintptr_t start, size_t len,
 		cur += p->npages << ctx->pshift;
 		pg += p->npages;
 		if (cur >= end) {
-			region_get(v->r);
+			dxmi_region_get(v->r);
 			err = 0;
 			break;
 		}
@@ -426,7 +426,7 @@ static bool clip(const struct dxm_view *v, size_t pg, size_t n, size_t *a,
  * out.  Returns how many pairs there are (more than max: call again with
  * room for them all).
  */
-size_t region_view_addrs(struct dxm_region *r, size_t pg, size_t n,
+size_t dxmi_region_view_addrs(struct dxm_region *r, size_t pg, size_t n,
 			 uintptr_t *out, size_t max)
 {
 	struct dxm_ctx *ctx = r->ctx;
@@ -455,7 +455,7 @@ size_t region_view_addrs(struct dxm_region *r, size_t pg, size_t n,
  * (internal.h).  The first non-zero return of fn ends the walk and is
  * returned.
  */
-int region_runs(struct dxm_region *r, size_t pg, size_t n,
+int dxmi_region_runs(struct dxm_region *r, size_t pg, size_t n,
 		const uint8_t *mask,
 		int (*fn)(struct dxm_region *r, uintptr_t cpu, size_t pg,
 			  size_t n, void *arg),
@@ -486,7 +486,7 @@ int region_runs(struct dxm_region *r, size_t pg, size_t n,
 
 /* --------------------------------------------------------------- creation */
 
-int region_add_piece(struct dxm_ctx *ctx, struct dxm_region *r, void *addr,
+int dxmi_region_add_piece(struct dxm_ctx *ctx, struct dxm_region *r, void *addr,
 		     unsigned group)
 {
 	struct dxm_view *v = calloc(1, sizeof(*v));
@@ -507,7 +507,7 @@ int region_add_piece(struct dxm_ctx *ctx, struct dxm_region *r, void *addr,
 /* Whether a piece of the table overlaps [start, end) (vt_lock held). */
 static bool vt_overlaps(struct dxm_ctx *ctx, uintptr_t start, uintptr_t end)
 {
-	size_t i = vt_search(ctx, start);
+	size_t i = dxmi_vt_search(ctx, start);
 	return i < ctx->vt_n && ctx->vt[i]->start < end;
 }
 
@@ -518,7 +518,7 @@ static bool vt_overlaps(struct dxm_ctx *ctx, uintptr_t start, uintptr_t end)
  * the top of this file).  The caller holds the gate.
  */
 #define MAX_PLACEHOLDERS 8
-void *region_map_fresh(struct dxm_ctx *ctx, size_t len,
+void *dxmi_region_map_fresh(struct dxm_ctx *ctx, size_t len,
 		       void *(*map)(void *arg, size_t len), void *arg)
 {
 	void *held[MAX_PLACEHOLDERS];
@@ -557,9 +557,9 @@ void *region_map_fresh(struct dxm_ctx *ctx, size_t len,
  * a handler thread: a driver's callback may be that pass.  Taking the gate
  * first makes every event read so far registered here.
  */
-void region_wait_unmaps(struct dxm_ctx *ctx, uintptr_t start, uintptr_t end)
+void dxmi_region_wait_unmaps(struct dxm_ctx *ctx, uintptr_t start, uintptr_t end)
 {
-	if (ctx_on_handler(ctx))
+	if (dxmi_ctx_on_handler(ctx))
 		return;
 	pthread_mutex_lock(&ctx->gate);
 	pthread_mutex_unlock(&ctx->gate);
@@ -605,7 +605,7 @@ static bool vma_uffd_registered(uintptr_t addr)
  * live view (-EEXIST).  Returns with the gate held on success if
  * keep_gate.
  */
-int region_wait_unclaimed(struct dxm_ctx *ctx, uintptr_t start, size_t len,
+int dxmi_region_wait_unclaimed(struct dxm_ctx *ctx, uintptr_t start, size_t len,
 			  bool keep_gate)
 {
 	uint64_t deadline = 0;
@@ -613,7 +613,7 @@ int region_wait_unclaimed(struct dxm_ctx *ctx, uintptr_t start, size_t len,
 	for (;;) {
 		pthread_mutex_lock(&ctx->gate);
 		pthread_rwlock_rdlock(&ctx->vt_lock);
-		size_t i = vt_search(ctx, start);
+		size_t i = dxmi_vt_search(ctx, start);
 		bool clash = i < ctx->vt_n && ctx->vt[i]->start < start + len;
 		uintptr_t at = clash ? (ctx->vt[i]->start > start
 						? ctx->vt[i]->start
@@ -626,17 +626,17 @@ int region_wait_unclaimed(struct dxm_ctx *ctx, uintptr_t start, size_t len,
 			return 0;
 		}
 		pthread_mutex_unlock(&ctx->gate);
-		if (vma_uffd_registered(at) || ctx_on_handler(ctx))
+		if (vma_uffd_registered(at) || dxmi_ctx_on_handler(ctx))
 			return -EEXIST;
 		if (!deadline) {
-			deadline = now_ns() + 5000000000ull;
-		} else if (now_ns() > deadline) {
+			deadline = dxmi_now_ns() + 5000000000ull;
+		} else if (dxmi_now_ns() > deadline) {
 			pr_err("dxm_adopt: %#lx is still a view whose munmap "
 			       "no handler has read after 5 s",
 			       at);
 			return -EEXIST;
 		}
-		nap_us(&us);
+		dxmi_nap_us(&us);
 	}
 }
 
@@ -647,14 +647,14 @@ int region_wait_unclaimed(struct dxm_ctx *ctx, uintptr_t start, size_t len,
  * the program unmapped whose event no handler has read yet: then wait for
  * it to be detached (the munmap is blocked until it is read).
  */
-int region_adopt_insert(struct dxm_region *r, uintptr_t start, size_t len)
+int dxmi_region_adopt_insert(struct dxm_region *r, uintptr_t start, size_t len)
 {
 	struct dxm_ctx *ctx = r->ctx;
-	int err = region_wait_unclaimed(ctx, start, len, true);
+	int err = dxmi_region_wait_unclaimed(ctx, start, len, true);
 	if (err)
 		return err;
 	/* under the gate */
-	err = uffd_register(r->uffd, start, len, UFFDIO_REGISTER_MODE_MISSING);
+	err = dxmi_uffd_register(r->uffd, start, len, UFFDIO_REGISTER_MODE_MISSING);
 	if (err) {
 		if (err == -EBUSY)
 			pr_warn("dxm_adopt: %#lx+%#zx is registered with "
@@ -668,25 +668,25 @@ int region_adopt_insert(struct dxm_region *r, uintptr_t start, size_t len)
 		err = -EEXIST; /* cannot happen: checked under the gate */
 	if (!err) {
 		r->epoch = atomic_load(&ctx->epoch) + 1;
-		err = rt_insert(ctx, r);
+		err = dxmi_rt_insert(ctx, r);
 	}
 	if (!err) {
-		err = region_add_piece(ctx, r, (void *)start, 0);
+		err = dxmi_region_add_piece(ctx, r, (void *)start, 0);
 		if (err)
-			rt_remove(ctx, r);
+			dxmi_rt_remove(ctx, r);
 	}
 	pthread_rwlock_unlock(&ctx->vt_lock);
 	if (err)
-		uffd_unregister(r->uffd, start, len);
+		dxmi_uffd_unregister(r->uffd, start, len);
 	pthread_mutex_unlock(&ctx->gate);
 	if (!err)
-		region_wait_unmaps(ctx, start, start + len);
+		dxmi_region_wait_unmaps(ctx, start, start + len);
 	return err;
 }
 
 /* Call fn on every live region whose kind has every KIND_* flag of
  * kind_flags, with a reference and no lock. */
-void region_foreach(struct dxm_ctx *ctx, unsigned kind_flags,
+void dxmi_region_foreach(struct dxm_ctx *ctx, unsigned kind_flags,
 		    void (*fn)(struct dxm_region *r, void *arg), void *arg)
 {
 	pthread_rwlock_rdlock(&ctx->vt_lock);
@@ -694,7 +694,7 @@ void region_foreach(struct dxm_ctx *ctx, unsigned kind_flags,
 	struct dxm_region **v = malloc((ctx->rt_n + 1) * sizeof(*v));
 	for (size_t i = 0; v && i < ctx->rt_n; i++)
 		if ((ctx->rt[i]->kind->flags & kind_flags) == kind_flags) {
-			region_get(ctx->rt[i]);
+			dxmi_region_get(ctx->rt[i]);
 			v[n++] = ctx->rt[i];
 		}
 	pthread_rwlock_unlock(&ctx->vt_lock);
@@ -704,12 +704,12 @@ void region_foreach(struct dxm_ctx *ctx, unsigned kind_flags,
 	}
 	for (size_t i = 0; i < n; i++) {
 		fn(v[i], arg);
-		region_put(v[i]);
+		dxmi_region_put(v[i]);
 	}
 	free(v);
 }
 
-struct dxm_unmap *region_unmap_detach(struct dxm_ctx *ctx, uintptr_t start,
+struct dxm_unmap *dxmi_region_unmap_detach(struct dxm_ctx *ctx, uintptr_t start,
 				      uintptr_t end)
 {
 	struct dxm_unmap *u;
@@ -718,7 +718,7 @@ struct dxm_unmap *region_unmap_detach(struct dxm_ctx *ctx, uintptr_t start,
 	u->start = start;
 	u->end = end;
 	pthread_rwlock_wrlock(&ctx->vt_lock);
-	int err = region_detach_range(ctx, start, end, -1, &u->list);
+	int err = dxmi_region_detach_range(ctx, start, end, -1, &u->list);
 	pthread_rwlock_unlock(&ctx->vt_lock);
 	if (err)
 		pr_err("cannot track munmap of [%#lx, %#lx): %s", start, end,
@@ -730,8 +730,8 @@ struct dxm_unmap *region_unmap_detach(struct dxm_ctx *ctx, uintptr_t start,
 	return u;
 }
 
-/* The end of a pass region_unmap_detach began (views.c finished it). */
-void region_unmap_done(struct dxm_ctx *ctx, struct dxm_unmap *u)
+/* The end of a pass dxmi_region_unmap_detach began (views.c finished it). */
+void dxmi_region_unmap_done(struct dxm_ctx *ctx, struct dxm_unmap *u)
 {
 	pthread_mutex_lock(&ctx->um_mtx);
 	for (struct dxm_unmap **pp = &ctx->um_passes; *pp; pp = &(*pp)->next)
@@ -744,14 +744,14 @@ void region_unmap_done(struct dxm_ctx *ctx, struct dxm_unmap *u)
 	free(u);
 }
 
-void region_remap_move(struct dxm_ctx *ctx, uintptr_t from, uintptr_t to,
+void dxmi_region_remap_move(struct dxm_ctx *ctx, uintptr_t from, uintptr_t to,
 		       size_t len)
 {
 	stat_add(&ctx->c.events_remap, 1);
 	pthread_rwlock_wrlock(&ctx->vt_lock);
-	int err = vt_split(ctx, from);
+	int err = dxmi_vt_split(ctx, from);
 	if (!err)
-		err = vt_split(ctx, from + len);
+		err = dxmi_vt_split(ctx, from + len);
 	if (err) {
 		pthread_rwlock_unlock(&ctx->vt_lock);
 		pr_err("cannot track mremap of %#lx: %s", from, strerror(-err));
@@ -760,7 +760,7 @@ void region_remap_move(struct dxm_ctx *ctx, uintptr_t from, uintptr_t to,
 	/* Move every piece in [from, from+len) to its new address; the new
 	 * range cannot overlap the old one. */
 	size_t i;
-	while ((i = vt_search(ctx, from)) < ctx->vt_n &&
+	while ((i = dxmi_vt_search(ctx, from)) < ctx->vt_n &&
 	       ctx->vt[i]->start < from + len) {
 		struct dxm_view *v = ctx->vt[i];
 		vt_remove(ctx, v);
@@ -773,15 +773,15 @@ void region_remap_move(struct dxm_ctx *ctx, uintptr_t from, uintptr_t to,
 /* ------------------------------------------------------------ detaching */
 
 /* Detach the pieces covering [start, end) (vt_lock held for writing). */
-int region_detach_range(struct dxm_ctx *ctx, uintptr_t start, uintptr_t end,
+int dxmi_region_detach_range(struct dxm_ctx *ctx, uintptr_t start, uintptr_t end,
 			int group, struct dxm_gone **list)
 {
-	int err = vt_split(ctx, start);
+	int err = dxmi_vt_split(ctx, start);
 	if (!err)
-		err = vt_split(ctx, end);
+		err = dxmi_vt_split(ctx, end);
 	if (err)
 		return err;
-	size_t i = vt_search(ctx, start);
+	size_t i = dxmi_vt_search(ctx, start);
 	while (i < ctx->vt_n && ctx->vt[i]->start < end) {
 		struct dxm_view *v = ctx->vt[i];
 		if (group >= 0 && v->group != (unsigned)group) {
@@ -792,14 +792,14 @@ int region_detach_range(struct dxm_ctx *ctx, uintptr_t start, uintptr_t end,
 		if (!g)
 			return -ENOMEM;
 		g->r = v->r;
-		region_get(v->r);
+		dxmi_region_get(v->r);
 		g->start = v->start;
 		g->end = v->start + (v->npages << ctx->pshift);
 		g->pgoff = v->pgoff;
 		vt_remove(ctx, v);
 		g->last = v->r->views == NULL;
 		if (g->last)
-			rt_remove(ctx, v->r);
+			dxmi_rt_remove(ctx, v->r);
 		g->next = *list;
 		*list = g;
 		free(v);

@@ -1,12 +1,12 @@
 // SPDX-License-Identifier: MIT
 /*
  * The process-wide registry of live contexts: every public call checks
- * its ctx here first (ctx_check) so that a destroyed or foreign context
+ * its ctx here first (dxmi_ctx_check) so that a destroyed or foreign context
  * gives -EBADF rather than a crash.
  *
  * Locking: registry_mtx (this file) protects additions and removals; a
  * lookup reads the slots without it (atomics), so the SIGBUS handler can
- * search it.  fork.c keeps it locked across a fork (ctx_foreach_begin/end):
+ * search it.  fork.c keeps it locked across a fork (dxmi_ctx_foreach_begin/end):
  * no context is created or destroyed meanwhile.
  */
 #include <errno.h>
@@ -20,7 +20,7 @@ static pthread_mutex_t registry_mtx = PTHREAD_MUTEX_INITIALIZER;
 static struct dxm_ctx *_Atomic registry[MAX_CTX];
 static atomic_int registry_hi; /* slots in use are below this */
 
-int registry_add(struct dxm_ctx *ctx)
+int dxmi_registry_add(struct dxm_ctx *ctx)
 {
 	pthread_mutex_lock(&registry_mtx);
 	int hi = atomic_load(&registry_hi);
@@ -38,7 +38,7 @@ int registry_add(struct dxm_ctx *ctx)
 	return -EMFILE;
 }
 
-bool registry_del(struct dxm_ctx *ctx)
+bool dxmi_registry_del(struct dxm_ctx *ctx)
 {
 	bool found = false;
 	pthread_mutex_lock(&registry_mtx);
@@ -52,7 +52,7 @@ bool registry_del(struct dxm_ctx *ctx)
 	return found;
 }
 
-bool ctx_live(struct dxm_ctx *ctx)
+bool dxmi_ctx_live(struct dxm_ctx *ctx)
 {
 	int hi = atomic_load(&registry_hi);
 	for (int i = 0; i < hi; i++)
@@ -63,8 +63,8 @@ bool ctx_live(struct dxm_ctx *ctx)
 }
 
 /* fork.c: call fn on every live context and keep the registry locked
- * until ctx_foreach_end (across a fork). */
-void ctx_foreach_begin(void (*fn)(struct dxm_ctx *ctx))
+ * until dxmi_ctx_foreach_end (across a fork). */
+void dxmi_ctx_foreach_begin(void (*fn)(struct dxm_ctx *ctx))
 {
 	pthread_mutex_lock(&registry_mtx);
 	int hi = atomic_load(&registry_hi);
@@ -75,7 +75,7 @@ void ctx_foreach_begin(void (*fn)(struct dxm_ctx *ctx))
 	}
 }
 
-void ctx_foreach_end(void (*fn)(struct dxm_ctx *ctx))
+void dxmi_ctx_foreach_end(void (*fn)(struct dxm_ctx *ctx))
 {
 	int hi = atomic_load(&registry_hi);
 	for (int i = 0; i < hi; i++) {
@@ -88,7 +88,7 @@ void ctx_foreach_end(void (*fn)(struct dxm_ctx *ctx))
 
 /* The first live context for which fn(ctx, arg) is true, or NULL: without
  * a lock, async-signal-safe (sigbus.c). */
-struct dxm_ctx *registry_find(bool (*fn)(struct dxm_ctx *ctx, uintptr_t arg),
+struct dxm_ctx *dxmi_registry_find(bool (*fn)(struct dxm_ctx *ctx, uintptr_t arg),
 			      uintptr_t arg)
 {
 	int hi = atomic_load(&registry_hi);
@@ -100,13 +100,13 @@ struct dxm_ctx *registry_find(bool (*fn)(struct dxm_ctx *ctx, uintptr_t arg),
 	return NULL;
 }
 
-int ctx_check(struct dxm_ctx *ctx)
+int dxmi_ctx_check(struct dxm_ctx *ctx)
 {
 	if (!ctx)
 		return -EINVAL;
-	if (!ctx_live(ctx))
+	if (!dxmi_ctx_live(ctx))
 		return -EBADF;
-	if (ctx->pid != self_pid())
+	if (ctx->pid != dxmi_self_pid())
 		return -ECHILD; /* a fork()ed child: not its memory */
 	return 0;
 }

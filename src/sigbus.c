@@ -35,7 +35,7 @@ static bool resolves(struct dxm_ctx *ctx, uintptr_t addr)
 	/* getpid(), not the cached value: a raw clone's child keeps the
 	 * parent's cache, and must not act on the parent's contexts. */
 	return (ctx->flags & DXM_CTX_SIGBUS) && ctx->pid == getpid() &&
-	       fault_resolve_here(ctx, addr);
+	       dxmi_fault_resolve_here(ctx, addr);
 }
 
 static pthread_once_t once = PTHREAD_ONCE_INIT;
@@ -45,7 +45,7 @@ static void on_sigbus(int sig, siginfo_t *si, void *uc)
 {
 	int saved = errno;
 	/* Only a fault raised by the kernel (si_code > 0), not kill(2). */
-	if (si->si_code > 0 && registry_find(resolves, (uintptr_t)si->si_addr)) {
+	if (si->si_code > 0 && dxmi_registry_find(resolves, (uintptr_t)si->si_addr)) {
 		errno = saved;
 		return;
 	}
@@ -78,7 +78,7 @@ static void install(void)
 		install_err = -errno;
 }
 
-int sigbus_init(void)
+int dxmi_sigbus_init(void)
 {
 	pthread_once(&once, install);
 	if (install_err)

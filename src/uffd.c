@@ -125,7 +125,7 @@ static void probe(void)
 	pthread_mutex_unlock(&probe_mtx);
 }
 
-int uffd_open(struct dxm_uffd_info *info, uint64_t required, uint64_t optional,
+int dxmi_uffd_open(struct dxm_uffd_info *info, uint64_t required, uint64_t optional,
 	      bool quiet)
 {
 	bool reprobed = false;
@@ -188,7 +188,7 @@ again:
 	}
 }
 
-int uffd_register(int uffd, uintptr_t start, size_t len, uint64_t mode)
+int dxmi_uffd_register(int uffd, uintptr_t start, size_t len, uint64_t mode)
 {
 	struct uffdio_register reg = {
 		.range = { .start = start, .len = len },
@@ -197,7 +197,7 @@ int uffd_register(int uffd, uintptr_t start, size_t len, uint64_t mode)
 	return ioctl(uffd, UFFDIO_REGISTER, &reg) ? -errno : 0;
 }
 
-int uffd_unregister(int uffd, uintptr_t start, size_t len)
+int dxmi_uffd_unregister(int uffd, uintptr_t start, size_t len)
 {
 	struct uffdio_range r = { .start = start, .len = len };
 	return ioctl(uffd, UFFDIO_UNREGISTER, &r) ? -errno : 0;
@@ -205,7 +205,7 @@ int uffd_unregister(int uffd, uintptr_t start, size_t len)
 
 /* Returns the bytes mapped (> 0) or -errno; on a partial failure the
  * bytes mapped before the failing page, if any. */
-long uffd_continue(int uffd, uintptr_t start, size_t len)
+long dxmi_uffd_continue(int uffd, uintptr_t start, size_t len)
 {
 	struct uffdio_continue c = {
 		.range = { .start = start, .len = len },
@@ -222,20 +222,20 @@ long uffd_continue(int uffd, uintptr_t start, size_t len)
 	return c.mapped < 0 ? c.mapped : -err;
 }
 
-int uffd_wake(int uffd, uintptr_t start, size_t len)
+int dxmi_uffd_wake(int uffd, uintptr_t start, size_t len)
 {
 	struct uffdio_range r = { .start = start, .len = len };
 	return ioctl(uffd, UFFDIO_WAKE, &r) ? -errno : 0;
 }
 
-int sys_madvise(void *addr, size_t len, int advice)
+int dxmi_sys_madvise(void *addr, size_t len, int advice)
 {
 	return madvise(addr, len, advice) ? -errno : 0;
 }
 
 /* UFFDIO_MOVE: bytes moved (> 0), or -errno (with a partial count, the
  * bytes moved before the failing page). */
-long uffd_move(int uffd, uintptr_t dst, uintptr_t src, size_t len,
+long dxmi_uffd_move(int uffd, uintptr_t dst, uintptr_t src, size_t len,
 	       uint64_t mode)
 {
 	struct uffdio_move m = {
@@ -252,12 +252,12 @@ long uffd_move(int uffd, uintptr_t dst, uintptr_t src, size_t len,
 	return m.move < 0 ? m.move : -err;
 }
 
-long uffd_copy(int uffd, uintptr_t dst, uintptr_t src, size_t len)
+long dxmi_uffd_copy(int uffd, uintptr_t dst, uintptr_t src, size_t len)
 {
-	return uffd_copy_mode(uffd, dst, src, len, 0);
+	return dxmi_uffd_copy_mode(uffd, dst, src, len, 0);
 }
 
-long uffd_copy_mode(int uffd, uintptr_t dst, uintptr_t src, size_t len,
+long dxmi_uffd_copy_mode(int uffd, uintptr_t dst, uintptr_t src, size_t len,
 		    uint64_t mode)
 {
 	struct uffdio_copy c = {
@@ -274,7 +274,7 @@ long uffd_copy_mode(int uffd, uintptr_t dst, uintptr_t src, size_t len,
 	return c.copy < 0 ? c.copy : -err;
 }
 
-long uffd_zeropage(int uffd, uintptr_t dst, size_t len)
+long dxmi_uffd_zeropage(int uffd, uintptr_t dst, size_t len)
 {
 	struct uffdio_zeropage z = { .range = { .start = dst, .len = len } };
 	int inj = inject(INJ_ZEROPAGE);

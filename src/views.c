@@ -65,14 +65,14 @@ static int new_view(struct dxm_ctx *ctx, struct dxm_region *r, bool populate,
 	int err = 0;
 	struct view_map m = { .r = r };
 	pthread_mutex_lock(&ctx->gate);
-	void *p = region_map_fresh(ctx, len, map_view, &m);
+	void *p = dxmi_region_map_fresh(ctx, len, map_view, &m);
 	if (p == MAP_FAILED) {
 		err = -errno;
 	} else {
 		r->keep_fd |= m.from_fd;
 		pthread_rwlock_wrlock(&ctx->vt_lock);
 		unsigned group = r->next_group++;
-		err = region_add_piece(ctx, r, p, group);
+		err = dxmi_region_add_piece(ctx, r, p, group);
 		pthread_rwlock_unlock(&ctx->vt_lock);
 	}
 	pthread_mutex_unlock(&ctx->gate);
@@ -82,13 +82,13 @@ static int new_view(struct dxm_ctx *ctx, struct dxm_region *r, bool populate,
 		return err;
 	}
 	if (populate)
-		err = sys_madvise(p, len, MADV_POPULATE_WRITE);
+		err = dxmi_sys_madvise(p, len, MADV_POPULATE_WRITE);
 	if (!err)
-		err = uffd_register(r->uffd, (uintptr_t)p, len, REG_MODE);
+		err = dxmi_uffd_register(r->uffd, (uintptr_t)p, len, REG_MODE);
 	if (err) {
 		struct dxm_gone *list = NULL;
 		pthread_rwlock_wrlock(&ctx->vt_lock);
-		int e2 = region_detach_range(ctx, (uintptr_t)p, (uintptr_t)p + len,
+		int e2 = dxmi_region_detach_range(ctx, (uintptr_t)p, (uintptr_t)p + len,
 				      -1, &list);
 		pthread_rwlock_unlock(&ctx->vt_lock);
 		if (e2)
@@ -97,7 +97,7 @@ static int new_view(struct dxm_ctx *ctx, struct dxm_region *r, bool populate,
 		*torn = true;
 		return err;
 	}
-	region_wait_unmaps(ctx, (uintptr_t)p, (uintptr_t)p + len);
+	dxmi_region_wait_unmaps(ctx, (uintptr_t)p, (uintptr_t)p + len);
 	*addrp = p;
 	return 0;
 }
@@ -105,7 +105,7 @@ static int new_view(struct dxm_ctx *ctx, struct dxm_region *r, bool populate,
 DXM_API int dxm_alloc(struct dxm_ctx *ctx, size_t len, unsigned flags,
 		      void **addrp)
 {
-	int err = ctx_check(ctx);
+	int err = dxmi_ctx_check(ctx);
 	if (err)
 		return err;
 	if (!addrp || !len || (flags & ~DXM_ALLOC_INHERIT))
@@ -122,7 +122,7 @@ DXM_API int dxm_alloc(struct dxm_ctx *ctx, size_t len, unsigned flags,
 	if (!r)
 		return -ENOMEM;
 	r->ctx = ctx;
-	r->kind = &memfd_kind;
+	r->kind = &dxmi_memfd_kind;
 	r->uffd = ctx->uffd;
 	r->fd = -1;
 	r->npages = len >> ctx->pshift;
@@ -136,7 +136,7 @@ DXM_API int dxm_alloc(struct dxm_ctx *ctx, size_t len, unsigned flags,
 	if (err)
 		goto fail;
 	pthread_rwlock_wrlock(&ctx->vt_lock);
-	err = rt_insert(ctx, r);
+	err = dxmi_rt_insert(ctx, r);
 	pthread_rwlock_unlock(&ctx->vt_lock);
 	if (err) {
 		munmap(r->dev, len);
@@ -151,7 +151,7 @@ DXM_API int dxm_alloc(struct dxm_ctx *ctx, size_t len, unsigned flags,
 	err = new_view(ctx, r, true, &addr, &torn);
 	if (err) {
 		if (!torn)
-			region_put(r); /* the only reference: frees r */
+			dxmi_region_put(r); /* the only reference: frees r */
 		return err == -ENOSPC || err == -EFBIG ? -ENOMEM : err;
 	}
 	/* The first view came from mremap (the usual case): the memfd is
@@ -171,22 +171,22 @@ fail:
 
 DXM_API int dxm_alias(struct dxm_ctx *ctx, void *addr, void **aliasp)
 {
-	int err = ctx_check(ctx);
+	int err = dxmi_ctx_check(ctx);
 	if (err)
 		return err;
 	if (!addr || !aliasp)
 		return -EINVAL;
 	struct dxm_where w;
-	if (region_lookup(ctx, (uintptr_t)addr, &w))
+	if (dxmi_region_lookup(ctx, (uintptr_t)addr, &w))
 		return -ENOENT;
 	struct dxm_region *r = w.r;
 	if (w.vstart != (uintptr_t)addr || w.pgoff != 0 ||
 	    !(r->kind->flags & KIND_ALIAS)) {
-		region_put(r); /* adopted private memory has one view */
+		dxmi_region_put(r); /* adopted private memory has one view */
 		return -EINVAL;
 	}
-	if (!region_enter(r)) {
-		region_put(r);
+	if (!dxmi_region_enter(r)) {
+		dxmi_region_put(r);
 		return -ENOENT;
 	}
 	void *p;
@@ -195,11 +195,11 @@ DXM_API int dxm_alias(struct dxm_ctx *ctx, void *addr, void **aliasp)
 	if (!err) {
 		/* Map every page the CPU owns now; exclusive pages stay
 		 * unmapped and fault like in every other view. */
-		pages_to_cpu(r, 0, r->npages, 0, DXM_EVENT_CLEAR);
+		dxmi_pages_to_cpu(r, 0, r->npages, 0, DXM_EVENT_CLEAR);
 		*aliasp = p;
 	}
-	region_exit(r);
-	region_put(r);
+	dxmi_region_exit(r);
+	dxmi_region_put(r);
 	return err;
 }
 
@@ -209,7 +209,7 @@ static void gone_piece(struct dxm_ctx *ctx, struct dxm_gone *g, bool unmap)
 {
 	struct dxm_region *r = g->r;
 	size_t len = g->end - g->start;
-	notify_range(ctx, g->start, g->end, DXM_EVENT_UNMAP, NULL);
+	dxmi_notify_range(ctx, g->start, g->end, DXM_EVENT_UNMAP, NULL);
 	r->kind->gone(r, g->start, g->pgoff, len >> ctx->pshift, unmap,
 		      g->last);
 	stat_add(&ctx->c.events_unmap, !unmap);
@@ -224,7 +224,7 @@ static void gone_piece(struct dxm_ctx *ctx, struct dxm_gone *g, bool unmap)
 static void finish_gone(struct dxm_ctx *ctx, struct dxm_gone *list, bool unmap)
 {
 	for (struct dxm_gone *g = list; g; g = g->next)
-		g->owner = g->last && region_kill(g->r);
+		g->owner = g->last && dxmi_region_kill(g->r);
 	for (struct dxm_gone *g = list; g; g = g->next)
 		gone_piece(ctx, g, unmap);
 	while (list) {
@@ -232,12 +232,12 @@ static void finish_gone(struct dxm_ctx *ctx, struct dxm_gone *list, bool unmap)
 		struct dxm_region *r = g->r;
 		list = g->next;
 		if (g->owner)
-			region_finish_when_quiet(r);
+			dxmi_region_finish_when_quiet(r);
 		else
 			/* Faults deferred on addresses that are gone are
 			 * resolved again, and woken to retry. */
-			ps_release_waiters(r, 0, r->npages);
-		region_put(r);
+			dxmi_ps_release_waiters(r, 0, r->npages);
+		dxmi_region_put(r);
 		free(g);
 	}
 }
@@ -245,37 +245,37 @@ static void finish_gone(struct dxm_ctx *ctx, struct dxm_gone *list, bool unmap)
 /* dxm_free of a region: the teardown rule's first case. */
 static int free_region(struct dxm_ctx *ctx, struct dxm_region *r)
 {
-	if (!region_kill(r))
+	if (!dxmi_region_kill(r))
 		return -ENOENT; /* a munmap or another dxm_free is at it */
-	region_wait_quiet(r);
+	dxmi_region_wait_quiet(r);
 	struct dxm_gone *list = NULL;
 	int err = 0;
 	pthread_mutex_lock(&ctx->gate);
 	pthread_rwlock_wrlock(&ctx->vt_lock);
 	while (r->views && !err) {
 		struct dxm_view *p = r->views;
-		err = region_detach_range(ctx, p->start,
+		err = dxmi_region_detach_range(ctx, p->start,
 				   p->start + (p->npages << ctx->pshift),
 				   (int)p->group, &list);
 	}
 	if (r->views == NULL)
-		rt_remove(ctx, r); /* a munmap may have done so already */
+		dxmi_rt_remove(ctx, r); /* a munmap may have done so already */
 	pthread_rwlock_unlock(&ctx->vt_lock);
 	pthread_mutex_unlock(&ctx->gate);
 	while (list) {
 		struct dxm_gone *g = list;
 		list = g->next;
 		gone_piece(ctx, g, true);
-		region_put(g->r);
+		dxmi_region_put(g->r);
 		free(g);
 	}
-	region_teardown_finish(r);
+	dxmi_region_teardown_finish(r);
 	return err;
 }
 
 DXM_API int dxm_free(struct dxm_ctx *ctx, void *addr)
 {
-	int err = ctx_check(ctx);
+	int err = dxmi_ctx_check(ctx);
 	if (err)
 		return err;
 	if (!addr)
@@ -285,7 +285,7 @@ DXM_API int dxm_free(struct dxm_ctx *ctx, void *addr)
 	 * returned, is detached already (-ENOENT). */
 	pthread_mutex_lock(&ctx->gate);
 	pthread_rwlock_wrlock(&ctx->vt_lock);
-	struct dxm_view *v = vt_find(ctx, (uintptr_t)addr);
+	struct dxm_view *v = dxmi_vt_find(ctx, (uintptr_t)addr);
 	if (!v || v->start != (uintptr_t)addr || v->pgoff != 0) {
 		pthread_rwlock_unlock(&ctx->vt_lock);
 		pthread_mutex_unlock(&ctx->gate);
@@ -296,22 +296,22 @@ DXM_API int dxm_free(struct dxm_ctx *ctx, void *addr)
 	if (group == 0) {
 		/* Freeing the dxm_alloc view frees the region with all its
 		 * aliases, once nobody is inside it. */
-		region_get(r);
+		dxmi_region_get(r);
 		pthread_rwlock_unlock(&ctx->vt_lock);
 		pthread_mutex_unlock(&ctx->gate);
 		/* A handler thread may be inside the region itself, or be
 		 * what an operation inside waits for. */
-		if (ctx_on_handler(ctx)) {
-			region_put(r);
+		if (dxmi_ctx_on_handler(ctx)) {
+			dxmi_region_put(r);
 			return -EDEADLK;
 		}
 		/* A fork waits for the whole of it: adopted pages on their
 		 * way back from staging would be holes in the child
 		 * (fork.c).  fork_lock before entering anything. */
-		fork_enter(ctx);
+		dxmi_fork_enter(ctx);
 		err = free_region(ctx, r);
-		fork_exit(ctx);
-		region_put(r);
+		dxmi_fork_exit(ctx);
+		dxmi_region_put(r);
 		return err;
 	}
 	/* An alias: its pieces go; the region and its pages stay. */
@@ -320,7 +320,7 @@ DXM_API int dxm_free(struct dxm_ctx *ctx, void *addr)
 			p = p->rnext;
 			continue;
 		}
-		err = region_detach_range(ctx, p->start,
+		err = dxmi_region_detach_range(ctx, p->start,
 				   p->start + (p->npages << ctx->pshift),
 				   (int)group, &list);
 		p = r->views; /* the list changed: restart */
@@ -333,14 +333,14 @@ DXM_API int dxm_free(struct dxm_ctx *ctx, void *addr)
 
 /* Under the gate (base.c): detach what a munmap removed, and register the
  * pass until region_unmap_finish() has told the devices. */
-void views_unmap_finish(struct dxm_ctx *ctx, struct dxm_unmap *u)
+void dxmi_views_unmap_finish(struct dxm_ctx *ctx, struct dxm_unmap *u)
 {
 	finish_gone(ctx, u->list, false);
-	region_unmap_done(ctx, u);
+	dxmi_region_unmap_done(ctx, u);
 }
 
 /* ctx_destroy: free every region that is left. */
-void views_destroy_all(struct dxm_ctx *ctx)
+void dxmi_views_destroy_all(struct dxm_ctx *ctx)
 {
 	for (;;) {
 		pthread_rwlock_rdlock(&ctx->vt_lock);
@@ -358,7 +358,7 @@ void views_destroy_all(struct dxm_ctx *ctx)
 	pthread_rwlock_wrlock(&ctx->vt_lock);
 	while (ctx->vt_n) {
 		struct dxm_view *v = ctx->vt[0];
-		if (region_detach_range(ctx, v->start,
+		if (dxmi_region_detach_range(ctx, v->start,
 				 v->start + (v->npages << ctx->pshift), -1,
 				 &list))
 			break;
@@ -375,7 +375,7 @@ void views_destroy_all(struct dxm_ctx *ctx)
 
 DXM_API int dxm_mprotect(struct dxm_ctx *ctx, void *addr, size_t len, int prot)
 {
-	int err = ctx_check(ctx);
+	int err = dxmi_ctx_check(ctx);
 	if (err)
 		return err;
 	if (!range_ok(ctx, addr, len) ||
@@ -383,36 +383,36 @@ DXM_API int dxm_mprotect(struct dxm_ctx *ctx, void *addr, size_t len, int prot)
 		return -EINVAL;
 	struct dxm_where w;
 	uintptr_t start = (uintptr_t)addr, end = start + len;
-	if (region_lookup_range(ctx, start, len, &w))
+	if (dxmi_region_lookup_range(ctx, start, len, &w))
 		return -EFAULT;
-	if (!region_enter(w.r)) {
-		region_put(w.r);
+	if (!dxmi_region_enter(w.r)) {
+		dxmi_region_put(w.r);
 		return -EFAULT;
 	}
 	/* Tell the devices first: a device write must not slip in between
 	 * the change and the notification. */
-	notify_range(ctx, start, end, DXM_EVENT_PROTECTION, NULL);
+	dxmi_notify_range(ctx, start, end, DXM_EVENT_PROTECTION, NULL);
 	struct dxm_region *r = w.r;
 	size_t pg = w.pgoff + ((start - w.vstart) >> ctx->pshift);
 	if ((r->kind->flags & KIND_MOVES) && !(prot & PROT_WRITE))
 		/* UFFDIO_MOVE cannot restore into a read-only mapping: give
 		 * the pages back first (the devices were just invalidated). */
-		pages_to_cpu(r, pg, len >> ctx->pshift,
+		dxmi_pages_to_cpu(r, pg, len >> ctx->pshift,
 			     PTC_INVALIDATE | PTC_WAIT, DXM_EVENT_PROTECTION);
 	pthread_rwlock_wrlock(&ctx->vt_lock);
-	err = vt_split(ctx, start);
+	err = dxmi_vt_split(ctx, start);
 	if (!err)
-		err = vt_split(ctx, end);
+		err = dxmi_vt_split(ctx, end);
 	if (!err && mprotect(addr, len, prot))
 		err = -errno;
 	if (!err && r->kind->protect)
 		r->kind->protect(r, pg, len >> ctx->pshift, prot);
 	if (!err)
-		for (size_t i = vt_search(ctx, start);
+		for (size_t i = dxmi_vt_search(ctx, start);
 		     i < ctx->vt_n && ctx->vt[i]->start < end; i++)
 			ctx->vt[i]->prot = prot;
 	pthread_rwlock_unlock(&ctx->vt_lock);
-	region_exit(w.r);
-	region_put(w.r);
+	dxmi_region_exit(w.r);
+	dxmi_region_put(w.r);
 	return err;
 }

@@ -30,7 +30,7 @@ static const char *event_name(enum dxm_event ev)
 
 static void report(struct dxm_ctx *ctx)
 {
-	uint64_t now = now_ns(), lim = ctx->wd_ms * 1000000ull;
+	uint64_t now = dxmi_now_ns(), lim = ctx->wd_ms * 1000000ull;
 
 	pthread_mutex_lock(&ctx->n_mtx);
 	for (struct dxm_notifier *n = ctx->notifiers; n; n = n->next) {
@@ -102,7 +102,7 @@ static void *watchdog_main(void *arg)
 	return NULL;
 }
 
-int watchdog_start(struct dxm_ctx *ctx)
+int dxmi_watchdog_start(struct dxm_ctx *ctx)
 {
 	const char *e = getenv("DXM_WATCHDOG_MS");
 	long ms = e ? strtol(e, NULL, 10) : 5000;
@@ -123,7 +123,7 @@ int watchdog_start(struct dxm_ctx *ctx)
 	return err;
 }
 
-void watchdog_stop(struct dxm_ctx *ctx)
+void dxmi_watchdog_stop(struct dxm_ctx *ctx)
 {
 	if (ctx->wd_started) {
 		pthread_mutex_lock(&ctx->wd_mtx);
