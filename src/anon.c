@@ -13,7 +13,8 @@
  * ran.  A page the CPU never had resolves to a zero page, as the kernel
  * would.
  *
- * No lock of its own: page states follow pstate.h (the caller owns the
+ * Locking: ctx->trash.mtx (a leaf, internal.h) serializes the trash area
+ * (anon_discard).  Otherwise page states follow pstate.h (the caller owns the
  * pages it moves: LOCKED on the way out, INVALIDATING or MAPPING on the way
  * in), and every ioctl on a CPU address runs under vt_lock (read) so the
  * address is still this region's.
@@ -349,6 +350,11 @@ static size_t anon_move_out(struct dxm_region *r, size_t pg, size_t n,
  * that cannot be done (no MOVE on ctx->uffd, a read-only staging range),
  * the unregister path remains.
  */
+void dxmi_anon_trash_init_lock(struct dxm_ctx *ctx)
+{
+	pthread_mutex_init(&ctx->trash.mtx, NULL);
+}
+
 void dxmi_anon_trash_init(struct dxm_ctx *ctx)
 {
 	if (ctx->uffd_anon < 0 || !(ctx->uinfo.features & UFFD_FEATURE_MOVE))
@@ -364,17 +370,18 @@ void dxmi_anon_trash_init(struct dxm_ctx *ctx)
 		munmap(t, len);
 		return;
 	}
-	ctx->trash = t;
+	ctx->trash.area = t;
 }
 
 void dxmi_anon_trash_fini(struct dxm_ctx *ctx)
 {
-	if (ctx->trash) {
+	if (ctx->trash.area) {
 		size_t len = TRASH_PAGES << ctx->pshift;
-		dxmi_uffd_unregister(ctx->uffd, (uintptr_t)ctx->trash, len);
-		munmap(ctx->trash, len);
-		ctx->trash = NULL;
+		dxmi_uffd_unregister(ctx->uffd, (uintptr_t)ctx->trash.area, len);
+		munmap(ctx->trash.area, len);
+		ctx->trash.area = NULL;
 	}
+	pthread_mutex_destroy(&ctx->trash.mtx);
 }
 
 /* Move staging [s, s+len) (len <= TRASH_PAGES pages) to the trash and
@@ -382,9 +389,9 @@ void dxmi_anon_trash_fini(struct dxm_ctx *ctx)
 static bool trash_run(struct dxm_ctx *ctx, uintptr_t s, size_t len)
 {
 	bool ok = true;
-	pthread_mutex_lock(&ctx->trash_mtx);
+	pthread_mutex_lock(&ctx->trash.mtx);
 	for (size_t done = 0, tries = 0; done < len;) {
-		long got = dxmi_uffd_move(ctx->uffd, (uintptr_t)ctx->trash + done,
+		long got = dxmi_uffd_move(ctx->uffd, (uintptr_t)ctx->trash.area + done,
 				     s + done, len - done,
 				     UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES);
 		if (got > 0) {
@@ -396,8 +403,8 @@ static bool trash_run(struct dxm_ctx *ctx, uintptr_t s, size_t len)
 			break;
 		}
 	}
-	madvise(ctx->trash, len, MADV_DONTNEED);
-	pthread_mutex_unlock(&ctx->trash_mtx);
+	madvise(ctx->trash.area, len, MADV_DONTNEED);
+	pthread_mutex_unlock(&ctx->trash.mtx);
 	return ok;
 }
 
@@ -408,7 +415,7 @@ static void anon_discard(struct dxm_region *r, size_t pg, size_t n)
 	struct dxm_ctx *ctx = r->ctx;
 	uintptr_t s = stg(r, pg);
 	size_t len = n << ctx->pshift;
-	if (ctx->trash) {
+	if (ctx->trash.area) {
 		size_t max = TRASH_PAGES << ctx->pshift, done = 0;
 		while (done < len) {
 			size_t k = len - done < max ? len - done : max;
@@ -620,7 +627,7 @@ static int anon_zero_fill(struct dxm_region *r, size_t pg, uintptr_t addr,
 	(void)pg;
 	struct dxm_ctx *ctx = r->ctx;
 	long got = -ENOENT;
-	pthread_rwlock_rdlock(&ctx->vt_lock);
+	pthread_rwlock_rdlock(&ctx->tab.lock);
 	/* Still r's?  The caller looked addr up before it entered r; with
 	 * two handlers (or in SIGBUS mode) another thread may have read a
 	 * munmap's event since, and the program mapped and adopted new
@@ -633,7 +640,7 @@ static int anon_zero_fill(struct dxm_region *r, size_t pg, uintptr_t addr,
 				ctx->psize);
 	else if (ours)
 		got = dxmi_uffd_zeropage(r->uffd, addr, ctx->psize);
-	pthread_rwlock_unlock(&ctx->vt_lock);
+	pthread_rwlock_unlock(&ctx->tab.lock);
 	if (got == -EAGAIN)
 		return -EAGAIN;
 	if (got <= 0)
@@ -837,10 +844,10 @@ static void fix_child(struct dxm_region *r, void *arg)
 			dxmi_ps_set(r, pg, PS_EXCLUSIVE);
 	}
 	/* The child runs free of dxm: its copy is ordinary memory. */
-	pthread_rwlock_rdlock(&ctx->vt_lock);
+	pthread_rwlock_rdlock(&ctx->tab.lock);
 	for (struct dxm_view *v = r->views; v; v = v->rnext)
 		dxmi_uffd_unregister(f->child, v->start, v->npages << ctx->pshift);
-	pthread_rwlock_unlock(&ctx->vt_lock);
+	pthread_rwlock_unlock(&ctx->tab.lock);
 	dxmi_region_exit(r);
 }
 

@@ -111,3 +111,17 @@ void dxmi_gate_unlock(struct dxm_ctx *ctx)
 	pthread_rwlock_unlock(&ctx->zap_lock);
 	pthread_mutex_unlock(&ctx->gate);
 }
+
+void dxmi_gate_init(struct dxm_ctx *ctx)
+{
+	pthread_mutex_init(&ctx->gate, NULL);
+	/* Readers first: zaps run in parallel and are never starved by a
+	 * handler that reads in a loop (DXM_CTX_HANDLER_SPIN). */
+	pthread_rwlock_init(&ctx->zap_lock, NULL);
+}
+
+void dxmi_gate_fini(struct dxm_ctx *ctx)
+{
+	pthread_mutex_destroy(&ctx->gate);
+	pthread_rwlock_destroy(&ctx->zap_lock);
+}

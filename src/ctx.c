@@ -3,6 +3,9 @@
  * The context: creation (its userfaultfds, eventfds and handler threads),
  * destruction and statistics.  The handler threads are handler.c's, the
  * registry of live contexts registry.c's, the gate base.c's.
+ *
+ * Locking: no lock of its own; it creates and destroys them all (the
+ * order is internal.h's).
  */
 #include <errno.h>
 #include <pthread.h>
@@ -41,18 +44,11 @@ static void ctx_free(struct dxm_ctx *ctx)
 		close(ctx->stop_fd);
 	if (ctx->wake_fd >= 0)
 		close(ctx->wake_fd);
-	if (ctx->fork_fd >= 0)
-		close(ctx->fork_fd);
-	pthread_mutex_destroy(&ctx->gate);
-	pthread_rwlock_destroy(&ctx->zap_lock);
-	pthread_mutex_destroy(&ctx->um_mtx);
-	pthread_mutex_destroy(&ctx->trash_mtx);
-	pthread_cond_destroy(&ctx->um_cond);
-	pthread_rwlock_destroy(&ctx->fork_lock);
-	pthread_rwlock_destroy(&ctx->vt_lock);
-	pthread_mutex_destroy(&ctx->defer_mtx);
-	pthread_mutex_destroy(&ctx->n_mtx);
-	pthread_cond_destroy(&ctx->n_cond);
+	dxmi_fork_state_fini(ctx);
+	dxmi_gate_fini(ctx);
+	dxmi_tables_fini(ctx);
+	dxmi_waiters_fini(ctx);
+	dxmi_notifiers_fini(ctx);
 	if (ctx->handlers)
 		free(ctx->handlers[0].backlog);
 	free(ctx->handlers);
@@ -89,35 +85,26 @@ DXM_API int dxm_ctx_create(struct dxm_ctx **ctxp, const struct dxm_ctx_opts *opt
 	if (!ctx)
 		return -ENOMEM;
 	ctx->uffd = ctx->uffd_anon = ctx->stop_fd = ctx->wake_fd = -1;
-	ctx->fork_fd = -1;
 	ctx->psize = (size_t)sysconf(_SC_PAGESIZE);
 	ctx->pshift = (unsigned)__builtin_ctzl(ctx->psize);
 	ctx->pid = dxmi_self_pid();
-	pthread_rwlockattr_t ra;
-	pthread_rwlockattr_init(&ra);
-	pthread_rwlockattr_setkind_np(&ra,
-				      PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
-	pthread_mutex_init(&ctx->gate, NULL);
-	/* Readers first: zaps run in parallel and are never starved by a
-	 * handler that reads in a loop (DXM_CTX_HANDLER_SPIN). */
-	pthread_rwlock_init(&ctx->zap_lock, NULL);
-	pthread_mutex_init(&ctx->um_mtx, NULL);
-	pthread_mutex_init(&ctx->trash_mtx, NULL);
-	pthread_cond_init(&ctx->um_cond, NULL);
-	pthread_rwlock_init(&ctx->fork_lock, &ra);
-	pthread_rwlock_init(&ctx->vt_lock, &ra);
-	pthread_rwlockattr_destroy(&ra);
-	pthread_mutex_init(&ctx->defer_mtx, NULL);
-	pthread_mutex_init(&ctx->n_mtx, NULL);
-	pthread_cond_init(&ctx->n_cond, NULL);
-	atomic_init(&ctx->n_seq, 0);
+	/* Each module's state, in the lock order (internal.h). */
+	dxmi_gate_init(ctx);
+	dxmi_waiters_init(ctx);
+	dxmi_notifiers_init(ctx);
+	dxmi_anon_trash_init_lock(ctx);
+	int ierr = dxmi_tables_init(ctx);
+	int ferr = dxmi_fork_state_init(ctx);
 	ctx->nhandlers = o.handler_threads ? o.handler_threads
 					   : dxmi_ctx_default_threads();
 	ctx->flags = o.flags;
 	if (o.flags & DXM_CTX_HANDLER_SPIN)
 		ctx->spin_ns = (uint64_t)(o.spin_us ? o.spin_us : 100) * 1000;
 
-	int err = -ENOMEM;
+	int err = ierr ? ierr : ferr;
+	if (err)
+		goto fail;
+	err = -ENOMEM;
 	ctx->handlers = calloc(ctx->nhandlers, sizeof(*ctx->handlers));
 	if (!ctx->handlers)
 		goto fail;
@@ -149,8 +136,7 @@ DXM_API int dxm_ctx_create(struct dxm_ctx **ctxp, const struct dxm_ctx_opts *opt
 	}
 	ctx->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	ctx->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	ctx->fork_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	if (ctx->stop_fd < 0 || ctx->wake_fd < 0 || ctx->fork_fd < 0) {
+	if (ctx->stop_fd < 0 || ctx->wake_fd < 0) {
 		err = -errno;
 		goto fail;
 	}
@@ -212,15 +198,6 @@ DXM_API void dxm_ctx_destroy(struct dxm_ctx *ctx)
 	dxmi_region_run_quiet(ctx); /* teardowns finished after the handlers */
 	dxmi_watchdog_stop(ctx);
 	dxmi_notifier_destroy_all(ctx);
-	pthread_mutex_lock(&ctx->defer_mtx);
-	struct dxm_fault *lists[2] = { ctx->deferred, ctx->ready };
-	pthread_mutex_unlock(&ctx->defer_mtx);
-	for (int k = 0; k < 2; k++)
-		while (lists[k]) {
-			struct dxm_fault *f = lists[k];
-			lists[k] = f->next;
-			free(f);
-		}
 	ctx_free(ctx);
 }
 

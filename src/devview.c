@@ -10,6 +10,8 @@
  * for reading, left with a reference), and what is read of it (dev,
  * npages, kind, fd) is set when the region is made and stays until its
  * last reference goes.
+ *
+ * Locking: no lock of its own (a lookup in region.c's tables).
  */
 #include <errno.h>
 #include <fcntl.h>

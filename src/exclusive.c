@@ -6,6 +6,9 @@
  * (hmm_range_fault).  No lock of its own: page states are CAS'd
  * (pstate.h), the region is held with dxmi_region_enter() so a teardown waits
  * for us, and notifiers run with no library lock held.
+ *
+ * Locking: no lock of its own; fork_lock (fork.c) around a conversion of
+ * memory whose pages move, then inside the region (internal.h's order).
  */
 #include <errno.h>
 #include <sched.h>

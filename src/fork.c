@@ -9,7 +9,7 @@
  * that bypassed these handlers.)  Shared (memfd) regions are never
  * inherited (MADV_DONTFORK) and need nothing here.
  *
- * Locking: ctx->fork_lock (rwlock, writer-preferring).  A conversion of
+ * Locking: ctx->fk.lock (rwlock, writer-preferring).  A conversion of
  * adopted memory holds it for reading from before its first page is locked
  * until its pages are in staging; the prepare handler holds it for writing
  * from before it restores the pages until the fork is over (parent and
@@ -23,6 +23,7 @@
 #include <string.h>
 #include <stdbool.h>
 #include <time.h>
+#include <sys/eventfd.h>
 #include <unistd.h>
 
 #include "compat_uffd.h"
@@ -49,7 +50,7 @@ static void restore_for_fork(struct dxm_region *r, void *arg)
  * safe point first (handler.c, fork_park).  Last, after every page was
  * restored: restoring may need them.
  *
- * Every handler must be reached: ctx->fork_fd stays readable until the
+ * Every handler must be reached: ctx->fk.fd stays readable until the
  * fork is over (no handler reads it), so each one's poll() returns, where
  * one wake-up on the shared eventfd would wake one handler only.  And every
  * handler must park: there is no timeout.  A handler that never parks is
@@ -62,18 +63,18 @@ static void park_handlers(struct dxm_ctx *ctx)
 	bool on_handler = dxmi_ctx_on_handler(ctx);
 	unsigned want = ctx->nhandlers - (on_handler ? 1 : 0);
 	uint64_t one = 1;
-	atomic_store(&ctx->forking, 1);
-	if (write(ctx->fork_fd, &one, sizeof(one)) < 0)
+	atomic_store(&ctx->fk.forking, 1);
+	if (write(ctx->fk.fd, &one, sizeof(one)) < 0)
 		pr_err("fork: cannot reach the fault handlers: %s",
 		       strerror(errno));
 	uint64_t t0 = dxmi_now_ns();
 	bool said = false;
-	while (atomic_load(&ctx->fork_acks) < want) {
+	while (atomic_load(&ctx->fk.acks) < want) {
 		if (!said && dxmi_now_ns() - t0 > 2000000000ull) {
 			pr_warn("fork: still waiting for %u of %u fault "
 				"handler(s) to park (one may be in a callback "
 				"waiting for a lock this thread holds)",
-				want - atomic_load(&ctx->fork_acks), want);
+				want - atomic_load(&ctx->fk.acks), want);
 			said = true;
 		}
 		poll(NULL, 0, 1);
@@ -87,7 +88,7 @@ static void park_handlers(struct dxm_ctx *ctx)
 	 * park: handler 0 applies its backlog under the gate itself. */
 	if (!on_handler)
 		dxmi_gate_lock(ctx);
-	atomic_store(&ctx->fork_gate, on_handler ? FG_NOGATE : FG_HELD);
+	atomic_store(&ctx->fk.gate, on_handler ? FG_NOGATE : FG_HELD);
 }
 
 static void prepare_one(struct dxm_ctx *ctx)
@@ -95,8 +96,8 @@ static void prepare_one(struct dxm_ctx *ctx)
 	if (ctx->pid != dxmi_self_pid() || ctx->uffd_anon < 0)
 		return;
 	DXM_TRACE_FORK_BEGIN(ctx);
-	pthread_rwlock_wrlock(&ctx->fork_lock);
-	ctx->fork_locked = true;
+	pthread_rwlock_wrlock(&ctx->fk.lock);
+	ctx->fk.locked = true;
 	unsigned regions = 0;
 	dxmi_region_foreach(ctx, KIND_MOVES, restore_for_fork, &regions);
 	if (regions) /* forks that had private pages to restore */
@@ -112,28 +113,28 @@ static void release(struct dxm_ctx *ctx, bool parent)
 {
 	if (!parent) {
 		/* The child has no handler; the eventfds are the parent's. */
-		atomic_store(&ctx->forking, 0);
-	} else if (atomic_load(&ctx->forking)) {
+		atomic_store(&ctx->fk.forking, 0);
+	} else if (atomic_load(&ctx->fk.forking)) {
 		uint64_t v;
 		/* Not readable any more before the handlers leave their
 		 * park, so that none of them spins on it afterwards. */
-		if (read(ctx->fork_fd, &v, sizeof(v)) < 0 && errno != EAGAIN)
+		if (read(ctx->fk.fd, &v, sizeof(v)) < 0 && errno != EAGAIN)
 			pr_err("fork: read(eventfd): %s", strerror(errno));
-		atomic_store(&ctx->forking, 0);
+		atomic_store(&ctx->fk.forking, 0);
 		dxmi_ctx_kick(ctx);
 	}
-	if (atomic_load(&ctx->fork_gate) == FG_HELD ||
-	    atomic_load(&ctx->fork_gate) == FG_APPLIED) {
+	if (atomic_load(&ctx->fk.gate) == FG_HELD ||
+	    atomic_load(&ctx->fk.gate) == FG_APPLIED) {
 		/* Until handler 0 has applied what it read. */
-		while (parent && atomic_load(&ctx->fork_gate) == FG_HELD &&
+		while (parent && atomic_load(&ctx->fk.gate) == FG_HELD &&
 		       !atomic_load(&ctx->handlers[0].exited))
 			poll(NULL, 0, 1);
 		dxmi_gate_unlock(ctx);
 	}
-	atomic_store(&ctx->fork_gate, FG_NONE);
-	if (ctx->fork_locked) {
-		ctx->fork_locked = false;
-		pthread_rwlock_unlock(&ctx->fork_lock);
+	atomic_store(&ctx->fk.gate, FG_NONE);
+	if (ctx->fk.locked) {
+		ctx->fk.locked = false;
+		pthread_rwlock_unlock(&ctx->fk.lock);
 	}
 }
 
@@ -177,10 +178,29 @@ void dxmi_fork_init(void)
 
 bool dxmi_fork_enter(struct dxm_ctx *ctx)
 {
-	return pthread_rwlock_rdlock(&ctx->fork_lock) == 0;
+	return pthread_rwlock_rdlock(&ctx->fk.lock) == 0;
 }
 
 void dxmi_fork_exit(struct dxm_ctx *ctx)
 {
-	pthread_rwlock_unlock(&ctx->fork_lock);
+	pthread_rwlock_unlock(&ctx->fk.lock);
+}
+
+int dxmi_fork_state_init(struct dxm_ctx *ctx)
+{
+	pthread_rwlockattr_t ra;
+	pthread_rwlockattr_init(&ra);
+	pthread_rwlockattr_setkind_np(&ra,
+				      PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+	pthread_rwlock_init(&ctx->fk.lock, &ra);
+	pthread_rwlockattr_destroy(&ra);
+	ctx->fk.fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	return ctx->fk.fd < 0 ? -errno : 0;
+}
+
+void dxmi_fork_state_fini(struct dxm_ctx *ctx)
+{
+	pthread_rwlock_destroy(&ctx->fk.lock);
+	if (ctx->fk.fd >= 0)
+		close(ctx->fk.fd);
 }

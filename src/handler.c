@@ -74,7 +74,7 @@ static void dispatch(struct dxm_ctx *ctx, struct uffd_msg *msg, size_t n,
 	if (after == GATE_UNLOCK)
 		dxmi_gate_unlock(ctx);
 	else if (after == GATE_HANDOVER)
-		atomic_store(&ctx->fork_gate, FG_APPLIED);
+		atomic_store(&ctx->fk.gate, FG_APPLIED);
 
 	for (size_t i = 0; i < nforked; i++)
 		dxmi_anon_fork_event(ctx, forked[i]);
@@ -139,11 +139,11 @@ static void fork_park(struct dxm_handler *h)
 	size_t n = 0;
 	/* Messages read from here on are no newer than this. */
 	uint64_t epoch = atomic_load(&ctx->epoch);
-	atomic_fetch_add(&ctx->fork_acks, 1);
-	while (atomic_load(&ctx->forking) && !atomic_load(&ctx->stopping)) {
+	atomic_fetch_add(&ctx->fk.acks, 1);
+	while (atomic_load(&ctx->fk.forking) && !atomic_load(&ctx->stopping)) {
 		struct pollfd p = { .fd = ctx->uffd_anon, .events = POLLIN };
 		if (h->idx != 0 || n == FORK_BACKLOG ||
-		    atomic_load(&ctx->fork_gate) == FG_NONE) {
+		    atomic_load(&ctx->fk.gate) == FG_NONE) {
 			poll(NULL, 0, 1);
 			continue;
 		}
@@ -157,10 +157,10 @@ static void fork_park(struct dxm_handler *h)
 			}
 		}
 	}
-	atomic_fetch_sub(&ctx->fork_acks, 1);
+	atomic_fetch_sub(&ctx->fk.acks, 1);
 	/* FG_HELD: the forking thread holds the gate for us until the
 	 * backlog's events are applied (fork.c). */
-	bool held = h->idx == 0 && atomic_load(&ctx->fork_gate) == FG_HELD;
+	bool held = h->idx == 0 && atomic_load(&ctx->fk.gate) == FG_HELD;
 	for (size_t i = 0; i < n; i += BATCH) {
 		size_t k = n - i < BATCH ? n - i : BATCH;
 		if (!held)
@@ -171,7 +171,7 @@ static void fork_park(struct dxm_handler *h)
 				     : GATE_HANDOVER);
 	}
 	if (held && !n)
-		atomic_store(&ctx->fork_gate, FG_APPLIED);
+		atomic_store(&ctx->fk.gate, FG_APPLIED);
 }
 
 /* DXM_CTX_HANDLER_SPIN: after a batch, keep reading for spin_ns before
@@ -182,7 +182,7 @@ static void spin(struct dxm_ctx *ctx)
 	uint64_t until = dxmi_now_ns() + ctx->spin_ns;
 	/* A fork waits for every handler to park (handler_main). */
 	while (dxmi_now_ns() < until && !atomic_load(&ctx->stopping) &&
-	       !atomic_load(&ctx->forking)) {
+	       !atomic_load(&ctx->fk.forking)) {
 		size_t n = handle_batch(ctx, ctx->uffd);
 		if (ctx->uffd_anon >= 0)
 			n += handle_batch(ctx, ctx->uffd_anon);
@@ -208,10 +208,10 @@ static void *handler_main(void *arg)
 		{ .fd = ctx->wake_fd, .events = POLLIN },
 		{ .fd = ctx->uffd, .events = POLLIN },
 		{ .fd = ctx->uffd_anon, .events = POLLIN }, /* -1: ignored */
-		{ .fd = ctx->fork_fd, .events = POLLIN }, /* never read here */
+		{ .fd = ctx->fk.fd, .events = POLLIN }, /* never read here */
 	};
 	for (;;) {
-		if (atomic_load(&ctx->forking)) {
+		if (atomic_load(&ctx->fk.forking)) {
 			fork_park(h);
 			continue;
 		}

@@ -3,6 +3,8 @@
  * Fault injection (see inject.h).  Test builds only: the spec is parsed
  * once from $DXM_INJECT; counters are atomic, so sites may fire from any
  * thread.
+ *
+ * Locking: none (its table is read once, under pthread_once).
  */
 #ifdef DXM_FAULT_INJECTION
 #include <errno.h>

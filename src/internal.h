@@ -1,21 +1,32 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Internal structures shared by the library's files.  Each lock is described
- * at the top of the file that owns it:
- *   base.c      ctx->gate (event read gate), ctx->zap_lock
- *   registry.c  registry_mtx (live contexts)
- *   region.c    ctx->vt_lock (view table), region refs, inflight, dying
- *   pstate.c    ctx->defer_mtx (deferred and ready fault lists)
- *   notifier.c  ctx->n_mtx (notifier list, sequence protocol)
- *   pstate.h    the per-page state byte (lock-free, CAS)
- *   fork.c      ctx->fork_lock (conversions and dxm_free against fork)
- * Order: fork_lock -> inside a region (r->users, region.c's teardown rule)
- * -> gate -> zap_lock -> vt_lock -> defer_mtx; n_mtx is never held while
- * taking another library lock, and no library lock is held while a
- * notifier callback runs.  No thread waits for a handler thread (an
- * unread event, a fault to be resolved) while it holds a library lock:
- * the handler may need that lock before it can read the event.  A handler
- * thread never waits for anything but such short critical sections.
+ * Internal structures shared by the library's files.
+ *
+ * THE LOCK ORDER (the only list: a lock is taken only while holding locks
+ * above it; each file's header says which locks it owns and why):
+ *
+ *   1. registry_mtx          registry.c  live contexts; held across fork()
+ *   2. ctx->fork_lock        fork.c      conversions and dxm_free vs fork
+ *   3. inside a region       region.c    r->users, the teardown rule (not a
+ *                                        lock, but waited for like one)
+ *   4. ctx->gate             base.c      event reads vs new mappings
+ *   5. ctx->zap_lock         base.c      event reads vs zaps
+ *   6. ctx->vt_lock          region.c    view and region tables
+ *   7. leaves: held while taking no other lock
+ *        ctx->um_mtx         region.c    UNMAP passes in flight
+ *        ctx->trash_mtx      anon.c      the trash area
+ *        ctx->defer_mtx      pstate.c    deferred and ready faults
+ *        ctx->n_mtx          notifier.c  notifiers, sequence protocol
+ *        ctx->wd_mtx         watchdog.c  the watchdog's sleep (it takes
+ *                                        n_mtx and defer_mtx after it)
+ *        probe_mtx           uffd.c      the kernel probe, once
+ *   Lock-free: the page state byte (pstate.h, CAS), the counters.
+ *
+ * Rules that go with it: no library lock is held while a notifier
+ * callback runs.  No thread waits for a handler thread (an unread event,
+ * a fault to be resolved) while it holds a library lock: the handler may
+ * need that lock before it can read the event.  A handler thread never
+ * waits for anything but such short critical sections.
  *
  * Names: the public API is dxm_*; every other global function or object
  * of the library is dxmi_* (libdxm.a shows them to a static link, where a
@@ -300,6 +311,7 @@ void dxmi_pages_to_cpu(struct dxm_region *r, size_t pg, size_t n, unsigned flags
 
 /* ----------------------------------------------------------------- anon.c */
 #define TRASH_PAGES 64
+void dxmi_anon_trash_init_lock(struct dxm_ctx *ctx);
 void dxmi_anon_trash_init(struct dxm_ctx *ctx);
 void dxmi_anon_trash_fini(struct dxm_ctx *ctx);
 struct dxm_anon_rm;
@@ -393,64 +405,93 @@ struct dxm_counters {
 	atomic_ulong regions, managed_pages;
 };
 
+/* Each module's part of a context, with the module's init and fini. */
+struct dxm_tables { /* region.c */
+	pthread_rwlock_t lock; /* vt_lock: the two tables, pieces, groups */
+	struct dxm_view **vt;  /* CPU view pieces, sorted by address */
+	size_t vt_n, vt_cap;
+	struct dxm_region **rt; /* live regions, sorted by device view */
+	size_t rt_n, rt_cap;
+	pthread_mutex_t um_mtx; /* UNMAP passes in flight */
+	pthread_cond_t um_cond;
+	struct dxm_unmap *um_passes;
+	struct dxm_region *_Atomic quiet; /* munmapped regions whose last
+					     user left: a handler finishes
+					     them */
+};
+int dxmi_tables_init(struct dxm_ctx *ctx);
+void dxmi_tables_fini(struct dxm_ctx *ctx);
+
+struct dxm_waiters { /* pstate.c */
+	pthread_mutex_t mtx; /* defer_mtx */
+	struct dxm_fault *deferred;
+	struct dxm_fault *ready;
+};
+void dxmi_waiters_init(struct dxm_ctx *ctx);
+void dxmi_waiters_fini(struct dxm_ctx *ctx);
+
+struct dxm_notifiers { /* notifier.c */
+	pthread_mutex_t mtx; /* n_mtx */
+	pthread_cond_t cond;
+	struct dxm_notifier *list;
+	size_t count;
+	atomic_ulong seq;
+	unsigned active;
+};
+void dxmi_notifiers_init(struct dxm_ctx *ctx);
+void dxmi_notifiers_fini(struct dxm_ctx *ctx);
+
+struct dxm_fork_state { /* fork.c, handler.c */
+	pthread_rwlock_t lock; /* fork_lock */
+	atomic_int forking;    /* handlers parked for a fork (handler.c) */
+	atomic_uint acks;      /* handlers parked so far */
+	atomic_int gate;       /* FG_* */
+	bool locked;	       /* by the thread forking (registry lock) */
+	int fd; /* written while a fork parks the handlers: every handler
+		   polls it, none reads it */
+};
+int dxmi_fork_state_init(struct dxm_ctx *ctx);
+void dxmi_fork_state_fini(struct dxm_ctx *ctx);
+
+struct dxm_trash { /* anon.c */
+	char *area; /* TRASH_PAGES registered with ctx->uffd */
+	pthread_mutex_t mtx;
+};
+
+struct dxm_watchdog { /* watchdog.c */
+	unsigned ms;
+	pthread_t tid;
+	bool started, stop;
+	pthread_mutex_t mtx;
+	pthread_cond_t cond;
+};
+
 struct dxm_ctx {
 	int uffd; /* memfd regions: no EVENT_REMOVE (it slows every zap) */
 	struct dxm_uffd_info uinfo;
 	int uffd_anon; /* adopted memory: EVENT_REMOVE, MOVE; -1 if no MOVE */
-	char *trash;	/* TRASH_PAGES registered with uffd (anon.c) */
-	pthread_mutex_t trash_mtx;
 	struct dxm_uffd_info uinfo_anon;
-	pthread_rwlock_t fork_lock; /* fork.c */
-	atomic_int forking;	    /* handlers parked for a fork (handler.c) */
-	atomic_uint fork_acks;	    /* handlers parked so far */
-	atomic_int fork_gate;	    /* FG_* (fork.c, handler.c) */
-	bool fork_locked;	    /* by the thread forking (registry lock) */
 	size_t psize;
 	unsigned pshift;
+	unsigned flags; /* DXM_CTX_* */
+	pid_t pid;	/* creator: calls from a fork()ed child are refused */
 
-	pthread_mutex_t gate; /* base.c */
-	_Atomic uint64_t epoch; /* mappings inserted (changed under gate) */
-	pthread_rwlock_t zap_lock; /* base.c: events being read vs region_zap */
-	pthread_mutex_t um_mtx;	   /* region.c: UNMAP passes in flight */
-	pthread_cond_t um_cond;
-	struct dxm_unmap *um_passes;
+	pthread_mutex_t gate;	   /* base.c */
+	_Atomic uint64_t epoch;	   /* mappings inserted (changed under gate) */
+	pthread_rwlock_t zap_lock; /* base.c: events being read vs zaps */
 
-	pthread_rwlock_t vt_lock; /* region.c */
-	struct dxm_view **vt;
-	size_t vt_n, vt_cap;
-	struct dxm_region **rt; /* live regions, sorted by device view */
-	size_t rt_n, rt_cap;
-
-	struct dxm_region *_Atomic quiet; /* munmapped regions whose last user
-					     left: a handler finishes them */
-
-	pthread_mutex_t defer_mtx; /* fault.c */
-	struct dxm_fault *deferred;
-	struct dxm_fault *ready;
-
-	pthread_mutex_t n_mtx; /* notifier.c */
-	pthread_cond_t n_cond;
-	struct dxm_notifier *notifiers;
-	size_t n_count;
-	atomic_ulong n_seq;
-	unsigned n_active;
-
-	int stop_fd, wake_fd;
-	int fork_fd; /* written while a fork parks the handlers (fork.c):
-			every handler polls it, none reads it */
+	int stop_fd, wake_fd; /* handler.c */
 	atomic_bool stopping;
-	unsigned flags;	  /* DXM_CTX_* */
 	uint64_t spin_ns; /* DXM_CTX_HANDLER_SPIN */
 	unsigned nhandlers;
 	struct dxm_handler *handlers;
-	pid_t pid; /* creator: calls from a fork()ed child are refused */
 
-	unsigned wd_ms; /* watchdog.c */
-	pthread_t wd_tid;
-	bool wd_started, wd_stop;
-	pthread_mutex_t wd_mtx;
-	pthread_cond_t wd_cond;
-
+	struct dxm_tables tab;
+	struct dxm_waiters wait;
+	struct dxm_notifiers ntf;
+	struct dxm_fork_state fk;
+	struct dxm_trash trash;
+	struct dxm_watchdog wd;
 	struct dxm_counters c;
 };
 
@@ -479,6 +520,8 @@ bool dxmi_ctx_on_handler(struct dxm_ctx *ctx);
 void dxmi_ctx_kick(struct dxm_ctx *ctx);
 void dxmi_gate_lock(struct dxm_ctx *ctx);   /* the gate, then zap_lock (write) */
 void dxmi_gate_unlock(struct dxm_ctx *ctx);
+void dxmi_gate_init(struct dxm_ctx *ctx);
+void dxmi_gate_fini(struct dxm_ctx *ctx);
 
 /* --------------------------------------------------------------- views.c */
 void dxmi_views_unmap_finish(struct dxm_ctx *ctx, struct dxm_unmap *u);

@@ -4,6 +4,8 @@
  * dxm_set_print().  The default prints to stderr, filtered by the
  * environment variable DXM_LOG_LEVEL (error, warn, info, debug; default
  * warn).  errno is preserved across every log call.
+ *
+ * Locking: none (the print function pointer is atomic).
  */
 #include <errno.h>
 #include <stdatomic.h>

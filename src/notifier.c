@@ -3,18 +3,18 @@
  * Interval notifiers with the kernel's mmu_interval_notifier sequence
  * protocol (mm/mmu_notifier.c).
  *
- * Locking: ctx->n_mtx protects the notifier list, ctx->n_seq, ctx->n_active
- * and each notifier's busy/removed fields; ctx->n_cond is signalled when an
+ * Locking: ctx->ntf.mtx protects the notifier list, ctx->ntf.seq, ctx->ntf.active
+ * and each notifier's busy/removed fields; ctx->ntf.cond is signalled when an
  * invalidation pass ends or a callback returns.  Callbacks run with no
  * library lock held.
  *
  * Sequence protocol:
- *   ctx->n_seq is even while no invalidation runs and odd while at least
+ *   ctx->ntf.seq is even while no invalidation runs and odd while at least
  *   one does (n_active > 0).  An invalidation pass passes the odd value as
  *   cur_seq; the driver stores it with dxm_notifier_set_seq() under its own
  *   lock.  read_begin() returns the notifier's seq, first waiting while the
  *   notifier has been invalidated by a pass that is still running
- *   (n->seq == ctx->n_seq, odd); read_retry() is true iff the notifier's
+ *   (n->seq == ctx->ntf.seq, odd); read_retry() is true iff the notifier's
  *   seq changed since.  So a driver that does
  *       seq = read_begin(n); ...set up...; lock; if (read_retry(n, seq))
  *       retry; ...program the device...; unlock
@@ -54,16 +54,16 @@ DXM_API int dxm_notifier_insert(struct dxm_ctx *ctx, void *start, size_t len,
 				   ~(uintptr_t)(ctx->psize - 1);
 	n->ops = ops;
 	n->priv = priv;
-	pthread_mutex_lock(&ctx->n_mtx);
+	pthread_mutex_lock(&ctx->ntf.mtx);
 	/* While a pass runs, a new notifier must wait for it in read_begin
 	 * (it may cover the range being invalidated); otherwise its seq is
 	 * an odd value no future pass will use. */
-	unsigned long cur = atomic_load(&ctx->n_seq);
-	atomic_store(&n->seq, ctx->n_active ? cur : cur - 1);
-	n->next = ctx->notifiers;
-	ctx->notifiers = n;
-	ctx->n_count++;
-	pthread_mutex_unlock(&ctx->n_mtx);
+	unsigned long cur = atomic_load(&ctx->ntf.seq);
+	atomic_store(&n->seq, ctx->ntf.active ? cur : cur - 1);
+	n->next = ctx->ntf.list;
+	ctx->ntf.list = n;
+	ctx->ntf.count++;
+	pthread_mutex_unlock(&ctx->ntf.mtx);
 	*np = n;
 	return 0;
 }
@@ -73,18 +73,18 @@ DXM_API void dxm_notifier_remove(struct dxm_notifier *n)
 	if (!n)
 		return;
 	struct dxm_ctx *ctx = n->ctx;
-	pthread_mutex_lock(&ctx->n_mtx);
-	for (struct dxm_notifier **pp = &ctx->notifiers; *pp;
+	pthread_mutex_lock(&ctx->ntf.mtx);
+	for (struct dxm_notifier **pp = &ctx->ntf.list; *pp;
 	     pp = &(*pp)->next)
 		if (*pp == n) {
 			*pp = n->next;
-			ctx->n_count--;
+			ctx->ntf.count--;
 			break;
 		}
 	n->removed = true;
 	while (n->busy)
-		pthread_cond_wait(&ctx->n_cond, &ctx->n_mtx);
-	pthread_mutex_unlock(&ctx->n_mtx);
+		pthread_cond_wait(&ctx->ntf.cond, &ctx->ntf.mtx);
+	pthread_mutex_unlock(&ctx->ntf.mtx);
 	free(n);
 }
 
@@ -97,13 +97,13 @@ DXM_API unsigned long dxm_notifier_read_begin(struct dxm_notifier *n)
 {
 	struct dxm_ctx *ctx = n->ctx;
 	unsigned long seq = atomic_load(&n->seq);
-	if (seq != atomic_load(&ctx->n_seq) || !(seq & 1))
+	if (seq != atomic_load(&ctx->ntf.seq) || !(seq & 1))
 		return seq; /* no pass that invalidated n is running */
-	pthread_mutex_lock(&ctx->n_mtx);
-	while ((seq = atomic_load(&n->seq)) == atomic_load(&ctx->n_seq) &&
+	pthread_mutex_lock(&ctx->ntf.mtx);
+	while ((seq = atomic_load(&n->seq)) == atomic_load(&ctx->ntf.seq) &&
 	       (seq & 1))
-		pthread_cond_wait(&ctx->n_cond, &ctx->n_mtx);
-	pthread_mutex_unlock(&ctx->n_mtx);
+		pthread_cond_wait(&ctx->ntf.cond, &ctx->ntf.mtx);
+	pthread_mutex_unlock(&ctx->ntf.mtx);
 	return seq;
 }
 
@@ -126,12 +126,12 @@ void dxmi_notify_range(struct dxm_ctx *ctx, uintptr_t start, uintptr_t end,
 	size_t nhit, cap = NOTIFY_STACK;
 	unsigned long cur;
 
-	pthread_mutex_lock(&ctx->n_mtx);
+	pthread_mutex_lock(&ctx->ntf.mtx);
 	/* Every overlapping notifier is called: never skip one for want of
 	 * memory, wait for it instead. */
-	while (ctx->n_count > cap) {
-		size_t want = ctx->n_count + 8;
-		pthread_mutex_unlock(&ctx->n_mtx);
+	while (ctx->ntf.count > cap) {
+		size_t want = ctx->ntf.count + 8;
+		pthread_mutex_unlock(&ctx->ntf.mtx);
 		struct dxm_notifier **more;
 		while (!(more = malloc(want * sizeof(*more))))
 			sched_yield();
@@ -139,19 +139,19 @@ void dxmi_notify_range(struct dxm_ctx *ctx, uintptr_t start, uintptr_t end,
 			free(hit);
 		hit = more;
 		cap = want;
-		pthread_mutex_lock(&ctx->n_mtx);
+		pthread_mutex_lock(&ctx->ntf.mtx);
 	}
-	if (ctx->n_active++ == 0)
-		atomic_fetch_add(&ctx->n_seq, 1); /* odd: a pass is running */
-	cur = atomic_load(&ctx->n_seq);
+	if (ctx->ntf.active++ == 0)
+		atomic_fetch_add(&ctx->ntf.seq, 1); /* odd: a pass is running */
+	cur = atomic_load(&ctx->ntf.seq);
 	nhit = 0;
-	for (struct dxm_notifier *n = ctx->notifiers; n; n = n->next) {
+	for (struct dxm_notifier *n = ctx->ntf.list; n; n = n->next) {
 		if (n->end <= start || n->start >= end)
 			continue;
 		n->busy++;
 		hit[nhit++] = n;
 	}
-	pthread_mutex_unlock(&ctx->n_mtx);
+	pthread_mutex_unlock(&ctx->ntf.mtx);
 
 	if (nhit) {
 		uint64_t t0 = dxmi_now_ns();
@@ -185,13 +185,13 @@ void dxmi_notify_range(struct dxm_ctx *ctx, uintptr_t start, uintptr_t end,
 		stat_add(&ctx->c.notifier_calls, nhit);
 	}
 
-	pthread_mutex_lock(&ctx->n_mtx);
+	pthread_mutex_lock(&ctx->ntf.mtx);
 	for (size_t i = 0; i < nhit; i++)
 		hit[i]->busy--;
-	if (--ctx->n_active == 0)
-		atomic_fetch_add(&ctx->n_seq, 1); /* even: no pass running */
-	pthread_cond_broadcast(&ctx->n_cond);
-	pthread_mutex_unlock(&ctx->n_mtx);
+	if (--ctx->ntf.active == 0)
+		atomic_fetch_add(&ctx->ntf.seq, 1); /* even: no pass running */
+	pthread_cond_broadcast(&ctx->ntf.cond);
+	pthread_mutex_unlock(&ctx->ntf.mtx);
 	if (hit != stack)
 		free(hit);
 }
@@ -218,11 +218,11 @@ void dxmi_notify_region_pages(struct dxm_region *r, size_t pg, size_t n,
 
 void dxmi_notifier_destroy_all(struct dxm_ctx *ctx)
 {
-	pthread_mutex_lock(&ctx->n_mtx);
-	struct dxm_notifier *n = ctx->notifiers;
-	ctx->notifiers = NULL;
-	ctx->n_count = 0;
-	pthread_mutex_unlock(&ctx->n_mtx);
+	pthread_mutex_lock(&ctx->ntf.mtx);
+	struct dxm_notifier *n = ctx->ntf.list;
+	ctx->ntf.list = NULL;
+	ctx->ntf.count = 0;
+	pthread_mutex_unlock(&ctx->ntf.mtx);
 	while (n) {
 		struct dxm_notifier *next = n->next;
 		pr_warn("dxm_ctx_destroy: notifier [%#lx, %#lx) was not "
@@ -230,4 +230,17 @@ void dxmi_notifier_destroy_all(struct dxm_ctx *ctx)
 		free(n);
 		n = next;
 	}
+}
+
+void dxmi_notifiers_init(struct dxm_ctx *ctx)
+{
+	pthread_mutex_init(&ctx->ntf.mtx, NULL);
+	pthread_cond_init(&ctx->ntf.cond, NULL);
+	atomic_init(&ctx->ntf.seq, 0);
+}
+
+void dxmi_notifiers_fini(struct dxm_ctx *ctx)
+{
+	pthread_mutex_destroy(&ctx->ntf.mtx);
+	pthread_cond_destroy(&ctx->ntf.cond);
 }

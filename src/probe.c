@@ -4,6 +4,8 @@
  * version, and the names of the API's values.  The probe opens the
  * userfaultfds a context would open, with the same features (uffd.c does
  * the opening and caches what the kernel offers), and closes them.
+ *
+ * Locking: no lock of its own (uffd.c's probe_mtx inside dxmi_uffd_open).
  */
 #include <errno.h>
 #include <stdlib.h>

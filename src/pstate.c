@@ -4,14 +4,14 @@
  * byte are pstate.h's), and the faults that wait for a page: deferred
  * faults and the ready list.
  *
- * Locking (this file owns ctx->defer_mtx): defer_mtx protects
- * ctx->deferred (faults waiting for a page) and ctx->ready (faults to
+ * Locking (this file owns ctx->wait.mtx): defer_mtx protects
+ * ctx->wait.deferred (faults waiting for a page) and ctx->wait.ready (faults to
  * resolve again).  A fault is deferred by setting PS_WAITERS with a CAS
  * that also checks the state is still one that defers, with defer_mtx
  * held, and queuing it before the lock is dropped.  Whoever moves the page
  * out of that state sees PS_WAITERS in the value its own CAS replaced and
  * calls dxmi_ps_release_waiters(), which takes defer_mtx: so the fault is
- * already queued and is never lost.  Released faults go to ctx->ready and
+ * already queued and is never lost.  Released faults go to ctx->wait.ready and
  * a handler thread resolves them again from scratch (by address,
  * fault.c).  Nothing is called with defer_mtx held.
  */
@@ -33,15 +33,15 @@ bool dxmi_ps_defer(struct dxm_region *r, size_t pg, uintptr_t addr,
 		return false; /* the caller retries */
 	*f = (struct dxm_fault){ .r = r, .pg = pg, .addr = addr,
 				 .t0 = dxmi_now_ns(), .epoch = epoch };
-	pthread_mutex_lock(&ctx->defer_mtx);
+	pthread_mutex_lock(&ctx->wait.mtx);
 	uint8_t cur = s;
 	bool gone = r->forgotten;
 	bool ok = gone || ps_cas(&r->st[pg], &cur, s | PS_WAITERS);
 	if (ok && !gone) {
-		f->next = ctx->deferred;
-		ctx->deferred = f;
+		f->next = ctx->wait.deferred;
+		ctx->wait.deferred = f;
 	}
-	pthread_mutex_unlock(&ctx->defer_mtx);
+	pthread_mutex_unlock(&ctx->wait.mtx);
 	if (ok && !gone)
 		stat_add(&ctx->c.deferred_faults, 1);
 	else
@@ -65,13 +65,13 @@ void dxmi_ps_defer_dying(struct dxm_region *r, size_t pg, uintptr_t addr,
 		sched_yield();
 	*f = (struct dxm_fault){ .r = r, .pg = pg, .addr = addr,
 				 .t0 = dxmi_now_ns(), .epoch = epoch };
-	pthread_mutex_lock(&ctx->defer_mtx);
+	pthread_mutex_lock(&ctx->wait.mtx);
 	bool gone = r->forgotten;
 	if (!gone) {
-		f->next = ctx->deferred;
-		ctx->deferred = f;
+		f->next = ctx->wait.deferred;
+		ctx->wait.deferred = f;
 	}
-	pthread_mutex_unlock(&ctx->defer_mtx);
+	pthread_mutex_unlock(&ctx->wait.mtx);
 	if (gone) {
 		free(f);
 		dxmi_uffd_wake(r->uffd, addr, ctx->psize);
@@ -83,19 +83,19 @@ void dxmi_ps_release_waiters(struct dxm_region *r, size_t pg, size_t n)
 {
 	struct dxm_ctx *ctx = r->ctx;
 	bool any = false;
-	pthread_mutex_lock(&ctx->defer_mtx);
-	for (struct dxm_fault **pp = &ctx->deferred; *pp;) {
+	pthread_mutex_lock(&ctx->wait.mtx);
+	for (struct dxm_fault **pp = &ctx->wait.deferred; *pp;) {
 		struct dxm_fault *f = *pp;
 		if (f->r == r && f->pg >= pg && f->pg < pg + n) {
 			*pp = f->next;
-			f->next = ctx->ready;
-			ctx->ready = f;
+			f->next = ctx->wait.ready;
+			ctx->wait.ready = f;
 			any = true;
 		} else {
 			pp = &f->next;
 		}
 	}
-	pthread_mutex_unlock(&ctx->defer_mtx);
+	pthread_mutex_unlock(&ctx->wait.mtx);
 	if (any)
 		dxmi_ctx_kick(ctx);
 }
@@ -105,19 +105,19 @@ void dxmi_ps_release_waiters(struct dxm_region *r, size_t pg, size_t n)
  * deferred on it any more. */
 void dxmi_ps_forget_region(struct dxm_region *r)
 {
-	pthread_mutex_lock(&r->ctx->defer_mtx);
+	pthread_mutex_lock(&r->ctx->wait.mtx);
 	r->forgotten = true;
-	pthread_mutex_unlock(&r->ctx->defer_mtx);
+	pthread_mutex_unlock(&r->ctx->wait.mtx);
 	dxmi_ps_release_waiters(r, 0, r->npages);
 }
 
 /* The ready list, emptied: fault.c resolves each again. */
 struct dxm_fault *dxmi_ps_take_ready(struct dxm_ctx *ctx)
 {
-	pthread_mutex_lock(&ctx->defer_mtx);
-	struct dxm_fault *list = ctx->ready;
-	ctx->ready = NULL;
-	pthread_mutex_unlock(&ctx->defer_mtx);
+	pthread_mutex_lock(&ctx->wait.mtx);
+	struct dxm_fault *list = ctx->wait.ready;
+	ctx->wait.ready = NULL;
+	pthread_mutex_unlock(&ctx->wait.mtx);
 	return list;
 }
 
@@ -167,10 +167,10 @@ void dxmi_ps_requeue_restore(struct dxm_region *r, size_t pg, uintptr_t addr)
 		sched_yield();
 	*f = (struct dxm_fault){ .r = r, .pg = pg, .addr = addr,
 				 .restore = true };
-	pthread_mutex_lock(&ctx->defer_mtx);
-	f->next = ctx->ready;
-	ctx->ready = f;
-	pthread_mutex_unlock(&ctx->defer_mtx);
+	pthread_mutex_lock(&ctx->wait.mtx);
+	f->next = ctx->wait.ready;
+	ctx->wait.ready = f;
+	pthread_mutex_unlock(&ctx->wait.mtx);
 	requeued = true;
 	dxmi_ctx_kick(ctx);
 }
@@ -182,4 +182,25 @@ bool dxmi_ps_requeued(void)
 	bool r = requeued;
 	requeued = false;
 	return r;
+}
+
+/* ---------------------------------------------------------- init, fini */
+
+void dxmi_waiters_init(struct dxm_ctx *ctx)
+{
+	pthread_mutex_init(&ctx->wait.mtx, NULL);
+}
+
+/* The context is going: nobody resolves what is left. */
+void dxmi_waiters_fini(struct dxm_ctx *ctx)
+{
+	struct dxm_fault *lists[2] = { ctx->wait.deferred, ctx->wait.ready };
+	for (int k = 0; k < 2; k++)
+		while (lists[k]) {
+			struct dxm_fault *f = lists[k];
+			lists[k] = f->next;
+			free(f);
+		}
+	ctx->wait.deferred = ctx->wait.ready = NULL;
+	pthread_mutex_destroy(&ctx->wait.mtx);
 }

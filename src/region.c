@@ -13,8 +13,8 @@
  * primitives, the page states and the kinds' release.
  *
  * Locking
- *   ctx->vt_lock (rwlock, writer-preferring) protects the sorted piece table
- *   ctx->vt, every region's piece list and next_group.  Lookups take it for
+ *   ctx->tab.lock (rwlock, writer-preferring) protects the sorted piece table
+ *   ctx->tab.vt, every region's piece list and next_group.  Lookups take it for
  *   reading and leave with a region reference (refs), never with the lock:
  *   no library lock is held while a notifier runs.
  *
@@ -28,9 +28,9 @@
  *   hands out another address) and mapped again (dxmi_region_map_fresh): the
  *   stale event can never tear down a new view.  dxm_adopt, whose address
  *   is the program's, waits instead for the stale piece to be detached.
- *   Lock order: gate -> zap_lock (base.c) -> vt_lock.
+ *   (The lock order is internal.h's.)
  *
- *   ctx->um_mtx protects ctx->um_passes: UNMAP events read and detached
+ *   ctx->tab.um_mtx protects ctx->tab.um_passes: UNMAP events read and detached
  *   whose notifications are still running (a munmap returns before them).
  *   A new view or adoption waits, before it returns its address, until no
  *   such pass overlaps it, so that a driver keyed by CPU address is told
@@ -64,10 +64,10 @@
 /* Index of the first piece whose end is above addr (vt_lock held). */
 size_t dxmi_vt_search(struct dxm_ctx *ctx, uintptr_t addr)
 {
-	size_t lo = 0, hi = ctx->vt_n;
+	size_t lo = 0, hi = ctx->tab.vt_n;
 	while (lo < hi) {
 		size_t mid = (lo + hi) / 2;
-		struct dxm_view *v = ctx->vt[mid];
+		struct dxm_view *v = ctx->tab.vt[mid];
 		if (v->start + (v->npages << ctx->pshift) <= addr)
 			lo = mid + 1;
 		else
@@ -79,8 +79,8 @@ size_t dxmi_vt_search(struct dxm_ctx *ctx, uintptr_t addr)
 struct dxm_view *dxmi_vt_find(struct dxm_ctx *ctx, uintptr_t addr)
 {
 	size_t i = dxmi_vt_search(ctx, addr);
-	if (i < ctx->vt_n && ctx->vt[i]->start <= addr)
-		return ctx->vt[i];
+	if (i < ctx->tab.vt_n && ctx->tab.vt[i]->start <= addr)
+		return ctx->tab.vt[i];
 	return NULL;
 }
 
@@ -94,19 +94,19 @@ bool dxmi_region_owns_addr(struct dxm_region *r, uintptr_t addr)
 
 static int vt_insert(struct dxm_ctx *ctx, struct dxm_view *v)
 {
-	if (ctx->vt_n == ctx->vt_cap) {
-		size_t cap = ctx->vt_cap ? ctx->vt_cap * 2 : 16;
-		struct dxm_view **nv = realloc(ctx->vt, cap * sizeof(*nv));
+	if (ctx->tab.vt_n == ctx->tab.vt_cap) {
+		size_t cap = ctx->tab.vt_cap ? ctx->tab.vt_cap * 2 : 16;
+		struct dxm_view **nv = realloc(ctx->tab.vt, cap * sizeof(*nv));
 		if (!nv)
 			return -ENOMEM;
-		ctx->vt = nv;
-		ctx->vt_cap = cap;
+		ctx->tab.vt = nv;
+		ctx->tab.vt_cap = cap;
 	}
 	size_t i = dxmi_vt_search(ctx, v->start);
-	memmove(&ctx->vt[i + 1], &ctx->vt[i],
-		(ctx->vt_n - i) * sizeof(ctx->vt[0]));
-	ctx->vt[i] = v;
-	ctx->vt_n++;
+	memmove(&ctx->tab.vt[i + 1], &ctx->tab.vt[i],
+		(ctx->tab.vt_n - i) * sizeof(ctx->tab.vt[0]));
+	ctx->tab.vt[i] = v;
+	ctx->tab.vt_n++;
 	v->rnext = v->r->views;
 	v->r->views = v;
 	return 0;
@@ -115,10 +115,10 @@ static int vt_insert(struct dxm_ctx *ctx, struct dxm_view *v)
 static void vt_remove(struct dxm_ctx *ctx, struct dxm_view *v)
 {
 	size_t i = dxmi_vt_search(ctx, v->start);
-	if (i < ctx->vt_n && ctx->vt[i] == v) {
-		memmove(&ctx->vt[i], &ctx->vt[i + 1],
-			(ctx->vt_n - i - 1) * sizeof(ctx->vt[0]));
-		ctx->vt_n--;
+	if (i < ctx->tab.vt_n && ctx->tab.vt[i] == v) {
+		memmove(&ctx->tab.vt[i], &ctx->tab.vt[i + 1],
+			(ctx->tab.vt_n - i - 1) * sizeof(ctx->tab.vt[0]));
+		ctx->tab.vt_n--;
 	}
 	for (struct dxm_view **pp = &v->r->views; *pp; pp = &(*pp)->rnext)
 		if (*pp == v) {
@@ -154,10 +154,10 @@ int dxmi_vt_split(struct dxm_ctx *ctx, uintptr_t addr)
 /* The region table, sorted by device-view address (vt_lock held). */
 static size_t rt_search(struct dxm_ctx *ctx, uintptr_t dev)
 {
-	size_t lo = 0, hi = ctx->rt_n;
+	size_t lo = 0, hi = ctx->tab.rt_n;
 	while (lo < hi) {
 		size_t mid = (lo + hi) / 2;
-		struct dxm_region *r = ctx->rt[mid];
+		struct dxm_region *r = ctx->tab.rt[mid];
 		if ((uintptr_t)r->dev + (r->npages << ctx->pshift) <= dev)
 			lo = mid + 1;
 		else
@@ -168,29 +168,29 @@ static size_t rt_search(struct dxm_ctx *ctx, uintptr_t dev)
 
 int dxmi_rt_insert(struct dxm_ctx *ctx, struct dxm_region *r)
 {
-	if (ctx->rt_n == ctx->rt_cap) {
-		size_t cap = ctx->rt_cap ? ctx->rt_cap * 2 : 16;
-		struct dxm_region **nr = realloc(ctx->rt, cap * sizeof(*nr));
+	if (ctx->tab.rt_n == ctx->tab.rt_cap) {
+		size_t cap = ctx->tab.rt_cap ? ctx->tab.rt_cap * 2 : 16;
+		struct dxm_region **nr = realloc(ctx->tab.rt, cap * sizeof(*nr));
 		if (!nr)
 			return -ENOMEM;
-		ctx->rt = nr;
-		ctx->rt_cap = cap;
+		ctx->tab.rt = nr;
+		ctx->tab.rt_cap = cap;
 	}
 	size_t i = rt_search(ctx, (uintptr_t)r->dev);
-	memmove(&ctx->rt[i + 1], &ctx->rt[i],
-		(ctx->rt_n - i) * sizeof(ctx->rt[0]));
-	ctx->rt[i] = r;
-	ctx->rt_n++;
+	memmove(&ctx->tab.rt[i + 1], &ctx->tab.rt[i],
+		(ctx->tab.rt_n - i) * sizeof(ctx->tab.rt[0]));
+	ctx->tab.rt[i] = r;
+	ctx->tab.rt_n++;
 	return 0;
 }
 
 void dxmi_rt_remove(struct dxm_ctx *ctx, struct dxm_region *r)
 {
 	size_t i = rt_search(ctx, (uintptr_t)r->dev);
-	if (i < ctx->rt_n && ctx->rt[i] == r) {
-		memmove(&ctx->rt[i], &ctx->rt[i + 1],
-			(ctx->rt_n - i - 1) * sizeof(ctx->rt[0]));
-		ctx->rt_n--;
+	if (i < ctx->tab.rt_n && ctx->tab.rt[i] == r) {
+		memmove(&ctx->tab.rt[i], &ctx->tab.rt[i + 1],
+			(ctx->tab.rt_n - i - 1) * sizeof(ctx->tab.rt[0]));
+		ctx->tab.rt_n--;
 	}
 }
 
@@ -205,16 +205,16 @@ int dxmi_region_lookup_dev(struct dxm_ctx *ctx, const void *dev,
 {
 	uintptr_t d = (uintptr_t)dev;
 	int err = -ENOENT;
-	pthread_rwlock_rdlock(&ctx->vt_lock);
+	pthread_rwlock_rdlock(&ctx->tab.lock);
 	size_t i = rt_search(ctx, d);
-	if (i < ctx->rt_n && (uintptr_t)ctx->rt[i]->dev <= d &&
-	    !((d - (uintptr_t)ctx->rt[i]->dev) & (ctx->psize - 1))) {
-		*rp = ctx->rt[i];
-		*pg = (d - (uintptr_t)ctx->rt[i]->dev) >> ctx->pshift;
+	if (i < ctx->tab.rt_n && (uintptr_t)ctx->tab.rt[i]->dev <= d &&
+	    !((d - (uintptr_t)ctx->tab.rt[i]->dev) & (ctx->psize - 1))) {
+		*rp = ctx->tab.rt[i];
+		*pg = (d - (uintptr_t)ctx->tab.rt[i]->dev) >> ctx->pshift;
 		dxmi_region_get(*rp);
 		err = 0;
 	}
-	pthread_rwlock_unlock(&ctx->vt_lock);
+	pthread_rwlock_unlock(&ctx->tab.lock);
 	return err;
 }
 
@@ -301,10 +301,10 @@ static void run_on_quiet(struct dxm_region *r)
 		return;
 	struct dxm_ctx *ctx = r->ctx;
 	/* A lock-free push: the last one out may be a SIGBUS handler. */
-	struct dxm_region *top = atomic_load(&ctx->quiet);
+	struct dxm_region *top = atomic_load(&ctx->tab.quiet);
 	do
 		r->quiet_next = top;
-	while (!atomic_compare_exchange_weak(&ctx->quiet, &top, r));
+	while (!atomic_compare_exchange_weak(&ctx->tab.quiet, &top, r));
 	dxmi_ctx_kick(ctx);
 }
 
@@ -343,7 +343,7 @@ void dxmi_region_teardown_finish(struct dxm_region *r)
 /* Handler threads: finish the munmapped regions whose last user left. */
 void dxmi_region_run_quiet(struct dxm_ctx *ctx)
 {
-	struct dxm_region *r = atomic_exchange(&ctx->quiet, NULL);
+	struct dxm_region *r = atomic_exchange(&ctx->tab.quiet, NULL);
 	while (r) {
 		struct dxm_region *next = r->quiet_next;
 		dxmi_region_teardown_finish(r);
@@ -364,13 +364,13 @@ void dxmi_region_finish_when_quiet(struct dxm_region *r)
 
 int dxmi_region_lookup(struct dxm_ctx *ctx, uintptr_t addr, struct dxm_where *w)
 {
-	pthread_rwlock_rdlock(&ctx->vt_lock);
+	pthread_rwlock_rdlock(&ctx->tab.lock);
 	struct dxm_view *v = dxmi_vt_find(ctx, addr);
 	if (v) {
 		fill_where(v, w);
 		dxmi_region_get(v->r);
 	}
-	pthread_rwlock_unlock(&ctx->vt_lock);
+	pthread_rwlock_unlock(&ctx->tab.lock);
 	return v ? 0 : -EFAULT;
 }
 
@@ -383,16 +383,16 @@ int dxmi_region_lookup_range(struct dxm_ctx *ctx, uintptr_t start, size_t len,
 			struct dxm_where *w)
 {
 	int err = -EFAULT;
-	pthread_rwlock_rdlock(&ctx->vt_lock);
+	pthread_rwlock_rdlock(&ctx->tab.lock);
 	size_t i = dxmi_vt_search(ctx, start);
-	if (i >= ctx->vt_n || ctx->vt[i]->start > start)
+	if (i >= ctx->tab.vt_n || ctx->tab.vt[i]->start > start)
 		goto out;
-	struct dxm_view *v = ctx->vt[i];
+	struct dxm_view *v = ctx->tab.vt[i];
 	fill_where(v, w);
 	uintptr_t end = start + len, cur = v->start;
 	size_t pg = v->pgoff;
-	for (; i < ctx->vt_n; i++) {
-		struct dxm_view *p = ctx->vt[i];
+	for (; i < ctx->tab.vt_n; i++) {
+		struct dxm_view *p = ctx->tab.vt[i];
 		if (p->start != cur || p->r != v->r || p->group != v->group ||
 		    p->pgoff != pg)
 			break;
@@ -406,7 +406,7 @@ int dxmi_region_lookup_range(struct dxm_ctx *ctx, uintptr_t start, size_t len,
 		}
 	}
 out:
-	pthread_rwlock_unlock(&ctx->vt_lock);
+	pthread_rwlock_unlock(&ctx->tab.lock);
 	return err;
 }
 
@@ -431,7 +431,7 @@ size_t dxmi_region_view_addrs(struct dxm_region *r, size_t pg, size_t n,
 {
 	struct dxm_ctx *ctx = r->ctx;
 	size_t k = 0, a, b;
-	pthread_rwlock_rdlock(&ctx->vt_lock);
+	pthread_rwlock_rdlock(&ctx->tab.lock);
 	for (struct dxm_view *v = r->views; v; v = v->rnext) {
 		if (!clip(v, pg, n, &a, &b))
 			continue;
@@ -442,7 +442,7 @@ size_t dxmi_region_view_addrs(struct dxm_region *r, size_t pg, size_t n,
 		}
 		k++;
 	}
-	pthread_rwlock_unlock(&ctx->vt_lock);
+	pthread_rwlock_unlock(&ctx->tab.lock);
 	return k;
 }
 
@@ -464,7 +464,7 @@ int dxmi_region_runs(struct dxm_region *r, size_t pg, size_t n,
 	struct dxm_ctx *ctx = r->ctx;
 	int ret = 0;
 	size_t a, b;
-	pthread_rwlock_rdlock(&ctx->vt_lock);
+	pthread_rwlock_rdlock(&ctx->tab.lock);
 	for (struct dxm_view *v = r->views; v && !ret; v = v->rnext) {
 		if (!clip(v, pg, n, &a, &b))
 			continue;
@@ -480,7 +480,7 @@ int dxmi_region_runs(struct dxm_region *r, size_t pg, size_t n,
 			a = e;
 		}
 	}
-	pthread_rwlock_unlock(&ctx->vt_lock);
+	pthread_rwlock_unlock(&ctx->tab.lock);
 	return ret;
 }
 
@@ -508,7 +508,7 @@ int dxmi_region_add_piece(struct dxm_ctx *ctx, struct dxm_region *r, void *addr,
 static bool vt_overlaps(struct dxm_ctx *ctx, uintptr_t start, uintptr_t end)
 {
 	size_t i = dxmi_vt_search(ctx, start);
-	return i < ctx->vt_n && ctx->vt[i]->start < end;
+	return i < ctx->tab.vt_n && ctx->tab.vt[i]->start < end;
 }
 
 /*
@@ -528,9 +528,9 @@ void *dxmi_region_map_fresh(struct dxm_ctx *ctx, size_t len,
 		p = map(arg, len);
 		if (p == MAP_FAILED)
 			break;
-		pthread_rwlock_rdlock(&ctx->vt_lock);
+		pthread_rwlock_rdlock(&ctx->tab.lock);
 		bool stale = vt_overlaps(ctx, (uintptr_t)p, (uintptr_t)p + len);
-		pthread_rwlock_unlock(&ctx->vt_lock);
+		pthread_rwlock_unlock(&ctx->tab.lock);
 		if (!stale)
 			break;
 		if (nheld == MAX_PLACEHOLDERS) {
@@ -563,17 +563,17 @@ void dxmi_region_wait_unmaps(struct dxm_ctx *ctx, uintptr_t start, uintptr_t end
 		return;
 	pthread_mutex_lock(&ctx->gate);
 	pthread_mutex_unlock(&ctx->gate);
-	pthread_mutex_lock(&ctx->um_mtx);
+	pthread_mutex_lock(&ctx->tab.um_mtx);
 	for (;;) {
 		bool busy = false;
-		for (struct dxm_unmap *u = ctx->um_passes; u && !busy;
+		for (struct dxm_unmap *u = ctx->tab.um_passes; u && !busy;
 		     u = u->next)
 			busy = u->start < end && start < u->end;
 		if (!busy)
 			break;
-		pthread_cond_wait(&ctx->um_cond, &ctx->um_mtx);
+		pthread_cond_wait(&ctx->tab.um_cond, &ctx->tab.um_mtx);
 	}
-	pthread_mutex_unlock(&ctx->um_mtx);
+	pthread_mutex_unlock(&ctx->tab.um_mtx);
 }
 
 /* Whether the mapping at addr is registered for MISSING faults (with any
@@ -612,14 +612,14 @@ int dxmi_region_wait_unclaimed(struct dxm_ctx *ctx, uintptr_t start, size_t len,
 	unsigned us = 10;
 	for (;;) {
 		pthread_mutex_lock(&ctx->gate);
-		pthread_rwlock_rdlock(&ctx->vt_lock);
+		pthread_rwlock_rdlock(&ctx->tab.lock);
 		size_t i = dxmi_vt_search(ctx, start);
-		bool clash = i < ctx->vt_n && ctx->vt[i]->start < start + len;
-		uintptr_t at = clash ? (ctx->vt[i]->start > start
-						? ctx->vt[i]->start
+		bool clash = i < ctx->tab.vt_n && ctx->tab.vt[i]->start < start + len;
+		uintptr_t at = clash ? (ctx->tab.vt[i]->start > start
+						? ctx->tab.vt[i]->start
 						: start)
 				     : 0;
-		pthread_rwlock_unlock(&ctx->vt_lock);
+		pthread_rwlock_unlock(&ctx->tab.lock);
 		if (!clash) {
 			if (!keep_gate)
 				pthread_mutex_unlock(&ctx->gate);
@@ -663,7 +663,7 @@ int dxmi_region_adopt_insert(struct dxm_region *r, uintptr_t start, size_t len)
 		pthread_mutex_unlock(&ctx->gate);
 		return err;
 	}
-	pthread_rwlock_wrlock(&ctx->vt_lock);
+	pthread_rwlock_wrlock(&ctx->tab.lock);
 	if (vt_overlaps(ctx, start, start + len))
 		err = -EEXIST; /* cannot happen: checked under the gate */
 	if (!err) {
@@ -675,7 +675,7 @@ int dxmi_region_adopt_insert(struct dxm_region *r, uintptr_t start, size_t len)
 		if (err)
 			dxmi_rt_remove(ctx, r);
 	}
-	pthread_rwlock_unlock(&ctx->vt_lock);
+	pthread_rwlock_unlock(&ctx->tab.lock);
 	if (err)
 		dxmi_uffd_unregister(r->uffd, start, len);
 	pthread_mutex_unlock(&ctx->gate);
@@ -689,15 +689,15 @@ int dxmi_region_adopt_insert(struct dxm_region *r, uintptr_t start, size_t len)
 void dxmi_region_foreach(struct dxm_ctx *ctx, unsigned kind_flags,
 		    void (*fn)(struct dxm_region *r, void *arg), void *arg)
 {
-	pthread_rwlock_rdlock(&ctx->vt_lock);
+	pthread_rwlock_rdlock(&ctx->tab.lock);
 	size_t n = 0;
-	struct dxm_region **v = malloc((ctx->rt_n + 1) * sizeof(*v));
-	for (size_t i = 0; v && i < ctx->rt_n; i++)
-		if ((ctx->rt[i]->kind->flags & kind_flags) == kind_flags) {
-			dxmi_region_get(ctx->rt[i]);
-			v[n++] = ctx->rt[i];
+	struct dxm_region **v = malloc((ctx->tab.rt_n + 1) * sizeof(*v));
+	for (size_t i = 0; v && i < ctx->tab.rt_n; i++)
+		if ((ctx->tab.rt[i]->kind->flags & kind_flags) == kind_flags) {
+			dxmi_region_get(ctx->tab.rt[i]);
+			v[n++] = ctx->tab.rt[i];
 		}
-	pthread_rwlock_unlock(&ctx->vt_lock);
+	pthread_rwlock_unlock(&ctx->tab.lock);
 	if (!v) {
 		pr_err("out of memory walking the regions");
 		return;
@@ -717,30 +717,30 @@ struct dxm_unmap *dxmi_region_unmap_detach(struct dxm_ctx *ctx, uintptr_t start,
 		sched_yield(); /* the event cannot be read again */
 	u->start = start;
 	u->end = end;
-	pthread_rwlock_wrlock(&ctx->vt_lock);
+	pthread_rwlock_wrlock(&ctx->tab.lock);
 	int err = dxmi_region_detach_range(ctx, start, end, -1, &u->list);
-	pthread_rwlock_unlock(&ctx->vt_lock);
+	pthread_rwlock_unlock(&ctx->tab.lock);
 	if (err)
 		pr_err("cannot track munmap of [%#lx, %#lx): %s", start, end,
 		       strerror(-err));
-	pthread_mutex_lock(&ctx->um_mtx);
-	u->next = ctx->um_passes;
-	ctx->um_passes = u;
-	pthread_mutex_unlock(&ctx->um_mtx);
+	pthread_mutex_lock(&ctx->tab.um_mtx);
+	u->next = ctx->tab.um_passes;
+	ctx->tab.um_passes = u;
+	pthread_mutex_unlock(&ctx->tab.um_mtx);
 	return u;
 }
 
 /* The end of a pass dxmi_region_unmap_detach began (views.c finished it). */
 void dxmi_region_unmap_done(struct dxm_ctx *ctx, struct dxm_unmap *u)
 {
-	pthread_mutex_lock(&ctx->um_mtx);
-	for (struct dxm_unmap **pp = &ctx->um_passes; *pp; pp = &(*pp)->next)
+	pthread_mutex_lock(&ctx->tab.um_mtx);
+	for (struct dxm_unmap **pp = &ctx->tab.um_passes; *pp; pp = &(*pp)->next)
 		if (*pp == u) {
 			*pp = u->next;
 			break;
 		}
-	pthread_cond_broadcast(&ctx->um_cond);
-	pthread_mutex_unlock(&ctx->um_mtx);
+	pthread_cond_broadcast(&ctx->tab.um_cond);
+	pthread_mutex_unlock(&ctx->tab.um_mtx);
 	free(u);
 }
 
@@ -748,26 +748,26 @@ void dxmi_region_remap_move(struct dxm_ctx *ctx, uintptr_t from, uintptr_t to,
 		       size_t len)
 {
 	stat_add(&ctx->c.events_remap, 1);
-	pthread_rwlock_wrlock(&ctx->vt_lock);
+	pthread_rwlock_wrlock(&ctx->tab.lock);
 	int err = dxmi_vt_split(ctx, from);
 	if (!err)
 		err = dxmi_vt_split(ctx, from + len);
 	if (err) {
-		pthread_rwlock_unlock(&ctx->vt_lock);
+		pthread_rwlock_unlock(&ctx->tab.lock);
 		pr_err("cannot track mremap of %#lx: %s", from, strerror(-err));
 		return;
 	}
 	/* Move every piece in [from, from+len) to its new address; the new
 	 * range cannot overlap the old one. */
 	size_t i;
-	while ((i = dxmi_vt_search(ctx, from)) < ctx->vt_n &&
-	       ctx->vt[i]->start < from + len) {
-		struct dxm_view *v = ctx->vt[i];
+	while ((i = dxmi_vt_search(ctx, from)) < ctx->tab.vt_n &&
+	       ctx->tab.vt[i]->start < from + len) {
+		struct dxm_view *v = ctx->tab.vt[i];
 		vt_remove(ctx, v);
 		v->start = v->start - from + to;
 		vt_insert(ctx, v); /* cannot fail: a slot was just freed */
 	}
-	pthread_rwlock_unlock(&ctx->vt_lock);
+	pthread_rwlock_unlock(&ctx->tab.lock);
 }
 
 /* ------------------------------------------------------------ detaching */
@@ -782,8 +782,8 @@ int dxmi_region_detach_range(struct dxm_ctx *ctx, uintptr_t start, uintptr_t end
 	if (err)
 		return err;
 	size_t i = dxmi_vt_search(ctx, start);
-	while (i < ctx->vt_n && ctx->vt[i]->start < end) {
-		struct dxm_view *v = ctx->vt[i];
+	while (i < ctx->tab.vt_n && ctx->tab.vt[i]->start < end) {
+		struct dxm_view *v = ctx->tab.vt[i];
 		if (group >= 0 && v->group != (unsigned)group) {
 			i++;
 			continue;
@@ -807,3 +807,30 @@ int dxmi_region_detach_range(struct dxm_ctx *ctx, uintptr_t start, uintptr_t end
 	return 0;
 }
 
+/* ---------------------------------------------------------- init, fini */
+
+int dxmi_tables_init(struct dxm_ctx *ctx)
+{
+	/* Writers first: a handler detaching a munmapped view is never
+	 * starved by a stream of lookups. */
+	pthread_rwlockattr_t ra;
+	pthread_rwlockattr_init(&ra);
+	pthread_rwlockattr_setkind_np(&ra,
+				      PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+	int err = -pthread_rwlock_init(&ctx->tab.lock, &ra);
+	pthread_rwlockattr_destroy(&ra);
+	pthread_mutex_init(&ctx->tab.um_mtx, NULL);
+	pthread_cond_init(&ctx->tab.um_cond, NULL);
+	return err;
+}
+
+void dxmi_tables_fini(struct dxm_ctx *ctx)
+{
+	pthread_rwlock_destroy(&ctx->tab.lock);
+	pthread_mutex_destroy(&ctx->tab.um_mtx);
+	pthread_cond_destroy(&ctx->tab.um_cond);
+	free(ctx->tab.vt);
+	ctx->tab.vt = NULL;
+	free(ctx->tab.rt);
+	ctx->tab.rt = NULL;
+}

@@ -18,6 +18,9 @@
  *
  * The handler installs once per process and stays; contexts are found in
  * the registry (registry.c).  errno is preserved.
+ *
+ * Locking: none (async-signal-safe: the registry is searched without its
+ * lock, and the handler is installed once, under pthread_once).
  */
 #include <errno.h>
 #include <pthread.h>

@@ -3,6 +3,9 @@
  * The userfaultfd: opening the strongest one the process may have, probing
  * its features once per process, and the ioctl wrappers.  This is the one
  * place where system-call failures become negative errno values.
+ *
+ * Locking: probe_mtx (a leaf, internal.h) guards the one kernel probe;
+ * the rest are system calls and holds nothing.
  */
 #include <errno.h>
 #include <fcntl.h>

@@ -70,10 +70,10 @@ static int new_view(struct dxm_ctx *ctx, struct dxm_region *r, bool populate,
 		err = -errno;
 	} else {
 		r->keep_fd |= m.from_fd;
-		pthread_rwlock_wrlock(&ctx->vt_lock);
+		pthread_rwlock_wrlock(&ctx->tab.lock);
 		unsigned group = r->next_group++;
 		err = dxmi_region_add_piece(ctx, r, p, group);
-		pthread_rwlock_unlock(&ctx->vt_lock);
+		pthread_rwlock_unlock(&ctx->tab.lock);
 	}
 	pthread_mutex_unlock(&ctx->gate);
 	if (err) {
@@ -87,10 +87,10 @@ static int new_view(struct dxm_ctx *ctx, struct dxm_region *r, bool populate,
 		err = dxmi_uffd_register(r->uffd, (uintptr_t)p, len, REG_MODE);
 	if (err) {
 		struct dxm_gone *list = NULL;
-		pthread_rwlock_wrlock(&ctx->vt_lock);
+		pthread_rwlock_wrlock(&ctx->tab.lock);
 		int e2 = dxmi_region_detach_range(ctx, (uintptr_t)p, (uintptr_t)p + len,
 				      -1, &list);
-		pthread_rwlock_unlock(&ctx->vt_lock);
+		pthread_rwlock_unlock(&ctx->tab.lock);
 		if (e2)
 			pr_err("cannot undo a failed view: %s", strerror(-e2));
 		finish_gone(ctx, list, true);
@@ -135,9 +135,9 @@ DXM_API int dxm_alloc(struct dxm_ctx *ctx, size_t len, unsigned flags,
 	err = r->kind->create(r);
 	if (err)
 		goto fail;
-	pthread_rwlock_wrlock(&ctx->vt_lock);
+	pthread_rwlock_wrlock(&ctx->tab.lock);
 	err = dxmi_rt_insert(ctx, r);
-	pthread_rwlock_unlock(&ctx->vt_lock);
+	pthread_rwlock_unlock(&ctx->tab.lock);
 	if (err) {
 		munmap(r->dev, len);
 		close(r->fd);
@@ -251,7 +251,7 @@ static int free_region(struct dxm_ctx *ctx, struct dxm_region *r)
 	struct dxm_gone *list = NULL;
 	int err = 0;
 	pthread_mutex_lock(&ctx->gate);
-	pthread_rwlock_wrlock(&ctx->vt_lock);
+	pthread_rwlock_wrlock(&ctx->tab.lock);
 	while (r->views && !err) {
 		struct dxm_view *p = r->views;
 		err = dxmi_region_detach_range(ctx, p->start,
@@ -260,7 +260,7 @@ static int free_region(struct dxm_ctx *ctx, struct dxm_region *r)
 	}
 	if (r->views == NULL)
 		dxmi_rt_remove(ctx, r); /* a munmap may have done so already */
-	pthread_rwlock_unlock(&ctx->vt_lock);
+	pthread_rwlock_unlock(&ctx->tab.lock);
 	pthread_mutex_unlock(&ctx->gate);
 	while (list) {
 		struct dxm_gone *g = list;
@@ -284,10 +284,10 @@ DXM_API int dxm_free(struct dxm_ctx *ctx, void *addr)
 	/* Under the gate: a view the program unmapped, whose munmap has
 	 * returned, is detached already (-ENOENT). */
 	pthread_mutex_lock(&ctx->gate);
-	pthread_rwlock_wrlock(&ctx->vt_lock);
+	pthread_rwlock_wrlock(&ctx->tab.lock);
 	struct dxm_view *v = dxmi_vt_find(ctx, (uintptr_t)addr);
 	if (!v || v->start != (uintptr_t)addr || v->pgoff != 0) {
-		pthread_rwlock_unlock(&ctx->vt_lock);
+		pthread_rwlock_unlock(&ctx->tab.lock);
 		pthread_mutex_unlock(&ctx->gate);
 		return v ? -EINVAL : -ENOENT;
 	}
@@ -297,7 +297,7 @@ DXM_API int dxm_free(struct dxm_ctx *ctx, void *addr)
 		/* Freeing the dxm_alloc view frees the region with all its
 		 * aliases, once nobody is inside it. */
 		dxmi_region_get(r);
-		pthread_rwlock_unlock(&ctx->vt_lock);
+		pthread_rwlock_unlock(&ctx->tab.lock);
 		pthread_mutex_unlock(&ctx->gate);
 		/* A handler thread may be inside the region itself, or be
 		 * what an operation inside waits for. */
@@ -325,7 +325,7 @@ DXM_API int dxm_free(struct dxm_ctx *ctx, void *addr)
 				   (int)group, &list);
 		p = r->views; /* the list changed: restart */
 	}
-	pthread_rwlock_unlock(&ctx->vt_lock);
+	pthread_rwlock_unlock(&ctx->tab.lock);
 	pthread_mutex_unlock(&ctx->gate);
 	finish_gone(ctx, list, true);
 	return err;
@@ -343,32 +343,32 @@ void dxmi_views_unmap_finish(struct dxm_ctx *ctx, struct dxm_unmap *u)
 void dxmi_views_destroy_all(struct dxm_ctx *ctx)
 {
 	for (;;) {
-		pthread_rwlock_rdlock(&ctx->vt_lock);
+		pthread_rwlock_rdlock(&ctx->tab.lock);
 		void *addr = NULL;
-		for (size_t i = 0; i < ctx->vt_n && !addr; i++)
-			if (ctx->vt[i]->group == 0 && ctx->vt[i]->pgoff == 0)
-				addr = (void *)ctx->vt[i]->start;
-		pthread_rwlock_unlock(&ctx->vt_lock);
+		for (size_t i = 0; i < ctx->tab.vt_n && !addr; i++)
+			if (ctx->tab.vt[i]->group == 0 && ctx->tab.vt[i]->pgoff == 0)
+				addr = (void *)ctx->tab.vt[i]->start;
+		pthread_rwlock_unlock(&ctx->tab.lock);
 		if (!addr)
 			break;
 		dxm_free(ctx, addr);
 	}
 	/* Pieces whose start piece the program unmapped itself. */
 	struct dxm_gone *list = NULL;
-	pthread_rwlock_wrlock(&ctx->vt_lock);
-	while (ctx->vt_n) {
-		struct dxm_view *v = ctx->vt[0];
+	pthread_rwlock_wrlock(&ctx->tab.lock);
+	while (ctx->tab.vt_n) {
+		struct dxm_view *v = ctx->tab.vt[0];
 		if (dxmi_region_detach_range(ctx, v->start,
 				 v->start + (v->npages << ctx->pshift), -1,
 				 &list))
 			break;
 	}
-	pthread_rwlock_unlock(&ctx->vt_lock);
+	pthread_rwlock_unlock(&ctx->tab.lock);
 	finish_gone(ctx, list, true);
-	free(ctx->vt);
-	ctx->vt = NULL;
-	free(ctx->rt);
-	ctx->rt = NULL;
+	free(ctx->tab.vt);
+	ctx->tab.vt = NULL;
+	free(ctx->tab.rt);
+	ctx->tab.rt = NULL;
 }
 
 /* ---------------------------------------------------------------- mprotect */
@@ -399,7 +399,7 @@ DXM_API int dxm_mprotect(struct dxm_ctx *ctx, void *addr, size_t len, int prot)
 		 * the pages back first (the devices were just invalidated). */
 		dxmi_pages_to_cpu(r, pg, len >> ctx->pshift,
 			     PTC_INVALIDATE | PTC_WAIT, DXM_EVENT_PROTECTION);
-	pthread_rwlock_wrlock(&ctx->vt_lock);
+	pthread_rwlock_wrlock(&ctx->tab.lock);
 	err = dxmi_vt_split(ctx, start);
 	if (!err)
 		err = dxmi_vt_split(ctx, end);
@@ -409,9 +409,9 @@ DXM_API int dxm_mprotect(struct dxm_ctx *ctx, void *addr, size_t len, int prot)
 		r->kind->protect(r, pg, len >> ctx->pshift, prot);
 	if (!err)
 		for (size_t i = dxmi_vt_search(ctx, start);
-		     i < ctx->vt_n && ctx->vt[i]->start < end; i++)
-			ctx->vt[i]->prot = prot;
-	pthread_rwlock_unlock(&ctx->vt_lock);
+		     i < ctx->tab.vt_n && ctx->tab.vt[i]->start < end; i++)
+			ctx->tab.vt[i]->prot = prot;
+	pthread_rwlock_unlock(&ctx->tab.lock);
 	dxmi_region_exit(w.r);
 	dxmi_region_put(w.r);
 	return err;

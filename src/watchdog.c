@@ -10,7 +10,7 @@
  * It only reads and reports; it never changes state.  $DXM_WATCHDOG_MS
  * sets the threshold (default 5000; 0 turns the watchdog off).
  *
- * Locking: ctx->wd_mtx/wd_cond for its sleep and stop; it takes n_mtx and
+ * Locking: ctx->wd.mtx/wd_cond for its sleep and stop; it takes n_mtx and
  * defer_mtx briefly to scan (never while calling anything else).
  */
 #include <errno.h>
@@ -21,19 +21,12 @@
 
 #include "internal.h"
 
-static const char *event_name(enum dxm_event ev)
-{
-	static const char *const n[] = { "CLEAR",      "EXCLUSIVE", "UNMAP",
-					 "PROTECTION", "FORK",	    "REMAP" };
-	return (unsigned)ev < 6 ? n[ev] : "?";
-}
-
 static void report(struct dxm_ctx *ctx)
 {
-	uint64_t now = dxmi_now_ns(), lim = ctx->wd_ms * 1000000ull;
+	uint64_t now = dxmi_now_ns(), lim = ctx->wd.ms * 1000000ull;
 
-	pthread_mutex_lock(&ctx->n_mtx);
-	for (struct dxm_notifier *n = ctx->notifiers; n; n = n->next) {
+	pthread_mutex_lock(&ctx->ntf.mtx);
+	for (struct dxm_notifier *n = ctx->ntf.list; n; n = n->next) {
 		uint64_t t0 = atomic_load(&n->cb_start);
 		if (!t0 || t0 > now || now - t0 < lim || n->cb_reported == t0)
 			continue;
@@ -42,13 +35,13 @@ static void report(struct dxm_ctx *ctx)
 		pr_err("watchdog: invalidate callback of notifier [%#lx, "
 		       "%#lx) (event %s) has run for %llu ms; every fault "
 		       "behind it waits",
-		       n->start, n->end, event_name(atomic_load(&n->cb_event)),
+		       n->start, n->end, dxm_event_str(atomic_load(&n->cb_event)),
 		       (unsigned long long)((now - t0) / 1000000));
 	}
-	pthread_mutex_unlock(&ctx->n_mtx);
+	pthread_mutex_unlock(&ctx->ntf.mtx);
 
-	pthread_mutex_lock(&ctx->defer_mtx);
-	for (struct dxm_fault *f = ctx->deferred; f; f = f->next) {
+	pthread_mutex_lock(&ctx->wait.mtx);
+	for (struct dxm_fault *f = ctx->wait.deferred; f; f = f->next) {
 		if (f->reported || f->t0 > now || now - f->t0 < lim)
 			continue;
 		f->reported = true;
@@ -63,7 +56,7 @@ static void report(struct dxm_ctx *ctx)
 				 "dxm_exclusive_unlock?)"
 			       : "");
 	}
-	pthread_mutex_unlock(&ctx->defer_mtx);
+	pthread_mutex_unlock(&ctx->wait.mtx);
 
 	for (unsigned i = 0; i < ctx->nhandlers; i++) {
 		struct dxm_handler *h = &ctx->handlers[i];
@@ -80,9 +73,9 @@ static void report(struct dxm_ctx *ctx)
 static void *watchdog_main(void *arg)
 {
 	struct dxm_ctx *ctx = arg;
-	unsigned period = ctx->wd_ms / 4 ? ctx->wd_ms / 4 : 1;
-	pthread_mutex_lock(&ctx->wd_mtx);
-	while (!ctx->wd_stop) {
+	unsigned period = ctx->wd.ms / 4 ? ctx->wd.ms / 4 : 1;
+	pthread_mutex_lock(&ctx->wd.mtx);
+	while (!ctx->wd.stop) {
 		struct timespec ts;
 		clock_gettime(CLOCK_REALTIME, &ts);
 		ts.tv_sec += period / 1000;
@@ -91,14 +84,14 @@ static void *watchdog_main(void *arg)
 			ts.tv_sec++;
 			ts.tv_nsec -= 1000000000;
 		}
-		pthread_cond_timedwait(&ctx->wd_cond, &ctx->wd_mtx, &ts);
-		if (ctx->wd_stop)
+		pthread_cond_timedwait(&ctx->wd.cond, &ctx->wd.mtx, &ts);
+		if (ctx->wd.stop)
 			break;
-		pthread_mutex_unlock(&ctx->wd_mtx);
+		pthread_mutex_unlock(&ctx->wd.mtx);
 		report(ctx);
-		pthread_mutex_lock(&ctx->wd_mtx);
+		pthread_mutex_lock(&ctx->wd.mtx);
 	}
-	pthread_mutex_unlock(&ctx->wd_mtx);
+	pthread_mutex_unlock(&ctx->wd.mtx);
 	return NULL;
 }
 
@@ -106,33 +99,33 @@ int dxmi_watchdog_start(struct dxm_ctx *ctx)
 {
 	const char *e = getenv("DXM_WATCHDOG_MS");
 	long ms = e ? strtol(e, NULL, 10) : 5000;
-	ctx->wd_ms = ms > 0 && ms < 86400000 ? (unsigned)ms : 0; /* <= 0: off */
-	pthread_mutex_init(&ctx->wd_mtx, NULL);
-	pthread_cond_init(&ctx->wd_cond, NULL);
-	if (!ctx->wd_ms)
+	ctx->wd.ms = ms > 0 && ms < 86400000 ? (unsigned)ms : 0; /* <= 0: off */
+	pthread_mutex_init(&ctx->wd.mtx, NULL);
+	pthread_cond_init(&ctx->wd.cond, NULL);
+	if (!ctx->wd.ms)
 		return 0;
 	sigset_t all, old;
 	sigfillset(&all);
 	pthread_sigmask(SIG_SETMASK, &all, &old);
-	int err = -pthread_create(&ctx->wd_tid, NULL, watchdog_main, ctx);
+	int err = -pthread_create(&ctx->wd.tid, NULL, watchdog_main, ctx);
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	if (!err) {
-		ctx->wd_started = true;
-		pthread_setname_np(ctx->wd_tid, "dxm-watchdog");
+		ctx->wd.started = true;
+		pthread_setname_np(ctx->wd.tid, "dxm-watchdog");
 	}
 	return err;
 }
 
 void dxmi_watchdog_stop(struct dxm_ctx *ctx)
 {
-	if (ctx->wd_started) {
-		pthread_mutex_lock(&ctx->wd_mtx);
-		ctx->wd_stop = true;
-		pthread_cond_signal(&ctx->wd_cond);
-		pthread_mutex_unlock(&ctx->wd_mtx);
-		pthread_join(ctx->wd_tid, NULL);
-		ctx->wd_started = false;
+	if (ctx->wd.started) {
+		pthread_mutex_lock(&ctx->wd.mtx);
+		ctx->wd.stop = true;
+		pthread_cond_signal(&ctx->wd.cond);
+		pthread_mutex_unlock(&ctx->wd.mtx);
+		pthread_join(ctx->wd.tid, NULL);
+		ctx->wd.started = false;
 	}
-	pthread_mutex_destroy(&ctx->wd_mtx);
-	pthread_cond_destroy(&ctx->wd_cond);
+	pthread_mutex_destroy(&ctx->wd.mtx);
+	pthread_cond_destroy(&ctx->wd.cond);
 }
