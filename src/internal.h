@@ -76,6 +76,7 @@ long dxmi_uffd_copy_mode(int uffd, uintptr_t dst, uintptr_t src, size_t len,
 		    uint64_t mode);
 long dxmi_uffd_zeropage(int uffd, uintptr_t dst, size_t len);
 int dxmi_sys_madvise(void *addr, size_t len, int advice);
+const char *dxmi_uffd_feature_name(uint64_t bit, const char **since);
 
 /* --------------------------------------------------------------- region.c */
 struct dxm_region;

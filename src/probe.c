@@ -132,35 +132,8 @@ DXM_API const char *dxm_resolution_str(unsigned ctx_flags)
 	return ctx_flags & DXM_CTX_HANDLER_SPIN ? "spin" : "thread";
 }
 
-/* The kernel's UFFD_FEATURE_* bits, by name (linux/userfaultfd.h). */
-static const struct {
-	uint64_t bit;
-	const char *name;
-} feature_names[] = {
-	{ UFFD_FEATURE_PAGEFAULT_FLAG_WP, "UFFD_FEATURE_PAGEFAULT_FLAG_WP" },
-	{ UFFD_FEATURE_EVENT_FORK, "UFFD_FEATURE_EVENT_FORK" },
-	{ UFFD_FEATURE_EVENT_REMAP, "UFFD_FEATURE_EVENT_REMAP" },
-	{ UFFD_FEATURE_EVENT_REMOVE, "UFFD_FEATURE_EVENT_REMOVE" },
-	{ UFFD_FEATURE_MISSING_HUGETLBFS, "UFFD_FEATURE_MISSING_HUGETLBFS" },
-	{ UFFD_FEATURE_MISSING_SHMEM, "UFFD_FEATURE_MISSING_SHMEM" },
-	{ UFFD_FEATURE_EVENT_UNMAP, "UFFD_FEATURE_EVENT_UNMAP" },
-	{ UFFD_FEATURE_SIGBUS, "UFFD_FEATURE_SIGBUS" },
-	{ UFFD_FEATURE_THREAD_ID, "UFFD_FEATURE_THREAD_ID" },
-	{ UFFD_FEATURE_MINOR_HUGETLBFS, "UFFD_FEATURE_MINOR_HUGETLBFS" },
-	{ UFFD_FEATURE_MINOR_SHMEM, "UFFD_FEATURE_MINOR_SHMEM" },
-	{ UFFD_FEATURE_EXACT_ADDRESS, "UFFD_FEATURE_EXACT_ADDRESS" },
-	{ UFFD_FEATURE_WP_HUGETLBFS_SHMEM, "UFFD_FEATURE_WP_HUGETLBFS_SHMEM" },
-	{ UFFD_FEATURE_WP_UNPOPULATED, "UFFD_FEATURE_WP_UNPOPULATED" },
-	{ UFFD_FEATURE_POISON, "UFFD_FEATURE_POISON" },
-	{ UFFD_FEATURE_WP_ASYNC, "UFFD_FEATURE_WP_ASYNC" },
-	{ UFFD_FEATURE_MOVE, "UFFD_FEATURE_MOVE" },
-};
-
 DXM_API const char *dxm_uffd_feature_str(uint64_t feature)
 {
-	for (size_t i = 0; i < sizeof(feature_names) / sizeof(feature_names[0]);
-	     i++)
-		if (feature_names[i].bit == feature)
-			return feature_names[i].name;
-	return "unknown";
+	const char *name = dxmi_uffd_feature_name(feature, NULL);
+	return name ? name : "unknown";
 }

@@ -92,16 +92,26 @@ bool dxmi_region_owns_addr(struct dxm_region *r, uintptr_t addr)
 	return v && v->r == r;
 }
 
+/* Room for one more entry in a table of n entries of `elem` bytes, *cap
+ * allocated: the table (moved, maybe), or NULL. */
+static void *grow(void *table, size_t n, size_t *cap, size_t elem)
+{
+	if (n < *cap)
+		return table;
+	size_t c = *cap ? *cap * 2 : 16;
+	void *t = realloc(table, c * elem);
+	if (t)
+		*cap = c;
+	return t;
+}
+
 static int vt_insert(struct dxm_ctx *ctx, struct dxm_view *v)
 {
-	if (ctx->tab.vt_n == ctx->tab.vt_cap) {
-		size_t cap = ctx->tab.vt_cap ? ctx->tab.vt_cap * 2 : 16;
-		struct dxm_view **nv = realloc(ctx->tab.vt, cap * sizeof(*nv));
-		if (!nv)
-			return -ENOMEM;
-		ctx->tab.vt = nv;
-		ctx->tab.vt_cap = cap;
-	}
+	struct dxm_view **t = grow(ctx->tab.vt, ctx->tab.vt_n, &ctx->tab.vt_cap,
+				   sizeof(*t));
+	if (!t)
+		return -ENOMEM;
+	ctx->tab.vt = t;
 	size_t i = dxmi_vt_search(ctx, v->start);
 	memmove(&ctx->tab.vt[i + 1], &ctx->tab.vt[i],
 		(ctx->tab.vt_n - i) * sizeof(ctx->tab.vt[0]));
@@ -168,14 +178,11 @@ static size_t rt_search(struct dxm_ctx *ctx, uintptr_t dev)
 
 int dxmi_rt_insert(struct dxm_ctx *ctx, struct dxm_region *r)
 {
-	if (ctx->tab.rt_n == ctx->tab.rt_cap) {
-		size_t cap = ctx->tab.rt_cap ? ctx->tab.rt_cap * 2 : 16;
-		struct dxm_region **nr = realloc(ctx->tab.rt, cap * sizeof(*nr));
-		if (!nr)
-			return -ENOMEM;
-		ctx->tab.rt = nr;
-		ctx->tab.rt_cap = cap;
-	}
+	struct dxm_region **t = grow(ctx->tab.rt, ctx->tab.rt_n,
+				     &ctx->tab.rt_cap, sizeof(*t));
+	if (!t)
+		return -ENOMEM;
+	ctx->tab.rt = t;
 	size_t i = rt_search(ctx, (uintptr_t)r->dev);
 	memmove(&ctx->tab.rt[i + 1], &ctx->tab.rt[i],
 		(ctx->tab.rt_n - i) * sizeof(ctx->tab.rt[0]));

@@ -60,28 +60,56 @@ static int api(int fd, uint64_t features, uint64_t *out)
 	return 0;
 }
 
+/* The kernel's UFFD_FEATURE_* bits by name, and the release that brought
+ * the ones dxm asks for (linux/userfaultfd.h). */
 static const struct {
 	uint64_t bit;
-	const char *name;
+	const char *name, *since;
 } feature_names[] = {
-	{ UFFD_FEATURE_MINOR_SHMEM, "UFFD_FEATURE_MINOR_SHMEM (Linux 5.14)" },
-	{ UFFD_FEATURE_MISSING_SHMEM, "UFFD_FEATURE_MISSING_SHMEM (Linux 4.11)" },
-	{ UFFD_FEATURE_EVENT_UNMAP, "UFFD_FEATURE_EVENT_UNMAP (Linux 4.11)" },
-	{ UFFD_FEATURE_EVENT_REMAP, "UFFD_FEATURE_EVENT_REMAP (Linux 4.11)" },
-	{ UFFD_FEATURE_THREAD_ID, "UFFD_FEATURE_THREAD_ID (Linux 4.14)" },
-	{ UFFD_FEATURE_MOVE, "UFFD_FEATURE_MOVE (Linux 6.8)" },
-	{ UFFD_FEATURE_EVENT_FORK, "UFFD_FEATURE_EVENT_FORK" },
-	{ UFFD_FEATURE_SIGBUS, "UFFD_FEATURE_SIGBUS (Linux 4.14)" },
-	{ UFFD_FEATURE_EVENT_REMOVE, "UFFD_FEATURE_EVENT_REMOVE (Linux 4.11)" },
+	{ UFFD_FEATURE_PAGEFAULT_FLAG_WP, "UFFD_FEATURE_PAGEFAULT_FLAG_WP", NULL },
+	{ UFFD_FEATURE_EVENT_FORK, "UFFD_FEATURE_EVENT_FORK", NULL },
+	{ UFFD_FEATURE_EVENT_REMAP, "UFFD_FEATURE_EVENT_REMAP", "Linux 4.11" },
+	{ UFFD_FEATURE_EVENT_REMOVE, "UFFD_FEATURE_EVENT_REMOVE", "Linux 4.11" },
+	{ UFFD_FEATURE_MISSING_HUGETLBFS, "UFFD_FEATURE_MISSING_HUGETLBFS", NULL },
+	{ UFFD_FEATURE_MISSING_SHMEM, "UFFD_FEATURE_MISSING_SHMEM", "Linux 4.11" },
+	{ UFFD_FEATURE_EVENT_UNMAP, "UFFD_FEATURE_EVENT_UNMAP", "Linux 4.11" },
+	{ UFFD_FEATURE_SIGBUS, "UFFD_FEATURE_SIGBUS", "Linux 4.14" },
+	{ UFFD_FEATURE_THREAD_ID, "UFFD_FEATURE_THREAD_ID", "Linux 4.14" },
+	{ UFFD_FEATURE_MINOR_HUGETLBFS, "UFFD_FEATURE_MINOR_HUGETLBFS", NULL },
+	{ UFFD_FEATURE_MINOR_SHMEM, "UFFD_FEATURE_MINOR_SHMEM", "Linux 5.14" },
+	{ UFFD_FEATURE_EXACT_ADDRESS, "UFFD_FEATURE_EXACT_ADDRESS", NULL },
+	{ UFFD_FEATURE_WP_HUGETLBFS_SHMEM, "UFFD_FEATURE_WP_HUGETLBFS_SHMEM", NULL },
+	{ UFFD_FEATURE_WP_UNPOPULATED, "UFFD_FEATURE_WP_UNPOPULATED", NULL },
+	{ UFFD_FEATURE_POISON, "UFFD_FEATURE_POISON", NULL },
+	{ UFFD_FEATURE_WP_ASYNC, "UFFD_FEATURE_WP_ASYNC", NULL },
+	{ UFFD_FEATURE_MOVE, "UFFD_FEATURE_MOVE", "Linux 6.8" },
 };
 
-static const char *feature_name(uint64_t bit)
+/* The name of one feature bit, or NULL; *since (if asked): the Linux
+ * release that brought it, or NULL where dxm does not say. */
+const char *dxmi_uffd_feature_name(uint64_t bit, const char **since)
 {
 	for (size_t i = 0; i < sizeof(feature_names) / sizeof(feature_names[0]);
 	     i++)
-		if (feature_names[i].bit == bit)
+		if (feature_names[i].bit == bit) {
+			if (since)
+				*since = feature_names[i].since;
 			return feature_names[i].name;
-	return "an unnamed userfaultfd feature";
+		}
+	return NULL;
+}
+
+/* For a log message: "UFFD_FEATURE_MOVE (Linux 6.8)". */
+static const char *feature_name(uint64_t bit, char *buf, size_t len)
+{
+	const char *since = NULL;
+	const char *name = dxmi_uffd_feature_name(bit, &since);
+	if (!name)
+		return "an unnamed userfaultfd feature";
+	if (!since)
+		return name;
+	snprintf(buf, len, "%s (%s)", name, since);
+	return buf;
 }
 
 /*
@@ -149,9 +177,10 @@ again:
 	uint64_t missing = required & ~probe_offer;
 	if (missing) {
 		uint64_t bit = missing & -missing;
+		char buf[80];
 		dxm_log(quiet ? DXM_LOG_INFO : DXM_LOG_ERROR,
 			"the kernel lacks %s, which dxm needs",
-			feature_name(bit));
+			feature_name(bit, buf, sizeof(buf)));
 		return -ENOSYS;
 	}
 	uint64_t want = required | (optional & probe_offer);
@@ -185,8 +214,9 @@ again:
 			return err;
 		}
 		uint64_t top = 1ull << (63 - __builtin_clzll(opt));
+		char buf[80];
 		pr_info("%s refused (%s): continuing without it",
-			feature_name(top), strerror(-err));
+			feature_name(top, buf, sizeof(buf)), strerror(-err));
 		want &= ~top;
 	}
 }
@@ -206,23 +236,33 @@ int dxmi_uffd_unregister(int uffd, uintptr_t start, size_t len)
 	return ioctl(uffd, UFFDIO_UNREGISTER, &r) ? -errno : 0;
 }
 
-/* Returns the bytes mapped (> 0) or -errno; on a partial failure the
- * bytes mapped before the failing page, if any. */
+/* A range ioctl that failed part-way: the bytes done before the failing
+ * page (done > 0), else -errno (the kernel may store it in done). */
+static long partial(int64_t done)
+{
+	int err = errno;
+	if (done > 0)
+		return done;
+	return done < 0 ? done : -err;
+}
+
+/*
+ * The range ioctls (CONTINUE, MOVE, COPY, ZEROPAGE) return the bytes done:
+ * len, or those before the failing page (> 0), or -errno; `field` is the
+ * argument's count of what was done.  site: a failure tests may inject.
+ */
+#define RANGE_IOCTL(site, uffd, req, arg, field, len)                          \
+	({                                                                     \
+		int inj_ = inject(site);                                       \
+		inj_		       ? -(long)inj_                           \
+		: ioctl(uffd, req, arg) == 0 ? (long)(len)                     \
+					     : partial((arg)->field);          \
+	})
+
 long dxmi_uffd_continue(int uffd, uintptr_t start, size_t len)
 {
-	struct uffdio_continue c = {
-		.range = { .start = start, .len = len },
-		.mode = 0,
-	};
-	int inj = inject(INJ_CONTINUE);
-	if (inj)
-		return -inj;
-	if (ioctl(uffd, UFFDIO_CONTINUE, &c) == 0)
-		return (long)len;
-	int err = errno;
-	if (c.mapped > 0)
-		return c.mapped;
-	return c.mapped < 0 ? c.mapped : -err;
+	struct uffdio_continue c = { .range = { .start = start, .len = len } };
+	return RANGE_IOCTL(INJ_CONTINUE, uffd, UFFDIO_CONTINUE, &c, mapped, len);
 }
 
 int dxmi_uffd_wake(int uffd, uintptr_t start, size_t len)
@@ -244,15 +284,7 @@ long dxmi_uffd_move(int uffd, uintptr_t dst, uintptr_t src, size_t len,
 	struct uffdio_move m = {
 		.dst = dst, .src = src, .len = len, .mode = mode,
 	};
-	int inj = inject(INJ_MOVE);
-	if (inj)
-		return -inj;
-	if (ioctl(uffd, UFFDIO_MOVE, &m) == 0)
-		return (long)len;
-	int err = errno;
-	if (m.move > 0)
-		return m.move;
-	return m.move < 0 ? m.move : -err;
+	return RANGE_IOCTL(INJ_MOVE, uffd, UFFDIO_MOVE, &m, move, len);
 }
 
 long dxmi_uffd_copy(int uffd, uintptr_t dst, uintptr_t src, size_t len)
@@ -266,27 +298,12 @@ long dxmi_uffd_copy_mode(int uffd, uintptr_t dst, uintptr_t src, size_t len,
 	struct uffdio_copy c = {
 		.dst = dst, .src = src, .len = len, .mode = mode,
 	};
-	int inj = inject(INJ_COPY);
-	if (inj)
-		return -inj;
-	if (ioctl(uffd, UFFDIO_COPY, &c) == 0)
-		return (long)len;
-	int err = errno;
-	if (c.copy > 0)
-		return c.copy;
-	return c.copy < 0 ? c.copy : -err;
+	return RANGE_IOCTL(INJ_COPY, uffd, UFFDIO_COPY, &c, copy, len);
 }
 
 long dxmi_uffd_zeropage(int uffd, uintptr_t dst, size_t len)
 {
 	struct uffdio_zeropage z = { .range = { .start = dst, .len = len } };
-	int inj = inject(INJ_ZEROPAGE);
-	if (inj)
-		return -inj;
-	if (ioctl(uffd, UFFDIO_ZEROPAGE, &z) == 0)
-		return (long)len;
-	int err = errno;
-	if (z.zeropage > 0)
-		return z.zeropage;
-	return z.zeropage < 0 ? z.zeropage : -err;
+	return RANGE_IOCTL(INJ_ZEROPAGE, uffd, UFFDIO_ZEROPAGE, &z, zeropage,
+			   len);
 }
