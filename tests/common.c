@@ -1,12 +1,19 @@
 // SPDX-License-Identifier: MIT
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "common.h"
+#include "dxm_mirror.h"
 
 const char *const mem_kind_name[] = { "memfd", "alias", "anon" };
 
@@ -62,7 +69,33 @@ void mem_teardown(struct mem *m)
 		cr_assert_eq(munmap(m->region, m->len), 0);
 }
 
-bool page_present(const void *addr)
+struct dxm_ctx *ctx_mem(enum mem_kind kind, size_t len, struct mem *m)
+{
+	struct dxm_ctx *ctx = ctx_or_skip(NULL);
+	mem_setup(ctx, kind, len, m);
+	return ctx;
+}
+
+void mem_done(struct mem *m)
+{
+	mem_teardown(m);
+	dxm_ctx_destroy(m->ctx);
+}
+
+void anon_setup(struct anon_fix *f, size_t len)
+{
+	memset(f, 0, sizeof(*f));
+	f->ctx = ctx_mem(MEM_ANON, len, &f->m);
+	f->p = f->m.base;
+	fill_index(f->p, len, 0);
+}
+
+void anon_teardown(struct anon_fix *f)
+{
+	mem_done(&f->m);
+}
+
+uint64_t pagemap_entry(const void *addr)
 {
 	int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
 	cr_assert(fd >= 0, "open pagemap: %s", strerror(errno));
@@ -70,7 +103,12 @@ bool page_present(const void *addr)
 	off_t off = (off_t)((uintptr_t)addr / PS * sizeof(e));
 	cr_assert_eq(pread(fd, &e, sizeof(e), off), (ssize_t)sizeof(e));
 	close(fd);
-	return (e >> 63) & 1;
+	return e;
+}
+
+bool page_present(const void *addr)
+{
+	return (pagemap_entry(addr) >> 63) & 1;
 }
 
 size_t pages_present(const void *addr, size_t len)
@@ -123,6 +161,13 @@ void recorder_insert(struct dxm_ctx *ctx, struct recorder *r, void *start,
 	cr_assert_eq(err, 0, "dxm_notifier_insert: %s", strerror(-err));
 }
 
+void recorder_insert_ignoring(struct dxm_ctx *ctx, struct recorder *r,
+			      void *start, size_t len, const void *owner)
+{
+	r->ignore_owner = owner;
+	recorder_insert(ctx, r, start, len);
+}
+
 void recorder_remove(struct recorder *r)
 {
 	dxm_notifier_remove(r->n);
@@ -151,6 +196,61 @@ bool recorder_saw(struct recorder *r, enum dxm_event ev, const void *addr)
 	return seen;
 }
 
+bool rec_covers(struct recorder *r, enum dxm_event ev, const void *start,
+		size_t len)
+{
+	for (size_t off = 0; off < len; off += PS)
+		if (!recorder_saw(r, ev, (const char *)start + off))
+			return false;
+	return true;
+}
+
+bool rec_overlaps(struct recorder *r, enum dxm_event ev, const void *start,
+		  const void *end)
+{
+	bool hit = false;
+	pthread_mutex_lock(&r->lock);
+	for (size_t i = 0; i < r->nrec && !hit; i++)
+		hit = r->rec[i].event == ev &&
+		      r->rec[i].start < (uintptr_t)end &&
+		      r->rec[i].end > (uintptr_t)start;
+	pthread_mutex_unlock(&r->lock);
+	return hit;
+}
+
+void recorder_hook(struct recorder *r,
+		   int (*hook)(struct recorder *r,
+			       const struct dxm_range *range),
+		   void *arg)
+{
+	pthread_mutex_lock(&r->lock);
+	r->hook_arg = arg;
+	r->hook = hook;
+	pthread_mutex_unlock(&r->lock);
+}
+
+void take_locked(struct dxm_ctx *ctx, char *p, size_t len, const void *owner,
+		 void **dev)
+{
+	size_t n = len / PS;
+	cr_assert_eq(dxm_make_exclusive(ctx, p, len, owner, dev), (long)n);
+	for (size_t i = 0; i < n; i++) {
+		cr_assert_not_null(dev[i], "page %zu refused", i);
+		cr_assert_neq(dev[i], p + i * PS,
+			      "the device address is the CPU address");
+		wr((uint64_t *)dev[i] + 1, 1000 + i);
+	}
+	cr_assert_eq(pages_present(p, len), 0,
+		     "an exclusive page is still mapped for the CPU");
+}
+
+void take(struct dxm_ctx *ctx, char *p, size_t len, const void *owner,
+	  void **dev)
+{
+	take_locked(ctx, p, len, owner, dev);
+	dxm_exclusive_unlock(ctx, p, len, dev);
+}
+
 void fill_index(void *p, size_t len, uint64_t add)
 {
 	uint64_t *w = p;
@@ -172,6 +272,110 @@ void sleep_ms(unsigned ms)
 	struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
 	while (nanosleep(&ts, &ts) && errno == EINTR)
 		;
+}
+
+uint64_t now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* pthread_timedjoin_np with a timeout ms milliseconds from now: 0, or its
+ * error. */
+static int join_timed(pthread_t t, unsigned ms)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_sec += ms / 1000;
+	ts.tv_nsec += (long)(ms % 1000) * 1000000L;
+	if (ts.tv_nsec >= 1000000000L) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000L;
+	}
+	return pthread_timedjoin_np(t, NULL, &ts);
+}
+
+bool join_within(pthread_t t, unsigned ms)
+{
+	return join_timed(t, ms) == 0;
+}
+
+void join_or_fail(pthread_t t, unsigned s, const char *what)
+{
+	int e = join_timed(t, s * 1000);
+	cr_assert_eq(e, 0, "%s did not finish within %u s: %s", what, s,
+		     strerror(e));
+}
+
+void no_core(void)
+{
+	struct rlimit rl = { 0, 0 };
+	setrlimit(RLIMIT_CORE, &rl);
+}
+
+int wait_child(pid_t pid)
+{
+	int status;
+	pid_t got;
+	while ((got = waitpid(pid, &status, 0)) < 0 && errno == EINTR)
+		;
+	cr_assert_eq(got, pid, "waitpid: %s", strerror(errno));
+	return status;
+}
+
+void child_start(pid_t parent, int wfd)
+{
+	prctl(PR_SET_PDEATHSIG, SIGKILL);
+	if (getppid() != parent)
+		_exit(120);
+	if (wfd >= 0)
+		close(wfd);
+}
+
+void child_checks_passed(pid_t pid)
+{
+	int status = wait_child(pid);
+	cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+		  "child: status %#x (check %d failed)", status,
+		  WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+}
+
+void child_touch_segfaults(size_t i, char *addr, bool write,
+			   int (*check)(void *arg), void *arg)
+{
+	pid_t parent = getpid();
+	pid_t pid = fork();
+	cr_assert_neq(pid, -1);
+	if (pid == 0) {
+		child_start(parent, -1);
+		no_core();
+		int bad = check ? check(arg) : 0;
+		if (bad)
+			_exit(bad);
+		if (write)
+			wr(addr, 1);
+		else
+			(void)rd(addr);
+		_exit(42);
+	}
+	int status = wait_child(pid);
+	cr_assert(WIFSIGNALED(status) && WTERMSIG(status) == SIGSEGV,
+		  "target %zu: the child was not killed by SIGSEGV "
+		  "(status %#x)",
+		  i, status);
+}
+
+size_t maps_lines(const char *needle)
+{
+	FILE *f = fopen("/proc/self/maps", "re");
+	cr_assert_not_null(f, "/proc/self/maps: %s", strerror(errno));
+	char line[1024];
+	size_t n = 0;
+	while (fgets(line, sizeof(line), f))
+		n += !needle || strstr(line, needle);
+	fclose(f);
+	return n;
 }
 
 char *anon_map(size_t len)
@@ -217,4 +421,123 @@ bool memfd_view_mapped(const void *addr)
 	}
 	fclose(f);
 	return ours;
+}
+
+struct dxm_mirror *mirror_exclusive(struct dxm_ctx *ctx, void *p, size_t len)
+{
+	struct dxm_mirror *mir;
+	cr_assert_eq(dxm_mirror_create(ctx, &mir), 0);
+	cr_assert_eq(dxm_mirror_exclusive(mir, p, len), 0);
+	cr_assert_eq(dxm_mirror_check_exclusive(mir, p, len), (long)(len / PS));
+	cr_assert_eq(pages_present(p, len), 0);
+	return mir;
+}
+
+/* ------------------------------------------------------------ contend */
+
+#define COUNTERS 8 /* one per page */
+
+struct contention {
+	struct mem m;
+	struct dxm_mirror *dev[4];
+	unsigned long dev_ops;
+	atomic_int go, devices_left;
+	atomic_ulong cpu_incs;
+	atomic_int err;
+};
+
+static uint64_t *counter(struct contention *h, unsigned i)
+{
+	return (uint64_t *)((char *)h->m.base + (size_t)(i % COUNTERS) * PS);
+}
+
+static void *contend_cpu(void *arg)
+{
+	struct contention *h = arg;
+	unsigned long i = 0;
+	while (!atomic_load(&h->go))
+		;
+	/* Until every device is done, and at least 2000 increments. */
+	for (; i < 2000 || atomic_load(&h->devices_left); i++)
+		__atomic_fetch_add(counter(h, (unsigned)i), 1,
+				   __ATOMIC_SEQ_CST);
+	atomic_fetch_add(&h->cpu_incs, i);
+	return NULL;
+}
+
+struct contend_dev {
+	struct contention *h;
+	unsigned idx;
+};
+
+static void *contend_device(void *arg)
+{
+	struct contend_dev *a = arg;
+	struct contention *h = a->h;
+	while (!atomic_load(&h->go))
+		;
+	for (unsigned long i = 0; i < h->dev_ops; i++) {
+		uint64_t *c = counter(h, (unsigned)i + a->idx);
+		int err = dxm_mirror_atomic_add(h->dev[a->idx], c, 1, NULL);
+		if (err) {
+			atomic_store(&h->err, err);
+			break;
+		}
+	}
+	atomic_fetch_sub(&h->devices_left, 1);
+	return NULL;
+}
+
+void contend(const struct dxm_ctx_opts *opts, enum mem_kind kind,
+	     unsigned ncpu, unsigned ndev, unsigned long dev_ops)
+{
+	struct dxm_ctx *ctx = ctx_or_skip(opts);
+	struct contention h = { .dev_ops = dev_ops };
+	pthread_t t[16];
+	struct contend_dev da[4];
+	cr_assert(ncpu + ndev <= 16 && ndev <= 4);
+	mem_setup(ctx, kind, COUNTERS * PS, &h.m);
+	for (unsigned i = 0; i < ndev; i++)
+		cr_assert_eq(dxm_mirror_create(ctx, &h.dev[i]), 0);
+	atomic_store(&h.devices_left, (int)ndev);
+	for (unsigned i = 0; i < ncpu; i++)
+		cr_assert_eq(pthread_create(&t[i], NULL, contend_cpu, &h), 0);
+	for (unsigned i = 0; i < ndev; i++) {
+		da[i] = (struct contend_dev){ &h, i };
+		cr_assert_eq(pthread_create(&t[ncpu + i], NULL, contend_device,
+					    &da[i]),
+			     0);
+	}
+	atomic_store(&h.go, 1);
+	for (unsigned i = ncpu; i < ncpu + ndev; i++)
+		join_or_fail(t[i], 45, "a device thread");
+	for (unsigned i = 0; i < ncpu; i++)
+		join_or_fail(t[i], 5, "a CPU thread");
+	cr_assert_eq(atomic_load(&h.err), 0, "device error %s",
+		     strerror(-atomic_load(&h.err)));
+
+	uint64_t sum = 0;
+	for (unsigned i = 0; i < COUNTERS; i++)
+		sum += *counter(&h, i);
+	uint64_t expect = atomic_load(&h.cpu_incs) + (uint64_t)ndev * dev_ops;
+	cr_assert_eq(sum, expect, "lost %lld updates (%s, %u cpu, %u dev)",
+		     (long long)(expect - sum), mem_kind_name[kind], ncpu,
+		     ndev);
+
+	for (unsigned i = 0; i < ndev; i++) {
+		struct dxm_mirror_stats ms;
+		dxm_mirror_get_stats(h.dev[i], &ms);
+		cr_assert_eq(ms.stale_accesses, 0,
+			     "device %u touched %llu pages dxm no longer held",
+			     i, (unsigned long long)ms.stale_accesses);
+		cr_assert_eq(ms.atomics, dev_ops);
+		dxm_mirror_destroy(h.dev[i]);
+	}
+	/* Both sides really contended: the devices took pages from the CPU
+	 * and the CPU took them back. */
+	struct dxm_stats st = stats(ctx);
+	cr_assert_gt(st.conversions, 0);
+	cr_assert_gt(st.restores, 0);
+	cr_assert_eq(st.stale_device_faults, 0);
+	mem_done(&h.m);
 }

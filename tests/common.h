@@ -13,6 +13,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "dxm.h"
 
@@ -21,6 +22,17 @@
 /* Create a context, or skip the test with the reason (no userfaultfd, or
  * a missing feature). */
 struct dxm_ctx *ctx_or_skip(const struct dxm_ctx_opts *opts);
+
+/* A CPU load or store of a 64-bit word that the compiler must make. */
+static inline uint64_t rd(const void *p)
+{
+	return *(const volatile uint64_t *)p;
+}
+
+static inline void wr(void *p, uint64_t v)
+{
+	*(volatile uint64_t *)p = v;
+}
 
 /* Kinds of memory each behaviour test runs over. */
 enum mem_kind {
@@ -38,6 +50,58 @@ extern const char *const mem_kind_name[];
 	static enum mem_kind kinds[] = { MEM_MEMFD, MEM_ALIAS, MEM_ANON };     \
 	return cr_make_param_array(enum mem_kind, kinds,                       \
 				   sizeof(kinds) / sizeof(kinds[0]))
+/* A test of suite run once per kind that params (MEM_KINDS_PARAMS or
+ * MEM_KINDS_ALL_PARAMS) lists; its body sees enum mem_kind *kind.  Each
+ * file defines its KIND_TEST with it. */
+#define KIND_TEST_OF(suite, params, name, ...)                                 \
+	KIND_TEST_P(suite, (params), name, __VA_ARGS__)
+/*
+ * The same on a fresh context and len bytes of *kind memory, freed after
+ * the test: the body that follows the macro sees kind, ctx and m (a copy:
+ * the memory is freed as it was set up).
+ */
+#define MEM_TEST_OF(suite, params, name, len, ...)                             \
+	MEM_TEST_P(suite, (params), name, len, mem_done(&m), __VA_ARGS__)
+/* The same, but the body frees the memory and the context itself. */
+#define MEM_TEST_NOFREE_OF(suite, params, name, len, ...)                      \
+	MEM_TEST_P(suite, (params), name, len, (void)0, __VA_ARGS__)
+
+/* The same with a fixture: the body gets f, a copy of a fixture of type
+ * type that the statement setup (which sees *kind and f) made; the body
+ * tears it down. */
+#define KIND_FIX_TEST_OF(suite, params, name, type, f, setup, ...)             \
+	static void name##_body(enum mem_kind *kind, type f);                  \
+	KIND_TEST_P(suite, (params), name, __VA_ARGS__)                        \
+	{                                                                      \
+		type f;                                                        \
+		setup;                                                         \
+		name##_body(kind, f);                                          \
+	}                                                                      \
+	static void name##_body(enum mem_kind *kind __attribute__((unused)),   \
+				type f)
+
+/* Their common part: params in parentheses (a macro argument that stands
+ * for several lines with commas), then after the body. */
+#define TEST_UNPAREN(...) __VA_ARGS__
+#define KIND_TEST_P(suite, params, name, ...)                                  \
+	ParameterizedTestParameters(suite, name)                               \
+	{                                                                      \
+		TEST_UNPAREN params;                                           \
+	}                                                                      \
+	ParameterizedTest(enum mem_kind *kind, suite, name, __VA_ARGS__)
+#define MEM_TEST_P(suite, params, name, len, then, ...)                        \
+	static void name##_body(enum mem_kind *kind, struct dxm_ctx *ctx,      \
+				struct mem m);                                 \
+	KIND_TEST_P(suite, params, name, __VA_ARGS__)                          \
+	{                                                                      \
+		struct mem m;                                                  \
+		struct dxm_ctx *ctx = ctx_mem(*kind, len, &m);                 \
+		name##_body(kind, ctx, m);                                     \
+		then;                                                          \
+	}                                                                      \
+	static void name##_body(enum mem_kind *kind __attribute__((unused)),   \
+				struct dxm_ctx *ctx __attribute__((unused)),   \
+				struct mem m __attribute__((unused)))
 
 struct mem {
 	enum mem_kind kind;
@@ -52,13 +116,54 @@ struct mem {
 void mem_setup(struct dxm_ctx *ctx, enum mem_kind kind, size_t len,
 	       struct mem *m);
 void mem_teardown(struct mem *m);
+/* ctx_or_skip(NULL), then mem_setup(kind, len) on it: the context. */
+struct dxm_ctx *ctx_mem(enum mem_kind kind, size_t len, struct mem *m);
+/* mem_teardown, then dxm_ctx_destroy of m's context. */
+void mem_done(struct mem *m);
+/* A context and len bytes of adopted memory (MEM_ANON) filled with
+ * fill_index(0). */
+struct anon_fix {
+	struct dxm_ctx *ctx;
+	struct mem m;
+	char *p;
+};
+void anon_setup(struct anon_fix *f, size_t len);
+void anon_teardown(struct anon_fix *f);
+/* A test of suite whose body, which follows the macro, gets f: a copy of
+ * a fixture of type type that the statement setup (which sees f) made;
+ * the body tears it down. */
+#define FIX_TEST_OF(suite, name, type, f, setup, ...)                          \
+	static void name##_body(type f);                                       \
+	Test(suite, name, __VA_ARGS__)                                         \
+	{                                                                      \
+		type f;                                                        \
+		setup;                                                         \
+		name##_body(f);                                                \
+	}                                                                      \
+	static void name##_body(type f)
+/* A test of suite on anon_setup(len) memory, anon_teardown after it: the
+ * body that follows the macro sees f (a copy) and p (f.p). */
+#define ANON_TEST_OF(suite, name, len, ...)                                    \
+	static void name##_body(struct anon_fix f, char *p);                   \
+	Test(suite, name, __VA_ARGS__)                                         \
+	{                                                                      \
+		struct anon_fix f;                                             \
+		anon_setup(&f, len);                                           \
+		name##_body(f, f.p);                                           \
+		anon_teardown(&f);                                             \
+	}                                                                      \
+	static void name##_body(struct anon_fix f __attribute__((unused)),     \
+				char *p __attribute__((unused)))
 /* Private anonymous memory, read-write, not populated. */
 char *anon_map(size_t len);
 /* dxm_adopt, or skip the test where this kernel cannot. */
 void adopt_or_skip(struct dxm_ctx *ctx, void *p, size_t len);
 
-/* /proc/self/pagemap's present bit for the page holding addr: revocation
- * checked from the kernel's side, not from dxm's bookkeeping. */
+/* /proc/self/pagemap's entry for the page holding addr (bit 63: present;
+ * bits 0-54: the page frame number, 0 where the kernel hides it). */
+uint64_t pagemap_entry(const void *addr);
+/* Its present bit: revocation checked from the kernel's side, not from
+ * dxm's bookkeeping. */
 bool page_present(const void *addr);
 /* Number of pages of [addr, addr+len) present. */
 size_t pages_present(const void *addr, size_t len);
@@ -82,13 +187,70 @@ struct recorder {
 };
 void recorder_insert(struct dxm_ctx *ctx, struct recorder *r, void *start,
 		     size_t len);
+/* The same for a recorder that ignores EXCLUSIVE events by owner. */
+void recorder_insert_ignoring(struct dxm_ctx *ctx, struct recorder *r,
+			      void *start, size_t len, const void *owner);
 void recorder_remove(struct recorder *r);
 size_t recorder_count_event(struct recorder *r, enum dxm_event ev);
 /* Whether some recorded event of type ev covers [addr, addr+PS). */
 bool recorder_saw(struct recorder *r, enum dxm_event ev, const void *addr);
+/* Whether every page of [start, start+len) saw ev. */
+bool rec_covers(struct recorder *r, enum dxm_event ev, const void *start,
+		size_t len);
+/* Whether an event ev overlapping [start, end) was recorded. */
+bool rec_overlaps(struct recorder *r, enum dxm_event ev, const void *start,
+		  const void *end);
+/* Set r's hook and its argument (under r's lock: the recorder may be
+ * called meanwhile). */
+void recorder_hook(struct recorder *r,
+		   int (*hook)(struct recorder *r,
+			       const struct dxm_range *range),
+		   void *arg);
+
+/* Make [p, p+len) exclusive for owner: every page must convert, to a
+ * device address that is not its CPU address, and no CPU view may map it
+ * then; the device writes word 1 of page i as 1000 + i.  take_locked
+ * leaves the pages locked, take unlocks them. */
+void take_locked(struct dxm_ctx *ctx, char *p, size_t len, const void *owner,
+		 void **dev);
+void take(struct dxm_ctx *ctx, char *p, size_t len, const void *owner,
+	  void **dev);
 
 /* Sleep ms milliseconds (restarted on EINTR). */
 void sleep_ms(unsigned ms);
+/* CLOCK_MONOTONIC in milliseconds. */
+uint64_t now_ms(void);
+/* Join t, waiting at most ms milliseconds; true if it was joined. */
+bool join_within(pthread_t t, unsigned ms);
+/* pthread_join, failing the test after s seconds (a library livelock must
+ * fail the test, not spin past its timeout). */
+void join_or_fail(pthread_t t, unsigned s, const char *what);
+/* No core file for the crash this process is about to have. */
+void no_core(void);
+/* waitpid(pid) (restarted on EINTR), asserting it worked: the status. */
+int wait_child(pid_t pid);
+/* First thing in a fork()ed child: die with the parent (a test that
+ * failed must not leave a child behind, waiting), and drop the write end
+ * of the pipe the child waits on (-1: none). */
+void child_start(pid_t parent, int wfd);
+/* In a function a fork()ed child runs to check things, with an int k = 0
+ * in scope: count the check, and return its number if cond is false. */
+#define CHILD_CHECK(cond)                                                      \
+	do {                                                                   \
+		k++;                                                           \
+		if (!(cond))                                                   \
+			return k;                                              \
+	} while (0)
+/* The child pid, which ran such a function, passed every check (exited
+ * with status 0). */
+void child_checks_passed(pid_t pid);
+/* A fork()ed child's access to addr (a store if write, else a load) must
+ * kill it with SIGSEGV (target i, for the message); check(arg), if given,
+ * runs in the child first: a non-zero result is its exit status. */
+void child_touch_segfaults(size_t i, char *addr, bool write,
+			   int (*check)(void *arg), void *arg);
+/* Lines of /proc/self/maps that contain needle (NULL: every line). */
+size_t maps_lines(const char *needle);
 /* The context's statistics (asserting that dxm_stats works). */
 struct dxm_stats stats(struct dxm_ctx *ctx);
 /* Whether addr is still mapped by a dxm memfd view (after an unmap,
@@ -108,5 +270,22 @@ bool memfd_view_mapped(const void *addr);
 /* Fill [p, p+len) with 64-bit words i (index from 0) and check it. */
 void fill_index(void *p, size_t len, uint64_t add);
 bool check_index(const void *p, size_t len, uint64_t add);
+
+/* A software device (dxm_mirror) on ctx that took [p, p+len) exclusive:
+ * it holds every page, and no CPU view maps any. */
+struct dxm_mirror *mirror_exclusive(struct dxm_ctx *ctx, void *p,
+				    size_t len);
+
+/*
+ * Contention (B10): ncpu CPU threads do atomic increments of 8 counters
+ * (word 0 of each page of 8 pages of kind memory) while ndev software
+ * devices (dxm_mirror) do dev_ops atomic adds each on the same counters,
+ * on a context made with opts (NULL: the defaults).  Checks that no update
+ * is lost, no device touched a page dxm no longer held, both sides really
+ * contended, and no thread hangs (device threads are given 45 s, CPU
+ * threads 5 s more).
+ */
+void contend(const struct dxm_ctx_opts *opts, enum mem_kind kind,
+	     unsigned ncpu, unsigned ndev, unsigned long dev_ops);
 
 #endif

@@ -13,7 +13,6 @@
  * "no copy" by the page frame number, which only root can read.
  */
 #include <errno.h>
-#include <fcntl.h>
 #include <linux/io_uring.h>
 #include <sched.h>
 #include <setjmp.h>
@@ -24,11 +23,9 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
-#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "common.h"
@@ -41,58 +38,10 @@
 
 static struct recorder rec;
 
+/* A test on anon_setup(len) memory (common.h). */
+#define ANON_TEST(name, len, ...) ANON_TEST_OF(anon, name, len, __VA_ARGS__)
+
 /* ---------------------------------------------------------------- helpers */
-
-
-
-static uint64_t rd(const void *p)
-{
-	return *(const volatile uint64_t *)p;
-}
-
-static void wr(void *p, uint64_t v)
-{
-	*(volatile uint64_t *)p = v;
-}
-
-static void no_core(void)
-{
-	struct rlimit rl = { 0, 0 };
-	setrlimit(RLIMIT_CORE, &rl);
-}
-
-/* A context and LEN bytes of adopted memory filled with fill_index(0). */
-struct fix {
-	struct dxm_ctx *ctx;
-	struct mem m;
-	char *p;
-};
-
-static void setup(struct fix *f, size_t len)
-{
-	memset(f, 0, sizeof(*f));
-	f->ctx = ctx_or_skip(NULL);
-	mem_setup(f->ctx, MEM_ANON, len, &f->m);
-	f->p = f->m.base;
-	fill_index(f->p, len, 0);
-}
-
-static void teardown(struct fix *f)
-{
-	mem_teardown(&f->m);
-	dxm_ctx_destroy(f->ctx);
-}
-
-static uint64_t pagemap_entry(const void *addr)
-{
-	int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
-	cr_assert(fd >= 0, "open pagemap: %s", strerror(errno));
-	uint64_t e = 0;
-	off_t off = (off_t)((uintptr_t)addr / PS * sizeof(e));
-	cr_assert_eq(pread(fd, &e, sizeof(e), off), (ssize_t)sizeof(e));
-	close(fd);
-	return e;
-}
 
 /* The page frame number of a present page; 0 where the kernel hides it
  * (no CAP_SYS_ADMIN). */
@@ -131,42 +80,6 @@ static bool staging_mapped(const void *addr)
 	return hit;
 }
 
-static size_t count_lines(const char *path, const char *needle)
-{
-	FILE *f = fopen(path, "re");
-	cr_assert_not_null(f, "%s: %s", path, strerror(errno));
-	char line[1024];
-	size_t n = 0;
-	while (fgets(line, sizeof(line), f))
-		n += !needle || strstr(line, needle);
-	fclose(f);
-	return n;
-}
-
-/* Whether every page of [start, start+len) saw ev. */
-static bool rec_covers(struct recorder *r, enum dxm_event ev,
-		       const void *start, size_t len)
-{
-	for (size_t off = 0; off < len; off += PS)
-		if (!recorder_saw(r, ev, (const char *)start + off))
-			return false;
-	return true;
-}
-
-/* Whether an event ev overlapping [start, end) was recorded. */
-static bool rec_overlaps(struct recorder *r, enum dxm_event ev,
-			 const void *start, const void *end)
-{
-	bool hit = false;
-	pthread_mutex_lock(&r->lock);
-	for (size_t i = 0; i < r->nrec && !hit; i++)
-		hit = r->rec[i].event == ev &&
-		      r->rec[i].start < (uintptr_t)end &&
-		      r->rec[i].end > (uintptr_t)start;
-	pthread_mutex_unlock(&r->lock);
-	return hit;
-}
-
 static bool all_zero(const void *p, size_t len)
 {
 	const uint64_t *w = p;
@@ -174,28 +87,6 @@ static bool all_zero(const void *p, size_t len)
 		if (w[i])
 			return false;
 	return true;
-}
-
-/* Make [p, p+len) exclusive (owner &rec), every page must convert; the
- * device writes word 1 of page i as 1000 + i. */
-static void take_locked(struct dxm_ctx *ctx, char *p, size_t len, void **dev)
-{
-	size_t n = len / PS;
-	cr_assert_eq(dxm_make_exclusive(ctx, p, len, &rec, dev), (long)n);
-	for (size_t i = 0; i < n; i++) {
-		cr_assert_not_null(dev[i], "page %zu refused", i);
-		cr_assert_neq(dev[i], p + i * PS,
-			      "the device address is the CPU address");
-		wr((uint64_t *)dev[i] + 1, 1000 + i);
-	}
-	cr_assert_eq(pages_present(p, len), 0,
-		     "an exclusive page is still mapped for the CPU");
-}
-
-static void take(struct dxm_ctx *ctx, char *p, size_t len, void **dev)
-{
-	take_locked(ctx, p, len, dev);
-	dxm_exclusive_unlock(ctx, p, len, dev);
 }
 
 /* The page at `page` (CPU address) when the CLEAR or UNMAP callback for it
@@ -221,12 +112,14 @@ static int clear_hook(struct recorder *r, const struct dxm_range *range)
 	return 0;
 }
 
-static void arm(struct recorder *r, struct at_clear *c)
+/* len bytes of private anonymous memory, filled with fill_index(0) and
+ * adopted. */
+static char *adopt_filled(struct dxm_ctx *ctx, size_t len)
 {
-	pthread_mutex_lock(&r->lock);
-	r->hook_arg = c;
-	r->hook = clear_hook;
-	pthread_mutex_unlock(&r->lock);
+	char *p = anon_map(len);
+	fill_index(p, len, 0);
+	adopt_or_skip(ctx, p, len);
+	return p;
 }
 
 /* ------------------------------------------------------------- adoption */
@@ -254,7 +147,7 @@ Test(anon, adopt_keeps_data_and_accounts, .timeout = 30)
 	cr_assert_eq(stats(ctx).cpu_faults, st1.cpu_faults);
 	/* The range is managed: a conversion works, a second free does not. */
 	void *dev[NPG];
-	take(ctx, p, PS, dev);
+	take(ctx, p, PS, &rec, dev);
 	cr_assert_eq(rd(p + 8), 1000);
 	cr_assert_eq(dxm_free(ctx, p + PS), -EINVAL);
 	cr_assert_eq(dxm_free(ctx, p), 0);
@@ -363,9 +256,9 @@ Test(anon, adopt_bad_input, .timeout = 30)
 	cr_assert(check_index(p, LEN, 0));
 	cr_assert_eq(dxm_make_exclusive(ctx, p + PS, 2 * PS, &rec, dev),
 		     -EFAULT); /* across two adopted ranges */
-	take(ctx, p + PS, PS, dev);
-	take(ctx, p + 2 * PS, 4 * PS, dev);
-	take(ctx, p + 6 * PS, PS, dev);
+	take(ctx, p + PS, PS, &rec, dev);
+	take(ctx, p + 2 * PS, 4 * PS, &rec, dev);
+	take(ctx, p + 6 * PS, PS, &rec, dev);
 	cr_assert_eq(rd(p + PS + 8), 1000);
 	cr_assert_eq(rd(p + 3 * PS + 8), 1001);
 	cr_assert_eq(rd(p + 6 * PS + 8), 1000);
@@ -389,11 +282,8 @@ Test(anon, adopt_bad_input, .timeout = 30)
  * shows the page's data at another address, and the page itself moved: the
  * same page frame before, on the device side and after the round trip
  * (root only: the kernel hides frame numbers from others). */
-Test(anon, convert_moves_page_without_copy, .timeout = 30)
+ANON_TEST(convert_moves_page_without_copy, LEN, .timeout = 30)
 {
-	struct fix f;
-	setup(&f, LEN);
-	char *p = f.p;
 	recorder_insert(f.ctx, &rec, p, LEN);
 	uint64_t pf[NPG];
 	for (size_t i = 0; i < NPG; i++)
@@ -440,25 +330,21 @@ Test(anon, convert_moves_page_without_copy, .timeout = 30)
 	cr_assert(!dxm_check_exclusive(f.ctx, p, PS, dev));
 	cr_assert_geq(stats(f.ctx).restores, st0.restores + NPG);
 	recorder_remove(&rec);
-	teardown(&f);
 }
 
 /* A CPU access to an exclusive page waits for the notifiers: when the
  * CLEAR callback runs the page is not mapped yet, and the callback's last
  * device write is what the CPU sees.  Reads and writes alike. */
-Test(anon, cpu_fault_moves_back_after_clear, .timeout = 30)
+ANON_TEST(cpu_fault_moves_back_after_clear, LEN, .timeout = 30)
 {
-	struct fix f;
-	setup(&f, LEN);
-	char *p = f.p;
 	void *dev[NPG];
 	recorder_insert(f.ctx, &rec, p, LEN);
-	take(f.ctx, p, LEN, dev);
+	take(f.ctx, p, LEN, &rec, dev);
 
 	struct at_clear c = { (uintptr_t)(p + 2 * PS),
 			      (volatile uint64_t *)dev[2] + 2, MAGIC, 0,
 			      true };
-	arm(&rec, &c);
+	recorder_hook(&rec, clear_hook, &c);
 	cr_assert_eq(rd(p + 2 * PS + 16), MAGIC,
 		     "the CPU access completed before the invalidation");
 	cr_assert_eq(c.hits, 1);
@@ -471,7 +357,7 @@ Test(anon, cpu_fault_moves_back_after_clear, .timeout = 30)
 	struct at_clear c2 = { (uintptr_t)(p + 5 * PS),
 			       (volatile uint64_t *)dev[5] + 3, MAGIC + 1, 0,
 			       true };
-	arm(&rec, &c2);
+	recorder_hook(&rec, clear_hook, &c2);
 	wr(p + 5 * PS + 32, 77);
 	cr_assert_eq(c2.hits, 1);
 	cr_assert(!c2.present_at_callback);
@@ -488,7 +374,6 @@ Test(anon, cpu_fault_moves_back_after_clear, .timeout = 30)
 	cr_assert(dxm_check_exclusive(f.ctx, p, PS, dev));
 	cr_assert(!rec_overlaps(&rec, DXM_EVENT_CLEAR, p, p + 2 * PS));
 	recorder_remove(&rec);
-	teardown(&f);
 }
 
 /* A page that was locked by the driver when the CPU touched it: the CPU
@@ -507,14 +392,11 @@ static void *bg_read_main(void *arg)
 	return NULL;
 }
 
-Test(anon, cpu_fault_on_locked_page_waits_for_unlock, .timeout = 30)
+ANON_TEST(cpu_fault_on_locked_page_waits_for_unlock, LEN, .timeout = 30)
 {
-	struct fix f;
-	setup(&f, LEN);
-	char *p = f.p;
 	void *dev[NPG];
 	recorder_insert(f.ctx, &rec, p, LEN);
-	take_locked(f.ctx, p, PS, dev);
+	take_locked(f.ctx, p, PS, &rec, dev);
 	struct bg_read b = { .addr = p + 8 };
 	pthread_t t;
 	cr_assert_eq(pthread_create(&t, NULL, bg_read_main, &b), 0);
@@ -529,7 +411,6 @@ Test(anon, cpu_fault_on_locked_page_waits_for_unlock, .timeout = 30)
 	cr_assert_eq(b.got, 4321);
 	cr_assert(recorder_saw(&rec, DXM_EVENT_CLEAR, p));
 	recorder_remove(&rec);
-	teardown(&f);
 }
 
 /* ---------------------------------------------------- never-populated pages */
@@ -615,11 +496,8 @@ Test(anon, never_populated_pages_convert, .timeout = 30)
 /* Pages shared copy-on-write with a child after fork() are unshared and
  * converted (not refused); the child keeps its own copy, unaffected by the
  * device, and the parent gets the device's writes. */
-Test(anon, cow_shared_pages_are_unshared_and_converted, .timeout = 30)
+ANON_TEST(cow_shared_pages_are_unshared_and_converted, LEN, .timeout = 30)
 {
-	struct fix f;
-	setup(&f, LEN);
-	char *p = f.p;
 	int go[2];
 	cr_assert_eq(pipe(go), 0);
 	pid_t self = getpid();
@@ -668,7 +546,6 @@ Test(anon, cow_shared_pages_are_unshared_and_converted, .timeout = 30)
 	recorder_remove(&rec);
 	close(go[0]);
 	close(go[1]);
-	teardown(&f);
 }
 
 /* ------------------------------------------------- the kernel's scenario */
@@ -676,18 +553,11 @@ Test(anon, cow_shared_pages_are_unshared_and_converted, .timeout = 30)
 /* hmm-tests "exclusive" on adopted memory: 4 MiB of i, the mirror takes it
  * exclusive and reads i; the CPU increments every word (each page faults
  * back); a second pass sees i + 1; the device no longer holds any page. */
-Test(anon, kernel_exclusive_scenario, .timeout = 60)
+ANON_TEST(kernel_exclusive_scenario, 4u << 20, .timeout = 60)
 {
-	size_t size = 4u << 20, n = size / sizeof(uint64_t);
-	struct fix f;
-	setup(&f, size);
+	size_t size = f.m.len, n = size / sizeof(uint64_t);
 	uint64_t *ptr = (uint64_t *)f.p;
-	struct dxm_mirror *mir;
-	cr_assert_eq(dxm_mirror_create(f.ctx, &mir), 0);
-	cr_assert_eq(dxm_mirror_exclusive(mir, ptr, size), 0);
-	cr_assert_eq(dxm_mirror_check_exclusive(mir, ptr, size),
-		     (long)(size / PS));
-	cr_assert_eq(pages_present(ptr, size), 0);
+	struct dxm_mirror *mir = mirror_exclusive(f.ctx, ptr, size);
 	/* What the device reads. */
 	uint64_t *buf = malloc(size);
 	cr_assert_not_null(buf);
@@ -707,7 +577,6 @@ Test(anon, kernel_exclusive_scenario, .timeout = 60)
 	cr_assert_eq(ms.stale_accesses, 0);
 	cr_assert_eq(stats(f.ctx).stale_device_faults, 0);
 	dxm_mirror_destroy(mir);
-	teardown(&f);
 }
 
 /* ------------------------------------------------------------------- THP */
@@ -764,7 +633,7 @@ Test(anon, thp_converts_and_round_trips, .timeout = 60)
 	cr_assert_not_null(dev);
 
 	/* A few pages from the middle of the huge page. */
-	take(ctx, p + 100 * PS, 10 * PS, dev);
+	take(ctx, p + 100 * PS, 10 * PS, &rec, dev);
 	cr_assert_eq(pages_present(p, HPS), n - 10);
 	cr_assert(check_index(p, 100 * PS, 0));
 	cr_assert_eq(rd(p + 105 * PS + 8), 1005);
@@ -807,15 +676,12 @@ Test(anon, thp_converts_and_round_trips, .timeout = 60)
  * discards the data, as it would without dxm: the devices are told
  * (DXM_EVENT_UNMAP), the staged page is freed, and the next read is zero,
  * not the old data.  A page the driver still held locked too. */
-Test(anon, madv_dontneed_discards_exclusive_pages, .timeout = 30)
+ANON_TEST(madv_dontneed_discards_exclusive_pages, LEN, .timeout = 30)
 {
-	struct fix f;
-	setup(&f, LEN);
-	char *p = f.p;
 	void *dev[NPG], *dev2[NPG];
 	recorder_insert(f.ctx, &rec, p, LEN);
-	take(f.ctx, p + PS, 2 * PS, dev);
-	take_locked(f.ctx, p + 4 * PS, PS, dev2); /* still locked */
+	take(f.ctx, p + PS, 2 * PS, &rec, dev);
+	take_locked(f.ctx, p + 4 * PS, PS, &rec, dev2); /* still locked */
 	void *staged[3] = { dev[0], dev[1], dev2[0] };
 	for (int i = 0; i < 3; i++)
 		cr_assert(page_present(staged[i]));
@@ -851,14 +717,13 @@ Test(anon, madv_dontneed_discards_exclusive_pages, .timeout = 30)
 
 	/* The pages convert again, with their new contents. */
 	wr(p + PS + 16, 11);
-	take(f.ctx, p, 6 * PS, dev);
+	take(f.ctx, p, 6 * PS, &rec, dev);
 	cr_assert_eq(rd(p + PS + 16), 11);
 	cr_assert_eq(rd(p + PS + 8), 1001);
 	cr_assert_eq(rd(p + 2 * PS + 8), 1002);
 	cr_assert(all_zero(p + 2 * PS + 16, PS - 16));
 	cr_assert_eq(stats(f.ctx).pages_refused, 0);
 	recorder_remove(&rec);
-	teardown(&f);
 }
 
 /* ------------------------------------------------------------- munmap */
@@ -868,13 +733,11 @@ Test(anon, madv_dontneed_discards_exclusive_pages, .timeout = 30)
  * the staging area is gone (/proc/self/maps). */
 static char *adopt_take_munmap(struct dxm_ctx *ctx, void **staging)
 {
-	char *p = anon_map(LEN);
-	fill_index(p, LEN, 0);
-	adopt_or_skip(ctx, p, LEN);
+	char *p = adopt_filled(ctx, LEN);
 	memset(&rec, 0, sizeof(rec));
 	recorder_insert(ctx, &rec, p, LEN);
 	void *dev[NPG];
-	take(ctx, p, LEN - PS, dev);
+	take(ctx, p, LEN - PS, &rec, dev);
 	cr_assert_eq(rd(p + 8), 1000);
 	cr_assert_eq(dxm_make_exclusive(ctx, p + LEN - PS, PS, &rec,
 					dev + NPG - 1),
@@ -901,7 +764,7 @@ Test(anon, munmap_exclusive_notifies_and_leaks_nothing, .timeout = 30)
 	cr_assert(WAIT_FOR(stats(ctx).regions == st0.regions, WAIT_MS));
 
 	struct dxm_stats st1 = stats(ctx);
-	size_t maps1 = count_lines("/proc/self/maps", NULL);
+	size_t maps1 = maps_lines(NULL);
 	char *p = adopt_take_munmap(ctx, staging);
 	cr_assert(WAIT_FOR(stats(ctx).regions == st1.regions &&
 				   stats(ctx).managed_pages ==
@@ -909,10 +772,9 @@ Test(anon, munmap_exclusive_notifies_and_leaks_nothing, .timeout = 30)
 			   WAIT_MS),
 		  "the adopted range is still accounted after munmap");
 	cr_assert_eq(stats(ctx).events_unmap, st1.events_unmap + 1);
-	cr_assert(WAIT_FOR(count_lines("/proc/self/maps", NULL) == maps1,
-			   WAIT_MS),
+	cr_assert(WAIT_FOR(maps_lines(NULL) == maps1, WAIT_MS),
 		  "/proc/self/maps: %zu lines, %zu before (staging leaked?)",
-		  count_lines("/proc/self/maps", NULL), maps1);
+		  maps_lines(NULL), maps1);
 	for (size_t i = 0; i < NPG; i++)
 		cr_assert(!staging_mapped(staging[i]), "staging page %zu still mapped",
 			  i);
@@ -943,12 +805,12 @@ Test(anon, munmap_exclusive_notifies_and_leaks_nothing, .timeout = 30)
  * rest stays exclusive and comes back with its data. */
 Test(anon, munmap_part_frees_its_staged_pages, .timeout = 30)
 {
-	struct fix f;
-	setup(&f, LEN);
+	struct anon_fix f;
+	anon_setup(&f, LEN);
 	char *p = f.p;
 	void *dev[NPG];
 	recorder_insert(f.ctx, &rec, p, LEN);
-	take(f.ctx, p, LEN, dev);
+	take(f.ctx, p, LEN, &rec, dev);
 	struct dxm_stats st0 = stats(f.ctx);
 	cr_assert_eq(munmap(p + 2 * PS, 3 * PS), 0);
 	cr_assert(WAIT_FOR(rec_covers(&rec, DXM_EVENT_UNMAP, p + 2 * PS,
@@ -969,7 +831,7 @@ Test(anon, munmap_part_frees_its_staged_pages, .timeout = 30)
 	cr_assert(check_index(p + 7 * PS + 16, PS - 16, 7 * PS / 8 + 2));
 	cr_assert_eq(dxm_make_exclusive(f.ctx, p + 2 * PS, PS, &rec, dev),
 		     -EFAULT);
-	take(f.ctx, p + 5 * PS, 3 * PS, dev);
+	take(f.ctx, p + 5 * PS, 3 * PS, &rec, dev);
 	cr_assert_eq(rd(p + 7 * PS + 8), 1002);
 	recorder_remove(&rec);
 	cr_assert_eq(dxm_free(f.ctx, p), 0);
@@ -988,13 +850,11 @@ Test(anon, free_hands_back_every_page, .timeout = 30)
 {
 	struct dxm_ctx *ctx = ctx_or_skip(NULL);
 	struct dxm_stats st0 = stats(ctx);
-	char *p = anon_map(LEN);
-	fill_index(p, LEN, 0);
-	adopt_or_skip(ctx, p, LEN);
+	char *p = adopt_filled(ctx, LEN);
 	recorder_insert(ctx, &rec, p, LEN);
 	uint64_t pf = pfn(p + 2 * PS);
 	void *dev[NPG];
-	take(ctx, p, LEN - PS, dev);
+	take(ctx, p, LEN - PS, &rec, dev);
 	cr_assert_eq(dxm_make_exclusive(ctx, p + LEN - PS, PS, &rec,
 					dev + NPG - 1),
 		     1);
@@ -1041,7 +901,7 @@ Test(anon, free_hands_back_every_page, .timeout = 30)
 	cr_assert_eq(dxm_free(ctx, p), -ENOENT);
 	/* It can be adopted again. */
 	cr_assert_eq(dxm_adopt(ctx, p, LEN, 0), 0);
-	take(ctx, p + 3 * PS, PS, dev);
+	take(ctx, p + 3 * PS, PS, &rec, dev);
 	cr_assert_eq(rd(p + 3 * PS), 3);
 	cr_assert_eq(rd(p + 3 * PS + 8), 1000);
 	cr_assert_eq(dxm_free(ctx, p), 0);
@@ -1058,11 +918,9 @@ Test(anon, free_hands_back_every_page, .timeout = 30)
 Test(anon, ctx_destroy_hands_back_every_page, .timeout = 30)
 {
 	struct dxm_ctx *ctx = ctx_or_skip(NULL);
-	char *p = anon_map(LEN);
-	fill_index(p, LEN, 0);
-	adopt_or_skip(ctx, p, LEN);
+	char *p = adopt_filled(ctx, LEN);
 	void *dev[NPG];
-	take(ctx, p, LEN, dev);
+	take(ctx, p, LEN, &rec, dev);
 	dxm_ctx_destroy(ctx);
 	for (size_t i = 0; i < NPG; i++) {
 		cr_assert_eq(rd(p + i * PS + 8), 1000 + i, "page %zu", i);
@@ -1080,14 +938,14 @@ Test(anon, ctx_destroy_hands_back_every_page, .timeout = 30)
  * dxm_mprotect(PROT_READ) the devices were told (DXM_EVENT_PROTECTION),
  * device writes are refused, the CPU reads the device's data. */
 struct mfix {
-	struct fix f;
+	struct anon_fix f;
 	struct dxm_mirror *mir;
 	uint64_t pfn[4]; /* before the conversion; 0: hidden (not root) */
 };
 
 static void mprotect_setup(struct mfix *m)
 {
-	setup(&m->f, 4 * PS);
+	anon_setup(&m->f, 4 * PS);
 	for (size_t i = 0; i < 4; i++)
 		m->pfn[i] = pfn(m->f.p + i * PS);
 	cr_assert_eq(dxm_mirror_create(m->f.ctx, &m->mir), 0);
@@ -1161,7 +1019,7 @@ Test(anon, mprotect_readonly_refuses_device_writes, .timeout = 30)
 	cr_assert_eq(ms.stale_accesses, 0);
 	dxm_mirror_destroy(m.mir);
 	recorder_remove(&rec);
-	teardown(&m.f);
+	anon_teardown(&m.f);
 }
 
 /* After dxm_mprotect(PROT_READ) a CPU read gets the page (read-only) and
@@ -1190,15 +1048,13 @@ Test(anon, mprotect_readonly_cpu_write_segfaults, .timeout = 30,
 /* B5: an exclusive page whose view the program made read-only behind
  * dxm's back (a raw mprotect) comes back read-only, with the device's
  * data; a CPU write then raises SIGSEGV. */
-Test(anon, raw_mprotect_exclusive_page_restores_readonly, .timeout = 30,
-     .signal = SIGSEGV)
+ANON_TEST(raw_mprotect_exclusive_page_restores_readonly, LEN, .timeout = 30,
+	  .signal = SIGSEGV)
 {
-	struct fix f;
 	no_core();
-	setup(&f, LEN);
 	void *dev[NPG];
 	recorder_insert(f.ctx, &rec, f.p, LEN);
-	take(f.ctx, f.p, LEN, dev);
+	take(f.ctx, f.p, LEN, &rec, dev);
 	cr_assert_eq(mprotect(f.p, LEN, PROT_READ), 0);
 	cr_assert_eq(rd(f.p + PS + 8), 1001);
 	cr_assert(recorder_saw(&rec, DXM_EVENT_CLEAR, f.p + PS));
@@ -1215,11 +1071,8 @@ Test(anon, raw_mprotect_exclusive_page_restores_readonly, .timeout = 30,
  * page's current data, whether the page was exclusive before or not, and
  * may use it until its next invalidation.  The mirror's read and write use
  * exactly that. */
-Test(anon, device_ordinary_access_sees_cpu_data, .timeout = 30)
+ANON_TEST(device_ordinary_access_sees_cpu_data, 4 * PS, .timeout = 30)
 {
-	struct fix f;
-	setup(&f, 4 * PS);
-	char *p = f.p;
 	struct dxm_mirror *mir;
 	cr_assert_eq(dxm_mirror_create(f.ctx, &mir), 0);
 	uint64_t buf[PS / 8];
@@ -1229,7 +1082,7 @@ Test(anon, device_ordinary_access_sees_cpu_data, .timeout = 30)
 	/* A page exclusive to someone else: revoked first. */
 	void *dev[4];
 	recorder_insert(f.ctx, &rec, p, 4 * PS);
-	take(f.ctx, p + PS, PS, dev);
+	take(f.ctx, p + PS, PS, &rec, dev);
 	cr_assert_eq(dxm_mirror_read(mir, p + PS, buf, PS), 0);
 	cr_assert(recorder_saw(&rec, DXM_EVENT_CLEAR, p + PS));
 	cr_assert_eq(buf[1], 1000);
@@ -1245,7 +1098,6 @@ Test(anon, device_ordinary_access_sees_cpu_data, .timeout = 30)
 	cr_assert_eq(stats(f.ctx).stale_device_faults, 0);
 	dxm_mirror_destroy(mir);
 	recorder_remove(&rec);
-	teardown(&f);
 }
 
 /* ------------------------------------------------- stale device access */
@@ -1281,14 +1133,11 @@ static void *stale_main(void *arg)
 	return NULL;
 }
 
-Test(anon, stale_device_write_is_detected, .timeout = 30)
+ANON_TEST(stale_device_write_is_detected, LEN, .timeout = 30)
 {
-	struct fix f;
-	setup(&f, LEN);
-	char *p = f.p;
 	void *dev[NPG];
 	recorder_insert(f.ctx, &rec, p, LEN);
-	take(f.ctx, p, 2 * PS, dev);
+	take(f.ctx, p, 2 * PS, &rec, dev);
 	/* While the device holds the page, it may use it. */
 	wr((uint64_t *)dev[0] + 2, 2222);
 	/* The CPU takes page 0 back: the device must stop now. */
@@ -1318,19 +1167,17 @@ Test(anon, stale_device_write_is_detected, .timeout = 30)
 	wr((uint64_t *)dev[1] + 3, 3333);
 	cr_assert_eq(rd(p + PS + 24), 3333);
 	/* And page 0 converts again. */
-	take(f.ctx, p, PS, dev);
+	take(f.ctx, p, PS, &rec, dev);
 	cr_assert_eq(rd(p + 16), 2222);
 	recorder_remove(&rec);
-	teardown(&f);
 }
 
-Test(anon, stale_device_write_raises_sigbus, .timeout = 30, .signal = SIGBUS)
+ANON_TEST(stale_device_write_raises_sigbus, LEN, .timeout = 30,
+	  .signal = SIGBUS)
 {
-	struct fix f;
 	no_core();
-	setup(&f, LEN);
 	void *dev[NPG];
-	take(f.ctx, f.p, PS, dev);
+	take(f.ctx, f.p, PS, &rec, dev);
 	cr_assert_eq(rd(f.p + 8), 1000);
 	wr(dev[0], 1); /* SIGBUS */
 	cr_assert_fail("a device write after its invalidation went unnoticed");
@@ -1341,11 +1188,8 @@ Test(anon, stale_device_write_raises_sigbus, .timeout = 30, .signal = SIGBUS)
 /* A page pinned by the kernel (an io_uring fixed buffer, FOLL_LONGTERM)
  * cannot move: it alone is refused (dev[i] = NULL) and stays the CPU's;
  * the others convert.  Unpinned, it converts. */
-Test(anon, pinned_page_is_refused_alone, .timeout = 30)
+ANON_TEST(pinned_page_is_refused_alone, 4 * PS, .timeout = 30)
 {
-	struct fix f;
-	setup(&f, 4 * PS);
-	char *p = f.p;
 	struct io_uring_params par;
 	memset(&par, 0, sizeof(par));
 	int ring = (int)syscall(__NR_io_uring_setup, 1, &par);
@@ -1381,134 +1225,24 @@ Test(anon, pinned_page_is_refused_alone, .timeout = 30)
 			     IORING_UNREGISTER_BUFFERS, NULL, 0),
 		     0);
 	close(ring);
-	take(f.ctx, p + PS, PS, dev);
+	take(f.ctx, p + PS, PS, &rec, dev);
 	cr_assert_eq(rd(p + PS), 5);
 	cr_assert_eq(rd(p + PS + 8), 1000);
 	recorder_remove(&rec);
-	teardown(&f);
 }
 
 /* --------------------------------------------------------- contention */
 
-#define COUNTERS 8
-
-struct hammer {
-	struct mem m;
-	struct dxm_mirror *dev[2];
-	unsigned ndev;
-	unsigned long dev_ops;
-	atomic_int go, devices_left;
-	atomic_ulong cpu_incs;
-	atomic_int err;
-};
-
-static uint64_t *counter(struct hammer *h, unsigned i)
-{
-	return (uint64_t *)((char *)h->m.base + (size_t)(i % COUNTERS) * PS);
-}
-
-/* pthread_join, failing the test after s seconds (a library livelock must
- * fail the test, not spin past its timeout). */
-static void join_within(pthread_t t, unsigned s, const char *what)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	ts.tv_sec += s;
-	int e = pthread_timedjoin_np(t, NULL, &ts);
-	cr_assert_eq(e, 0, "%s did not finish within %u s: %s", what, s,
-		     strerror(e));
-}
-
-static void *cpu_main(void *arg)
-{
-	struct hammer *h = arg;
-	unsigned long i = 0;
-	while (!atomic_load(&h->go))
-		;
-	for (; i < 2000 || atomic_load(&h->devices_left); i++)
-		__atomic_fetch_add(counter(h, (unsigned)i), 1, __ATOMIC_SEQ_CST);
-	atomic_fetch_add(&h->cpu_incs, i);
-	return NULL;
-}
-
-struct dev_arg {
-	struct hammer *h;
-	unsigned idx;
-};
-
-static void *dev_main(void *arg)
-{
-	struct dev_arg *a = arg;
-	struct hammer *h = a->h;
-	while (!atomic_load(&h->go))
-		;
-	for (unsigned long i = 0; i < h->dev_ops; i++) {
-		int err = dxm_mirror_atomic_add(h->dev[a->idx],
-						counter(h, (unsigned)i + a->idx),
-						1, NULL);
-		if (err) {
-			atomic_store(&h->err, err);
-			break;
-		}
-	}
-	atomic_fetch_sub(&h->devices_left, 1);
-	return NULL;
-}
-
-/* CPU threads doing atomic increments while mirrors do atomic adds on the
- * same adopted pages: no lost update, no stale access. */
-static void hammer_anon(unsigned ncpu, unsigned ndev, unsigned long dev_ops)
-{
-	struct dxm_ctx *ctx = ctx_or_skip(NULL);
-	struct hammer h = { .ndev = ndev, .dev_ops = dev_ops };
-	mem_setup(ctx, MEM_ANON, COUNTERS * PS, &h.m);
-	for (unsigned i = 0; i < ndev; i++)
-		cr_assert_eq(dxm_mirror_create(ctx, &h.dev[i]), 0);
-	atomic_store(&h.devices_left, (int)ndev);
-	pthread_t t[8];
-	struct dev_arg da[2];
-	for (unsigned i = 0; i < ncpu; i++)
-		pthread_create(&t[i], NULL, cpu_main, &h);
-	for (unsigned i = 0; i < ndev; i++) {
-		da[i] = (struct dev_arg){ &h, i };
-		pthread_create(&t[ncpu + i], NULL, dev_main, &da[i]);
-	}
-	atomic_store(&h.go, 1);
-	for (unsigned i = ncpu; i < ncpu + ndev; i++)
-		join_within(t[i], 45, "a device thread");
-	for (unsigned i = 0; i < ncpu; i++)
-		join_within(t[i], 5, "a CPU thread");
-	cr_assert_eq(atomic_load(&h.err), 0, "device error %s",
-		     strerror(-atomic_load(&h.err)));
-	uint64_t sum = 0;
-	for (unsigned i = 0; i < COUNTERS; i++)
-		sum += *counter(&h, i);
-	uint64_t expect = atomic_load(&h.cpu_incs) + (uint64_t)ndev * dev_ops;
-	cr_assert_eq(sum, expect, "lost %lld updates on adopted memory",
-		     (long long)(expect - sum));
-	for (unsigned i = 0; i < ndev; i++) {
-		struct dxm_mirror_stats ms;
-		dxm_mirror_get_stats(h.dev[i], &ms);
-		cr_assert_eq(ms.stale_accesses, 0);
-		cr_assert_eq(ms.atomics, dev_ops);
-		dxm_mirror_destroy(h.dev[i]);
-	}
-	struct dxm_stats st = stats(ctx);
-	cr_assert_gt(st.conversions, 0);
-	cr_assert_gt(st.restores, 0);
-	cr_assert_eq(st.stale_device_faults, 0);
-	mem_teardown(&h.m);
-	dxm_ctx_destroy(ctx);
-}
-
+/* contend() (common.c): CPU threads doing atomic increments while mirrors
+ * do atomic adds on the same adopted pages. */
 Test(anon, contention_cpu_and_one_device_exact_sums, .timeout = 60)
 {
-	hammer_anon(2, 1, 20000);
+	contend(NULL, MEM_ANON, 2, 1, 20000);
 }
 
 Test(anon, contention_cpus_and_two_devices_exact_sums, .timeout = 60)
 {
-	hammer_anon(3, 2, 5000);
+	contend(NULL, MEM_ANON, 3, 2, 5000);
 }
 
 struct discarder {
@@ -1540,10 +1274,8 @@ static void *discard_main(void *arg)
  * UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES, the converting thread spinning inside
  * the kernel's UFFDIO_MOVE (Linux 6.18) with the discarder's madvise
  * waiting behind it: the test hung. */
-Test(anon, exclusive_page_is_never_a_staging_hole, .timeout = 120)
+ANON_TEST(exclusive_page_is_never_a_staging_hole, PS, .timeout = 120)
 {
-	struct fix f;
-	setup(&f, PS);
 	struct discarder d = { .p = f.p };
 	pthread_t t;
 	cr_assert_eq(pthread_create(&t, NULL, discard_main, &d), 0);
@@ -1573,5 +1305,4 @@ Test(anon, exclusive_page_is_never_a_staging_hole, .timeout = 120)
 		    converted, (unsigned long)atomic_load(&d.n), holes);
 	cr_assert_gt(converted, 100);
 	cr_assert_eq(holes, 0, "%u exclusive pages were staging holes", holes);
-	teardown(&f);
 }

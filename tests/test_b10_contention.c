@@ -13,134 +13,24 @@
 #include "common.h"
 #include "dxm_mirror.h"
 
-#define COUNTERS 8 /* one per page */
+#define KIND_TEST(name)                                                        \
+	KIND_TEST_OF(b10_contention, MEM_KINDS_PARAMS, name, .timeout = 60)
 
-struct hammer {
-	struct mem m;
-	struct dxm_mirror *dev[4];
-	unsigned ndev, ncpu;
-	unsigned long dev_ops;
-	atomic_int go, devices_left;
-	atomic_ulong cpu_incs;
-	atomic_int err;
-};
-
-static uint64_t *counter(struct hammer *h, unsigned i)
+/* contend() (common.c): CPU threads and devices on the same counters. */
+KIND_TEST(cpu_and_one_device_no_lost_update)
 {
-	return (uint64_t *)((char *)h->m.base + (size_t)(i % COUNTERS) * PS);
+	contend(NULL, *kind, 2, 1, 20000);
 }
 
-static void *cpu_main(void *arg)
+KIND_TEST(many_cpus_three_devices)
 {
-	struct hammer *h = arg;
-	unsigned long i = 0;
-	while (!atomic_load(&h->go))
-		;
-	/* Until every device is done, and at least 2000 increments. */
-	for (; i < 2000 || atomic_load(&h->devices_left); i++)
-		__atomic_fetch_add(counter(h, (unsigned)i), 1, __ATOMIC_SEQ_CST);
-	atomic_fetch_add(&h->cpu_incs, i);
-	return NULL;
-}
-
-struct dev_arg {
-	struct hammer *h;
-	unsigned idx;
-};
-
-static void *dev_main(void *arg)
-{
-	struct dev_arg *a = arg;
-	struct hammer *h = a->h;
-	while (!atomic_load(&h->go))
-		;
-	for (unsigned long i = 0; i < h->dev_ops; i++) {
-		int err = dxm_mirror_atomic_add(h->dev[a->idx],
-						counter(h, (unsigned)i + a->idx),
-						1, NULL);
-		if (err) {
-			atomic_store(&h->err, err);
-			break;
-		}
-	}
-	atomic_fetch_sub(&h->devices_left, 1);
-	return NULL;
-}
-
-static void hammer_run(enum mem_kind kind, unsigned ncpu, unsigned ndev,
-		       unsigned long dev_ops, unsigned handlers)
-{
-	struct dxm_ctx_opts o = { .sz = sizeof(o), .handler_threads = handlers };
-	struct dxm_ctx *ctx = ctx_or_skip(&o);
-	struct hammer h = { .ndev = ndev, .ncpu = ncpu, .dev_ops = dev_ops };
-	mem_setup(ctx, kind, COUNTERS * PS, &h.m);
-	for (unsigned i = 0; i < ndev; i++)
-		cr_assert_eq(dxm_mirror_create(ctx, &h.dev[i]), 0);
-	atomic_store(&h.devices_left, (int)ndev);
-
-	pthread_t t[16];
-	struct dev_arg da[4];
-	for (unsigned i = 0; i < ncpu; i++)
-		pthread_create(&t[i], NULL, cpu_main, &h);
-	for (unsigned i = 0; i < ndev; i++) {
-		da[i] = (struct dev_arg){ &h, i };
-		pthread_create(&t[ncpu + i], NULL, dev_main, &da[i]);
-	}
-	atomic_store(&h.go, 1);
-	for (unsigned i = 0; i < ncpu + ndev; i++)
-		pthread_join(t[i], NULL);
-	cr_assert_eq(atomic_load(&h.err), 0, "device error %s",
-		     strerror(-atomic_load(&h.err)));
-
-	uint64_t sum = 0;
-	for (unsigned i = 0; i < COUNTERS; i++)
-		sum += *counter(&h, i);
-	uint64_t expect = atomic_load(&h.cpu_incs) + (uint64_t)ndev * dev_ops;
-	cr_assert_eq(sum, expect, "lost %lld updates (%s, %u cpu, %u dev)",
-		     (long long)(expect - sum), mem_kind_name[kind], ncpu, ndev);
-
-	for (unsigned i = 0; i < ndev; i++) {
-		struct dxm_mirror_stats ms;
-		dxm_mirror_get_stats(h.dev[i], &ms);
-		cr_assert_eq(ms.stale_accesses, 0,
-			     "device %u touched %llu pages dxm no longer held",
-			     i, (unsigned long long)ms.stale_accesses);
-		cr_assert_eq(ms.atomics, dev_ops);
-		dxm_mirror_destroy(h.dev[i]);
-	}
-	struct dxm_stats st;
-	cr_assert_eq(dxm_stats(ctx, &st, sizeof(st)), 0);
-	/* Both sides really contended: the devices took pages from the CPU
-	 * and the CPU took them back. */
-	cr_assert_gt(st.conversions, 0);
-	cr_assert_gt(st.restores, 0);
-	mem_teardown(&h.m);
-	dxm_ctx_destroy(ctx);
-}
-
-ParameterizedTestParameters(b10_contention, cpu_and_one_device_no_lost_update)
-{
-	MEM_KINDS_PARAMS;
-}
-ParameterizedTest(enum mem_kind *kind, b10_contention,
-		  cpu_and_one_device_no_lost_update, .timeout = 60)
-{
-	hammer_run(*kind, 2, 1, 20000, 0);
-}
-
-ParameterizedTestParameters(b10_contention, many_cpus_three_devices)
-{
-	MEM_KINDS_PARAMS;
-}
-ParameterizedTest(enum mem_kind *kind, b10_contention, many_cpus_three_devices,
-		  .timeout = 60)
-{
-	hammer_run(*kind, 4, 3, 5000, 0);
+	contend(NULL, *kind, 4, 3, 5000);
 }
 
 Test(b10_contention, two_handler_threads, .timeout = 60)
 {
-	hammer_run(MEM_MEMFD, 4, 2, 5000, 2);
+	struct dxm_ctx_opts o = { .sz = sizeof(o), .handler_threads = 2 };
+	contend(&o, MEM_MEMFD, 4, 2, 5000);
 }
 
 /*

@@ -9,13 +9,10 @@
  * notifier was called, and it still works.
  */
 #include <errno.h>
-#include <signal.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/resource.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "common.h"
@@ -38,16 +35,6 @@ struct fix {
 	char *heap;	 /* unmanaged: malloc */
 	struct dxm_stats st;
 };
-
-static uint64_t rd(const void *p)
-{
-	return *(const volatile uint64_t *)p;
-}
-
-static void wr(void *p, uint64_t v)
-{
-	*(volatile uint64_t *)p = v;
-}
 
 static void setup(struct fix *f)
 {
@@ -133,6 +120,25 @@ static void check_usable_and_teardown(struct fix *f)
 	dxm_ctx_destroy(f->ctx);
 }
 
+/* Page XPG exclusive again after a test took it back, at its old device
+ * address, and what was recorded since setup forgotten: what
+ * check_usable_and_teardown expects. */
+static void retake_xpg(struct fix *f)
+{
+	void *dev[1];
+	cr_assert_eq(dxm_make_exclusive(f->ctx, f->r + XPG * PS, PS, owner,
+					dev),
+		     1);
+	cr_assert_eq(dev[0], f->xdev);
+	dxm_exclusive_unlock(f->ctx, f->r + XPG * PS, PS, dev);
+	rec.nrec = 1;
+	f->st = stats(f->ctx);
+}
+
+/* A test on a fresh struct fix (setup). */
+#define FIX_TEST(name)                                                         \
+	FIX_TEST_OF(b11_badinput, name, struct fix, f, setup(&f), .timeout = 30)
+
 /* --------------------------------------------------------- bad ranges */
 
 struct bad_range {
@@ -170,37 +176,70 @@ static size_t bad_ranges(struct fix *f, struct bad_range *b)
 	return n;
 }
 
-Test(b11_badinput, make_exclusive_bad_ranges, .timeout = 30)
+/* call(f, b, dev) with each of the bad ranges, dev[i] the exclusive page's
+ * device address: nothing changes. */
+static void each_bad_range(struct fix *f,
+			   void (*call)(struct fix *f,
+					const struct bad_range *b, void **dev))
 {
-	struct fix f;
 	struct bad_range b[32];
 	void *dev[NPG + 4];
-	setup(&f);
-	size_t n = bad_ranges(&f, b);
+	for (size_t i = 0; i < NPG + 4; i++)
+		dev[i] = f->xdev;
+	size_t n = bad_ranges(f, b);
 	for (size_t i = 0; i < n; i++) {
-		long got = dxm_make_exclusive(f.ctx, b[i].start, b[i].len,
-					      owner, dev);
-		cr_assert_eq(got, b[i].err, "%s: %ld, expected %d", b[i].what,
-			     got, b[i].err);
-		check_untouched(&f, b[i].what);
+		call(f, &b[i], dev);
+		check_untouched(f, b[i].what);
 	}
+}
+
+static void bad_make_exclusive(struct fix *f, const struct bad_range *b,
+			       void **dev)
+{
+	long got = dxm_make_exclusive(f->ctx, b->start, b->len, owner, dev);
+	cr_assert_eq(got, b->err, "%s: %ld, expected %d", b->what, got, b->err);
+}
+
+static void bad_mprotect(struct fix *f, const struct bad_range *b, void **dev)
+{
+	(void)dev;
+	int got = dxm_mprotect(f->ctx, b->start, b->len, PROT_READ);
+	cr_assert_eq(got, b->err, "%s: %d, expected %d", b->what, got, b->err);
+}
+
+static void bad_range_fault(struct fix *f, const struct bad_range *b,
+			    void **dev)
+{
+	long got = dxm_range_fault(f->ctx, b->start, b->len, 0, dev);
+	cr_assert_eq(got, b->err, "%s: %ld, expected %d", b->what, got, b->err);
+	got = dxm_range_fault(f->ctx, b->start, b->len, DXM_FAULT_WRITE, NULL);
+	cr_assert_eq(got, b->err, "%s (write): %ld, expected %d", b->what, got,
+		     b->err);
+}
+
+static void bad_check_exclusive(struct fix *f, const struct bad_range *b,
+				void **dev)
+{
+	cr_assert(!dxm_check_exclusive(f->ctx, b->start, b->len, dev), "%s",
+		  b->what);
+}
+
+static void bad_unlock(struct fix *f, const struct bad_range *b, void **dev)
+{
+	dxm_exclusive_unlock(f->ctx, b->start, b->len, dev);
+}
+
+FIX_TEST(make_exclusive_bad_ranges)
+{
+	each_bad_range(&f, bad_make_exclusive);
 	cr_assert_eq(dxm_make_exclusive(f.ctx, f.r, PS, owner, NULL), -EINVAL);
 	check_untouched(&f, "NULL dev");
 	check_usable_and_teardown(&f);
 }
 
-Test(b11_badinput, mprotect_bad_ranges, .timeout = 30)
+FIX_TEST(mprotect_bad_ranges)
 {
-	struct fix f;
-	struct bad_range b[32];
-	setup(&f);
-	size_t n = bad_ranges(&f, b);
-	for (size_t i = 0; i < n; i++) {
-		int got = dxm_mprotect(f.ctx, b[i].start, b[i].len, PROT_READ);
-		cr_assert_eq(got, b[i].err, "%s: %d, expected %d", b[i].what,
-			     got, b[i].err);
-		check_untouched(&f, b[i].what);
-	}
+	each_bad_range(&f, bad_mprotect);
 	/* Bad protection bits. */
 	static const int bad_prot[] = { 0x10, 0x8, PROT_GROWSDOWN,
 					PROT_GROWSUP, -1 };
@@ -218,23 +257,10 @@ Test(b11_badinput, mprotect_bad_ranges, .timeout = 30)
 	check_usable_and_teardown(&f);
 }
 
-Test(b11_badinput, range_fault_bad_ranges, .timeout = 30)
+FIX_TEST(range_fault_bad_ranges)
 {
-	struct fix f;
-	struct bad_range b[32];
-	void *dev[NPG + 4];
-	setup(&f);
-	size_t n = bad_ranges(&f, b);
-	for (size_t i = 0; i < n; i++) {
-		long got = dxm_range_fault(f.ctx, b[i].start, b[i].len, 0, dev);
-		cr_assert_eq(got, b[i].err, "%s: %ld, expected %d", b[i].what,
-			     got, b[i].err);
-		got = dxm_range_fault(f.ctx, b[i].start, b[i].len,
-				      DXM_FAULT_WRITE, NULL);
-		cr_assert_eq(got, b[i].err, "%s (write): %ld, expected %d",
-			     b[i].what, got, b[i].err);
-		check_untouched(&f, b[i].what);
-	}
+	void *dev[NPG];
+	each_bad_range(&f, bad_range_fault);
 	cr_assert_eq(dxm_range_fault(f.ctx, f.r, LEN, 1u << 7, dev), -EINVAL);
 	cr_assert_eq(dxm_range_fault(f.ctx, f.r, LEN, ~0u, dev), -EINVAL);
 	check_untouched(&f, "unknown flags");
@@ -243,21 +269,9 @@ Test(b11_badinput, range_fault_bad_ranges, .timeout = 30)
 
 /* dxm_check_exclusive: false for every bad range, a NULL or wrong dev
  * array, a page the CPU owns; and it changes nothing. */
-Test(b11_badinput, check_exclusive_false_on_bad_input, .timeout = 30)
+FIX_TEST(check_exclusive_false_on_bad_input)
 {
-	struct fix f;
-	struct bad_range b[32];
-	void *dev[NPG + 4];
-	setup(&f);
-	size_t n = bad_ranges(&f, b);
-	for (size_t i = 0; i < NPG + 4; i++)
-		dev[i] = f.xdev;
-	for (size_t i = 0; i < n; i++) {
-		cr_assert(!dxm_check_exclusive(f.ctx, b[i].start, b[i].len,
-					       dev),
-			  "%s", b[i].what);
-		check_untouched(&f, b[i].what);
-	}
+	each_bad_range(&f, bad_check_exclusive);
 	cr_assert(!dxm_check_exclusive(f.ctx, f.r + XPG * PS, PS, NULL));
 	void *wrong[1] = { (char *)f.xdev + PS };
 	cr_assert(!dxm_check_exclusive(f.ctx, f.r + XPG * PS, PS, wrong));
@@ -266,6 +280,9 @@ Test(b11_badinput, check_exclusive_false_on_bad_input, .timeout = 30)
 	/* The page before it is the CPU's (its true device address). */
 	wrong[0] = (char *)f.xdev - PS;
 	cr_assert(!dxm_check_exclusive(f.ctx, f.r + (XPG - 1) * PS, PS, wrong));
+	void *dev[NPG];
+	for (size_t i = 0; i < NPG; i++)
+		dev[i] = f.xdev;
 	cr_assert(!dxm_check_exclusive(f.ctx, f.r, LEN, dev));
 	check_untouched(&f, "dxm_check_exclusive");
 	check_usable_and_teardown(&f);
@@ -273,19 +290,9 @@ Test(b11_badinput, check_exclusive_false_on_bad_input, .timeout = 30)
 
 /* dxm_exclusive_unlock with bad ranges, NULL or forged dev arrays, pages
  * not locked, twice: nothing changes. */
-Test(b11_badinput, exclusive_unlock_harmless, .timeout = 30)
+FIX_TEST(exclusive_unlock_harmless)
 {
-	struct fix f;
-	struct bad_range b[32];
-	void *dev[NPG + 4];
-	setup(&f);
-	size_t n = bad_ranges(&f, b);
-	for (size_t i = 0; i < NPG + 4; i++)
-		dev[i] = f.xdev;
-	for (size_t i = 0; i < n; i++) {
-		dxm_exclusive_unlock(f.ctx, b[i].start, b[i].len, dev);
-		check_untouched(&f, b[i].what);
-	}
+	each_bad_range(&f, bad_unlock);
 	dxm_exclusive_unlock(f.ctx, f.r, LEN, NULL);
 	check_untouched(&f, "NULL dev");
 	/* The exclusive page again (already unlocked), and the CPU's pages
@@ -329,10 +336,8 @@ Test(b11_badinput, exclusive_unlock_harmless, .timeout = 30)
 
 /* ---------------------------------------------------- memory functions */
 
-Test(b11_badinput, alloc_bad_arguments, .timeout = 30)
+FIX_TEST(alloc_bad_arguments)
 {
-	struct fix f;
-	setup(&f);
 	void *p = (void *)0x1234;
 	cr_assert_eq(dxm_alloc(f.ctx, PS, 0, NULL), -EINVAL);
 	cr_assert_eq(dxm_alloc(f.ctx, 0, 0, &p), -EINVAL);
@@ -352,10 +357,8 @@ Test(b11_badinput, alloc_bad_arguments, .timeout = 30)
 	check_usable_and_teardown(&f);
 }
 
-Test(b11_badinput, alias_bad_arguments, .timeout = 30)
+FIX_TEST(alias_bad_arguments)
 {
-	struct fix f;
-	setup(&f);
 	void *a = (void *)0x1234;
 	cr_assert_eq(dxm_alias(f.ctx, NULL, &a), -EINVAL);
 	cr_assert_eq(dxm_alias(f.ctx, f.r, NULL), -EINVAL);
@@ -370,10 +373,8 @@ Test(b11_badinput, alias_bad_arguments, .timeout = 30)
 	check_usable_and_teardown(&f);
 }
 
-Test(b11_badinput, free_bad_arguments_and_double_free, .timeout = 30)
+FIX_TEST(free_bad_arguments_and_double_free)
 {
-	struct fix f;
-	setup(&f);
 	cr_assert_eq(dxm_free(f.ctx, NULL), -EINVAL);
 	cr_assert_eq(dxm_free(f.ctx, f.anon), -ENOENT);
 	cr_assert_eq(dxm_free(f.ctx, f.heap), -ENOENT);
@@ -426,11 +427,9 @@ static bool free_invalidate(struct dxm_notifier *n, const struct dxm_range *r,
 	return true;
 }
 
-Test(b11_badinput, free_from_handler_callback_edeadlk, .timeout = 30)
+FIX_TEST(free_from_handler_callback_edeadlk)
 {
 	static const struct dxm_notifier_ops ops = { free_invalidate };
-	struct fix f;
-	setup(&f);
 	char *a;
 	cr_assert_eq(dxm_alias(f.ctx, f.r, (void **)&a), 0);
 	fh.ctx = f.ctx;
@@ -471,13 +470,7 @@ Test(b11_badinput, free_from_handler_callback_edeadlk, .timeout = 30)
 	cr_assert_eq(mincore(a, PS, &v), -1, "the alias is still mapped");
 	/* Page XPG exclusive again, for the common end (which frees the
 	 * region from the test thread: 0). */
-	void *dev[1];
-	cr_assert_eq(dxm_make_exclusive(f.ctx, f.r + XPG * PS, PS, owner, dev),
-		     1);
-	cr_assert_eq(dev[0], f.xdev);
-	dxm_exclusive_unlock(f.ctx, f.r + XPG * PS, PS, dev);
-	rec.nrec = 1;
-	f.st = stats(f.ctx);
+	retake_xpg(&f);
 	check_usable_and_teardown(&f);
 }
 
@@ -490,10 +483,8 @@ static bool rec_invalidate(struct dxm_notifier *n, const struct dxm_range *r,
 	return true;
 }
 
-Test(b11_badinput, notifier_insert_bad_arguments, .timeout = 30)
+FIX_TEST(notifier_insert_bad_arguments)
 {
-	struct fix f;
-	setup(&f);
 	static const struct dxm_notifier_ops ok_ops = { rec_invalidate };
 	static const struct dxm_notifier_ops null_ops = { NULL };
 	struct dxm_notifier *n = (void *)0x1234;
@@ -518,20 +509,12 @@ Test(b11_badinput, notifier_insert_bad_arguments, .timeout = 30)
 	cr_assert_eq(stats(f.ctx).notifier_calls, st0.notifier_calls + 1);
 	cr_assert_eq(rec.nrec, 2);
 	/* Put the page back for the common end. */
-	void *dev[1];
-	cr_assert_eq(dxm_make_exclusive(f.ctx, f.r + XPG * PS, PS, owner, dev),
-		     1);
-	cr_assert_eq(dev[0], f.xdev);
-	dxm_exclusive_unlock(f.ctx, f.r + XPG * PS, PS, dev);
-	rec.nrec = 1;
-	f.st = stats(f.ctx);
+	retake_xpg(&f);
 	check_usable_and_teardown(&f);
 }
 
-Test(b11_badinput, stats_bad_arguments, .timeout = 30)
+FIX_TEST(stats_bad_arguments)
 {
-	struct fix f;
-	setup(&f);
 	struct dxm_stats st;
 	cr_assert_eq(dxm_stats(f.ctx, NULL, sizeof(st)), -EINVAL);
 	cr_assert_eq(dxm_stats(f.ctx, &st, 0), -EINVAL);
@@ -638,10 +621,8 @@ static void all_calls_fail(struct dxm_ctx *ctx, char *r, int err)
 	cr_assert_null(n);
 }
 
-Test(b11_badinput, null_and_foreign_ctx, .timeout = 30)
+FIX_TEST(null_and_foreign_ctx)
 {
-	struct fix f;
-	setup(&f);
 	all_calls_fail(NULL, f.r, -EINVAL);
 	check_untouched(&f, "a NULL context");
 	/* A pointer that is no context (never dereferenced). */
@@ -652,10 +633,8 @@ Test(b11_badinput, null_and_foreign_ctx, .timeout = 30)
 	check_usable_and_teardown(&f);
 }
 
-Test(b11_badinput, use_after_ctx_destroy_ebadf, .timeout = 30)
+FIX_TEST(use_after_ctx_destroy_ebadf)
 {
-	struct fix f;
-	setup(&f);
 	char *r = f.r;
 	recorder_remove(&rec);
 	dxm_ctx_destroy(f.ctx);
@@ -682,66 +661,43 @@ Test(b11_badinput, use_after_ctx_destroy_ebadf, .timeout = 30)
 
 /* --------------------------------------------------------------- fork */
 
-static int wait_child(pid_t pid)
-{
-	int status;
-	cr_assert_eq(waitpid(pid, &status, 0), pid);
-	return status;
-}
-
-static void no_core(void)
-{
-	struct rlimit rl = { 0, 0 };
-	setrlimit(RLIMIT_CORE, &rl);
-}
-
 /* In a fork()ed child every call on the parent's context is refused with
  * -ECHILD, and destroying it does nothing to the parent. */
-Test(b11_badinput, fork_child_calls_echild, .timeout = 30)
+static int child_calls(struct fix *f)
 {
-	struct fix f;
-	setup(&f);
+	static const struct dxm_notifier_ops ops = { rec_invalidate };
+	void *p, *dev[NPG];
+	struct dxm_notifier *n;
+	struct dxm_stats st;
+	int k = 0;
+	CHILD_CHECK(dxm_alloc(f->ctx, PS, 0, &p) == -ECHILD);
+	CHILD_CHECK(dxm_alias(f->ctx, f->r, &p) == -ECHILD);
+	CHILD_CHECK(dxm_free(f->ctx, f->r) == -ECHILD);
+	CHILD_CHECK(dxm_mprotect(f->ctx, f->r, PS, PROT_READ) == -ECHILD);
+	CHILD_CHECK(dxm_make_exclusive(f->ctx, f->r, PS, owner, dev) ==
+		    -ECHILD);
+	CHILD_CHECK(dxm_range_fault(f->ctx, f->r, LEN, 0, dev) == -ECHILD);
+	CHILD_CHECK(dxm_notifier_insert(f->ctx, f->r, PS, &ops, NULL, &n) ==
+		    -ECHILD);
+	CHILD_CHECK(dxm_stats(f->ctx, &st, sizeof(st)) == -ECHILD);
+	CHILD_CHECK(dxm_adopt(f->ctx, f->anon, PS, 0) == -ECHILD);
+	dev[0] = f->xdev;
+	CHILD_CHECK(!dxm_check_exclusive(f->ctx, f->r + XPG * PS, PS, dev));
+	dxm_exclusive_unlock(f->ctx, f->r + XPG * PS, PS, dev);
+	dxm_ctx_destroy(f->ctx);
+	/* Private memory is the child's own copy. */
+	CHILD_CHECK(f->anon[0] == 0x3c);
+	f->anon[0] = 0;
+	return 0;
+}
+
+FIX_TEST(fork_child_calls_echild)
+{
 	pid_t pid = fork();
 	cr_assert_neq(pid, -1);
-	if (pid == 0) {
-		static const struct dxm_notifier_ops ops = { rec_invalidate };
-		void *p, *dev[NPG];
-		struct dxm_notifier *n;
-		struct dxm_stats st;
-		int k = 0;
-#define CHILD_CHECK(cond)                                                      \
-	do {                                                                   \
-		k++;                                                           \
-		if (!(cond))                                                   \
-			_exit(k);                                              \
-	} while (0)
-		CHILD_CHECK(dxm_alloc(f.ctx, PS, 0, &p) == -ECHILD);
-		CHILD_CHECK(dxm_alias(f.ctx, f.r, &p) == -ECHILD);
-		CHILD_CHECK(dxm_free(f.ctx, f.r) == -ECHILD);
-		CHILD_CHECK(dxm_mprotect(f.ctx, f.r, PS, PROT_READ) == -ECHILD);
-		CHILD_CHECK(dxm_make_exclusive(f.ctx, f.r, PS, owner, dev) ==
-			    -ECHILD);
-		CHILD_CHECK(dxm_range_fault(f.ctx, f.r, LEN, 0, dev) ==
-			    -ECHILD);
-		CHILD_CHECK(dxm_notifier_insert(f.ctx, f.r, PS, &ops, NULL,
-						&n) == -ECHILD);
-		CHILD_CHECK(dxm_stats(f.ctx, &st, sizeof(st)) == -ECHILD);
-		CHILD_CHECK(dxm_adopt(f.ctx, f.anon, PS, 0) == -ECHILD);
-		dev[0] = f.xdev;
-		CHILD_CHECK(!dxm_check_exclusive(f.ctx, f.r + XPG * PS, PS,
-						 dev));
-		dxm_exclusive_unlock(f.ctx, f.r + XPG * PS, PS, dev);
-		dxm_ctx_destroy(f.ctx);
-		/* Private memory is the child's own copy. */
-		CHILD_CHECK(f.anon[0] == 0x3c);
-		f.anon[0] = 0;
-#undef CHILD_CHECK
-		_exit(0);
-	}
-	int status = wait_child(pid);
-	cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0,
-		  "child: status %#x (check %d failed)", status,
-		  WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+	if (pid == 0)
+		_exit(child_calls(&f));
+	child_checks_passed(pid);
 	/* The parent's context survived the child's calls. */
 	cr_assert_eq(stats(f.ctx).regions, f.st.regions);
 	check_usable_and_teardown(&f);
@@ -749,30 +705,14 @@ Test(b11_badinput, fork_child_calls_echild, .timeout = 30)
 
 /* A dxm region is not inherited (MADV_DONTFORK): a child touching it, its
  * alias, or its exclusive page gets SIGSEGV.  The parent is unaffected. */
-Test(b11_badinput, fork_child_touch_segfaults, .timeout = 30)
+FIX_TEST(fork_child_touch_segfaults)
 {
-	struct fix f;
-	setup(&f);
 	char *a;
 	cr_assert_eq(dxm_alias(f.ctx, f.r, (void **)&a), 0);
 	char *targets[] = { f.r, f.r + XPG * PS, a, a + XPG * PS, f.r + PS };
-	for (size_t i = 0; i < sizeof(targets) / sizeof(targets[0]); i++) {
-		pid_t pid = fork();
-		cr_assert_neq(pid, -1);
-		if (pid == 0) {
-			no_core();
-			if (i == 4)
-				wr(targets[i], 1); /* a write */
-			else
-				(void)rd(targets[i]);
-			_exit(42);
-		}
-		int status = wait_child(pid);
-		cr_assert(WIFSIGNALED(status) && WTERMSIG(status) == SIGSEGV,
-			  "target %zu: the child was not killed by SIGSEGV "
-			  "(status %#x)",
-			  i, status);
-	}
+	for (size_t i = 0; i < sizeof(targets) / sizeof(targets[0]); i++)
+		child_touch_segfaults(i, targets[i], i == 4 /* a write */, NULL,
+				      NULL);
 	/* Still the parent's, exclusive page included. */
 	cr_assert(check_index(a, PS, ADD));
 	cr_assert_eq(dxm_free(f.ctx, a), 0);

@@ -7,40 +7,18 @@
  * scenario on this memory.
  */
 #include <errno.h>
-#include <fcntl.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "common.h"
-
-
-/* Join t, waiting at most ms milliseconds; true if it was joined. */
-static bool join_within(pthread_t t, unsigned ms)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	ts.tv_sec += ms / 1000;
-	ts.tv_nsec += (long)(ms % 1000) * 1000000L;
-	if (ts.tv_nsec >= 1000000000L) {
-		ts.tv_sec++;
-		ts.tv_nsec -= 1000000000L;
-	}
-	return pthread_timedjoin_np(t, NULL, &ts) == 0;
-}
 
 /* The physical frame behind addr (0 when the kernel hides PFNs from us or
  * the page is not present). */
 static uint64_t page_pfn(const void *addr)
 {
-	int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
-	cr_assert(fd >= 0, "open pagemap: %s", strerror(errno));
-	uint64_t e = 0;
-	off_t off = (off_t)((uintptr_t)addr / PS * sizeof(e));
-	cr_assert_eq(pread(fd, &e, sizeof(e), off), (ssize_t)sizeof(e));
-	close(fd);
+	uint64_t e = pagemap_entry(addr);
 	return (e >> 63) & 1 ? e & ((1ull << 55) - 1) : 0;
 }
 
@@ -58,23 +36,18 @@ static void **dev_array(size_t n)
 }
 
 #define KIND_TEST(name)                                                        \
-	ParameterizedTestParameters(b1_exclusive, name)                        \
-	{                                                                      \
-		MEM_KINDS_PARAMS;                                              \
-	}                                                                      \
-	ParameterizedTest(enum mem_kind *kind, b1_exclusive, name,             \
-			  .timeout = 30)
+	KIND_TEST_OF(b1_exclusive, MEM_KINDS_PARAMS, name, .timeout = 30)
+/* A test on a context and len bytes of *kind memory (common.h). */
+#define MEM_TEST(name, len)                                                    \
+	MEM_TEST_OF(b1_exclusive, MEM_KINDS_PARAMS, name, len, .timeout = 30)
 
 /* ------------------------------------------------------------------------ */
 
 /* The return value is len / page size and every page gets its own,
  * page-aligned device-side address that is not a CPU view address. */
-KIND_TEST(returns_npages_and_dev_per_page)
+MEM_TEST(returns_npages_and_dev_per_page, 16 * PS)
 {
-	struct dxm_ctx *ctx = ctx_or_skip(NULL);
-	struct mem m;
-	const size_t n = 16;
-	mem_setup(ctx, *kind, n * PS, &m);
+	const size_t n = m.len / PS;
 	void **dev = dev_array(n);
 	for (size_t i = 0; i < n; i++)
 		dev[i] = (void *)1; /* must be overwritten */
@@ -113,18 +86,13 @@ KIND_TEST(returns_npages_and_dev_per_page)
 			     5 + i);
 	dxm_exclusive_unlock(ctx, (char *)m.base + 5 * PS, 4 * PS, dev2);
 	free(dev);
-	mem_teardown(&m);
-	dxm_ctx_destroy(ctx);
 }
 
 /* Every CPU view of every page loses its mapping: the kernel's pagemap says
  * not present.  Pages outside the range keep theirs. */
-KIND_TEST(revokes_every_cpu_view)
+MEM_TEST(revokes_every_cpu_view, 32 * PS)
 {
-	struct dxm_ctx *ctx = ctx_or_skip(NULL);
-	struct mem m;
-	const size_t n = 32, a = 4, k = 20; /* convert pages [a, a+k) */
-	mem_setup(ctx, *kind, n * PS, &m);
+	const size_t n = m.len / PS, a = 4, k = 20; /* convert [a, a+k) */
 	/* A second alias on top: a view the test never touches through. */
 	void *extra = NULL;
 	cr_assert_eq(dxm_alias(ctx, m.region, &extra), 0);
@@ -161,19 +129,14 @@ KIND_TEST(revokes_every_cpu_view)
 		cr_assert_eq(pages_present((char *)views[v] + a * PS, k * PS),
 			     0, "view %d mapped again by the unlock", v);
 	free(dev);
-	mem_teardown(&m);
-	dxm_ctx_destroy(ctx);
 }
 
 /* The device view shows what the CPU wrote; what the device writes is what
  * the CPU reads later; the device page is the very page the CPU maps (same
  * physical frame where the kernel shows frames). */
-KIND_TEST(data_not_copied_or_lost)
+MEM_TEST(data_not_copied_or_lost, 8 * PS)
 {
-	struct dxm_ctx *ctx = ctx_or_skip(NULL);
-	struct mem m;
-	const size_t n = 8;
-	mem_setup(ctx, *kind, n * PS, &m);
+	const size_t n = m.len / PS;
 	fill_index(m.base, n * PS, 1000);
 	uint64_t pfn_before[8];
 	for (size_t i = 0; i < n; i++)
@@ -211,8 +174,6 @@ KIND_TEST(data_not_copied_or_lost)
 			cr_assert_eq(pfn, pfn_before[i],
 				     "page %zu came back as another frame", i);
 	}
-	mem_teardown(&m);
-	dxm_ctx_destroy(ctx);
 }
 
 /* ---------------------------------------------------- pages come LOCKED */
@@ -250,20 +211,17 @@ static int order_hook(struct recorder *r, const struct dxm_range *range)
 	return 0;
 }
 
-static void locked_case(enum mem_kind kind, bool write)
+/* On 4 pages of memory m. */
+static void locked_case(struct dxm_ctx *ctx, struct mem m, bool write)
 {
-	struct dxm_ctx *ctx = ctx_or_skip(NULL);
-	struct mem m;
-	mem_setup(ctx, kind, 4 * PS, &m);
+	void *dev[1];
 	uint64_t *w = (uint64_t *)((char *)m.base + PS);
 	*w = 1;
 	static struct recorder rec;
 	static struct toucher t;
-	rec.hook = order_hook;
-	rec.hook_arg = &t;
 	recorder_insert(ctx, &rec, m.base, 4 * PS);
+	recorder_hook(&rec, order_hook, &t);
 
-	void *dev[1];
 	cr_assert_eq(dxm_make_exclusive(ctx, w, PS, &m, dev), 1);
 	cr_assert_not_null(dev[0]);
 	t.p = w;
@@ -306,28 +264,23 @@ static void locked_case(enum mem_kind kind, bool write)
 	struct dxm_stats st = stats(ctx);
 	cr_assert_geq(st.deferred_faults, 1);
 	recorder_remove(&rec);
-	mem_teardown(&m);
-	dxm_ctx_destroy(ctx);
 }
 
-KIND_TEST(locked_until_unlock_load)
+MEM_TEST(locked_until_unlock_load, 4 * PS)
 {
-	locked_case(*kind, false);
+	locked_case(ctx, m, false);
 }
 
-KIND_TEST(locked_until_unlock_store)
+MEM_TEST(locked_until_unlock_store, 4 * PS)
 {
-	locked_case(*kind, true);
+	locked_case(ctx, m, true);
 }
 
 /* A second make_exclusive on pages still LOCKED by someone else gets NULL
  * for them (and the others it asked for); once unlocked (EXCLUSIVE) a new
  * owner may take them over. */
-KIND_TEST(locked_page_refused_to_second_caller)
+MEM_TEST(locked_page_refused_to_second_caller, 8 * PS)
 {
-	struct dxm_ctx *ctx = ctx_or_skip(NULL);
-	struct mem m;
-	mem_setup(ctx, *kind, 8 * PS, &m);
 	char *b = m.base;
 	static const int owner_a = 1, owner_b = 2;
 	void *da[4], *db[4];
@@ -360,17 +313,12 @@ KIND_TEST(locked_page_refused_to_second_caller)
 	cr_assert_eq(dxm_make_exclusive(ctx, b + 4 * PS, PS, &owner_a, da), 1);
 	cr_assert_null(da[0]);
 	dxm_exclusive_unlock(ctx, b + 4 * PS, 2 * PS, db);
-	mem_teardown(&m);
-	dxm_ctx_destroy(ctx);
 }
 
 /* dxm_check_exclusive: true right after the conversion (locked or not),
  * false once a CPU access took a page back. */
-KIND_TEST(check_true_until_cpu_touch)
+MEM_TEST(check_true_until_cpu_touch, 4 * PS)
 {
-	struct dxm_ctx *ctx = ctx_or_skip(NULL);
-	struct mem m;
-	mem_setup(ctx, *kind, 4 * PS, &m);
 	char *b = m.base;
 	void *dev[4];
 	cr_assert_eq(dxm_make_exclusive(ctx, b, 4 * PS, &m, dev), 4);
@@ -397,15 +345,12 @@ KIND_TEST(check_true_until_cpu_touch)
 	*(volatile char *)(b + 3 * PS) = 1;
 	cr_assert(!dxm_check_exclusive(ctx, b + 3 * PS, PS, &dev[3]));
 	cr_assert(dxm_check_exclusive(ctx, b, 2 * PS, dev));
-	mem_teardown(&m);
-	dxm_ctx_destroy(ctx);
 }
 
 static void range_case(enum mem_kind kind, size_t n)
 {
-	struct dxm_ctx *ctx = ctx_or_skip(NULL);
 	struct mem m;
-	mem_setup(ctx, kind, n * PS, &m);
+	struct dxm_ctx *ctx = ctx_mem(kind, n * PS, &m);
 	fill_index(m.base, n * PS, 7);
 	cr_assert_eq(pages_present(m.base, n * PS), n);
 	void **dev = dev_array(n);
@@ -426,8 +371,7 @@ static void range_case(enum mem_kind kind, size_t n)
 	cr_assert_eq(pages_present(m.base, n * PS), n);
 	cr_assert(!dxm_check_exclusive(ctx, m.base, n * PS, dev));
 	free(dev);
-	mem_teardown(&m);
-	dxm_ctx_destroy(ctx);
+	mem_done(&m);
 }
 
 KIND_TEST(range_4mib)
@@ -446,12 +390,9 @@ KIND_TEST(range_one_page)
  * reads and increments every value (each page faults back); a second pass
  * sees i + 1; no page is exclusive any more.
  */
-KIND_TEST(kernel_scenario_4mib)
+MEM_TEST(kernel_scenario_4mib, 4u << 20)
 {
-	struct dxm_ctx *ctx = ctx_or_skip(NULL);
-	struct mem m;
-	const size_t len = 4u << 20, n = len / PS, words = PS / 8;
-	mem_setup(ctx, *kind, len, &m);
+	const size_t len = m.len, n = len / PS, words = PS / 8;
 	uint64_t *ptr = m.base;
 	for (size_t i = 0; i < len / 8; i++)
 		ptr[i] = i;
@@ -509,6 +450,4 @@ KIND_TEST(kernel_scenario_4mib)
 		     (unsigned long long)(st1.restores - st0.restores), n);
 	cr_assert_geq(st1.pages_converted, n);
 	free(dev);
-	mem_teardown(&m);
-	dxm_ctx_destroy(ctx);
 }

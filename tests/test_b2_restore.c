@@ -20,11 +20,7 @@
 #include "common.h"
 
 #define KIND_TEST(name)                                                        \
-	ParameterizedTestParameters(b2_restore, name)                          \
-	{                                                                      \
-		MEM_KINDS_PARAMS;                                              \
-	}                                                                      \
-	ParameterizedTest(enum mem_kind *kind, b2_restore, name, .timeout = 30)
+	KIND_TEST_OF(b2_restore, MEM_KINDS_PARAMS, name, .timeout = 30)
 
 /* Every recorded CLEAR carries no owner. */
 static void assert_clears_have_no_owner(struct recorder *r)
@@ -77,18 +73,16 @@ enum access { ACC_LOAD, ACC_STORE, ACC_ATOMIC };
 
 static void access_case(enum mem_kind kind, enum access acc)
 {
-	struct dxm_ctx *ctx = ctx_or_skip(NULL);
 	struct mem m;
-	mem_setup(ctx, kind, 2 * PS, &m);
+	struct dxm_ctx *ctx = ctx_mem(kind, 2 * PS, &m);
 	uint64_t *page = (uint64_t *)((char *)m.base + PS);
 	volatile uint64_t *w = page;
 	fill_index(page, PS, 0);
 
 	static struct recorder rec;
 	static struct probe pr;
-	rec.hook = probe_hook;
-	rec.hook_arg = &pr;
 	recorder_insert(ctx, &rec, m.base, 2 * PS);
+	recorder_hook(&rec, probe_hook, &pr);
 
 	void *dev[1];
 	cr_assert_eq(dxm_make_exclusive(ctx, page, PS, &m, dev), 1);
@@ -163,8 +157,7 @@ static void access_case(enum mem_kind kind, enum access acc)
 	(void)*w;
 	cr_assert_eq(rec.count, before);
 	recorder_remove(&rec);
-	mem_teardown(&m);
-	dxm_ctx_destroy(ctx);
+	mem_done(&m);
 }
 
 KIND_TEST(cpu_load_faults_back)

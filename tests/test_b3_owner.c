@@ -9,32 +9,14 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "common.h"
 #include "dxm_mirror.h"
 
-#define KIND_TEST(name)                                                        \
-	ParameterizedTestParameters(b3_owner, name)                            \
-	{                                                                      \
-		MEM_KINDS_PARAMS;                                              \
-	}                                                                      \
-	ParameterizedTest(enum mem_kind *kind, b3_owner, name, .timeout = 30)
-
-/* Join t, waiting at most ms milliseconds; true if it was joined. */
-static bool join_within(pthread_t t, unsigned ms)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	ts.tv_sec += ms / 1000;
-	ts.tv_nsec += (long)(ms % 1000) * 1000000L;
-	if (ts.tv_nsec >= 1000000000L) {
-		ts.tv_sec++;
-		ts.tv_nsec -= 1000000000L;
-	}
-	return pthread_timedjoin_np(t, NULL, &ts) == 0;
-}
+/* A test on a context and len bytes of *kind memory (common.h). */
+#define MEM_TEST(name, len)                                                    \
+	MEM_TEST_OF(b3_owner, MEM_KINDS_PARAMS, name, len, .timeout = 30)
 
 /* The recorded EXCLUSIVE events: how many, and how many by `owner` that
  * exactly cover [start, end). */
@@ -62,11 +44,8 @@ static size_t count_exclusive(struct recorder *r, const void *owner,
 /* A conversion notifies DXM_EVENT_EXCLUSIVE with the converting owner,
  * for the converted pages, in every view; a later conversion by another
  * owner (takeover) carries that owner. */
-KIND_TEST(exclusive_event_carries_owner)
+MEM_TEST(exclusive_event_carries_owner, 8 * PS)
 {
-	struct dxm_ctx *ctx = ctx_or_skip(NULL);
-	struct mem m;
-	mem_setup(ctx, *kind, 8 * PS, &m);
 	char *b = m.base;
 	static struct recorder rec, rec_region;
 	recorder_insert(ctx, &rec, b, 8 * PS);
@@ -110,22 +89,16 @@ KIND_TEST(exclusive_event_carries_owner)
 	recorder_remove(&rec);
 	if (m.region != m.base)
 		recorder_remove(&rec_region);
-	mem_teardown(&m);
-	dxm_ctx_destroy(ctx);
 }
 
 /* A recorder that ignores owner x is called for x's conversions but does
  * not record them (nor move its sequence); it records y's. */
-KIND_TEST(recorder_ignores_its_own_owner)
+MEM_TEST(recorder_ignores_its_own_owner, 4 * PS)
 {
-	struct dxm_ctx *ctx = ctx_or_skip(NULL);
-	struct mem m;
-	mem_setup(ctx, *kind, 4 * PS, &m);
-	char *b = m.base;
-	static const int x = 1, y = 2;
 	static struct recorder rec;
-	rec.ignore_owner = &x;
-	recorder_insert(ctx, &rec, b, 4 * PS);
+	static const int x = 1, y = 2;
+	char *b = m.base;
+	recorder_insert_ignoring(ctx, &rec, b, 4 * PS, &x);
 	void *dev[4];
 
 	unsigned long seq = dxm_notifier_read_begin(rec.n);
@@ -148,8 +121,6 @@ KIND_TEST(recorder_ignores_its_own_owner)
 		  "another owner's conversion did not invalidate it");
 	dxm_exclusive_unlock(ctx, b + 2 * PS, 2 * PS, dev);
 	recorder_remove(&rec);
-	mem_teardown(&m);
-	dxm_ctx_destroy(ctx);
 }
 
 /* ------------------------------------------------- a filtering driver */
@@ -180,12 +151,9 @@ static void *mirror_job_main(void *arg)
 /* The mirror follows nouveau's loop and filters its own owner: each call
  * returns 0 in bounded time with no retry, and the device really holds the
  * pages. */
-KIND_TEST(filtering_driver_makes_progress)
+MEM_TEST(filtering_driver_makes_progress, 16 * PS)
 {
-	struct dxm_ctx *ctx = ctx_or_skip(NULL);
-	struct mem m;
-	const size_t n = 16;
-	mem_setup(ctx, *kind, n * PS, &m);
+	const size_t n = m.len / PS;
 	fill_index(m.base, n * PS, 0);
 	struct dxm_mirror *mir;
 	cr_assert_eq(dxm_mirror_create(ctx, &mir), 0);
@@ -226,35 +194,15 @@ KIND_TEST(filtering_driver_makes_progress)
 	dxm_mirror_get_stats(mir, &st);
 	cr_assert_eq(st.stale_accesses, 0);
 	dxm_mirror_destroy(mir);
-	mem_teardown(&m);
-	dxm_ctx_destroy(ctx);
 }
 
 /* ------------------------------------- a driver that does not filter */
 
-struct drv {
-	struct dxm_notifier *n;
-	pthread_mutex_t lock;
-	bool filter; /* ignore EXCLUSIVE events carrying this driver */
-	size_t calls;
-};
-
-static bool drv_invalidate(struct dxm_notifier *n, const struct dxm_range *r,
-			   unsigned long cur_seq)
-{
-	struct drv *d = dxm_notifier_priv(n);
-	pthread_mutex_lock(&d->lock);
-	d->calls++;
-	if (!(d->filter && r->event == DXM_EVENT_EXCLUSIVE && r->owner == d))
-		dxm_notifier_set_seq(n, cur_seq);
-	pthread_mutex_unlock(&d->lock);
-	return true;
-}
-
-static const struct dxm_notifier_ops drv_ops = { .invalidate = drv_invalidate };
+/* The driver is a recorder (common.c): it filters its own conversions
+ * when its ignore_owner is itself, the owner it converts with. */
 
 /* One round of nouveau's loop; true if read_retry said "again". */
-static bool drv_round(struct dxm_ctx *ctx, struct drv *d, void *addr,
+static bool drv_round(struct dxm_ctx *ctx, struct recorder *d, void *addr,
 		      size_t len, void **dev)
 {
 	unsigned long seq = dxm_notifier_read_begin(d->n);
@@ -270,17 +218,10 @@ static bool drv_round(struct dxm_ctx *ctx, struct drv *d, void *addr,
 /* Without the filter, a driver's own conversion invalidates it: read_retry
  * is true after every make_exclusive, so its loop never ends.  With the
  * filter, the same loop succeeds at once. */
-KIND_TEST(unfiltered_driver_sees_retry)
+MEM_TEST(unfiltered_driver_sees_retry, 4 * PS)
 {
-	struct dxm_ctx *ctx = ctx_or_skip(NULL);
-	struct mem m;
-	mem_setup(ctx, *kind, 4 * PS, &m);
-	static struct drv d;
-	pthread_mutex_init(&d.lock, NULL);
-	d.filter = false;
-	cr_assert_eq(dxm_notifier_insert(ctx, m.base, 4 * PS, &drv_ops, &d,
-					 &d.n),
-		     0);
+	static struct recorder d; /* no filter */
+	recorder_insert(ctx, &d, m.base, 4 * PS);
 	void *dev[4];
 	int retries = 0;
 	for (int i = 0; i < 20; i++)
@@ -289,31 +230,22 @@ KIND_TEST(unfiltered_driver_sees_retry)
 		     "an unfiltered driver saw read_retry false after its own "
 		     "conversion (%d of 20 retried)",
 		     retries);
-	cr_assert_geq(d.calls, 20);
+	cr_assert_geq(d.count, 20);
 
-	d.filter = true;
-	size_t calls = d.calls;
+	d.ignore_owner = &d; /* the filter */
+	size_t calls = d.count;
 	cr_assert(!drv_round(ctx, &d, m.base, 4 * PS, dev),
 		  "a filtering driver must not retry on its own conversion");
-	cr_assert_gt(d.calls, calls, "the filter hid nothing: no call");
-	dxm_notifier_remove(d.n);
-	mem_teardown(&m);
-	dxm_ctx_destroy(ctx);
+	cr_assert_gt(d.count, calls, "the filter hid nothing: no call");
+	recorder_remove(&d);
 }
 
 /* Filtering its own owner does not make a driver deaf: another owner's
  * conversion of its pages still invalidates it, and a CPU touch too. */
-KIND_TEST(filtering_driver_sees_other_owners)
+MEM_TEST(filtering_driver_sees_other_owners, 4 * PS)
 {
-	struct dxm_ctx *ctx = ctx_or_skip(NULL);
-	struct mem m;
-	mem_setup(ctx, *kind, 4 * PS, &m);
-	static struct drv d;
-	pthread_mutex_init(&d.lock, NULL);
-	d.filter = true;
-	cr_assert_eq(dxm_notifier_insert(ctx, m.base, 4 * PS, &drv_ops, &d,
-					 &d.n),
-		     0);
+	static struct recorder d;
+	recorder_insert_ignoring(ctx, &d, m.base, 4 * PS, &d);
 	static const int other = 7;
 	void *dev[4];
 	unsigned long seq = dxm_notifier_read_begin(d.n);
@@ -332,7 +264,5 @@ KIND_TEST(filtering_driver_sees_other_owners)
 	(void)*(volatile char *)m.base; /* still the driver's: CLEAR */
 	cr_assert(dxm_notifier_read_retry(d.n, seq),
 		  "a CPU touch did not invalidate the driver");
-	dxm_notifier_remove(d.n);
-	mem_teardown(&m);
-	dxm_ctx_destroy(ctx);
+	recorder_remove(&d);
 }

@@ -13,39 +13,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "common.h"
 
-#define KIND_TEST(name)                                                        \
-	ParameterizedTestParameters(b4_seq, name)                              \
-	{                                                                      \
-		MEM_KINDS_PARAMS;                                              \
-	}                                                                      \
-	ParameterizedTest(enum mem_kind *kind, b4_seq, name, .timeout = 30)
-
-
-static uint64_t now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
-/* Join t, waiting at most ms milliseconds; true if it was joined. */
-static bool join_within(pthread_t t, unsigned ms)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	ts.tv_sec += ms / 1000;
-	ts.tv_nsec += (long)(ms % 1000) * 1000000L;
-	if (ts.tv_nsec >= 1000000000L) {
-		ts.tv_sec++;
-		ts.tv_nsec -= 1000000000L;
-	}
-	return pthread_timedjoin_np(t, NULL, &ts) == 0;
-}
+/* A test on a context and len bytes of *kind memory (common.h). */
+#define KIND_TEST(name, len)                                                   \
+	MEM_TEST_OF(b4_seq, MEM_KINDS_PARAMS, name, len, .timeout = 30)
 
 /* Wait (bounded) until *flag is set. */
 static bool wait_flag(atomic_bool *flag, unsigned ms)
@@ -93,11 +67,8 @@ static void exclusive(struct dxm_ctx *ctx, void *p, size_t len,
 
 /* Nothing that invalidates the notifier happens: retry is false (and
  * read_begin is stable). */
-KIND_TEST(no_invalidation_no_retry)
+KIND_TEST(no_invalidation_no_retry, 4 * PS)
 {
-	struct dxm_ctx *ctx = ctx_or_skip(NULL);
-	struct mem m;
-	mem_setup(ctx, *kind, 4 * PS, &m);
 	char *b = m.base;
 	static struct recorder rec;
 	recorder_insert(ctx, &rec, b, 2 * PS); /* pages 0 and 1 */
@@ -122,16 +93,11 @@ KIND_TEST(no_invalidation_no_retry)
 		  "read_retry true although nothing invalidated it");
 	cr_assert_eq(rec.count, calls);
 	recorder_remove(&rec);
-	mem_teardown(&m);
-	dxm_ctx_destroy(ctx);
 }
 
 /* A CPU touch of an exclusive page (CLEAR). */
-KIND_TEST(cpu_touch_retries)
+KIND_TEST(cpu_touch_retries, 4 * PS)
 {
-	struct dxm_ctx *ctx = ctx_or_skip(NULL);
-	struct mem m;
-	mem_setup(ctx, *kind, 4 * PS, &m);
 	char *b = m.base;
 	static struct recorder rec;
 	recorder_insert(ctx, &rec, b, 4 * PS);
@@ -148,16 +114,11 @@ KIND_TEST(cpu_touch_retries)
 	b[0] = 1;
 	cr_assert(dxm_notifier_read_retry(rec.n, seq));
 	recorder_remove(&rec);
-	mem_teardown(&m);
-	dxm_ctx_destroy(ctx);
 }
 
 /* dxm_range_fault of an exclusive page (CLEAR through the API). */
-KIND_TEST(range_fault_retries)
+KIND_TEST(range_fault_retries, 2 * PS)
 {
-	struct dxm_ctx *ctx = ctx_or_skip(NULL);
-	struct mem m;
-	mem_setup(ctx, *kind, 2 * PS, &m);
 	static struct recorder rec;
 	recorder_insert(ctx, &rec, m.base, 2 * PS);
 	exclusive(ctx, m.base, PS, &m);
@@ -166,21 +127,15 @@ KIND_TEST(range_fault_retries)
 	cr_assert(dxm_notifier_read_retry(rec.n, seq));
 	cr_assert(page_present(m.base));
 	recorder_remove(&rec);
-	mem_teardown(&m);
-	dxm_ctx_destroy(ctx);
 }
 
 /* A make_exclusive by another owner (the recorder ignores its own). */
-KIND_TEST(other_owner_conversion_retries)
+KIND_TEST(other_owner_conversion_retries, 4 * PS)
 {
-	struct dxm_ctx *ctx = ctx_or_skip(NULL);
-	struct mem m;
-	mem_setup(ctx, *kind, 4 * PS, &m);
 	char *b = m.base;
 	static const int self = 1, other = 2;
 	static struct recorder rec;
-	rec.ignore_owner = &self;
-	recorder_insert(ctx, &rec, b, 4 * PS);
+	recorder_insert_ignoring(ctx, &rec, b, 4 * PS, &self);
 	unsigned long seq = dxm_notifier_read_begin(rec.n);
 	exclusive(ctx, b, 4 * PS, &self);
 	cr_assert(!dxm_notifier_read_retry(rec.n, seq),
@@ -189,16 +144,11 @@ KIND_TEST(other_owner_conversion_retries)
 	cr_assert(dxm_notifier_read_retry(rec.n, seq),
 		  "another owner's conversion did not invalidate it");
 	recorder_remove(&rec);
-	mem_teardown(&m);
-	dxm_ctx_destroy(ctx);
 }
 
 /* dxm_mprotect (PROTECTION). */
-KIND_TEST(mprotect_retries)
+KIND_TEST(mprotect_retries, 4 * PS)
 {
-	struct dxm_ctx *ctx = ctx_or_skip(NULL);
-	struct mem m;
-	mem_setup(ctx, *kind, 4 * PS, &m);
 	char *b = m.base;
 	static struct recorder rec;
 	recorder_insert(ctx, &rec, b + 2 * PS, 2 * PS);
@@ -220,16 +170,13 @@ KIND_TEST(mprotect_retries)
 	cr_assert(!dxm_notifier_read_retry(rec.n, seq));
 	cr_assert_eq(rec.count, calls);
 	recorder_remove(&rec);
-	mem_teardown(&m);
-	dxm_ctx_destroy(ctx);
 }
 
 /* dxm_free of the view the notifier watches (UNMAP). */
-KIND_TEST(free_retries)
+KIND_TEST_OF(b4_seq, MEM_KINDS_PARAMS, free_retries, .timeout = 30)
 {
-	struct dxm_ctx *ctx = ctx_or_skip(NULL);
 	struct mem m;
-	mem_setup(ctx, *kind, 4 * PS, &m);
+	struct dxm_ctx *ctx = ctx_mem(*kind, 4 * PS, &m);
 	static struct recorder rec;
 	recorder_insert(ctx, &rec, m.base, 4 * PS);
 	exclusive(ctx, m.base, PS, &m);
@@ -269,11 +216,8 @@ static const struct dxm_notifier_ops quiet_ops = {
 	.invalidate = quiet_invalidate
 };
 
-KIND_TEST(retry_follows_set_seq)
+KIND_TEST(retry_follows_set_seq, 2 * PS)
 {
-	struct dxm_ctx *ctx = ctx_or_skip(NULL);
-	struct mem m;
-	mem_setup(ctx, *kind, 2 * PS, &m);
 	static struct quiet q;
 	struct dxm_notifier *n;
 	cr_assert_eq(dxm_notifier_insert(ctx, m.base, 2 * PS, &quiet_ops, &q,
@@ -286,19 +230,15 @@ KIND_TEST(retry_follows_set_seq)
 	cr_assert(!dxm_notifier_read_retry(n, seq),
 		  "read_retry true although the callback never set_seq");
 	dxm_notifier_remove(n);
-	mem_teardown(&m);
-	dxm_ctx_destroy(ctx);
 }
 
 /* ------------------------------------------------------- overlapping */
 
 /* Invalidations of pages 0-1 do not call notifiers on pages 2-3, on the
  * page before the region, or on another region. */
-KIND_TEST(non_overlapping_not_called)
+KIND_TEST(non_overlapping_not_called, 4 * PS)
 {
-	struct dxm_ctx *ctx = ctx_or_skip(NULL);
-	struct mem m, m2;
-	mem_setup(ctx, *kind, 4 * PS, &m);
+	struct mem m2;
 	mem_setup(ctx, *kind, 4 * PS, &m2);
 	char *b = m.base;
 	static struct recorder in, after, before, far;
@@ -336,17 +276,12 @@ KIND_TEST(non_overlapping_not_called)
 	recorder_remove(&before);
 	recorder_remove(&far);
 	mem_teardown(&m2);
-	mem_teardown(&m);
-	dxm_ctx_destroy(ctx);
 }
 
 /* The callback's range is the intersection of the invalidated range and
  * the notifier's interval. */
-KIND_TEST(range_clipped_to_interval)
+KIND_TEST(range_clipped_to_interval, 8 * PS)
 {
-	struct dxm_ctx *ctx = ctx_or_skip(NULL);
-	struct mem m;
-	mem_setup(ctx, *kind, 8 * PS, &m);
 	uintptr_t b = (uintptr_t)m.base, s = 0, e = 0;
 	static struct recorder rec;
 	recorder_insert(ctx, &rec, (void *)(b + 2 * PS), 4 * PS); /* 2..5 */
@@ -375,8 +310,6 @@ KIND_TEST(range_clipped_to_interval)
 	}
 	pthread_mutex_unlock(&rec.lock);
 	recorder_remove(&rec);
-	mem_teardown(&m);
-	dxm_ctx_destroy(ctx);
 }
 
 /* ------------------------------------------- a callback that sleeps */
@@ -440,6 +373,32 @@ static void *remove_main(void *arg)
 	return NULL;
 }
 
+/* A notifier over [p, p+len) that calls back into s. */
+static void slow_insert(struct dxm_ctx *ctx, struct slow *s, void *p,
+			size_t len)
+{
+	cr_assert_eq(dxm_notifier_insert(ctx, p, len, &slow_ops, s, &s->n), 0);
+}
+
+/* Run fn (begin_main: read_begin on n; remove_main: remove s's notifier)
+ * in a thread while s's CLEAR callback sleeps; once it returned, it must
+ * have waited for the callback to end, or not (waits), else: why. */
+static struct waiter *run_waiter(void *(*fn)(void *), struct slow *s,
+				 struct dxm_notifier *n, const char *what,
+				 bool waits, const char *why)
+{
+	static struct waiter w;
+	w.s = s;
+	w.n = n;
+	pthread_t t;
+	cr_assert_eq(pthread_create(&t, NULL, fn, &w), 0);
+	cr_assert(join_within(t, 5000), "%s never returned", what);
+	cr_assert_eq(w.cb_done_at_return, waits,
+		     "%s returned after %llu ms: %s", what,
+		     (unsigned long long)w.ms, why);
+	return &w;
+}
+
 /* Start a CPU touch of an exclusive page whose CLEAR callback sleeps;
  * return once the callback is running. */
 static pthread_t start_slow_clear(struct dxm_ctx *ctx, struct slow *s,
@@ -453,151 +412,93 @@ static pthread_t start_slow_clear(struct dxm_ctx *ctx, struct slow *s,
 	return t;
 }
 
+/* The CPU touch completes; then the sequence read_begin returned on n is
+ * still valid, and n goes. */
+static void touch_done_seq_valid(pthread_t toucher, struct dxm_notifier *n,
+				 const struct waiter *w)
+{
+	cr_assert(join_within(toucher, 5000), "the CPU touch never completed");
+	cr_assert(!dxm_notifier_read_retry(n, w->seq),
+		  "the sequence read_begin returned is already stale");
+	dxm_notifier_remove(n);
+}
+
 /* read_begin while an invalidation that already invalidated this notifier
  * still runs: it returns only after the callback returned, with a sequence
  * that is then valid. */
-KIND_TEST(read_begin_waits_for_running_invalidation)
+KIND_TEST(read_begin_waits_for_running_invalidation, 2 * PS)
 {
-	struct dxm_ctx *ctx = ctx_or_skip(NULL);
-	struct mem m;
-	mem_setup(ctx, *kind, 2 * PS, &m);
 	static struct slow s = { .sleep_ms = 200 };
-	cr_assert_eq(dxm_notifier_insert(ctx, m.base, 2 * PS, &slow_ops, &s,
-					 &s.n),
-		     0);
+	slow_insert(ctx, &s, m.base, 2 * PS);
 	pthread_t toucher = start_slow_clear(ctx, &s, m.base);
-
-	static struct waiter w;
-	w.s = &s;
-	w.n = s.n;
-	pthread_t t;
-	cr_assert_eq(pthread_create(&t, NULL, begin_main, &w), 0);
-	cr_assert(join_within(t, 5000), "read_begin never returned");
-	cr_assert(w.cb_done_at_return,
-		  "read_begin returned after %llu ms while the invalidation "
-		  "that invalidated the notifier was still running",
-		  (unsigned long long)w.ms);
-	cr_assert(join_within(toucher, 5000), "the CPU touch never completed");
-	cr_assert(!dxm_notifier_read_retry(s.n, w.seq),
-		  "the sequence read_begin returned is already stale");
+	struct waiter *w = run_waiter(begin_main, &s, s.n, "read_begin", true,
+				      "the invalidation that invalidated the "
+				      "notifier was still running");
+	touch_done_seq_valid(toucher, s.n, w);
 	cr_assert(page_present(m.base));
-	dxm_notifier_remove(s.n);
-	mem_teardown(&m);
-	dxm_ctx_destroy(ctx);
 }
 
 /* A notifier inserted while an invalidation runs may have missed its
  * callback: its first read_begin waits for that invalidation to end. */
-KIND_TEST(read_begin_after_insert_during_invalidation_waits)
+KIND_TEST(read_begin_after_insert_during_invalidation_waits, 2 * PS)
 {
-	struct dxm_ctx *ctx = ctx_or_skip(NULL);
-	struct mem m;
-	mem_setup(ctx, *kind, 2 * PS, &m);
 	static struct slow s = { .sleep_ms = 200 };
-	cr_assert_eq(dxm_notifier_insert(ctx, m.base, 2 * PS, &slow_ops, &s,
-					 &s.n),
-		     0);
+	slow_insert(ctx, &s, m.base, 2 * PS);
 	pthread_t toucher = start_slow_clear(ctx, &s, m.base);
 	static struct slow late; /* never sleeps */
-	cr_assert_eq(dxm_notifier_insert(ctx, m.base, 2 * PS, &slow_ops,
-					 &late, &late.n),
-		     0);
+	slow_insert(ctx, &late, m.base, 2 * PS);
 	cr_assert(!atomic_load(&s.cb_done), "the callback ended too soon");
-
-	static struct waiter w;
-	w.s = &s;
-	w.n = late.n;
-	pthread_t t;
-	cr_assert_eq(pthread_create(&t, NULL, begin_main, &w), 0);
-	cr_assert(join_within(t, 5000), "read_begin never returned");
-	cr_assert(w.cb_done_at_return,
-		  "read_begin of a notifier inserted during an invalidation "
-		  "returned after %llu ms, before that invalidation ended",
-		  (unsigned long long)w.ms);
-	cr_assert(join_within(toucher, 5000));
-	cr_assert(!dxm_notifier_read_retry(late.n, w.seq));
-	dxm_notifier_remove(late.n);
+	struct waiter *w = run_waiter(begin_main, &s, late.n, "read_begin",
+				      true,
+				      "the notifier was inserted during an "
+				      "invalidation that had not ended");
+	touch_done_seq_valid(toucher, late.n, w);
 	dxm_notifier_remove(s.n);
-	mem_teardown(&m);
-	dxm_ctx_destroy(ctx);
 }
 
 /* A notifier that the running invalidation does not cover is not held up
  * by it. */
-KIND_TEST(read_begin_not_held_by_unrelated_invalidation)
+KIND_TEST(read_begin_not_held_by_unrelated_invalidation, 4 * PS)
 {
-	struct dxm_ctx *ctx = ctx_or_skip(NULL);
-	struct mem m;
-	mem_setup(ctx, *kind, 4 * PS, &m);
 	static struct slow s = { .sleep_ms = 1000 };
-	cr_assert_eq(dxm_notifier_insert(ctx, m.base, PS, &slow_ops, &s, &s.n),
-		     0);
+	slow_insert(ctx, &s, m.base, PS);
 	static struct slow other; /* never sleeps */
-	cr_assert_eq(dxm_notifier_insert(ctx, (char *)m.base + 2 * PS, 2 * PS,
-					 &slow_ops, &other, &other.n),
-		     0);
+	slow_insert(ctx, &other, (char *)m.base + 2 * PS, 2 * PS);
 	pthread_t toucher = start_slow_clear(ctx, &s, m.base);
-
-	static struct waiter w;
-	w.s = &s;
-	w.n = other.n;
-	pthread_t t;
-	cr_assert_eq(pthread_create(&t, NULL, begin_main, &w), 0);
-	cr_assert(join_within(t, 5000), "read_begin never returned");
-	cr_assert(!w.cb_done_at_return,
-		  "read_begin on an uninvolved notifier waited %llu ms for "
-		  "another notifier's invalidation",
-		  (unsigned long long)w.ms);
+	struct waiter *w = run_waiter(begin_main, &s, other.n, "read_begin",
+				      false,
+				      "an uninvolved notifier waited for "
+				      "another notifier's invalidation");
 	cr_assert_eq(atomic_load(&other.calls), 0);
-	cr_assert(join_within(toucher, 5000));
-	cr_assert(!dxm_notifier_read_retry(other.n, w.seq));
+	touch_done_seq_valid(toucher, other.n, w);
 	dxm_notifier_remove(s.n);
-	dxm_notifier_remove(other.n);
-	mem_teardown(&m);
-	dxm_ctx_destroy(ctx);
 }
 
 /* dxm_notifier_remove waits for a running callback; afterwards no
  * callback runs. */
-KIND_TEST(remove_waits_for_running_callback)
+KIND_TEST(remove_waits_for_running_callback, 2 * PS)
 {
-	struct dxm_ctx *ctx = ctx_or_skip(NULL);
-	struct mem m;
-	mem_setup(ctx, *kind, 2 * PS, &m);
 	static struct slow s = { .sleep_ms = 200 };
-	cr_assert_eq(dxm_notifier_insert(ctx, m.base, 2 * PS, &slow_ops, &s,
-					 &s.n),
-		     0);
+	slow_insert(ctx, &s, m.base, 2 * PS);
 	char *b = m.base;
 	exclusive(ctx, b + PS, PS, &s); /* for after the removal */
 	pthread_t toucher = start_slow_clear(ctx, &s, b);
-
-	static struct waiter w;
-	w.s = &s;
-	pthread_t t;
-	cr_assert_eq(pthread_create(&t, NULL, remove_main, &w), 0);
-	cr_assert(join_within(t, 5000), "dxm_notifier_remove never returned");
-	cr_assert(w.cb_done_at_return,
-		  "dxm_notifier_remove returned after %llu ms while its "
-		  "callback was still running",
-		  (unsigned long long)w.ms);
+	run_waiter(remove_main, &s, NULL, "dxm_notifier_remove", true,
+		   "its callback was still running");
 	cr_assert(join_within(toucher, 5000));
 	int calls = atomic_load(&s.calls);
 	(void)*(volatile char *)(b + PS); /* CLEAR: nobody to call now */
 	exclusive(ctx, b, 2 * PS, &m);
 	cr_assert_eq(atomic_load(&s.calls), calls,
 		     "a callback ran after dxm_notifier_remove returned");
-	mem_teardown(&m);
-	dxm_ctx_destroy(ctx);
 }
 
 /* --------------------------------------------------------------- priv */
 
 Test(b4_seq, notifier_priv_returns_priv, .timeout = 30)
 {
-	struct dxm_ctx *ctx = ctx_or_skip(NULL);
 	struct mem m;
-	mem_setup(ctx, MEM_MEMFD, PS, &m);
+	struct dxm_ctx *ctx = ctx_mem(MEM_MEMFD, PS, &m);
 	static struct recorder rec;
 	recorder_insert(ctx, &rec, m.base, PS);
 	cr_assert_eq(dxm_notifier_priv(rec.n), &rec);
@@ -619,8 +520,7 @@ Test(b4_seq, notifier_priv_returns_priv, .timeout = 30)
 	dxm_notifier_remove(n1);
 	dxm_notifier_remove(n2);
 	recorder_remove(&rec);
-	mem_teardown(&m);
-	dxm_ctx_destroy(ctx);
+	mem_done(&m);
 }
 
 /* ------------------------------------------ many views, many pieces */
@@ -629,9 +529,8 @@ Test(b4_seq, notifier_priv_returns_priv, .timeout = 30)
  * by a conversion and by a CPU touch through another view. */
 Test(b4_seq, every_alias_notified, .timeout = 30)
 {
-	struct dxm_ctx *ctx = ctx_or_skip(NULL);
 	struct mem m;
-	mem_setup(ctx, MEM_MEMFD, PS, &m);
+	struct dxm_ctx *ctx = ctx_mem(MEM_MEMFD, PS, &m);
 	enum { NALIAS = 40 };
 	static void *alias[NALIAS];
 	for (int i = 0; i < NALIAS; i++)
@@ -662,19 +561,16 @@ Test(b4_seq, every_alias_notified, .timeout = 30)
 	cr_assert(dxm_notifier_read_retry(first.n, s1));
 	recorder_remove(&first);
 	recorder_remove(&last);
-	mem_teardown(&m);
-	dxm_ctx_destroy(ctx);
+	mem_done(&m);
 }
 
 /* One view split into many pieces by dxm_mprotect (split pieces are not
  * merged again): a conversion and a dxm_range_fault of the whole range
  * still invalidate a notifier on any page. */
-KIND_TEST(every_view_piece_notified)
+enum { NP = 64 };
+
+KIND_TEST(every_view_piece_notified, NP * PS)
 {
-	struct dxm_ctx *ctx = ctx_or_skip(NULL);
-	struct mem m;
-	enum { NP = 64 };
-	mem_setup(ctx, *kind, NP * PS, &m);
 	char *b = m.base;
 	for (size_t i = 0; i < NP; i++) {
 		cr_assert_eq(dxm_mprotect(ctx, b + i * PS, PS, PROT_READ), 0);
@@ -716,6 +612,4 @@ KIND_TEST(every_view_piece_notified)
 	}
 	for (int i = 0; i < 3; i++)
 		recorder_remove(rs[i]);
-	mem_teardown(&m);
-	dxm_ctx_destroy(ctx);
 }

@@ -25,18 +25,20 @@
 
 static struct recorder rec;
 
-struct views {
-	struct dxm_ctx *ctx;
-	struct mem m;
-	char *ro, *rw; /* the read-only view and a writable one */
-};
-
 /* The invalidate callback's last device write: the CPU must see it. */
 struct clear_write {
 	uintptr_t page;	  /* CPU address (of the read-only view) */
 	volatile uint64_t *dev; /* device-side word to write */
 	uint64_t val;
 	int hits;
+};
+
+struct views {
+	struct dxm_ctx *ctx;
+	struct mem m;
+	char *ro, *rw;	       /* the read-only view and a writable one */
+	void *dev[NPG];	       /* exclusive_setup: the device addresses */
+	struct clear_write cw; /* ... and the callback's last write */
 };
 
 static int write_on_clear(struct recorder *r, const struct dxm_range *range)
@@ -47,16 +49,6 @@ static int write_on_clear(struct recorder *r, const struct dxm_range *range)
 	    (uintptr_t)range->end > cw->page && !cw->hits++)
 		*cw->dev = cw->val;
 	return 0;
-}
-
-static uint64_t rd(const void *p)
-{
-	return *(const volatile uint64_t *)p;
-}
-
-static void wr(void *p, uint64_t v)
-{
-	*(volatile uint64_t *)p = v;
 }
 
 static void setup(enum mem_kind kind, struct views *v)
@@ -89,12 +81,13 @@ static void teardown(struct views *v)
 	dxm_ctx_destroy(v->ctx);
 }
 
-/* Make the read-only view read-only, the whole range exclusive through the
- * writable view, let the device write page 0 word 0, arm the callback's
- * last write, unlock. */
-static void exclusive_through_rw(struct views *v, void **dev,
-				 struct clear_write *cw)
+/* setup, then make the read-only view read-only, the whole range
+ * exclusive through the writable view, let the device write page 0 word
+ * 0, arm the callback's last write, unlock. */
+static void exclusive_setup(enum mem_kind kind, struct views *v)
 {
+	void **dev = v->dev;
+	setup(kind, v);
 	cr_assert_eq(dxm_mprotect(v->ctx, v->ro, LEN, PROT_READ), 0);
 	cr_assert_eq(recorder_count_event(&rec, DXM_EVENT_PROTECTION), 1);
 	cr_assert_eq(pages_present(v->ro, LEN), NPG,
@@ -108,35 +101,28 @@ static void exclusive_through_rw(struct views *v, void **dev,
 		     "the read-only view was not revoked");
 	/* The device's write while it holds the page. */
 	wr(dev[0], 0xd00d);
-	*cw = (struct clear_write){ (uintptr_t)v->ro,
-				    (volatile uint64_t *)dev[0] + 1, MAGIC, 0 };
-	pthread_mutex_lock(&rec.lock);
-	rec.hook_arg = cw;
-	rec.hook = write_on_clear;
-	pthread_mutex_unlock(&rec.lock);
+	v->cw = (struct clear_write){ (uintptr_t)v->ro,
+				      (volatile uint64_t *)dev[0] + 1, MAGIC,
+				      0 };
+	recorder_hook(&rec, write_on_clear, &v->cw);
 	dxm_exclusive_unlock(v->ctx, v->rw, LEN, dev);
 	cr_assert_eq(recorder_count_event(&rec, DXM_EVENT_CLEAR), 0);
 }
 
-#define KIND_TEST(name, ...)                                                   \
-	ParameterizedTestParameters(b5_readonly, name)                         \
-	{                                                                      \
-		MEM_KINDS_PARAMS;                                              \
-	}                                                                      \
-	ParameterizedTest(enum mem_kind *kind, b5_readonly, name,              \
-			  .timeout = 30, ##__VA_ARGS__)
+/* A test on fresh views v (common.h): setup, or exclusive_setup. */
+#define VIEWS_TEST(name, ...)                                                  \
+	KIND_FIX_TEST_OF(b5_readonly, MEM_KINDS_PARAMS, name, struct views, v, \
+			 setup(*kind, &v), .timeout = 30, ##__VA_ARGS__)
+#define EXCLUSIVE_TEST(name, ...)                                              \
+	KIND_FIX_TEST_OF(b5_readonly, MEM_KINDS_PARAMS, name, struct views, v, \
+			 exclusive_setup(*kind, &v), .timeout = 30,            \
+			 ##__VA_ARGS__)
 
 /* A read through the read-only view restores the page (after the CLEAR
  * callback returned) with the device's data; the writable view still
  * writes, and the read-only view sees it. */
-KIND_TEST(restore_through_readonly_view)
+EXCLUSIVE_TEST(restore_through_readonly_view)
 {
-	struct views v;
-	void *dev[NPG];
-	struct clear_write cw;
-	setup(*kind, &v);
-	exclusive_through_rw(&v, dev, &cw);
-
 	cr_assert_eq(rd(v.ro), 0xd00d, "the device's write was lost");
 	cr_assert_eq(rd(v.ro + 8), MAGIC,
 		     "the CPU read completed before the CLEAR callback");
@@ -144,11 +130,11 @@ KIND_TEST(restore_through_readonly_view)
 	cr_assert(recorder_saw(&rec, DXM_EVENT_CLEAR, v.rw),
 		  "CLEAR not sent at the page's address in the writable view");
 	cr_assert(page_present(v.ro));
-	cr_assert(!dxm_check_exclusive(v.ctx, v.rw, PS, dev));
+	cr_assert(!dxm_check_exclusive(v.ctx, v.rw, PS, v.dev));
 	/* Pages not touched stay exclusive in both views. */
 	cr_assert(!page_present(v.ro + PS));
 	cr_assert(!page_present(v.rw + PS));
-	cr_assert(dxm_check_exclusive(v.ctx, v.rw + PS, PS, dev + 1));
+	cr_assert(dxm_check_exclusive(v.ctx, v.rw + PS, PS, v.dev + 1));
 
 	/* The writable view writes page 0 and page 1 (a fault each). */
 	wr(v.rw + 16, 4242);
@@ -168,15 +154,9 @@ KIND_TEST(restore_through_readonly_view)
 
 /* The write comes only after the read restored the page: the restored
  * mapping is read-only, so the write raises SIGSEGV. */
-KIND_TEST(write_through_readonly_view_after_restore_segfaults,
-	  .signal = SIGSEGV)
+EXCLUSIVE_TEST(write_through_readonly_view_after_restore_segfaults,
+	       .signal = SIGSEGV)
 {
-	struct views v;
-	void *dev[NPG];
-	struct clear_write cw;
-	setup(*kind, &v);
-	exclusive_through_rw(&v, dev, &cw);
-
 	cr_assert_eq(rd(v.ro), 0xd00d);
 	cr_assert_eq(rd(v.ro + 8), MAGIC);
 	cr_assert(recorder_saw(&rec, DXM_EVENT_CLEAR, v.ro));
@@ -187,14 +167,9 @@ KIND_TEST(write_through_readonly_view_after_restore_segfaults,
 
 /* Same, on a page the writable view never restored and without a read
  * first: the write must fault to SIGSEGV, not hang or restore writable. */
-KIND_TEST(write_through_readonly_view_of_exclusive_page_segfaults,
-	  .signal = SIGSEGV)
+EXCLUSIVE_TEST(write_through_readonly_view_of_exclusive_page_segfaults,
+	       .signal = SIGSEGV)
 {
-	struct views v;
-	void *dev[NPG];
-	struct clear_write cw;
-	setup(*kind, &v);
-	exclusive_through_rw(&v, dev, &cw);
 	wr(v.ro + 3 * PS, 1); /* SIGSEGV */
 	cr_assert_fail("a write through a read-only view succeeded");
 }
@@ -202,11 +177,9 @@ KIND_TEST(write_through_readonly_view_of_exclusive_page_segfaults,
 /* dxm_make_exclusive on a range the CPU view cannot write: -EPERM, no
  * notification, nothing revoked.  A range with one read-only page is
  * refused as a whole; the writable page alone is not. */
-KIND_TEST(make_exclusive_readonly_range_eperm)
+VIEWS_TEST(make_exclusive_readonly_range_eperm)
 {
-	struct views v;
 	void *dev[NPG];
-	setup(*kind, &v);
 	cr_assert_eq(dxm_mprotect(v.ctx, v.ro, LEN, PROT_READ), 0);
 	for (size_t i = 0; i < NPG; i++)
 		dev[i] = (void *)0x1;
@@ -242,11 +215,9 @@ KIND_TEST(make_exclusive_readonly_range_eperm)
 /* A page made exclusive while its view was writable, then the view made
  * read-only (the kernel's SWP_DEVICE_EXCLUSIVE_WRITE entry under a
  * read-only VMA): the restore follows the current protection. */
-KIND_TEST(exclusive_then_readonly_restores_readonly, .signal = SIGSEGV)
+VIEWS_TEST(exclusive_then_readonly_restores_readonly, .signal = SIGSEGV)
 {
-	struct views v;
 	void *dev[NPG];
-	setup(*kind, &v);
 	cr_assert_eq(dxm_make_exclusive(v.ctx, v.ro, LEN, &rec, dev), NPG);
 	wr(dev[1], 0xabc);
 	dxm_exclusive_unlock(v.ctx, v.ro, LEN, dev);

@@ -64,32 +64,36 @@ static int perms_hook(struct recorder *r, const struct dxm_range *range)
 	return 0;
 }
 
-static uint64_t rd(const void *p)
-{
-	return *(const volatile uint64_t *)p;
-}
-
-static void wr(void *p, uint64_t v)
-{
-	*(volatile uint64_t *)p = v;
-}
-
 struct fix {
 	struct dxm_ctx *ctx;
 	struct mem m;
-	struct dxm_mirror *mir;
+	struct dxm_mirror *mir; /* setup only */
 	char *p; /* the view under test */
 };
 
-static void setup(enum mem_kind kind, struct fix *f)
+/* A context and LEN bytes of kind memory filled with fill_index(0), rec
+ * over them. */
+static void esetup(enum mem_kind kind, struct fix *f)
 {
 	memset(f, 0, sizeof(*f));
-	f->ctx = ctx_or_skip(NULL);
-	mem_setup(f->ctx, kind, LEN, &f->m);
+	f->ctx = ctx_mem(kind, LEN, &f->m);
 	f->p = f->m.base;
 	fill_index(f->p, LEN, 0);
-	cr_assert_eq(dxm_mirror_create(f->ctx, &f->mir), 0);
 	recorder_insert(f->ctx, &rec, f->p, LEN);
+}
+
+static void eteardown(struct fix *f)
+{
+	recorder_remove(&rec);
+	mem_done(&f->m);
+}
+
+/* The same with a mirror, and rec noting the permissions its PROTECTION
+ * callback saw. */
+static void setup(enum mem_kind kind, struct fix *f)
+{
+	esetup(kind, f);
+	cr_assert_eq(dxm_mirror_create(f->ctx, &f->mir), 0);
 	rec.hook = perms_hook;
 }
 
@@ -99,9 +103,7 @@ static void teardown(struct fix *f)
 	dxm_mirror_get_stats(f->mir, &st);
 	cr_assert_eq(st.stale_accesses, 0, "the device used a revoked page");
 	dxm_mirror_destroy(f->mir);
-	recorder_remove(&rec);
-	mem_teardown(&f->m);
-	dxm_ctx_destroy(f->ctx);
+	eteardown(f);
 }
 
 /* The mirror takes [p, p+LEN) exclusive and adds 100 to word 0 of each
@@ -144,18 +146,13 @@ static uint64_t expect_word(size_t off)
 	return off / 8 + (off % PS == 0 ? 100 : 0);
 }
 
-#define KIND_TEST(name, ...)                                                   \
-	ParameterizedTestParameters(b6_mprotect, name)                         \
-	{                                                                      \
-		MEM_KINDS_PARAMS;                                              \
-	}                                                                      \
-	ParameterizedTest(enum mem_kind *kind, b6_mprotect, name,              \
-			  .timeout = 30, ##__VA_ARGS__)
+/* A test on a fresh struct fix (setup), which it tears down (common.h). */
+#define FIX_TEST(name, ...)                                                    \
+	KIND_FIX_TEST_OF(b6_mprotect, MEM_KINDS_PARAMS, name, struct fix, f,   \
+			 setup(*kind, &f), .timeout = 30, ##__VA_ARGS__)
 
-KIND_TEST(readonly_refuses_device_writes)
+FIX_TEST(readonly_refuses_device_writes)
 {
-	struct fix f;
-	setup(*kind, &f);
 	exclusive_then_readonly(&f);
 	char *buf = malloc(LEN), *got = malloc(LEN);
 	cr_assert(buf && got);
@@ -216,10 +213,8 @@ KIND_TEST(readonly_refuses_device_writes)
 
 /* A CPU read first restores the page (read-only), then the CPU write
  * raises SIGSEGV. */
-KIND_TEST(cpu_write_after_readonly_segfaults, .signal = SIGSEGV)
+FIX_TEST(cpu_write_after_readonly_segfaults, .signal = SIGSEGV)
 {
-	struct fix f;
-	setup(*kind, &f);
 	exclusive_then_readonly(&f);
 	cr_assert_eq(rd(f.p + PS), PS / 8 + 100);
 	cr_assert(recorder_saw(&rec, DXM_EVENT_CLEAR, f.p + PS));
@@ -230,10 +225,8 @@ KIND_TEST(cpu_write_after_readonly_segfaults, .signal = SIGSEGV)
 
 /* A CPU write straight to a page still exclusive: SIGSEGV, not a hang
  * and not a writable restore. */
-KIND_TEST(cpu_write_to_exclusive_readonly_page_segfaults, .signal = SIGSEGV)
+FIX_TEST(cpu_write_to_exclusive_readonly_page_segfaults, .signal = SIGSEGV)
 {
-	struct fix f;
-	setup(*kind, &f);
 	exclusive_then_readonly(&f);
 	wr(f.p + 2 * PS, 1); /* SIGSEGV */
 	cr_assert_fail("a CPU write to a read-only page succeeded");
@@ -242,10 +235,8 @@ KIND_TEST(cpu_write_to_exclusive_readonly_page_segfaults, .signal = SIGSEGV)
 /* Only the middle page made read-only: device writes are refused there
  * and only there; a device write to the writable view of the same pages
  * (MEM_ALIAS: the region's own view) still works. */
-KIND_TEST(partial_readonly_refuses_only_that_page)
+FIX_TEST(partial_readonly_refuses_only_that_page)
 {
-	struct fix f;
-	setup(*kind, &f);
 	cr_assert_eq(dxm_mirror_exclusive(f.mir, f.p, LEN), 0);
 	cr_assert_eq(dxm_mprotect(f.ctx, f.p + PS, PS, PROT_READ), 0);
 	cr_assert_eq(recorder_count_event(&rec, DXM_EVENT_PROTECTION), 1);
@@ -278,10 +269,8 @@ KIND_TEST(partial_readonly_refuses_only_that_page)
 }
 
 /* PROT_NONE: device reads are refused as well. */
-KIND_TEST(prot_none_refuses_device_reads)
+FIX_TEST(prot_none_refuses_device_reads)
 {
-	struct fix f;
-	setup(*kind, &f);
 	cr_assert_eq(dxm_mirror_exclusive(f.mir, f.p, LEN), 0);
 	cr_assert_eq(dxm_mprotect(f.ctx, f.p, LEN, PROT_NONE), 0);
 	cr_assert_eq(dxm_mirror_check_exclusive(f.mir, f.p, LEN), 0);
@@ -300,9 +289,8 @@ KIND_TEST(prot_none_refuses_device_reads)
  * with -EPERM; after a raw mprotect behind dxm's back as well. */
 Test(b6_mprotect, adopted_readonly_read_fault_ok_write_eperm, .timeout = 30)
 {
-	struct dxm_ctx *ctx = ctx_or_skip(NULL);
 	struct mem m;
-	mem_setup(ctx, MEM_ANON, 4 * PS, &m);
+	struct dxm_ctx *ctx = ctx_mem(MEM_ANON, 4 * PS, &m);
 	memset(m.base, 3, 2 * PS); /* pages 2, 3 never touched */
 	void *dev[4];
 	cr_assert_eq(dxm_mprotect(ctx, m.base, 4 * PS, PROT_READ), 0);
@@ -321,8 +309,7 @@ Test(b6_mprotect, adopted_readonly_read_fault_ok_write_eperm, .timeout = 30)
 				    dev);
 	cr_assert_eq(r, -EPERM, "make_exclusive after a raw mprotect: %ld", r);
 	mprotect((char *)m.base + 2 * PS, 2 * PS, PROT_READ | PROT_WRITE);
-	mem_teardown(&m);
-	dxm_ctx_destroy(ctx);
+	mem_done(&m);
 }
 
 /* ------------------------------------------------------------------------
@@ -333,40 +320,17 @@ Test(b6_mprotect, adopted_readonly_read_fault_ok_write_eperm, .timeout = 30)
  * data as it was.
  */
 
-#define KIND_ALL_TEST(name, ...)                                               \
-	ParameterizedTestParameters(b6_mprotect, name)                         \
-	{                                                                      \
-		MEM_KINDS_ALL_PARAMS;                                          \
-	}                                                                      \
-	ParameterizedTest(enum mem_kind *kind, b6_mprotect, name,              \
-			  .timeout = 30, ##__VA_ARGS__)
-
-struct efix {
-	struct dxm_ctx *ctx;
-	struct mem m;
-	char *p; /* the view under test */
-};
-
-static void esetup(enum mem_kind kind, struct efix *f)
-{
-	memset(f, 0, sizeof(*f));
-	f->ctx = ctx_or_skip(NULL);
-	mem_setup(f->ctx, kind, LEN, &f->m);
-	f->p = f->m.base;
-	fill_index(f->p, LEN, 0);
-	recorder_insert(f->ctx, &rec, f->p, LEN);
-}
-
-static void eteardown(struct efix *f)
-{
-	recorder_remove(&rec);
-	mem_teardown(&f->m);
-	dxm_ctx_destroy(f->ctx);
-}
+#define KIND_ALL_TEST(name)                                                    \
+	KIND_TEST_OF(b6_mprotect, MEM_KINDS_ALL_PARAMS, name, .timeout = 30)
+/* A test on a fresh struct fix (esetup: no mirror), on every kind of
+ * memory. */
+#define EFIX_TEST(name)                                                        \
+	KIND_FIX_TEST_OF(b6_mprotect, MEM_KINDS_ALL_PARAMS, name, struct fix,  \
+			 f, esetup(*kind, &f), .timeout = 30)
 
 /* Nothing happened: nprot PROTECTION notifications so far, the view
  * read-write in /proc/self/maps, the data intact. */
-static void check_intact(struct efix *f, size_t nprot, const char *after)
+static void check_intact(struct fix *f, size_t nprot, const char *after)
 {
 	char now[8];
 	cr_assert_eq(recorder_count_event(&rec, DXM_EVENT_PROTECTION), nprot,
@@ -385,7 +349,7 @@ struct ebad {
 	size_t len;
 };
 
-static size_t einval_ranges(struct efix *f, struct ebad *b)
+static size_t einval_ranges(struct fix *f, struct ebad *b)
 {
 	size_t n = 0;
 	char *top = (char *)(UINTPTR_MAX & ~(uintptr_t)(PS - 1));
@@ -399,11 +363,9 @@ static size_t einval_ranges(struct efix *f, struct ebad *b)
 	return n;
 }
 
-KIND_ALL_TEST(mprotect_einval)
+EFIX_TEST(mprotect_einval)
 {
-	struct efix f;
 	struct ebad b[8];
-	esetup(*kind, &f);
 	cr_assert_eq(dxm_mprotect(NULL, f.p, LEN, PROT_READ), -EINVAL,
 		     "NULL ctx");
 	check_intact(&f, 0, "NULL ctx");
@@ -423,12 +385,10 @@ KIND_ALL_TEST(mprotect_einval)
 	eteardown(&f);
 }
 
-KIND_ALL_TEST(range_fault_einval)
+EFIX_TEST(range_fault_einval)
 {
-	struct efix f;
 	struct ebad b[8];
 	void *dev[NPG];
-	esetup(*kind, &f);
 	cr_assert_eq(dxm_range_fault(NULL, f.p, LEN, 0, dev), -EINVAL);
 	size_t n = einval_ranges(&f, b);
 	for (size_t i = 0; i < n; i++) {
@@ -449,15 +409,32 @@ KIND_ALL_TEST(range_fault_einval)
 	eteardown(&f);
 }
 
+/* dxm_mprotect and dxm_range_fault, for reading and for writing, refuse
+ * each of b[0..n) with -EFAULT, and nothing happens. */
+static void efault_ranges(struct fix *f, const struct ebad *b, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		int got = dxm_mprotect(f->ctx, b[i].start, b[i].len, PROT_READ);
+		cr_assert_eq(got, -EFAULT, "dxm_mprotect, %s: %d", b[i].what,
+			     got);
+		long r = dxm_range_fault(f->ctx, b[i].start, b[i].len, 0, NULL);
+		cr_assert_eq(r, -EFAULT, "dxm_range_fault, %s: %ld", b[i].what,
+			     r);
+		r = dxm_range_fault(f->ctx, b[i].start, b[i].len,
+				    DXM_FAULT_WRITE, NULL);
+		cr_assert_eq(r, -EFAULT, "dxm_range_fault (write), %s: %ld",
+			     b[i].what, r);
+		check_intact(f, 0, b[i].what);
+	}
+}
+
 /*
  * -EFAULT: not entirely inside one CPU view managed by the context.
  * Unmanaged memory, a range running past the view's end or starting
  * before it, and a range over a hole (a page the program unmapped).
  */
-KIND_ALL_TEST(mprotect_and_range_fault_efault)
+EFIX_TEST(mprotect_and_range_fault_efault)
 {
-	struct efix f;
-	esetup(*kind, &f);
 	char *un = mmap(NULL, 2 * PS, PROT_READ | PROT_WRITE,
 			MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	cr_assert_neq(un, MAP_FAILED);
@@ -468,19 +445,7 @@ KIND_ALL_TEST(mprotect_and_range_fault_efault)
 	b[n++] = (struct ebad){"past the view's end", f.p + (NPG - 1) * PS,
 			       2 * PS};
 	b[n++] = (struct ebad){"before the view", f.p - PS, 2 * PS};
-	for (size_t i = 0; i < n; i++) {
-		int got = dxm_mprotect(f.ctx, b[i].start, b[i].len, PROT_READ);
-		cr_assert_eq(got, -EFAULT, "dxm_mprotect, %s: %d", b[i].what,
-			     got);
-		long r = dxm_range_fault(f.ctx, b[i].start, b[i].len, 0, NULL);
-		cr_assert_eq(r, -EFAULT, "dxm_range_fault, %s: %ld", b[i].what,
-			     r);
-		r = dxm_range_fault(f.ctx, b[i].start, b[i].len,
-				    DXM_FAULT_WRITE, NULL);
-		cr_assert_eq(r, -EFAULT, "dxm_range_fault (write), %s: %ld",
-			     b[i].what, r);
-		check_intact(&f, 0, b[i].what);
-	}
+	efault_ranges(&f, b, n);
 	cr_assert_eq(rd(un), 0, "unmanaged memory changed");
 	un[0] = 1; /* still writable */
 	munmap(un, 2 * PS);
@@ -507,10 +472,8 @@ KIND_ALL_TEST(mprotect_and_range_fault_efault)
  * to a page of adopted memory, so that a range can run from one into the
  * other.
  */
-KIND_ALL_TEST(mprotect_and_range_fault_efault_over_two_views)
+EFIX_TEST(mprotect_and_range_fault_efault_over_two_views)
 {
-	struct efix f;
-	esetup(*kind, &f);
 	char *to = mmap(NULL, LEN + PS, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS,
 			-1, 0);
 	cr_assert_neq(to, MAP_FAILED);
@@ -540,19 +503,7 @@ KIND_ALL_TEST(mprotect_and_range_fault_efault_over_two_views)
 		 2 * PS},
 		{"both views whole", to, LEN + PS},
 	};
-	for (size_t i = 0; i < sizeof(b) / sizeof(b[0]); i++) {
-		int got = dxm_mprotect(f.ctx, b[i].start, b[i].len, PROT_READ);
-		cr_assert_eq(got, -EFAULT, "dxm_mprotect, %s: %d", b[i].what,
-			     got);
-		long r = dxm_range_fault(f.ctx, b[i].start, b[i].len, 0, NULL);
-		cr_assert_eq(r, -EFAULT, "dxm_range_fault, %s: %ld", b[i].what,
-			     r);
-		r = dxm_range_fault(f.ctx, b[i].start, b[i].len,
-				    DXM_FAULT_WRITE, NULL);
-		cr_assert_eq(r, -EFAULT, "dxm_range_fault (write), %s: %ld",
-			     b[i].what, r);
-		check_intact(&f, 0, b[i].what);
-	}
+	efault_ranges(&f, b, sizeof(b) / sizeof(b[0]));
 	/* Each view alone is fine. */
 	cr_assert_eq(dxm_range_fault(f.ctx, to, LEN, DXM_FAULT_WRITE, NULL),
 		     NPG);
@@ -591,7 +542,7 @@ static bool blocker_invalidate(struct dxm_notifier *n,
 }
 
 struct call {
-	struct efix *f;
+	struct fix *f;
 	long ret;
 	atomic_int done;
 };
@@ -615,11 +566,9 @@ static void *free_thread(void *arg)
 	return NULL;
 }
 
-KIND_ALL_TEST(mprotect_and_range_fault_efault_while_freed)
+EFIX_TEST(mprotect_and_range_fault_efault_while_freed)
 {
 	static const struct dxm_notifier_ops ops = {blocker_invalidate};
-	struct efix f;
-	esetup(*kind, &f);
 	struct dxm_notifier *bn;
 	cr_assert_eq(dxm_notifier_insert(f.ctx, f.p, LEN, &ops, NULL, &bn), 0);
 	struct call conv = {.f = &f}, fr = {.f = &f};
@@ -662,10 +611,8 @@ KIND_ALL_TEST(mprotect_and_range_fault_efault_while_freed)
 }
 
 /* -EBADF (not a live context) and -ECHILD (a fork()ed child). */
-KIND_ALL_TEST(mprotect_and_range_fault_ebadf_echild)
+EFIX_TEST(mprotect_and_range_fault_ebadf_echild)
 {
-	struct efix f;
-	esetup(*kind, &f);
 	uint64_t junk[64];
 	memset(junk, 0xa5, sizeof(junk));
 	struct dxm_ctx *bad = (struct dxm_ctx *)junk;
@@ -739,7 +686,7 @@ KIND_ALL_TEST(mprotect_enomem)
 	(void)kind;
 	cr_skip_test("SKIP: malloc cannot be made to fail under a sanitizer");
 #else
-	struct efix f;
+	struct fix f;
 	esetup(*kind, &f);
 	malloc_thread = pthread_self();
 	atomic_store(&malloc_armed, 1);
@@ -785,10 +732,8 @@ KIND_ALL_TEST(mprotect_enomem)
 #define PR_MDWE_REFUSE_EXEC_GAIN 1
 #endif
 
-KIND_ALL_TEST(mprotect_error_from_kernel_eacces)
+EFIX_TEST(mprotect_error_from_kernel_eacces)
 {
-	struct efix f;
-	esetup(*kind, &f);
 	void *dev[NPG];
 	cr_assert_eq(dxm_make_exclusive(f.ctx, f.p + 2 * PS, PS, NULL, dev), 1);
 	cr_assert_not_null(dev[0]);
@@ -828,10 +773,8 @@ KIND_ALL_TEST(mprotect_error_from_kernel_eacces)
  * too, where it faults the pages in readable), with it -EPERM.  Pages 0-1
  * were exclusive, written by the device, when the protection changed.
  */
-KIND_ALL_TEST(range_fault_eperm_and_readonly_read_fault)
+EFIX_TEST(range_fault_eperm_and_readonly_read_fault)
 {
-	struct efix f;
-	esetup(*kind, &f);
 	void *dev[NPG];
 	cr_assert_eq(dxm_make_exclusive(f.ctx, f.p, 2 * PS, NULL, dev), 2);
 	cr_assert(dev[0] && dev[1]);
@@ -913,11 +856,9 @@ static bool deadlock_invalidate(struct dxm_notifier *n,
 	return true;
 }
 
-KIND_ALL_TEST(range_fault_edeadlk_on_handler)
+EFIX_TEST(range_fault_edeadlk_on_handler)
 {
 	static const struct dxm_notifier_ops ops = {deadlock_invalidate};
-	struct efix f;
-	esetup(*kind, &f);
 	struct dxm_notifier *dn;
 	dl.ctx = f.ctx;
 	dl.target = f.p + 3 * PS;
@@ -949,10 +890,8 @@ KIND_ALL_TEST(range_fault_edeadlk_on_handler)
  * has the view as read-write and converts (the device view stays
  * writable), and dxm_range_fault with DXM_FAULT_WRITE succeeds.
  */
-KIND_ALL_TEST(plain_mprotect_readonly_then_make_exclusive)
+EFIX_TEST(plain_mprotect_readonly_then_make_exclusive)
 {
-	struct efix f;
-	esetup(*kind, &f);
 	void *dev[NPG];
 	cr_assert_eq(mprotect(f.p, LEN, PROT_READ), 0);
 	long got = dxm_make_exclusive(f.ctx, f.p, LEN, NULL, dev);

@@ -22,8 +22,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/prctl.h>
-#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -38,55 +36,8 @@
 
 static struct recorder rec;
 
-static uint64_t rd(const void *p)
-{
-	return *(const volatile uint64_t *)p;
-}
-
-static void wr(void *p, uint64_t v)
-{
-	*(volatile uint64_t *)p = v;
-}
-
-static void no_core(void)
-{
-	struct rlimit rl = { 0, 0 };
-	setrlimit(RLIMIT_CORE, &rl);
-}
-
-/* First thing in a fork()ed child: die with the parent (a test that
- * failed must not leave a child behind, waiting), and drop the write end
- * of the pipe the child waits on (-1: none). */
-static void child_start(pid_t parent, int wfd)
-{
-	prctl(PR_SET_PDEATHSIG, SIGKILL);
-	if (getppid() != parent)
-		_exit(120);
-	if (wfd >= 0)
-		close(wfd);
-}
-
-/* pthread_join, failing the test after s seconds (a library livelock must
- * fail the test, not spin past its timeout). */
-static void join_within(pthread_t t, unsigned s, const char *what)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	ts.tv_sec += s;
-	int e = pthread_timedjoin_np(t, NULL, &ts);
-	cr_assert_eq(e, 0, "%s did not finish within %u s: %s", what, s,
-		     strerror(e));
-}
-
-static int wait_child(pid_t pid)
-{
-	int status;
-	pid_t got;
-	while ((got = waitpid(pid, &status, 0)) < 0 && errno == EINTR)
-		;
-	cr_assert_eq(got, pid, "waitpid: %s", strerror(errno));
-	return status;
-}
+/* A test on anon_setup(len) memory (common.h). */
+#define ANON_TEST(name, len, ...) ANON_TEST_OF(b7_fork, name, len, __VA_ARGS__)
 
 static void assert_exit0(int status, const char *what)
 {
@@ -96,21 +47,7 @@ static void assert_exit0(int status, const char *what)
 		  WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status));
 }
 
-/* Make [p, p+len) exclusive (owner &rec): the device writes word 1 of page
- * i as 1000 + i. */
-static void take(struct dxm_ctx *ctx, char *p, size_t len, void **dev)
-{
-	size_t n = len / PS;
-	cr_assert_eq(dxm_make_exclusive(ctx, p, len, &rec, dev), (long)n);
-	for (size_t i = 0; i < n; i++) {
-		cr_assert_not_null(dev[i], "page %zu refused", i);
-		wr((uint64_t *)dev[i] + 1, 1000 + i);
-	}
-	cr_assert_eq(pages_present(p, len), 0);
-	dxm_exclusive_unlock(ctx, p, len, dev);
-}
-
-/* The data take() leaves on top of fill_index(0), page by page. */
+/* The data take() (common.c) leaves on top of fill_index(0), page by page. */
 static bool check_taken(const char *p, size_t npages)
 {
 	for (size_t i = 0; i < npages; i++) {
@@ -137,27 +74,6 @@ static int child_check_taken(const char *p, size_t npages)
 	return 0;
 }
 
-struct fix {
-	struct dxm_ctx *ctx;
-	struct mem m;
-	char *p;
-};
-
-static void setup(struct fix *f, size_t len)
-{
-	memset(f, 0, sizeof(*f));
-	f->ctx = ctx_or_skip(NULL);
-	mem_setup(f->ctx, MEM_ANON, len, &f->m);
-	f->p = f->m.base;
-	fill_index(f->p, len, 0);
-}
-
-static void teardown(struct fix *f)
-{
-	mem_teardown(&f->m);
-	dxm_ctx_destroy(f->ctx);
-}
-
 /* -------------------------------------------------------- exclusive_cow */
 
 /*
@@ -167,18 +83,11 @@ static void teardown(struct fix *f)
  * it (a shared page would show the child the parent's increment), then the
  * parent checks again after the child's (it must not see them).
  */
-Test(b7_fork, exclusive_cow, .timeout = 60)
+ANON_TEST(exclusive_cow, 4u << 20, .timeout = 60)
 {
-	size_t size = 4u << 20, n = size / sizeof(uint64_t);
-	struct fix f;
-	setup(&f, size);
+	size_t size = f.m.len, n = size / sizeof(uint64_t);
 	uint64_t *ptr = (uint64_t *)f.p;
-	struct dxm_mirror *mir;
-	cr_assert_eq(dxm_mirror_create(f.ctx, &mir), 0);
-	cr_assert_eq(dxm_mirror_exclusive(mir, ptr, size), 0);
-	cr_assert_eq(dxm_mirror_check_exclusive(mir, ptr, size),
-		     (long)(size / PS));
-	cr_assert_eq(pages_present(ptr, size), 0);
+	struct dxm_mirror *mir = mirror_exclusive(f.ctx, ptr, size);
 	struct dxm_stats st0 = stats(f.ctx);
 
 	int go[2];
@@ -232,7 +141,6 @@ Test(b7_fork, exclusive_cow, .timeout = 60)
 	dxm_mirror_destroy(mir);
 	close(go[0]);
 	close(go[1]);
-	teardown(&f);
 }
 
 /* --------------------------------------------------- DXM_EVENT_FORK */
@@ -263,15 +171,12 @@ static int fork_hook(struct recorder *r, const struct dxm_range *range)
 	return 0;
 }
 
-Test(b7_fork, fork_event_before_child_exists, .timeout = 30)
+ANON_TEST(fork_event_before_child_exists, LEN, .timeout = 30)
 {
-	struct fix f;
-	setup(&f, LEN);
-	char *p = f.p;
 	void *dev[NPG];
 	struct fork_seen seen = { .page = (uintptr_t)(p + 3 * PS) };
 	recorder_insert(f.ctx, &rec, p, LEN);
-	take(f.ctx, p + 2 * PS, 4 * PS, dev);
+	take(f.ctx, p + 2 * PS, 4 * PS, &rec, dev);
 	pthread_mutex_lock(&rec.lock);
 	rec.hook_arg = &seen;
 	rec.hook = fork_hook;
@@ -305,21 +210,17 @@ Test(b7_fork, fork_event_before_child_exists, .timeout = 30)
 	for (size_t i = 2; i < 6; i++)
 		cr_assert_eq(rd(p + i * PS + 8), 1000 + i - 2);
 	recorder_remove(&rec);
-	teardown(&f);
 }
 
 /* ------------------------------------------------ a child that does nothing */
 
 /* A child that never touches the pages and exits at once: the parent keeps
  * its data (the device's writes included) and converts again. */
-Test(b7_fork, child_never_touches_pages, .timeout = 30)
+ANON_TEST(child_never_touches_pages, LEN, .timeout = 30)
 {
-	struct fix f;
-	setup(&f, LEN);
-	char *p = f.p;
 	void *dev[NPG];
 	recorder_insert(f.ctx, &rec, p, LEN);
-	take(f.ctx, p, LEN, dev);
+	take(f.ctx, p, LEN, &rec, dev);
 	pid_t self = getpid();
 	for (int round = 0; round < 3; round++) {
 		pid_t pid = fork();
@@ -367,7 +268,6 @@ Test(b7_fork, child_never_touches_pages, .timeout = 30)
 	close(go[0]);
 	close(go[1]);
 	recorder_remove(&rec);
-	teardown(&f);
 }
 
 /* ---------------------------------------------------- fork under load */
@@ -473,10 +373,8 @@ static void *load_forker(void *arg)
 	return NULL;
 }
 
-Test(b7_fork, fork_under_load, .timeout = 60)
+ANON_TEST(fork_under_load, LOAD_PAGES * PS, .timeout = 60)
 {
-	struct fix f;
-	setup(&f, LOAD_PAGES * PS);
 	struct load l = { .p = f.p };
 	for (unsigned i = 0; i < LOAD_PAGES; i++) {
 		uint64_t *w = (uint64_t *)(f.p + (size_t)i * PS);
@@ -494,11 +392,11 @@ Test(b7_fork, fork_under_load, .timeout = 60)
 	cr_assert_eq(pthread_create(&dev, NULL, load_dev, &l), 0);
 	cr_assert_eq(pthread_create(&forker, NULL, load_forker, &l), 0);
 	atomic_store(&l.go, 1);
-	join_within(forker, 40, "the forking thread");
+	join_or_fail(forker, 40, "the forking thread");
 	atomic_store(&l.stop, 1);
 	for (int i = 0; i < 2; i++)
-		join_within(cpu[i], 5, "a CPU thread");
-	join_within(dev, 5, "the device thread");
+		join_or_fail(cpu[i], 5, "a CPU thread");
+	join_or_fail(dev, 5, "the device thread");
 
 	cr_assert_eq(atomic_load(&l.err), 0, "error: %s",
 		     strerror(-atomic_load(&l.err)));
@@ -540,10 +438,15 @@ Test(b7_fork, fork_under_load, .timeout = 60)
 		     "test anything");
 	recorder_remove(&rec);
 	dxm_mirror_destroy(l.mir);
-	teardown(&f);
 }
 
 /* -------------------------------------------- shared regions not inherited */
+
+/* In the child: the private memory q is there (exit status 3 if not). */
+static int private_intact(void *q)
+{
+	return check_index(q, LEN, 0) ? 0 : 3;
+}
 
 /* A memfd region and its alias are not inherited (MADV_DONTFORK): a child
  * touching either, exclusive page or not, read or write, gets SIGSEGV.
@@ -559,31 +462,11 @@ Test(b7_fork, shared_regions_not_inherited, .timeout = 30)
 	fill_index(q, LEN, 0);
 	void *dev[NPG];
 	recorder_insert(ctx, &rec, r, LEN);
-	take(ctx, r + 2 * PS, PS, dev);
+	take(ctx, r + 2 * PS, PS, &rec, dev);
 	char *targets[] = { r, r + 2 * PS, a, a + 2 * PS, r + PS, a + PS };
 	size_t nt = sizeof(targets) / sizeof(targets[0]);
-	pid_t self = getpid();
-	for (size_t i = 0; i < nt; i++) {
-		pid_t pid = fork();
-		cr_assert_neq(pid, -1);
-		if (pid == 0) {
-			child_start(self, -1);
-			no_core();
-			/* The private memory is there. */
-			if (!check_index(q, LEN, 0))
-				_exit(3);
-			if (i >= 4)
-				wr(targets[i], 1);
-			else
-				(void)rd(targets[i]);
-			_exit(42);
-		}
-		int status = wait_child(pid);
-		cr_assert(WIFSIGNALED(status) && WTERMSIG(status) == SIGSEGV,
-			  "target %zu: the child was not killed by SIGSEGV "
-			  "(status %#x)",
-			  i, status);
-	}
+	for (size_t i = 0; i < nt; i++)
+		child_touch_segfaults(i, targets[i], i >= 4, private_intact, q);
 	/* The parent's regions are untouched; the exclusive page is still
 	 * the device's and comes back through dxm. */
 	cr_assert(dxm_check_exclusive(ctx, r + 2 * PS, PS, dev));
@@ -614,12 +497,6 @@ static int child_calls(struct dxm_ctx *ctx, char *r, char *q, void *xdev)
 	struct dxm_notifier *n;
 	struct dxm_stats st;
 	int k = 0;
-#define CHILD_CHECK(cond)                                                      \
-	do {                                                                   \
-		k++;                                                           \
-		if (!(cond))                                                   \
-			return k;                                              \
-	} while (0)
 	CHILD_CHECK(dxm_alloc(ctx, PS, 0, &p) == -ECHILD);
 	CHILD_CHECK(dxm_alias(ctx, r, &p) == -ECHILD);
 	CHILD_CHECK(dxm_adopt(ctx, q, PS, 0) == -ECHILD);
@@ -643,7 +520,6 @@ static int child_calls(struct dxm_ctx *ctx, char *r, char *q, void *xdev)
 	CHILD_CHECK(child_check_taken(q, NPG) == 0);
 	wr(q + 16, 0xc41d);
 	CHILD_CHECK(rd(q + 16) == 0xc41d);
-#undef CHILD_CHECK
 	return 0;
 }
 
@@ -660,8 +536,8 @@ static void child_calls_then(bool exec)
 	char *lo = r < q ? r : q, *hi = r < q ? q : r;
 	recorder_insert(ctx, &rec, lo, (size_t)(hi - lo) + LEN);
 	void *xdev[1], *dev[NPG];
-	take(ctx, r + 2 * PS, PS, xdev);
-	take(ctx, q, LEN, dev);
+	take(ctx, r + 2 * PS, PS, &rec, xdev);
+	take(ctx, q, LEN, &rec, dev);
 	struct dxm_stats st0 = stats(ctx);
 
 	pid_t self = getpid();
@@ -680,10 +556,7 @@ static void child_calls_then(bool exec)
 		}
 		_exit(0);
 	}
-	int status = wait_child(pid);
-	cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0,
-		  "child: status %#x (check %d failed)", status,
-		  WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+	child_checks_passed(pid);
 
 	/* The parent's state is as it was. */
 	struct dxm_stats st1 = stats(ctx);
@@ -700,9 +573,9 @@ static void child_calls_then(bool exec)
 	/* And works. */
 	cr_assert_eq(rd(r + 2 * PS + 8), 1000);
 	cr_assert(recorder_saw(&rec, DXM_EVENT_CLEAR, r + 2 * PS));
-	take(ctx, r, LEN, dev);
+	take(ctx, r, LEN, &rec, dev);
 	cr_assert_eq(rd(r + 5 * PS + 8), 1005);
-	take(ctx, q, LEN, dev);
+	take(ctx, q, LEN, &rec, dev);
 	cr_assert(check_taken(q, NPG));
 	cr_assert(recorder_saw(&rec, DXM_EVENT_CLEAR, q + 7 * PS));
 	recorder_remove(&rec);
@@ -775,8 +648,8 @@ Test(b7_fork, raw_sys_fork_child_reads_parent_data, .timeout = 30)
 	fill_index(p, 12 * PS, 0); /* pages 12-15 never touched */
 	recorder_insert(ctx, &rec, p, RAW_PG * PS);
 	void *dev[RAW_PG];
-	take(ctx, p, 11 * PS, dev);
-	take(ctx, p + 14 * PS, PS, dev);
+	take(ctx, p, 11 * PS, &rec, dev);
+	take(ctx, p + 14 * PS, PS, &rec, dev);
 	/* Page 11 stays locked by the device across the fork. */
 	cr_assert_eq(dxm_make_exclusive(ctx, p + 11 * PS, PS, &rec, dev), 1);
 	cr_assert_not_null(dev[0]);
@@ -837,8 +710,8 @@ Test(b7_fork, back_to_back_forks_complete, .timeout = 120)
 {
 	pid_t self = getpid();
 	for (int round = 0; round < 40; round++) {
-		struct fix f;
-		setup(&f, 2 * PS);
+		struct anon_fix f;
+		anon_setup(&f, 2 * PS);
 		pid_t pids[BURST];
 		for (int k = 0; k < BURST; k++) {
 			pids[k] = fork();
@@ -852,6 +725,6 @@ Test(b7_fork, back_to_back_forks_complete, .timeout = 120)
 		}
 		for (int k = 0; k < BURST; k++)
 			assert_exit0(wait_child(pids[k]), "a child");
-		teardown(&f);
+		anon_teardown(&f);
 	}
 }

@@ -14,11 +14,9 @@
  */
 #include <dirent.h>
 #include <errno.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "common.h"
@@ -30,41 +28,6 @@
 
 static struct recorder rec, rec2;
 
-
-
-static uint64_t rd(const void *p)
-{
-	return *(const volatile uint64_t *)p;
-}
-
-static void wr(void *p, uint64_t v)
-{
-	*(volatile uint64_t *)p = v;
-}
-
-/* Whether an event ev overlapping [start, end) was recorded. */
-static bool rec_overlaps(struct recorder *r, enum dxm_event ev,
-			 const void *start, const void *end)
-{
-	bool hit = false;
-	pthread_mutex_lock(&r->lock);
-	for (size_t i = 0; i < r->nrec && !hit; i++)
-		hit = r->rec[i].event == ev &&
-		      r->rec[i].start < (uintptr_t)end &&
-		      r->rec[i].end > (uintptr_t)start;
-	pthread_mutex_unlock(&r->lock);
-	return hit;
-}
-
-/* Whether every page of [start, start+len) saw ev. */
-static bool rec_covers(struct recorder *r, enum dxm_event ev,
-		       const void *start, size_t len)
-{
-	for (size_t off = 0; off < len; off += PS)
-		if (!recorder_saw(r, ev, (const char *)start + off))
-			return false;
-	return true;
-}
 
 /* Events ev recorded outside [start, end): must be none. */
 static bool rec_only_within(struct recorder *r, enum dxm_event ev,
@@ -78,18 +41,6 @@ static bool rec_only_within(struct recorder *r, enum dxm_event ev,
 			     r->rec[i].end <= (uintptr_t)end;
 	pthread_mutex_unlock(&r->lock);
 	return ok;
-}
-
-static size_t count_lines(const char *path, const char *needle)
-{
-	FILE *f = fopen(path, "re");
-	cr_assert_not_null(f, "%s: %s", path, strerror(errno));
-	char line[1024];
-	size_t n = 0;
-	while (fgets(line, sizeof(line), f))
-		n += !needle || strstr(line, needle);
-	fclose(f);
-	return n;
 }
 
 static size_t count_fds(void)
@@ -125,44 +76,31 @@ static int write_on_inval(struct recorder *r, const struct dxm_range *range)
 	return 0;
 }
 
-static void arm(struct recorder *r, struct inv_write *w)
-{
-	pthread_mutex_lock(&r->lock);
-	r->hook_arg = w;
-	r->hook = write_on_inval;
-	pthread_mutex_unlock(&r->lock);
-}
-
-/* Make [p, p+len) exclusive, have the device write word 1 of page i as
- * 1000 + i, unlock. */
-static void take(struct dxm_ctx *ctx, char *p, size_t len, void **dev)
-{
-	size_t n = len / PS;
-	cr_assert_eq(dxm_make_exclusive(ctx, p, len, &rec, dev), (long)n);
-	for (size_t i = 0; i < n; i++) {
-		cr_assert_not_null(dev[i], "page %zu refused", i);
-		wr((uint64_t *)dev[i] + 1, 1000 + i);
-	}
-	cr_assert_eq(pages_present(p, len), 0);
-	dxm_exclusive_unlock(ctx, p, len, dev);
-}
-
-/* The lowest and the highest address of two views, for one recorder over
- * both. */
-static void span(void *a, void *b, char **lo, size_t *len)
+/* rec over both views a and b of a region: from the lowest address, *lo,
+ * to the end of the highest, *len bytes. */
+static void watch_span(struct dxm_ctx *ctx, void *a, void *b, char **lo,
+		       size_t *len)
 {
 	char *x = a < b ? a : b, *y = a < b ? b : a;
 	*lo = x;
 	*len = (size_t)(y - x) + LEN;
+	recorder_insert(ctx, &rec, *lo, *len);
 }
 
-#define KIND_TEST(name, ...)                                                   \
-	ParameterizedTestParameters(b8_unmap, name)                            \
-	{                                                                      \
-		MEM_KINDS_PARAMS;                                              \
-	}                                                                      \
-	ParameterizedTest(enum mem_kind *kind, b8_unmap, name, .timeout = 30, \
-			  ##__VA_ARGS__)
+/* rec over the view p, and its LEN bytes filled with fill_index(0): p. */
+static char *watch(struct dxm_ctx *ctx, char *p)
+{
+	recorder_insert(ctx, &rec, p, LEN);
+	fill_index(p, LEN, 0);
+	return p;
+}
+
+#define KIND_TEST(name)                                                        \
+	KIND_TEST_OF(b8_unmap, MEM_KINDS_PARAMS, name, .timeout = 30)
+/* A test on a context and LEN bytes of *kind memory, which it frees
+ * itself (common.h). */
+#define MEM_TEST(name)                                                         \
+	MEM_TEST_NOFREE_OF(b8_unmap, MEM_KINDS_PARAMS, name, LEN, .timeout = 30)
 
 /* ------------------------------------------------------------- munmap */
 
@@ -176,13 +114,13 @@ static char *alloc_take_munmap(struct dxm_ctx *ctx)
 	fill_index(p, LEN, 0);
 	memset(&rec, 0, sizeof(rec));
 	recorder_insert(ctx, &rec, p, LEN);
-	take(ctx, p, LEN - PS, dev);
+	take(ctx, p, LEN - PS, &rec, dev);
 	cr_assert_eq(rd(p + 8), 1000);
 	cr_assert(recorder_saw(&rec, DXM_EVENT_CLEAR, p));
 	/* The last page stays locked by the "device" through the munmap. */
 	cr_assert_eq(dxm_make_exclusive(ctx, p + LEN - PS, PS, &rec, dev), 1);
 	/* The CPU view and the device view are mapped now. */
-	cr_assert_geq(count_lines("/proc/self/maps", "memfd:dxm"), 2);
+	cr_assert_geq(maps_lines("memfd:dxm"), 2);
 	cr_assert_eq(munmap(p, LEN), 0);
 	cr_assert(WAIT_FOR(rec_covers(&rec, DXM_EVENT_UNMAP, p, LEN), WAIT_MS),
 		  "no DXM_EVENT_UNMAP for the munmapped view");
@@ -205,8 +143,8 @@ Test(b8_unmap, munmap_whole_view_notifies_and_leaks_nothing, .timeout = 30)
 	cr_assert(WAIT_FOR(stats(ctx).regions == st0.regions, WAIT_MS));
 
 	struct dxm_stats st1 = stats(ctx);
-	size_t maps1 = count_lines("/proc/self/maps", NULL);
-	size_t memfd1 = count_lines("/proc/self/maps", "memfd:dxm");
+	size_t maps1 = maps_lines(NULL);
+	size_t memfd1 = maps_lines("memfd:dxm");
 	size_t fds1 = count_fds();
 	cr_assert_eq(memfd1, 0, "a mapping of the first region leaked");
 
@@ -230,11 +168,11 @@ Test(b8_unmap, munmap_whole_view_notifies_and_leaks_nothing, .timeout = 30)
 	cr_assert_eq(dxm_alias(ctx, p, dev), -ENOENT);
 
 	/* Nothing leaked: mappings (the device view), descriptors. */
-	cr_assert(WAIT_FOR(count_lines("/proc/self/maps", NULL) == maps1,
+	cr_assert(WAIT_FOR(maps_lines(NULL) == maps1,
 			   WAIT_MS),
 		  "/proc/self/maps: %zu lines, %zu before",
-		  count_lines("/proc/self/maps", NULL), maps1);
-	cr_assert_eq(count_lines("/proc/self/maps", "memfd:dxm"), 0);
+		  maps_lines(NULL), maps1);
+	cr_assert_eq(maps_lines("memfd:dxm"), 0);
 	cr_assert_eq(count_fds(), fds1);
 
 	/* The context still works. */
@@ -249,18 +187,14 @@ Test(b8_unmap, munmap_whole_view_notifies_and_leaks_nothing, .timeout = 30)
 
 /* munmap of the middle of a view: only that part is notified; the rest of
  * the view (and, for an alias, the region's own view) keeps working. */
-KIND_TEST(munmap_middle_notifies_only_that_part)
+MEM_TEST(munmap_middle_notifies_only_that_part)
 {
-	struct dxm_ctx *ctx = ctx_or_skip(NULL);
-	struct mem m;
 	void *dev[NPG];
-	mem_setup(ctx, *kind, LEN, &m);
 	char *p = m.base, *r = m.region, *lo;
 	size_t span_len;
-	span(p, r, &lo, &span_len);
-	recorder_insert(ctx, &rec, lo, span_len);
+	watch_span(ctx, p, r, &lo, &span_len);
 	fill_index(p, LEN, 0);
-	take(ctx, p, LEN, dev);
+	take(ctx, p, LEN, &rec, dev);
 	struct dxm_stats st0 = stats(ctx);
 
 	cr_assert_eq(munmap(p + 2 * PS, 3 * PS), 0);
@@ -290,8 +224,8 @@ KIND_TEST(munmap_middle_notifies_only_that_part)
 		     -EFAULT);
 	cr_assert_eq(dxm_make_exclusive(ctx, p + 4 * PS, 2 * PS, &rec, dev),
 		     -EFAULT);
-	take(ctx, p, 2 * PS, dev);
-	take(ctx, p + 5 * PS, 3 * PS, dev);
+	take(ctx, p, 2 * PS, &rec, dev);
+	take(ctx, p + 5 * PS, 3 * PS, &rec, dev);
 	wr(p + 16, 77);
 	wr(p + 7 * PS + 16, 78);
 	cr_assert_eq(rd(p + 8), 1000);
@@ -307,7 +241,7 @@ KIND_TEST(munmap_middle_notifies_only_that_part)
 		 * still works. */
 		cr_assert_eq(rd(r + 3 * PS + 8), 1003);
 		cr_assert(recorder_saw(&rec, DXM_EVENT_CLEAR, r + 3 * PS));
-		take(ctx, r + 2 * PS, 3 * PS, dev);
+		take(ctx, r + 2 * PS, 3 * PS, &rec, dev);
 		cr_assert_eq(rd(r + 4 * PS + 8), 1002);
 		cr_assert(check_index(r + 4 * PS + 16, PS - 16,
 				      4 * PS / 8 + 2));
@@ -330,10 +264,9 @@ Test(b8_unmap, munmap_alias_notifies_alias_only, .timeout = 30)
 	void *dev[NPG];
 	cr_assert_eq(dxm_alloc(ctx, LEN, 0, (void **)&r), 0);
 	cr_assert_eq(dxm_alias(ctx, r, (void **)&a), 0);
-	span(r, a, &lo, &span_len);
-	recorder_insert(ctx, &rec, lo, span_len);
+	watch_span(ctx, r, a, &lo, &span_len);
 	fill_index(r, LEN, 0);
-	take(ctx, r, LEN, dev);
+	take(ctx, r, LEN, &rec, dev);
 	cr_assert_eq(pages_present(a, LEN), 0);
 	struct dxm_stats st0 = stats(ctx);
 
@@ -352,7 +285,7 @@ Test(b8_unmap, munmap_alias_notifies_alias_only, .timeout = 30)
 	cr_assert(dxm_check_exclusive(ctx, r, LEN, dev));
 	cr_assert_eq(rd(r + 2 * PS + 8), 1002);
 	cr_assert(recorder_saw(&rec, DXM_EVENT_CLEAR, r + 2 * PS));
-	take(ctx, r, LEN, dev);
+	take(ctx, r, LEN, &rec, dev);
 	cr_assert_eq(rd(r + 8), 1000);
 	cr_assert(check_index(r + 16, PS - 16, 2));
 	/* A new alias works too. */
@@ -377,9 +310,8 @@ KIND_TEST(dxm_free_notifies_unmap)
 	mem_setup(ctx, *kind, LEN, &m);
 	char *p = m.base, *r = m.region, *lo;
 	size_t span_len;
-	span(p, r, &lo, &span_len);
-	recorder_insert(ctx, &rec, lo, span_len);
-	take(ctx, p, LEN / 2, dev);
+	watch_span(ctx, p, r, &lo, &span_len);
+	take(ctx, p, LEN / 2, &rec, dev);
 	cr_assert_eq(dxm_make_exclusive(ctx, p + LEN / 2, PS, &rec, dev), 1);
 	cr_assert_eq(recorder_count_event(&rec, DXM_EVENT_UNMAP), 0);
 
@@ -436,8 +368,7 @@ static void locked_then_view_gone(bool use_mremap)
 	cr_assert_eq(dxm_alloc(ctx, LEN, 0, (void **)&r), 0);
 	fill_index(r, LEN, 0);
 	cr_assert_eq(dxm_alias(ctx, r, (void **)&a), 0);
-	span(r, a, &lo, &span_len);
-	recorder_insert(ctx, &rec, lo, span_len);
+	watch_span(ctx, r, a, &lo, &span_len);
 	cr_assert_eq(dxm_make_exclusive(ctx, a, 2 * PS, &rec, dev), 2);
 	wr(dev[0], 4242);
 	char *target = r;
@@ -487,16 +418,11 @@ Test(b8_unmap, mremap_alias_with_locked_pages_does_not_hang, .timeout = 30)
 /* mremap of a view to a new address: DXM_EVENT_REMAP for the old range,
  * and the view follows: the new address is managed (its exclusive page is
  * still exclusive and faults back through dxm), the old one is not. */
-KIND_TEST(mremap_view_follows)
+MEM_TEST(mremap_view_follows)
 {
-	struct dxm_ctx *ctx = ctx_or_skip(NULL);
-	struct mem m;
 	void *dev[NPG];
-	mem_setup(ctx, *kind, LEN, &m);
-	char *p = m.base, *r = m.region;
-	recorder_insert(ctx, &rec, p, LEN);
-	fill_index(p, LEN, 0);
-	take(ctx, p + PS, PS, dev);
+	char *p = watch(ctx, m.base), *r = m.region;
+	take(ctx, p + PS, PS, &rec, dev);
 	struct dxm_stats st0 = stats(ctx);
 
 	char *q = mmap(NULL, LEN, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1,
@@ -527,7 +453,7 @@ KIND_TEST(mremap_view_follows)
 	cr_assert(check_index(q + 2 * PS, LEN - 2 * PS, 2 * PS / 8));
 
 	/* make_exclusive at the new address works. */
-	take(ctx, q, LEN, dev);
+	take(ctx, q, LEN, &rec, dev);
 	cr_assert(recorder_saw(&rec2, DXM_EVENT_EXCLUSIVE, q + 3 * PS));
 	cr_assert_eq(rd(q + 3 * PS + 8), 1003);
 	cr_assert(recorder_saw(&rec2, DXM_EVENT_CLEAR, q + 3 * PS));
@@ -548,16 +474,11 @@ KIND_TEST(mremap_view_follows)
 
 /* mremap of one page out of the middle of a view: the view splits; both
  * the moved page and the rest stay managed. */
-KIND_TEST(mremap_partial_view_follows)
+MEM_TEST(mremap_partial_view_follows)
 {
-	struct dxm_ctx *ctx = ctx_or_skip(NULL);
-	struct mem m;
 	void *dev[NPG];
-	mem_setup(ctx, *kind, LEN, &m);
-	char *p = m.base;
-	recorder_insert(ctx, &rec, p, LEN);
-	fill_index(p, LEN, 0);
-	take(ctx, p, LEN, dev);
+	char *p = watch(ctx, m.base);
+	take(ctx, p, LEN, &rec, dev);
 
 	char *q = mmap(NULL, PS, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1,
 		       0);
@@ -578,9 +499,9 @@ KIND_TEST(mremap_partial_view_follows)
 	cr_assert(recorder_saw(&rec2, DXM_EVENT_CLEAR, q));
 	cr_assert_eq(rd(p + 4 * PS + 8), 1004);
 	cr_assert_eq(rd(p + 2 * PS + 8), 1002);
-	take(ctx, q, PS, dev);
-	take(ctx, p + 4 * PS, LEN - 4 * PS, dev);
-	take(ctx, p, 3 * PS, dev);
+	take(ctx, q, PS, &rec, dev);
+	take(ctx, p + 4 * PS, LEN - 4 * PS, &rec, dev);
+	take(ctx, p, 3 * PS, &rec, dev);
 	cr_assert_eq(rd(q + 8), 1000);
 	cr_assert_eq(rd(p + 7 * PS + 8), 1003);
 	cr_assert(check_index(q + 16, PS - 16, 3 * PS / 8 + 2));
@@ -596,17 +517,12 @@ KIND_TEST(mremap_partial_view_follows)
 /* The B8 refinement: MADV_DONTNEED on a memfd region loses nothing; the
  * exclusive page stays exclusive (the device may still write it) and the
  * next CPU access is invalidated first and sees every device write. */
-KIND_TEST(madv_dontneed_keeps_exclusive_page)
+MEM_TEST(madv_dontneed_keeps_exclusive_page)
 {
-	struct dxm_ctx *ctx = ctx_or_skip(NULL);
-	struct mem m;
 	void *dev[NPG];
 	struct inv_write w;
-	mem_setup(ctx, *kind, LEN, &m);
-	char *p = m.base;
-	recorder_insert(ctx, &rec, p, LEN);
-	fill_index(p, LEN, 0);
-	take(ctx, p + PS, PS, dev);
+	char *p = watch(ctx, m.base);
+	take(ctx, p + PS, PS, &rec, dev);
 	cr_assert_eq(pages_present(p, LEN), NPG - 1);
 
 	cr_assert_eq(madvise(p, LEN, MADV_DONTNEED), 0);
@@ -619,7 +535,7 @@ KIND_TEST(madv_dontneed_keeps_exclusive_page)
 	wr((uint64_t *)dev[0] + 2, 2222);
 	w = (struct inv_write){ (uintptr_t)(p + PS),
 				(volatile uint64_t *)dev[0] + 3, MAGIC, 0 };
-	arm(&rec, &w);
+	recorder_hook(&rec, write_on_inval, &w);
 
 	cr_assert_eq(rd(p + PS + 8), 1000, "the device's write was lost");
 	cr_assert(recorder_saw(&rec, DXM_EVENT_CLEAR, p + PS),
@@ -636,35 +552,29 @@ KIND_TEST(madv_dontneed_keeps_exclusive_page)
 	cr_assert_eq(w.hits, 1);
 
 	/* And it can be taken again. */
-	take(ctx, p, LEN, dev);
+	take(ctx, p, LEN, &rec, dev);
 	cr_assert_eq(rd(p + 5 * PS + 8), 1005);
 	recorder_remove(&rec);
-	mem_teardown(&m);
-	dxm_ctx_destroy(ctx);
+	mem_done(&m);
 }
 
 /* MADV_REMOVE (hole punch) on exclusive pages: the next CPU access, read
  * or write, still goes through dxm (invalidated before it completes) and
  * does not hang; a removed CPU page comes back too; other pages keep
  * their data. */
-KIND_TEST(madv_remove_exclusive_page_goes_through_dxm)
+MEM_TEST(madv_remove_exclusive_page_goes_through_dxm)
 {
-	struct dxm_ctx *ctx = ctx_or_skip(NULL);
-	struct mem m;
 	void *dev[NPG];
 	struct inv_write w;
-	mem_setup(ctx, *kind, LEN, &m);
-	char *p = m.base;
-	recorder_insert(ctx, &rec, p, LEN);
-	fill_index(p, LEN, 0);
-	take(ctx, p + PS, 2 * PS, dev);
+	char *p = watch(ctx, m.base);
+	take(ctx, p + PS, 2 * PS, &rec, dev);
 	w = (struct inv_write){ (uintptr_t)(p + PS),
 				(volatile uint64_t *)dev[0] + 3, MAGIC, 0 };
 
 	cr_assert_eq(madvise(p, 3 * PS, MADV_REMOVE), 0, "MADV_REMOVE: %s",
 		     strerror(errno));
 	cr_assert_eq(pages_present(p, 3 * PS), 0);
-	arm(&rec, &w);
+	recorder_hook(&rec, write_on_inval, &w);
 
 	/* Read of page 1: the callback's write lands first; the hole
 	 * punched the rest of the page to zero. */
@@ -690,12 +600,11 @@ KIND_TEST(madv_remove_exclusive_page_goes_through_dxm)
 	cr_assert(check_index(p + 3 * PS, LEN - 3 * PS, 3 * PS / 8));
 
 	/* The punched pages can be taken exclusive again. */
-	take(ctx, p, 3 * PS, dev);
+	take(ctx, p, 3 * PS, &rec, dev);
 	cr_assert_eq(rd(p + 2 * PS + 8), 1002);
 	cr_assert_eq(rd(p + 2 * PS + 16), 5);
 	cr_assert_eq(rd(m.region == m.base ? p + 8 : (char *)m.region + 8),
 		     1000);
 	recorder_remove(&rec);
-	mem_teardown(&m);
-	dxm_ctx_destroy(ctx);
+	mem_done(&m);
 }

@@ -28,17 +28,6 @@ struct fix {
 	size_t nv;
 };
 
-static uint64_t rd(const void *p)
-{
-	return *(const volatile uint64_t *)p;
-}
-
-static void wr(void *p, uint64_t v)
-{
-	*(volatile uint64_t *)p = v;
-}
-
-
 static void setup(struct fix *f)
 {
 	memset(f, 0, sizeof(*f));

@@ -97,16 +97,26 @@ Test(ctx, stats_report_mode_features_and_metadata, .timeout = 30)
 	dxm_ctx_destroy(ctx);
 }
 
+/* A region of npages pages with rec over it, its first nconv pages made
+ * exclusive (and unlocked): the region. */
+static char *watched_region(struct dxm_ctx *ctx, struct recorder *rec,
+			    size_t npages, size_t nconv)
+{
+	char *p;
+	void *dev[8];
+	cr_assert_eq(dxm_alloc(ctx, npages * PS, 0, (void **)&p), 0);
+	recorder_insert(ctx, rec, p, npages * PS);
+	cr_assert_eq(dxm_make_exclusive(ctx, p, nconv * PS, NULL, dev),
+		     (long)nconv);
+	dxm_exclusive_unlock(ctx, p, nconv * PS, dev);
+	return p;
+}
+
 Test(ctx, stats_count_conversions_faults_and_notifiers, .timeout = 30)
 {
 	struct dxm_ctx *ctx = ctx_or_skip(NULL);
 	struct recorder rec = { 0 };
-	char *p;
-	cr_assert_eq(dxm_alloc(ctx, 8 * PS, 0, (void **)&p), 0);
-	recorder_insert(ctx, &rec, p, 8 * PS);
-	void *dev[8];
-	cr_assert_eq(dxm_make_exclusive(ctx, p, 8 * PS, NULL, dev), 8);
-	dxm_exclusive_unlock(ctx, p, 8 * PS, dev);
+	char *p = watched_region(ctx, &rec, 8, 8);
 	p[0] = 1;
 	p[PS] = 1;
 	struct dxm_stats st;
@@ -159,12 +169,8 @@ Test(ctx, destroy_with_exclusive_pages_outstanding, .timeout = 30)
 {
 	struct dxm_ctx *ctx = ctx_or_skip(NULL);
 	struct recorder rec = { 0 };
-	char *p;
-	cr_assert_eq(dxm_alloc(ctx, 8 * PS, 0, (void **)&p), 0);
-	recorder_insert(ctx, &rec, p, 8 * PS);
+	char *p = watched_region(ctx, &rec, 8, 4);
 	void *dev[8];
-	cr_assert_eq(dxm_make_exclusive(ctx, p, 4 * PS, NULL, dev), 4);
-	dxm_exclusive_unlock(ctx, p, 4 * PS, dev);
 	cr_assert_eq(dxm_make_exclusive(ctx, p + 4 * PS, 4 * PS, NULL, dev), 4);
 	/* pages 4..7 stay locked */
 	recorder_remove(&rec);
@@ -182,12 +188,7 @@ Test(ctx, destroy_notifies_unmap, .timeout = 30)
 {
 	struct dxm_ctx *ctx = ctx_or_skip(NULL);
 	struct recorder *rec = calloc(1, sizeof(*rec));
-	char *p;
-	cr_assert_eq(dxm_alloc(ctx, 2 * PS, 0, (void **)&p), 0);
-	recorder_insert(ctx, rec, p, 2 * PS);
-	void *dev[2];
-	cr_assert_eq(dxm_make_exclusive(ctx, p, 2 * PS, NULL, dev), 2);
-	dxm_exclusive_unlock(ctx, p, 2 * PS, dev);
+	char *p = watched_region(ctx, rec, 2, 2);
 	/* Free the region (as destroy does) while the notifier lives. */
 	cr_assert_eq(dxm_free(ctx, p), 0);
 	cr_assert(recorder_saw(rec, DXM_EVENT_UNMAP, p));

@@ -18,12 +18,9 @@
 
 #include "common.h"
 
-#define KIND_TEST(name)                                                        \
-	ParameterizedTestParameters(devview, name)                             \
-	{                                                                      \
-		MEM_KINDS_ALL_PARAMS;                                          \
-	}                                                                      \
-	ParameterizedTest(enum mem_kind *kind, devview, name, .timeout = 30)
+/* A test on a context and len bytes of *kind memory (common.h). */
+#define MEM_TEST(name, len)                                                    \
+	MEM_TEST_OF(devview, MEM_KINDS_ALL_PARAMS, name, len, .timeout = 30)
 
 static struct dxm_device_view view_of(struct dxm_ctx *ctx, const void *addr)
 {
@@ -65,12 +62,9 @@ static bool uffd_registered(const void *addr)
 
 /* The same view from every address of the region, from every CPU view of
  * it, with addr's own offset. */
-KIND_TEST(one_view_per_region)
+MEM_TEST(one_view_per_region, 16 * PS)
 {
-	struct dxm_ctx *ctx = ctx_or_skip(NULL);
-	struct mem m;
-	size_t len = 16 * PS;
-	mem_setup(ctx, *kind, len, &m);
+	size_t len = m.len;
 	struct dxm_device_view dv = view_of(ctx, m.base);
 	cr_assert_not_null(dv.base);
 	cr_assert_eq(dv.len, len);
@@ -98,17 +92,11 @@ KIND_TEST(one_view_per_region)
 		struct dxm_device_view d2 = view_of(ctx, m.region);
 		cr_assert_eq(d2.base, dv.base);
 	}
-	mem_teardown(&m);
-	dxm_ctx_destroy(ctx);
 }
 
 /* Every address dxm_make_exclusive returns is base + the page's offset. */
-KIND_TEST(make_exclusive_returns_addresses_in_it)
+MEM_TEST(make_exclusive_returns_addresses_in_it, 8 * PS)
 {
-	struct dxm_ctx *ctx = ctx_or_skip(NULL);
-	struct mem m;
-	size_t n = 8, len = n * PS;
-	mem_setup(ctx, *kind, len, &m);
 	struct dxm_device_view dv = view_of(ctx, m.base);
 	void *dev[8];
 	char *start = (char *)m.base + 2 * PS;
@@ -117,19 +105,14 @@ KIND_TEST(make_exclusive_returns_addresses_in_it)
 		cr_assert_eq(dev[i], (char *)dv.base + (2 + i) * PS,
 			     "page %zu: %p, view %p", i, dev[i], dv.base);
 	dxm_exclusive_unlock(ctx, start, 4 * PS, dev);
-	mem_teardown(&m);
-	dxm_ctx_destroy(ctx);
 }
 
 /* While the CPU view is revoked (pagemap) the device view keeps the pages,
  * and the CPU sees the device's writes made through it once it faults
  * them back. */
-KIND_TEST(view_is_never_revoked)
+MEM_TEST(view_is_never_revoked, 8 * PS)
 {
-	struct dxm_ctx *ctx = ctx_or_skip(NULL);
-	struct mem m;
-	size_t n = 8, len = n * PS;
-	mem_setup(ctx, *kind, len, &m);
+	size_t len = m.len, n = len / PS;
 	fill_index(m.base, len, 7);
 	struct dxm_device_view dv = view_of(ctx, m.base);
 	void *dev[8];
@@ -149,19 +132,14 @@ KIND_TEST(view_is_never_revoked)
 		cr_assert_eq(pages_present(dv.base, len), n);
 		cr_assert(check_index(dv.base, len, 1007));
 	}
-	mem_teardown(&m);
-	dxm_ctx_destroy(ctx);
 }
 
 /* A memfd region's device view is not registered with any userfaultfd: a
  * device running on CPU threads (lavapipe) touches it from inside dxm's
  * invalidation wait.  Adopted memory's staging area is (UFFDIO_MOVE needs
  * it), and the view's flags say so. */
-KIND_TEST(registration_is_what_flags_say)
+MEM_TEST(registration_is_what_flags_say, 4 * PS)
 {
-	struct dxm_ctx *ctx = ctx_or_skip(NULL);
-	struct mem m;
-	mem_setup(ctx, *kind, 4 * PS, &m);
 	struct dxm_device_view dv = view_of(ctx, m.base);
 	cr_assert(uffd_registered(m.base), "the CPU view is registered");
 	cr_assert_eq(uffd_registered(dv.base),
@@ -170,32 +148,24 @@ KIND_TEST(registration_is_what_flags_say)
 		     dv.flags);
 	if (*kind != MEM_ANON)
 		cr_assert(!uffd_registered(dv.base));
-	mem_teardown(&m);
-	dxm_ctx_destroy(ctx);
 }
 
 /* DXM_DEVVIEW_FD: the memfd itself, the view at offset 0 (where the
  * caller may reopen it: /proc/self/map_files needs CAP_SYS_ADMIN or
  * CAP_CHECKPOINT_RESTORE); adopted memory has no file. */
-KIND_TEST(fd_of_memfd)
+MEM_TEST(fd_of_memfd, 4 * PS)
 {
-	struct dxm_ctx *ctx = ctx_or_skip(NULL);
-	struct mem m;
-	size_t len = 4 * PS;
-	mem_setup(ctx, *kind, len, &m);
+	size_t len = m.len;
 	fill_index(m.base, len, 3);
 	struct dxm_device_view dv;
 	int err = dxm_device_view(ctx, (char *)m.base + PS, DXM_DEVVIEW_FD,
 				  &dv, sizeof(dv));
 	if (*kind == MEM_ANON) {
 		cr_assert_eq(err, -EOPNOTSUPP, "%d", err);
-		mem_teardown(&m);
-		dxm_ctx_destroy(ctx);
 		return;
 	}
 	if (err == -EPERM) {
-		mem_teardown(&m);
-		dxm_ctx_destroy(ctx);
+		mem_done(&m);
 		cr_skip_test("SKIP: reopening the memfd needs CAP_SYS_ADMIN or "
 			     "CAP_CHECKPOINT_RESTORE here");
 	}
@@ -211,8 +181,6 @@ KIND_TEST(fd_of_memfd)
 		     (ssize_t)sizeof(w));
 	cr_assert_eq(w, PS / 8 + 3);
 	close(dv.fd);
-	mem_teardown(&m);
-	dxm_ctx_destroy(ctx);
 }
 
 /* Bad input: each its errno, nothing written. */

@@ -17,14 +17,22 @@
 struct fixture {
 	struct dxm_ctx *ctx;
 	struct dxm_mirror *dev;
+	struct dxm_mirror *dev2; /* two_devices only */
 	struct mem m;
 };
 
 static void setup(struct fixture *f, enum mem_kind kind, size_t len)
 {
-	f->ctx = ctx_or_skip(NULL);
-	mem_setup(f->ctx, kind, len, &f->m);
+	f->ctx = ctx_mem(kind, len, &f->m);
 	cr_assert_eq(dxm_mirror_create(f->ctx, &f->dev), 0);
+	f->dev2 = NULL;
+}
+
+/* One page of memfd memory and two devices on it. */
+static void two_devices(struct fixture *f)
+{
+	setup(f, MEM_MEMFD, PS);
+	cr_assert_eq(dxm_mirror_create(f->ctx, &f->dev2), 0);
 }
 
 static void teardown(struct fixture *f)
@@ -33,16 +41,22 @@ static void teardown(struct fixture *f)
 	dxm_mirror_get_stats(f->dev, &ms);
 	cr_assert_eq(ms.stale_accesses, 0);
 	dxm_mirror_destroy(f->dev);
-	mem_teardown(&f->m);
-	dxm_ctx_destroy(f->ctx);
+	if (f->dev2)
+		dxm_mirror_destroy(f->dev2);
+	mem_done(&f->m);
 }
 
-ParameterizedTestParameters(mirror, read_sees_cpu_data) { MEM_KINDS_PARAMS; }
-ParameterizedTest(enum mem_kind *kind, mirror, read_sees_cpu_data,
-		  .timeout = 30)
+/* A test on a fixture with len bytes of *kind memory (common.h). */
+#define MIRROR_TEST(name, len, ...)                                            \
+	KIND_FIX_TEST_OF(mirror, MEM_KINDS_PARAMS, name, struct fixture, f,    \
+			 setup(&f, *kind, len), __VA_ARGS__)
+/* A test on two_devices. */
+#define TWO_DEVICES_TEST(name)                                                 \
+	FIX_TEST_OF(mirror, name, struct fixture, f, two_devices(&f),         \
+		    .timeout = 30)
+
+MIRROR_TEST(read_sees_cpu_data, 16 * PS, .timeout = 30)
 {
-	struct fixture f;
-	setup(&f, *kind, 16 * PS);
 	fill_index(f.m.base, 16 * PS, 0);
 	void *buf = malloc(16 * PS);
 	cr_assert_eq(dxm_mirror_read(f.dev, f.m.base, buf, 16 * PS), 0);
@@ -55,12 +69,8 @@ ParameterizedTest(enum mem_kind *kind, mirror, read_sees_cpu_data,
 	teardown(&f);
 }
 
-ParameterizedTestParameters(mirror, write_is_seen_by_cpu) { MEM_KINDS_PARAMS; }
-ParameterizedTest(enum mem_kind *kind, mirror, write_is_seen_by_cpu,
-		  .timeout = 30)
+MIRROR_TEST(write_is_seen_by_cpu, 16 * PS, .timeout = 30)
 {
-	struct fixture f;
-	setup(&f, *kind, 16 * PS);
 	void *buf = malloc(16 * PS);
 	fill_index(buf, 16 * PS, 3);
 	cr_assert_eq(dxm_mirror_write(f.dev, f.m.base, buf, 16 * PS), 0);
@@ -71,12 +81,9 @@ ParameterizedTest(enum mem_kind *kind, mirror, write_is_seen_by_cpu,
 }
 
 /* hmm-tests "exclusive", on both kinds of memory. */
-ParameterizedTestParameters(mirror, exclusive_4mib) { MEM_KINDS_PARAMS; }
-ParameterizedTest(enum mem_kind *kind, mirror, exclusive_4mib, .timeout = 60)
+MIRROR_TEST(exclusive_4mib, 4 * MiB, .timeout = 60)
 {
-	struct fixture f;
-	size_t len = 4 * MiB, n = len / PS;
-	setup(&f, *kind, len);
+	size_t len = f.m.len, n = len / PS;
 	uint64_t *p = f.m.base;
 	fill_index(p, len, 0);
 
@@ -121,12 +128,8 @@ ParameterizedTest(enum mem_kind *kind, mirror, exclusive_4mib, .timeout = 60)
 
 /* The device's atomics on an exclusive page, then the CPU: every device
  * write is seen. */
-ParameterizedTestParameters(mirror, device_atomics_then_cpu) { MEM_KINDS_PARAMS; }
-ParameterizedTest(enum mem_kind *kind, mirror, device_atomics_then_cpu,
-		  .timeout = 30)
+MIRROR_TEST(device_atomics_then_cpu, 4 * PS, .timeout = 30)
 {
-	struct fixture f;
-	setup(&f, *kind, 4 * PS);
 	uint64_t *c = f.m.base;
 	*c = 100;
 	for (int i = 0; i < 1000; i++) {
@@ -143,12 +146,9 @@ ParameterizedTest(enum mem_kind *kind, mirror, device_atomics_then_cpu,
 
 /* Two devices take the same page from each other: each conversion by one
  * invalidates the other (DXM_EVENT_EXCLUSIVE with a foreign owner). */
-Test(mirror, two_devices_take_turns, .timeout = 30)
+TWO_DEVICES_TEST(two_devices_take_turns)
 {
-	struct fixture f;
-	setup(&f, MEM_MEMFD, PS);
-	struct dxm_mirror *b;
-	cr_assert_eq(dxm_mirror_create(f.ctx, &b), 0);
+	struct dxm_mirror *b = f.dev2;
 	uint64_t *c = f.m.base;
 	for (int i = 0; i < 100; i++) {
 		cr_assert_eq(dxm_mirror_atomic_add(f.dev, c, 1, NULL), 0);
@@ -158,18 +158,14 @@ Test(mirror, two_devices_take_turns, .timeout = 30)
 		cr_assert_eq(dxm_mirror_check_exclusive(f.dev, c, PS), 0);
 	}
 	cr_assert_eq(*c, 200);
-	dxm_mirror_destroy(b);
 	teardown(&f);
 }
 
 /* An ordinary device access to a page another device holds exclusive
  * takes it back first (hmm_range_fault on an exclusive entry). */
-Test(mirror, ordinary_access_revokes_other_owner, .timeout = 30)
+TWO_DEVICES_TEST(ordinary_access_revokes_other_owner)
 {
-	struct fixture f;
-	setup(&f, MEM_MEMFD, PS);
-	struct dxm_mirror *b;
-	cr_assert_eq(dxm_mirror_create(f.ctx, &b), 0);
+	struct dxm_mirror *b = f.dev2;
 	uint64_t *c = f.m.base;
 	cr_assert_eq(dxm_mirror_atomic_add(f.dev, c, 5, NULL), 0);
 	cr_assert_eq(dxm_mirror_check_exclusive(f.dev, c, PS), 1);
@@ -178,6 +174,5 @@ Test(mirror, ordinary_access_revokes_other_owner, .timeout = 30)
 	cr_assert_eq(v[0], 5);
 	cr_assert_eq(dxm_mirror_check_exclusive(f.dev, c, PS), 0);
 	cr_assert(page_present(c), "dxm_range_fault maps the page back");
-	dxm_mirror_destroy(b);
 	teardown(&f);
 }

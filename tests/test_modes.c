@@ -11,7 +11,6 @@
 #include <fcntl.h>
 #include <setjmp.h>
 #include <signal.h>
-#include <stdatomic.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -86,56 +85,15 @@ ParameterizedTest(struct mode_kind *mk, modes, restore_after_notifier,
 	dxm_ctx_destroy(ctx);
 }
 
-/* CPU threads and a device on the same counters: exact sums. */
-struct hammer {
-	uint64_t *c;
-	atomic_int stop;
-	atomic_ulong incs;
-};
-
-static void *cpu_main(void *arg)
-{
-	struct hammer *h = arg;
-	unsigned long i = 0;
-	for (; !atomic_load(&h->stop); i++)
-		__atomic_fetch_add(&h->c[(i % 4) * (PS / 8)], 1,
-				   __ATOMIC_SEQ_CST);
-	atomic_fetch_add(&h->incs, i);
-	return NULL;
-}
-
+/* CPU threads and a device on the same counters: exact sums (contend,
+ * common.c). */
 ParameterizedTestParameters(modes, contention_no_lost_update) { MODES_PARAMS; }
 ParameterizedTest(struct mode_kind *mk, modes, contention_no_lost_update,
 		  .timeout = 60)
 {
-	struct dxm_ctx *ctx = mode_ctx(mk->mode);
-	struct mem m;
-	mem_setup(ctx, mk->kind, 4 * PS, &m);
-	struct dxm_mirror *dev;
-	cr_assert_eq(dxm_mirror_create(ctx, &dev), 0);
-	struct hammer h = { .c = m.base };
-	pthread_t t[2];
-	for (int i = 0; i < 2; i++)
-		pthread_create(&t[i], NULL, cpu_main, &h);
-	const unsigned ops = 4000;
-	for (unsigned i = 0; i < ops; i++)
-		cr_assert_eq(dxm_mirror_atomic_add(dev, &h.c[(i % 4) * (PS / 8)],
-						   1, NULL),
-			     0);
-	atomic_store(&h.stop, 1);
-	for (int i = 0; i < 2; i++)
-		pthread_join(t[i], NULL);
-	uint64_t sum = 0;
-	for (int i = 0; i < 4; i++)
-		sum += h.c[i * (PS / 8)];
-	cr_assert_eq(sum, atomic_load(&h.incs) + ops, "lost %lld updates",
-		     (long long)(atomic_load(&h.incs) + ops - sum));
-	struct dxm_mirror_stats ms;
-	dxm_mirror_get_stats(dev, &ms);
-	cr_assert_eq(ms.stale_accesses, 0);
-	dxm_mirror_destroy(dev);
-	mem_teardown(&m);
-	dxm_ctx_destroy(ctx);
+	struct dxm_ctx_opts o = { .sz = sizeof(o),
+				  .flags = mode_flags[mk->mode] };
+	contend(&o, mk->kind, 2, 1, 4000);
 }
 
 /* SIGBUS mode: a system call whose buffer is an exclusive page fails with

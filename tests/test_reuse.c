@@ -21,21 +21,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "common.h"
 
 #define WAIT_MS 5000
-
-
-
-static uint64_t now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
 
 /* ------------------------------------------------------------ a blocker */
 
@@ -109,9 +99,9 @@ static pthread_t hold_handler(struct dxm_ctx *ctx, char *d)
 }
 
 struct unmapper {
+	atomic_bool done; /* munmap returned */
 	void *p;
 	size_t len;
-	atomic_bool done;
 };
 
 static void *do_munmap(void *arg)

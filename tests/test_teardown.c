@@ -188,13 +188,6 @@ static int count_fork_msgs(enum dxm_log_level level, const char *fmt,
 	return 0;
 }
 
-static uint64_t now_ms(void)
-{
-	struct timespec t;
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return (uint64_t)t.tv_sec * 1000 + (uint64_t)t.tv_nsec / 1000000;
-}
-
 /*
  * Every handler thread parks for a fork (where EVENT_FORK makes dxm park
  * them): idle handlers all hear of it, a fork takes milliseconds, and

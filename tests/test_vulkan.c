@@ -58,6 +58,38 @@ static struct dxm_vk_kernel *counter_kernel(struct dxm_vk *vk)
 
 static const uint32_t groups[3] = { (NCOUNTERS + 63) / 64, 1, 1 };
 
+/* A context, the backend on it (vk_or_skip) with the counter kernel, and
+ * len bytes of kind memory, zeroed (none for len 0). */
+struct vkfix {
+	struct dxm_ctx *ctx;
+	struct dxm_vk *vk;
+	struct dxm_vk_kernel *k;
+	struct mem m;
+};
+
+static uint32_t *vk_setup(struct vkfix *f, unsigned timeout_ms,
+			  enum mem_kind kind, size_t len)
+{
+	memset(f, 0, sizeof(*f));
+	f->ctx = ctx_or_skip(NULL);
+	f->vk = vk_or_skip(f->ctx, timeout_ms);
+	f->k = counter_kernel(f->vk);
+	if (!len)
+		return NULL;
+	mem_setup(f->ctx, kind, len, &f->m);
+	memset(f->m.base, 0, len);
+	return f->m.base;
+}
+
+static void vk_teardown(struct vkfix *f)
+{
+	dxm_vk_kernel_destroy(f->k);
+	dxm_vk_destroy(f->vk); /* waits for the device's runaway work */
+	if (f->m.len)
+		mem_teardown(&f->m);
+	dxm_ctx_destroy(f->ctx);
+}
+
 /* CPU threads: atomic increments of every counter, round after round,
  * until told to stop. */
 struct hammer {
@@ -118,9 +150,10 @@ static uint64_t sum(const uint32_t *c)
  * is, races with the CPU's atomics and loses updates. */
 Test(vulkan, lost_updates_without_dxm, .timeout = 300)
 {
-	struct dxm_ctx *ctx = ctx_or_skip(NULL);
-	struct dxm_vk *vk = vk_or_skip(ctx, 0);
-	struct dxm_vk_kernel *k = counter_kernel(vk);
+	struct vkfix f;
+	vk_setup(&f, 0, MEM_MEMFD, 0);
+	struct dxm_vk *vk = f.vk;
+	struct dxm_vk_kernel *k = f.k;
 	size_t len = 2 * PS;
 	uint32_t *c = (uint32_t *)anon_map(len);
 	memset(c, 0, len);
@@ -148,31 +181,22 @@ Test(vulkan, lost_updates_without_dxm, .timeout = 300)
 	}
 	cr_assert_gt(lost, 0, "no update lost in 5 rounds: the race did not "
 			      "happen here (one CPU?)");
-	dxm_vk_kernel_destroy(k);
-	dxm_vk_destroy(vk);
 	munmap(c, len);
-	dxm_ctx_destroy(ctx);
+	vk_teardown(&f);
 }
 
 #define KIND_TEST(name, ...)                                                   \
-	ParameterizedTestParameters(vulkan, name)                              \
-	{                                                                      \
-		MEM_KINDS_ALL_PARAMS;                                          \
-	}                                                                      \
-	ParameterizedTest(enum mem_kind *kind, vulkan, name, __VA_ARGS__)
+	KIND_TEST_OF(vulkan, MEM_KINDS_ALL_PARAMS, name, __VA_ARGS__)
 
 /* Through the backend: dispatch after dispatch while CPU threads hammer
  * the same counters; not one update lost. */
 KIND_TEST(no_lost_updates_through_backend, .timeout = 300)
 {
-	struct dxm_ctx *ctx = ctx_or_skip(NULL);
-	struct dxm_vk *vk = vk_or_skip(ctx, 0);
-	struct dxm_vk_kernel *k = counter_kernel(vk);
-	struct mem m;
+	struct vkfix f;
 	size_t len = 2 * PS;
-	mem_setup(ctx, *kind, len, &m);
-	uint32_t *c = m.base;
-	memset(c, 0, len);
+	uint32_t *c = vk_setup(&f, 0, *kind, len);
+	struct dxm_vk *vk = f.vk;
+	struct dxm_vk_kernel *k = f.k;
 	struct args a = { NCOUNTERS, STRIDE, 20000, 1 };
 	unsigned rounds = 20;
 	struct hammer h;
@@ -201,35 +225,29 @@ KIND_TEST(no_lost_updates_through_backend, .timeout = 300)
 		     mem_kind_name[*kind], (long long)(want - got));
 	cr_assert_eq(st.dispatches, rounds);
 	cr_assert(!st.lost);
-	dxm_vk_kernel_destroy(k);
-	dxm_vk_destroy(vk);
-	mem_teardown(&m);
-	dxm_ctx_destroy(ctx);
+	vk_teardown(&f);
 }
 
 /* A CPU access to a page under work in flight waits for that work and
  * then sees all of it; until then no CPU view maps the pages. */
 KIND_TEST(cpu_access_waits_for_work_in_flight, .timeout = 300)
 {
-	struct dxm_ctx *ctx = ctx_or_skip(NULL);
-	struct dxm_vk *vk = vk_or_skip(ctx, 0);
-	struct dxm_vk_kernel *k = counter_kernel(vk);
-	struct mem m;
+	struct vkfix f;
 	uint32_t many = 4096; /* 64 pages of counters */
 	size_t len = many * STRIDE * 4;
-	mem_setup(ctx, *kind, len, &m);
-	uint32_t *c = m.base;
-	memset(c, 0, len);
+	uint32_t *c = vk_setup(&f, 0, *kind, len);
+	struct dxm_vk *vk = f.vk;
+	struct dxm_vk_kernel *k = f.k;
 	struct args a = { many, STRIDE, 50000, 3 };
 	const uint32_t g[3] = { many / 64, 1, 1 };
 	uint64_t t;
 	int err = dxm_vk_dispatch(vk, k, c, len, &a, g, 0, &t);
 	cr_assert_eq(err, 0, "dispatch: %s", strerror(-err));
 	int busy = dxm_vk_done(vk, t) == 0;
-	cr_assert_eq(pages_present(m.base, len), 0,
+	cr_assert_eq(pages_present(f.m.base, len), 0,
 		     "a CPU view maps a page under device work");
 	if (*kind == MEM_ALIAS)
-		cr_assert_eq(pages_present(m.region, len), 0);
+		cr_assert_eq(pages_present(f.m.region, len), 0);
 	/* The last counter: the last one the device gets to. */
 	uint32_t v = __atomic_load_n(&c[(many - 1) * STRIDE],
 				     __ATOMIC_SEQ_CST);
@@ -247,25 +265,19 @@ KIND_TEST(cpu_access_waits_for_work_in_flight, .timeout = 300)
 		    st.invalidate_wait_ns / 1e6);
 	if (busy)
 		cr_assert_geq(st.invalidations, 1);
-	dxm_vk_kernel_destroy(k);
-	dxm_vk_destroy(vk);
-	mem_teardown(&m);
-	dxm_ctx_destroy(ctx);
+	vk_teardown(&f);
 }
 
 /* A device that does not finish within the timeout is declared lost: the
  * CPU gets its page back, and the backend refuses further work. */
 Test(vulkan, lost_device_does_not_hang_cpu, .timeout = 300)
 {
-	struct dxm_ctx *ctx = ctx_or_skip(NULL);
-	struct dxm_vk *vk = vk_or_skip(ctx, 100);
-	struct dxm_vk_kernel *k = counter_kernel(vk);
-	struct mem m;
+	struct vkfix f;
 	uint32_t many = 8192; /* 128 pages of counters */
 	size_t len = many * STRIDE * 4;
-	mem_setup(ctx, MEM_MEMFD, len, &m);
-	uint32_t *c = m.base;
-	memset(c, 0, len);
+	uint32_t *c = vk_setup(&f, 100, MEM_MEMFD, len);
+	struct dxm_vk *vk = f.vk;
+	struct dxm_vk_kernel *k = f.k;
 	/* Long enough to outlast the timeout by far on any CPU. */
 	struct args a = { many, STRIDE, 60000, 1 };
 	const uint32_t g[3] = { many / 64, 1, 1 };
@@ -288,8 +300,5 @@ Test(vulkan, lost_device_does_not_hang_cpu, .timeout = 300)
 	uint64_t t2;
 	cr_assert_eq(dxm_vk_dispatch(vk, k, c, len, &a, g, 0, &t2), -ENODEV);
 	cr_assert_eq(dxm_vk_wait(vk, t, 0), -ENODEV);
-	dxm_vk_kernel_destroy(k);
-	dxm_vk_destroy(vk); /* waits for the device's runaway work */
-	mem_teardown(&m);
-	dxm_ctx_destroy(ctx);
+	vk_teardown(&f);
 }
