@@ -255,7 +255,7 @@ inline notify(ev, own)
 	}
 }
 
-/* fault.c map_page() -> region.c region_continue(r, pg, 1, addr) ->
+/* fault.c r->kind->fill -> memfd.c memfd_continue(r, pg, 1, addr) ->
  * continue_run(): UFFDIO_CONTINUE maps the page, or fails with EEXIST and
  * dxmi_uffd_wake()s; every waiter wakes.  (Its second pass, over the other CPU
  * views, has none here.) */
@@ -532,11 +532,11 @@ proctype Device(byte d)
 				if
 				:: got ->
 #ifdef ZAP_BEFORE_NOTIFY
-					/* region_zap() first, then the devices */
+					/* memfd_revoke() first, then the devices */
 					atomic { pte = 0; CHECK_INV };
 #endif
 					/* the devices first (DXM_EVENT_EXCLUSIVE,
-					 * owner d), then region_zap() */
+					 * owner d), then memfd_revoke() */
 					notify(EV_EXCLUSIVE, d);
 #if !defined(ZAP_BEFORE_NOTIFY) && !defined(BUG_ZAP_BEFORE_LOCK)
 					atomic { pte = 0; CHECK_INV }
