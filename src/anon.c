@@ -54,6 +54,37 @@ static inline uintptr_t stg(struct dxm_region *r, size_t pg)
 	return (uintptr_t)r->dev + (pg << r->ctx->pshift);
 }
 
+/* Whether a page (present or swapped out) is mapped at a, read off
+ * /proc/self/pagemap.  Reading is never a fault (a hole stays a hole). */
+static bool page_at(struct dxm_ctx *ctx, uintptr_t a)
+{
+	int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+	uint64_t e = 0;
+	if (fd >= 0) {
+		off_t off = (off_t)(a >> ctx->pshift) * 8;
+		if (pread(fd, &e, sizeof(e), off) != sizeof(e))
+			e = 0;
+		close(fd);
+	}
+	return (e >> 62) & 3; /* bit 63 present, bit 62 swapped */
+}
+
+/*
+ * UFFDIO_MOVE's EEXIST is not always true.  When the page it moves is
+ * being migrated (compaction: a migration entry in the source), the kernel
+ * waits and retries; on Linux 6.18 the retry moves the page without
+ * counting it, tries the same page once more, finds the destination
+ * filled (by itself) and returns EEXIST, the page moved.  Seen with
+ * `echo 1 > /proc/sys/vm/compact_memory` in a loop, in both directions:
+ * dxm took the staged page for a stray and discarded it (a lost page), or
+ * logged a failed restore.  So an EEXIST whose source is now empty and
+ * whose destination has a page is a move that happened.
+ */
+static bool moved_after_all(struct dxm_ctx *ctx, uintptr_t dst, uintptr_t src)
+{
+	return !page_at(ctx, src) && page_at(ctx, dst);
+}
+
 /* ------------------------------------------------------------- adoption */
 
 /* Whether [start, end) is private anonymous memory that allows the access
@@ -246,6 +277,16 @@ static size_t move_out_run(struct dxm_region *r, uintptr_t cpu, size_t pg,
 			i += k;
 			continue;
 		}
+		if (got == -EEXIST &&
+		    moved_after_all(ctx, stg(r, pg + i),
+				    cpu + (i << ctx->pshift))) {
+			/* Moved after all: the staging page is the data, not
+			 * a stray to discard. */
+			pr_debug("UFFDIO_MOVE out of %#lx: EEXIST, but moved",
+				 cpu + (i << ctx->pshift));
+			need[i++] = 0;
+			continue;
+		}
 		if (got == -ENOENT) {
 			/* A hole (the program discarded the page after it
 			 * was populated): the device gets a zero page in
@@ -396,6 +437,10 @@ static bool trash_run(struct dxm_ctx *ctx, uintptr_t s, size_t len)
 				     UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES);
 		if (got > 0) {
 			done += (size_t)got;
+		} else if (got == -EEXIST &&
+			   moved_after_all(ctx, (uintptr_t)ctx->trash.area + done,
+					   s + done)) {
+			done += ctx->psize; /* moved after all */
 		} else if (got == -EAGAIN && ++tries < 1000) {
 			sched_yield(); /* an event of ctx->uffd is unread */
 		} else {
@@ -446,15 +491,7 @@ static void anon_discard(struct dxm_region *r, size_t pg, size_t n)
  */
 static bool staged_page_exists(struct dxm_region *r, size_t pg)
 {
-	int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
-	uint64_t e = 0;
-	if (fd >= 0) {
-		off_t off = (off_t)(stg(r, pg) >> r->ctx->pshift) * 8;
-		if (pread(fd, &e, sizeof(e), off) != sizeof(e))
-			e = 0;
-		close(fd);
-	}
-	return (e >> 62) & 3; /* bit 63 present, bit 62 swapped */
+	return page_at(r->ctx, stg(r, pg));
 }
 
 /* Move one staged page back to the CPU at cpu (registered, ours).  If it
@@ -489,8 +526,17 @@ static int move_in_page(struct dxm_region *r, size_t pg, uintptr_t cpu,
 				dxmi_uffd_wake(r->uffd, cpu, ctx->psize);
 			return 0;
 		}
-		/* EEXIST cannot happen while the page is staged (the CPU
-		 * view is empty): retried before anything is discarded. */
+		if (got == -EEXIST && moved_after_all(ctx, cpu, stg(r, pg))) {
+			/* Moved after all: the data is in the CPU view and
+			 * the slot is empty.  An EEXIST does not wake. */
+			pr_debug("restore of %#lx: EEXIST, but moved", cpu);
+			if (wake)
+				dxmi_uffd_wake(r->uffd, cpu, ctx->psize);
+			return 0;
+		}
+		/* Else EEXIST cannot happen while the page is staged (the
+		 * CPU view is empty): retried before anything is
+		 * discarded. */
 		if (got != -EEXIST || tries >= 1000)
 			break;
 		sched_yield();
