@@ -106,9 +106,15 @@ uint64_t pagemap_entry(const void *addr)
 	return e;
 }
 
+/* Mapped: present (bit 63), or a swap-type entry (bit 62).  With no swap
+ * on these machines, a swap-type entry is a page being migrated (memory
+ * compaction moves pages at any time): still mapped.  A revoked page has
+ * no entry at all. */
+#define MAPPED(e) (((e) >> 62) & 3)
+
 bool page_present(const void *addr)
 {
-	return (pagemap_entry(addr) >> 63) & 1;
+	return MAPPED(pagemap_entry(addr)) != 0;
 }
 
 size_t pages_present(const void *addr, size_t len)
@@ -123,7 +129,7 @@ size_t pages_present(const void *addr, size_t len)
 		cr_assert_eq(pread(fd, buf, c * sizeof(buf[0]), off),
 			     (ssize_t)(c * sizeof(buf[0])));
 		for (size_t j = 0; j < c; j++)
-			k += (buf[j] >> 63) & 1;
+			k += MAPPED(buf[j]) != 0;
 	}
 	close(fd);
 	return k;
