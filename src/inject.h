@@ -12,6 +12,9 @@
  * between its lookup and its mapping: "resolve=0/N"), forkfix (a raw
  * fork's repair, before each region and before each page it copies) and
  * detach (a munmap's event, read, before its views leave the table).
+ * And moved ("moved=EEXIST/N"): every N-th UFFDIO_MOVE moves its first
+ * page only and answers EEXIST, as Linux 6.18 does for a page under
+ * migration (anon.c, moved_after_all).
  */
 #ifndef DXM_INJECT_H
 #define DXM_INJECT_H
@@ -29,6 +32,7 @@ enum inject_site {
 	INJ_RESOLVE,
 	INJ_FORKFIX,
 	INJ_DETACH,
+	INJ_MOVED,
 	INJ_NSITES,
 };
 

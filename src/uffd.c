@@ -284,6 +284,14 @@ long dxmi_uffd_move(int uffd, uintptr_t dst, uintptr_t src, size_t len,
 	struct uffdio_move m = {
 		.dst = dst, .src = src, .len = len, .mode = mode,
 	};
+	/* Tests: the first page moved and an EEXIST (inject.h, "moved"). */
+	int moved = inject(INJ_MOVED);
+	if (moved) {
+		struct uffdio_move one = m;
+		one.len = (size_t)sysconf(_SC_PAGESIZE);
+		if (ioctl(uffd, UFFDIO_MOVE, &one) == 0)
+			return -moved;
+	}
 	return RANGE_IOCTL(INJ_MOVE, uffd, UFFDIO_MOVE, &m, move, len);
 }
 

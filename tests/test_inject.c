@@ -427,3 +427,44 @@ Test(inject, fork_restore_of_a_region_being_unmapped_is_quiet, .timeout = 60)
 	dxm_ctx_destroy(ctx);
 	dxm_set_print(NULL);
 }
+
+/*
+ * Linux 6.18, when a page UFFDIO_MOVE moves is under migration (memory
+ * compaction), moves it and answers EEXIST.  dxm took that answer on the
+ * way out for a stray page in the staging slot and discarded it (the
+ * device's copy, then the CPU's data, were lost), and on the way back for
+ * a failed restore (logged).  Here every move does that.
+ */
+Test(inject, move_that_says_eexist_but_moved_loses_nothing, .timeout = 60)
+{
+	setenv("DXM_INJECT", "moved=EEXIST/1", 1);
+	atomic_store(&logged_errors, 0);
+	dxm_set_print(count_errors);
+	struct dxm_ctx *ctx = ctx_or_skip(NULL);
+	const size_t n = 8;
+	uint64_t *a = (uint64_t *)anon_map(n * PS);
+	fill_index(a, n * PS, 3);
+	adopt_or_skip(ctx, a, n * PS);
+	void *dev[8];
+	cr_assert_eq(dxm_make_exclusive(ctx, a, n * PS, NULL, dev), (long)n);
+	for (size_t i = 0; i < n; i++) {
+		cr_assert_not_null(dev[i], "page %zu refused", i);
+		cr_assert(check_index(dev[i], PS, 3 + i * (PS / 8)),
+			  "the device's page %zu does not hold the data", i);
+		((uint64_t *)dev[i])[1] += 100; /* the device writes */
+	}
+	dxm_exclusive_unlock(ctx, a, n * PS, dev);
+	cr_assert_eq(pages_present(a, n * PS), 0);
+	for (size_t i = 0; i < n; i++) {
+		uint64_t *w = a + i * (PS / 8);
+		cr_assert_eq(w[0], 3 + i * (PS / 8), "page %zu lost its data",
+			     i);
+		cr_assert_eq(w[1], 3 + i * (PS / 8) + 1 + 100,
+			     "page %zu lost the device's write", i);
+	}
+	cr_assert_eq(atomic_load(&logged_errors), 0,
+		     "a move that happened was taken for a failure");
+	cr_assert_eq(dxm_free(ctx, a), 0);
+	dxm_ctx_destroy(ctx);
+	dxm_set_print(NULL);
+}
