@@ -3,12 +3,12 @@
  * Exclusive access: dxm_make_exclusive (kernel: make_device_exclusive_range),
  * dxm_exclusive_unlock (unlock_page), dxm_check_exclusive
  * (check_device_exclusive_range, seed v4) and dxm_range_fault
- * (hmm_range_fault).  No lock of its own: page states are CAS'd
- * (pstate.h), the region is held with dxmi_region_enter() so a teardown waits
- * for us, and notifiers run with no library lock held.
+ * (hmm_range_fault).
  *
- * Locking: no lock of its own; fork_lock (fork.c) around a conversion of
- * memory whose pages move, then inside the region (internal.h's order).
+ * Locking: no lock of its own.  Page states are CAS'd (pstate.h); a
+ * conversion of memory whose pages move holds fork_lock (fork.c), then
+ * the region is held with dxmi_region_enter() so a teardown waits for us
+ * (internal.h's order); notifiers run with no library lock held.
  */
 #include <errno.h>
 #include <sched.h>
