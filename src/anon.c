@@ -360,7 +360,7 @@ static size_t anon_move_out(struct dxm_region *r, size_t pg, size_t n,
 	struct dxm_ctx *ctx = r->ctx;
 	struct move_out m = { pg, dev, need, 0 };
 	unsigned us = 5;
-	while (dxmi_region_runs(r, pg, n, need, move_out_fn, &m)) {
+	while (dxmi_region_runs(r, pg, n, need, 0, move_out_fn, &m)) {
 		if (dxmi_ctx_on_handler(ctx))
 			break;
 		dxmi_nap_us(&us);
@@ -595,7 +595,7 @@ static int anon_move_in(struct dxm_region *r, size_t pg, size_t n,
 	bool handler = dxmi_ctx_on_handler(r->ctx);
 	for (size_t a = pg; a < pg + n; a++) {
 		unsigned us = 5;
-		while (dxmi_region_runs(r, a, 1, NULL, move_in_fn, &mode) ==
+		while (dxmi_region_runs(r, a, 1, NULL, 0, move_in_fn, &mode) ==
 		       -EAGAIN) {
 			if (handler)
 				return -EAGAIN;

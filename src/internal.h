@@ -265,7 +265,7 @@ void dxmi_region_finish_when_quiet(struct dxm_region *r);
 void dxmi_region_remap_move(struct dxm_ctx *ctx, uintptr_t from, uintptr_t to,
 		       size_t len);
 int dxmi_region_runs(struct dxm_region *r, size_t pg, size_t n,
-		const uint8_t *mask,
+		const uint8_t *mask, uintptr_t first,
 		int (*fn)(struct dxm_region *r, uintptr_t cpu, size_t pg,
 			  size_t n, void *arg),
 		void *arg);

@@ -78,7 +78,7 @@ static size_t memfd_revoke(struct dxm_region *r, size_t pg, size_t n,
 	for (size_t i = 0; i < n; i++)
 		need[i] = dev[i] != NULL;
 	pthread_rwlock_rdlock(&ctx->zap_lock); /* not between read and detach */
-	dxmi_region_runs(r, pg, n, need, zap_run, NULL);
+	dxmi_region_runs(r, pg, n, need, 0, zap_run, NULL);
 	pthread_rwlock_unlock(&ctx->zap_lock);
 	return 0;
 }
@@ -132,7 +132,6 @@ static int continue_run(struct dxm_region *r, uintptr_t s, size_t pg,
 
 struct cont {
 	uintptr_t first;
-	int pass; /* 0: the faulting view only; 1: the others */
 	int ret;
 	bool found;
 };
@@ -141,32 +140,27 @@ static int cont_run(struct dxm_region *r, uintptr_t s, size_t pg, size_t n,
 		    void *arg)
 {
 	struct cont *c = arg;
-	bool here = c->first && c->first >= s &&
-		    c->first < s + (n << r->ctx->pshift);
-	if (here != (c->pass == 0))
-		return 0;
 	int err = continue_run(r, s, pg, n);
 	if (err && (!c->ret || err == -EAGAIN))
 		c->ret = err;
-	c->found |= here;
+	c->found |= c->first >= s && c->first < s + (n << r->ctx->pshift);
 	return 0;
 }
 
 /*
  * UFFDIO_CONTINUE region pages [pg, pg+n) into every CPU view.  With first
  * set (a fault: n == 1), the faulting view's page goes first, so that the
- * faulting thread is woken soonest, and is not mapped twice.  The caller
- * owns the pages' PS_MAPPING bits.  -EAGAIN: the kernel refused for now
- * (an event is unread); some pages may be left unmapped and no thread was
- * woken for them: a handler wakes the faulting thread (it faults again), any
- * other caller naps and calls again (pages mapped meanwhile are skipped).
+ * faulting thread is woken soonest.  The caller owns the pages'
+ * PS_MAPPING bits.  -EAGAIN: the kernel refused for now (an event is
+ * unread); some pages may be left unmapped and no thread was woken for
+ * them: a handler wakes the faulting thread (it faults again), any other
+ * caller naps and calls again (pages mapped meanwhile are skipped).
  */
 static int memfd_continue(struct dxm_region *r, size_t pg, size_t n,
 			  uintptr_t first)
 {
 	struct cont c = { .first = first, .found = !first };
-	for (c.pass = first ? 0 : 1; c.pass < 2; c.pass++)
-		dxmi_region_runs(r, pg, n, NULL, cont_run, &c);
+	dxmi_region_runs(r, pg, n, NULL, first, cont_run, &c);
 	if (!c.found) {
 		/* The view went away: let the faulting thread retry. */
 		dxmi_uffd_wake(r->uffd, first, r->ctx->psize);

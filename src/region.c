@@ -457,13 +457,15 @@ size_t dxmi_region_view_addrs(struct dxm_region *r, size_t pg, size_t n,
  * For each CPU view piece of r, each run of region pages in [pg, pg+n)
  * whose mask byte is set (mask NULL: every page; mask[i] is page pg + i):
  * fn(r, cpu, first page, pages, arg), cpu the run's first CPU address.
- * Under vt_lock (read): the addresses stay r's while fn runs (a view is
- * detached under the write lock), so fn must not wait for a handler
- * (internal.h).  The first non-zero return of fn ends the walk and is
- * returned.
+ * With first set (a CPU address), the run that holds it is walked before
+ * every other one, so that a faulting thread is woken soonest.
+ * Under vt_lock (read), taken once: the addresses stay r's while fn runs (a
+ * view is detached under the write lock), so fn must not wait for a
+ * handler (internal.h).  The first non-zero return of fn ends the walk and
+ * is returned.
  */
 int dxmi_region_runs(struct dxm_region *r, size_t pg, size_t n,
-		const uint8_t *mask,
+		const uint8_t *mask, uintptr_t first,
 		int (*fn)(struct dxm_region *r, uintptr_t cpu, size_t pg,
 			  size_t n, void *arg),
 		void *arg)
@@ -472,19 +474,24 @@ int dxmi_region_runs(struct dxm_region *r, size_t pg, size_t n,
 	int ret = 0;
 	size_t a, b;
 	pthread_rwlock_rdlock(&ctx->tab.lock);
-	for (struct dxm_view *v = r->views; v && !ret; v = v->rnext) {
-		if (!clip(v, pg, n, &a, &b))
-			continue;
-		while (a < b && !ret) {
-			while (mask && a < b && !mask[a - pg])
-				a++;
-			size_t e = a;
-			while (e < b && (!mask || mask[e - pg]))
-				e++;
-			if (e > a)
-				ret = fn(r, v->start + ((a - v->pgoff) << ctx->pshift),
-					 a, e - a, arg);
-			a = e;
+	for (int pass = first ? 0 : 1; pass < 2 && !ret; pass++) {
+		for (struct dxm_view *v = r->views; v && !ret; v = v->rnext) {
+			if (!clip(v, pg, n, &a, &b))
+				continue;
+			while (a < b && !ret) {
+				while (mask && a < b && !mask[a - pg])
+					a++;
+				size_t e = a;
+				while (e < b && (!mask || mask[e - pg]))
+					e++;
+				uintptr_t s = v->start +
+					      ((a - v->pgoff) << ctx->pshift);
+				bool here = first && first >= s &&
+					    first < s + ((e - a) << ctx->pshift);
+				if (e > a && here == (pass == 0))
+					ret = fn(r, s, a, e - a, arg);
+				a = e;
+			}
 		}
 	}
 	pthread_rwlock_unlock(&ctx->tab.lock);
