@@ -100,12 +100,20 @@ enum dxm_uffd_mode {
 /* dxm_alloc flags */
 #define DXM_ALLOC_INHERIT (1u << 0) /* reserved: let a fork()ed child inherit the
 				       region (outside dxm's protection) */
+#define DXM_ALLOC_HUGE (1u << 1) /* 2 MiB pages (hugetlbfs): revoked and
+				    restored whole; ranges in whole huge
+				    pages; dev[] has one entry per huge
+				    page (dxm_page_size) */
 
 int dxm_alloc(struct dxm_ctx *ctx, size_t len, unsigned flags, void **addrp);
 int dxm_alias(struct dxm_ctx *ctx, void *addr, void **aliasp);
 int dxm_adopt(struct dxm_ctx *ctx, void *addr, size_t len, unsigned flags);
 int dxm_free(struct dxm_ctx *ctx, void *addr);
 int dxm_mprotect(struct dxm_ctx *ctx, void *addr, size_t len, int prot);
+/* The page size of the region at addr (a CPU view address, or a device
+ * address from dev[]): what one dev[] entry, one state and one revocation
+ * cover.  The base page, or 2 MiB for DXM_ALLOC_HUGE; -ENOENT. */
+long dxm_page_size(struct dxm_ctx *ctx, const void *addr);
 
 /* ------------------------------------------------------------- notifiers */
 
@@ -227,7 +235,8 @@ struct dxm_stats {
 	uint64_t events_unmap;	  /* UNMAP events handled */
 	uint64_t events_remap;	  /* REMAP events handled */
 	uint64_t regions;	  /* live regions */
-	uint64_t managed_pages;	  /* pages in live regions */
+	uint64_t managed_pages;	  /* pages in live regions (a huge page
+				     counts once) */
 	uint64_t metadata_bytes;  /* page-state bytes for them */
 	uint32_t uffd_mode;	  /* enum dxm_uffd_mode */
 	uint32_t handler_threads;

@@ -166,6 +166,8 @@ DXM_API int dxm_adopt(struct dxm_ctx *ctx, void *addr, size_t len,
 	r->fd = -1;
 	r->kind = &dxmi_anon_kind;
 	r->uffd = ctx->uffd_anon;
+	r->psize = ctx->psize;
+	r->pshift = ctx->pshift;
 	r->npages = len >> ctx->pshift;
 	atomic_init(&r->refs, 1);
 	r->st = calloc(r->npages, sizeof(*r->st));

@@ -87,6 +87,7 @@ DXM_API int dxm_ctx_create(struct dxm_ctx **ctxp, const struct dxm_ctx_opts *opt
 	ctx->uffd = ctx->uffd_anon = ctx->stop_fd = ctx->wake_fd = -1;
 	ctx->psize = (size_t)sysconf(_SC_PAGESIZE);
 	ctx->pshift = (unsigned)__builtin_ctzl(ctx->psize);
+	atomic_init(&ctx->max_pshift, ctx->pshift);
 	ctx->pid = dxmi_self_pid();
 	/* Each module's state, in the lock order (internal.h). */
 	dxmi_gate_init(ctx);

@@ -60,11 +60,9 @@ DXM_API int dxm_device_view(struct dxm_ctx *ctx, const void *addr,
 	struct dxm_device_view v = { 0 };
 	v.sz = sizeof(v);
 	v.base = r->dev;
-	v.len = r->npages << ctx->pshift;
-	v.offset = ((w.pgoff + ((a - w.vstart) >> ctx->pshift))
-		    << ctx->pshift) +
-		   (a & (ctx->psize - 1));
-	v.psize = ctx->psize;
+	v.len = r->npages << r->pshift;
+	v.offset = (w.pgoff << r->pshift) + (a - w.vstart);
+	v.psize = r->psize;
 	v.fd = -1;
 	v.kind = r->kind->devview_kind;
 	v.flags = r->kind->devview_flags;

@@ -31,6 +31,10 @@ static int begin(struct dxm_ctx *ctx, void *start, size_t len,
 		return -EINVAL;
 	if (dxmi_region_lookup_range(ctx, (uintptr_t)start, len, w))
 		return -EFAULT;
+	if (!region_range_ok(w->r, start, len)) {
+		dxmi_region_put(w->r);
+		return -EINVAL; /* not whole pages of a huge-page region */
+	}
 	bool forks = convert && (w->r->kind->flags & KIND_MOVES);
 	if (forks)
 		dxmi_fork_enter(ctx);
@@ -40,7 +44,7 @@ static int begin(struct dxm_ctx *ctx, void *start, size_t len,
 		dxmi_region_put(w->r);
 		return -EFAULT;
 	}
-	*pg = w->pgoff + (((uintptr_t)start - w->vstart) >> ctx->pshift);
+	*pg = w->pgoff + (((uintptr_t)start - w->vstart) >> w->r->pshift);
 	return 0;
 }
 
@@ -52,7 +56,7 @@ static void end(struct dxm_where *w)
 
 static inline void *dev_addr(struct dxm_region *r, size_t pg)
 {
-	return r->dev + (pg << r->ctx->pshift);
+	return r->dev + (pg << r->pshift);
 }
 
 DXM_API long dxm_make_exclusive(struct dxm_ctx *ctx, void *start, size_t len,
@@ -66,7 +70,7 @@ DXM_API long dxm_make_exclusive(struct dxm_ctx *ctx, void *start, size_t len,
 	if (err)
 		return err;
 	struct dxm_region *r = w.r;
-	size_t n = len >> ctx->pshift, done = 0;
+	size_t n = len >> r->pshift, done = 0;
 	bool forks = r->kind->flags & KIND_MOVES; /* fork_lock held (begin) */
 	uint8_t *need = NULL; /* the pages that were the CPU's */
 	/* Like GUP with FOLL_WRITE in the kernel: a range the CPU view
@@ -127,6 +131,37 @@ DXM_API long dxm_make_exclusive(struct dxm_ctx *ctx, void *start, size_t len,
 	return (long)n;
 }
 
+/*
+ * How many entries dev[] has for [start, +len): one per page of the region
+ * it is in.  With base pages only (or len under a huge page), len's base
+ * pages.  Else the region of the CPU view at start, or where that view is
+ * gone, of the first device address among the entries that every page
+ * size has; 0 where none is set (reading further could overrun the array
+ * of a huge-page range).
+ */
+static size_t unlock_pages(struct dxm_ctx *ctx, void *start, size_t len,
+			   void **dev)
+{
+	unsigned max = atomic_load(&ctx->max_pshift), sh = 0;
+	if (max == ctx->pshift || !(len >> max))
+		return len >> ctx->pshift;
+	struct dxm_where w;
+	if (!dxmi_region_lookup(ctx, (uintptr_t)start, &w)) {
+		sh = w.r->pshift;
+		dxmi_region_put(w.r);
+	} else {
+		for (size_t i = 0; i < len >> max && !sh; i++) {
+			struct dxm_region *r;
+			size_t pg;
+			if (dev[i] && !dxmi_region_lookup_dev(ctx, dev[i], &r, &pg)) {
+				sh = r->pshift;
+				dxmi_region_put(r);
+			}
+		}
+	}
+	return sh ? len >> sh : 0;
+}
+
 DXM_API void dxm_exclusive_unlock(struct dxm_ctx *ctx, void *start, size_t len,
 				  void **dev)
 {
@@ -135,7 +170,13 @@ DXM_API void dxm_exclusive_unlock(struct dxm_ctx *ctx, void *start, size_t len,
 			start, len);
 		return;
 	}
-	size_t n = len >> ctx->pshift, bad = 0;
+	size_t n = unlock_pages(ctx, start, len, dev), bad = 0;
+	if (!n) {
+		pr_warn("dxm_exclusive_unlock: %p+%#zx: no page of it is known "
+			"(its view and its pages' regions are gone)",
+			start, len);
+		return;
+	}
 	struct dxm_region *r = NULL;
 	size_t base = 0; /* page of dev[i] in r is base + i, while it holds */
 	for (size_t i = 0; i < n; i++) {
@@ -181,7 +222,7 @@ DXM_API bool dxm_check_exclusive(struct dxm_ctx *ctx, void *start, size_t len,
 	if (!dev || begin(ctx, start, len, &w, &pg, false))
 		return false;
 	struct dxm_region *r = w.r;
-	size_t n = len >> ctx->pshift;
+	size_t n = len >> r->pshift;
 	bool ok = true;
 	for (size_t i = 0; i < n && ok; i++)
 		ok = dev[i] == dev_addr(r, pg + i) &&
@@ -204,7 +245,7 @@ DXM_API long dxm_range_fault(struct dxm_ctx *ctx, void *start, size_t len,
 		end(&w);
 		return flags & ~DXM_FAULT_WRITE ? -EINVAL : -EDEADLK;
 	}
-	size_t n = len >> ctx->pshift;
+	size_t n = len >> w.r->pshift;
 	if (!(w.prot & PROT_READ) ||
 	    ((flags & DXM_FAULT_WRITE) && !(w.prot & PROT_WRITE))) {
 		end(&w);
@@ -224,7 +265,7 @@ DXM_API long dxm_range_fault(struct dxm_ctx *ctx, void *start, size_t len,
 	}
 	if (dev)
 		for (size_t i = 0; i < n; i++)
-			dev[i] = moves ? (char *)start + (i << ctx->pshift)
+			dev[i] = moves ? (char *)start + (i << w.r->pshift)
 				       : dev_addr(w.r, pg + i);
 	end(&w);
 	return (long)n;

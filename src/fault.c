@@ -83,7 +83,7 @@ static void finish_restore(struct dxm_fault *f)
 	int err = r->kind->restore(r, f->pg, f->addr);
 	DXM_TRACE_RESTORE_END(f->addr, err);
 	if (err == -EAGAIN && !requeued_restore(r, f->pg, f->addr))
-		dxmi_uffd_wake(r->uffd, f->addr, r->ctx->psize);
+		dxmi_uffd_wake(r->uffd, f->addr, r->psize);
 	dxmi_region_exit(r);
 	dxmi_region_put(r);
 }
@@ -98,7 +98,7 @@ static bool retry_later(struct dxm_region *r, uintptr_t addr, bool here,
 			unsigned *us)
 {
 	if (!here) {
-		dxmi_uffd_wake(r->uffd, addr, r->ctx->psize);
+		dxmi_uffd_wake(r->uffd, addr, r->psize);
 		return false;
 	}
 	dxmi_nap_us(us); /* async-signal-safe */
@@ -180,7 +180,8 @@ void dxmi_fault_resolve(struct dxm_ctx *ctx, uintptr_t addr, bool write, pid_t t
 			dxmi_region_put(w.r);
 			return;
 		}
-		size_t pg = w.pgoff + ((addr - w.vstart) >> ctx->pshift);
+		addr &= ~(uintptr_t)(w.r->psize - 1); /* its region's page */
+		size_t pg = w.pgoff + ((addr - w.vstart) >> w.r->pshift);
 		if (dxmi_region_enter(w.r)) {
 			resolve(w.r, pg, addr, write, false, epoch);
 			dxmi_region_exit(w.r);
@@ -230,7 +231,8 @@ bool dxmi_fault_resolve_here(struct dxm_ctx *ctx, uintptr_t addr)
 		dxmi_region_put(r);
 		return ok;
 	}
-	size_t pg = w.pgoff + ((addr - w.vstart) >> ctx->pshift);
+	addr &= ~(uintptr_t)(w.r->psize - 1); /* its region's page */
+	size_t pg = w.pgoff + ((addr - w.vstart) >> w.r->pshift);
 	if (!dxmi_region_enter(w.r)) {
 		/* Being torn down: retry the access in a while (once the
 		 * view is gone, the kernel resolves it on its own). */

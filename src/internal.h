@@ -86,6 +86,7 @@ struct dxm_view {
 	uintptr_t start;
 	size_t npages;
 	size_t pgoff;		/* first page of the region it shows */
+	unsigned pshift;	/* its region's page size (r->pshift) */
 	struct dxm_region *r;
 	unsigned group;		/* 0: the dxm_alloc view, k: the k-th alias */
 	int prot;
@@ -114,6 +115,7 @@ struct dxm_view {
 struct dxm_kind {
 	const char *name;
 	unsigned flags;	  /* KIND_* */
+	unsigned pshift;  /* its page size (0: the base page) */
 	int devview_kind; /* DXM_DEVVIEW_*, and its flags */
 	unsigned devview_flags;
 	/* dxm_alloc: the region's pages and its device view (r->dev, r->fd),
@@ -167,7 +169,19 @@ struct dxm_kind {
 	void (*release)(struct dxm_region *r);
 };
 extern const struct dxm_kind dxmi_memfd_kind; /* memfd.c */
+extern const struct dxm_kind dxmi_hugetlb_kind; /* hugetlb.c */
 extern const struct dxm_kind dxmi_anon_kind;	 /* anon.c */
+/* memfd.c's operations, which every kind whose pages are a memfd's shares
+ * (the memfd kind, hugetlb.c): they work in the region's page size. */
+int dxmi_memfd_create_file(struct dxm_region *r, unsigned mfd_flags);
+size_t dxmi_memfd_revoke(struct dxm_region *r, size_t pg, size_t n, void **dev,
+			 uint8_t *need);
+int dxmi_memfd_fill(struct dxm_region *r, size_t pg, uintptr_t addr, bool write);
+int dxmi_memfd_restore(struct dxm_region *r, size_t pg, uintptr_t addr);
+void dxmi_memfd_restore_run(struct dxm_region *r, size_t a, size_t b,
+			    unsigned flags);
+void dxmi_memfd_gone(struct dxm_region *r, uintptr_t start, size_t pgoff,
+		     size_t n, bool unmap, bool last);
 
 struct dxm_region {
 	struct dxm_ctx *ctx;
@@ -185,6 +199,11 @@ struct dxm_region {
 	struct dxm_region *quiet_next; /* ctx->quiet (lock-free stack) */
 	bool forgotten;	    /* deferred faults released for good (defer_mtx) */
 	size_t npages;
+	/* Its page size (a region page: what r->st has a byte for, dev[]
+	 * an entry for, what is revoked and restored at once): the base
+	 * page (ctx->psize), or a huge page (hugetlb.c). */
+	size_t psize;
+	unsigned pshift;
 	char *dev;	    /* memfd: device view (MAP_SHARED, never
 			       registered); adopted: staging area
 			       (registered, same uffd) */
@@ -379,7 +398,7 @@ void dxmi_notifier_destroy_all(struct dxm_ctx *ctx);
 	(UFFD_FEATURE_MINOR_SHMEM | UFFD_FEATURE_MISSING_SHMEM |               \
 	 UFFD_FEATURE_EVENT_UNMAP | UFFD_FEATURE_EVENT_REMAP |                 \
 	 UFFD_FEATURE_THREAD_ID)
-#define CTX_UFFD_OPTIONAL UFFD_FEATURE_MOVE
+#define CTX_UFFD_OPTIONAL (UFFD_FEATURE_MOVE | UFFD_FEATURE_MINOR_HUGETLBFS)
 #define ANON_UFFD_REQUIRED                                                     \
 	(UFFD_FEATURE_MOVE | UFFD_FEATURE_EVENT_UNMAP |                        \
 	 UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_EVENT_REMOVE |                \
@@ -472,8 +491,11 @@ struct dxm_ctx {
 	struct dxm_uffd_info uinfo;
 	int uffd_anon; /* adopted memory: EVENT_REMOVE, MOVE; -1 if no MOVE */
 	struct dxm_uffd_info uinfo_anon;
-	size_t psize;
+	size_t psize;	/* the base page */
 	unsigned pshift;
+	/* The largest region page shift this context has made (only ever
+	 * rises): pshift until a huge-page region is made. */
+	atomic_uint max_pshift;
 	unsigned flags; /* DXM_CTX_* */
 	pid_t pid;	/* creator: calls from a fork()ed child are refused */
 
@@ -545,6 +567,13 @@ static inline bool range_ok(struct dxm_ctx *ctx, const void *start, size_t len)
 	uintptr_t s = (uintptr_t)start;
 	return start && len && !(s & (ctx->psize - 1)) &&
 	       !(len & (ctx->psize - 1)) && s + len > s;
+}
+
+/* Whole pages of r (range_ok checked the base page already). */
+static inline bool region_range_ok(struct dxm_region *r, const void *start,
+				   size_t len)
+{
+	return !((uintptr_t)start & (r->psize - 1)) && !(len & (r->psize - 1));
 }
 
 #endif /* DXM_INTERNAL_H */

@@ -21,10 +21,12 @@
 #include "inject.h"
 #include "internal.h"
 
-static int memfd_create_pages(struct dxm_region *r)
+/* The region's memfd (mfd_flags: MFD_HUGETLB and its size, or 0), its
+ * pages allocated, and the device view mapping them. */
+int dxmi_memfd_create_file(struct dxm_region *r, unsigned mfd_flags)
 {
-	size_t len = r->npages << r->ctx->pshift;
-	int fd = memfd_create("dxm", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	size_t len = r->npages << r->pshift;
+	int fd = memfd_create("dxm", MFD_CLOEXEC | MFD_ALLOW_SEALING | mfd_flags);
 	if (fd < 0)
 		return -errno;
 	if (ftruncate(fd, (off_t)len) || fallocate(fd, 0, 0, (off_t)len) ||
@@ -50,13 +52,18 @@ static int memfd_create_pages(struct dxm_region *r)
 	return 0;
 }
 
+static int memfd_create_pages(struct dxm_region *r)
+{
+	return dxmi_memfd_create_file(r, 0);
+}
+
 /* ---------------------------------------------------------------- revoke */
 
 static int zap_run(struct dxm_region *r, uintptr_t s, size_t pg, size_t n,
 		   void *arg)
 {
 	(void)pg, (void)arg;
-	int err = dxmi_sys_madvise((void *)s, n << r->ctx->pshift, MADV_DONTNEED);
+	int err = dxmi_sys_madvise((void *)s, n << r->pshift, MADV_DONTNEED);
 	if (err)
 		pr_err("zap of %#lx failed: %s", s, strerror(-err));
 	return 0;
@@ -71,8 +78,8 @@ static int zap_run(struct dxm_region *r, uintptr_t s, size_t pg, size_t n,
  * third thread maps something else at that address and this zap runs: the
  * kernel gives no way to zap only a mapping that is still ours.
  */
-static size_t memfd_revoke(struct dxm_region *r, size_t pg, size_t n,
-			   void **dev, uint8_t *need)
+size_t dxmi_memfd_revoke(struct dxm_region *r, size_t pg, size_t n, void **dev,
+			 uint8_t *need)
 {
 	struct dxm_ctx *ctx = r->ctx;
 	for (size_t i = 0; i < n; i++)
@@ -89,28 +96,26 @@ static size_t memfd_revoke(struct dxm_region *r, size_t pg, size_t n,
  * program punched with MADV_REMOVE) exist again, zero-filled. */
 static int fill_hole(struct dxm_region *r, size_t pg)
 {
-	struct dxm_ctx *ctx = r->ctx;
-	return dxmi_sys_madvise(r->dev + (pg << ctx->pshift), ctx->psize,
+	return dxmi_sys_madvise(r->dev + (pg << r->pshift), r->psize,
 			   MADV_POPULATE_WRITE);
 }
 
 static int continue_run(struct dxm_region *r, uintptr_t s, size_t pg,
 			size_t n)
 {
-	struct dxm_ctx *ctx = r->ctx;
 	int tries = 0;
 	while (n) {
-		long got = dxmi_uffd_continue(r->uffd, s, n << ctx->pshift);
+		long got = dxmi_uffd_continue(r->uffd, s, n << r->pshift);
 		if (got > 0) {
-			size_t k = (size_t)got >> ctx->pshift;
-			s += k << ctx->pshift, pg += k, n -= k;
+			size_t k = (size_t)got >> r->pshift;
+			s += k << r->pshift, pg += k, n -= k;
 			continue;
 		}
 		if (got == -EEXIST) {
 			/* Already mapped (a duplicate fault): wake whoever
 			 * waits on it and go on with the next page. */
-			dxmi_uffd_wake(r->uffd, s, ctx->psize);
-			s += ctx->psize, pg++, n--;
+			dxmi_uffd_wake(r->uffd, s, r->psize);
+			s += r->psize, pg++, n--;
 		} else if (got == -EAGAIN) {
 			/* An event is unread (a munmap's UNMAP...): we hold
 			 * vt_lock, and the handler that must read it may need
@@ -123,7 +128,7 @@ static int continue_run(struct dxm_region *r, uintptr_t s, size_t pg,
 		} else {
 			/* Not ours any more (unmapped, unregistered): let
 			 * the faulting threads retry on their own. */
-			dxmi_uffd_wake(r->uffd, s, n << ctx->pshift);
+			dxmi_uffd_wake(r->uffd, s, n << r->pshift);
 			return (int)got;
 		}
 	}
@@ -143,7 +148,7 @@ static int cont_run(struct dxm_region *r, uintptr_t s, size_t pg, size_t n,
 	int err = continue_run(r, s, pg, n);
 	if (err && (!c->ret || err == -EAGAIN))
 		c->ret = err;
-	c->found |= c->first >= s && c->first < s + (n << r->ctx->pshift);
+	c->found |= c->first >= s && c->first < s + (n << r->pshift);
 	return 0;
 }
 
@@ -163,30 +168,29 @@ static int memfd_continue(struct dxm_region *r, size_t pg, size_t n,
 	dxmi_region_runs(r, pg, n, NULL, first, cont_run, &c);
 	if (!c.found) {
 		/* The view went away: let the faulting thread retry. */
-		dxmi_uffd_wake(r->uffd, first, r->ctx->psize);
+		dxmi_uffd_wake(r->uffd, first, r->psize);
 		c.ret = -EFAULT;
 	}
 	return c.ret;
 }
 
-static int memfd_fill(struct dxm_region *r, size_t pg, uintptr_t addr,
-		      bool write)
+int dxmi_memfd_fill(struct dxm_region *r, size_t pg, uintptr_t addr, bool write)
 {
 	(void)write;
 	return memfd_continue(r, pg, 1, addr) == -EAGAIN ? -EAGAIN : 0;
 }
 
 /* The data never left the page cache: map it back. */
-static int memfd_restore(struct dxm_region *r, size_t pg, uintptr_t addr)
+int dxmi_memfd_restore(struct dxm_region *r, size_t pg, uintptr_t addr)
 {
 	dxmi_ps_invalidated(r, pg);
-	int err = memfd_fill(r, pg, addr, false);
+	int err = dxmi_memfd_fill(r, pg, addr, false);
 	dxmi_ps_mapping_done(r, pg);
 	return err;
 }
 
-static void memfd_restore_run(struct dxm_region *r, size_t a, size_t b,
-			      unsigned flags)
+void dxmi_memfd_restore_run(struct dxm_region *r, size_t a, size_t b,
+			    unsigned flags)
 {
 	for (size_t i = a; i < b; i++)
 		if (ps_state(ps_load(&r->st[i])) == PS_INVALIDATING)
@@ -208,12 +212,12 @@ static void memfd_restore_run(struct dxm_region *r, size_t a, size_t b,
 
 /* dxm_free undoes the view; after a program's munmap nothing is left to
  * do (the pages stay in the memfd until the region goes). */
-static void memfd_gone(struct dxm_region *r, uintptr_t start, size_t pgoff,
-		       size_t n, bool unmap, bool last)
+void dxmi_memfd_gone(struct dxm_region *r, uintptr_t start, size_t pgoff,
+		     size_t n, bool unmap, bool last)
 {
 	(void)pgoff, (void)last;
 	if (unmap) {
-		size_t len = n << r->ctx->pshift;
+		size_t len = n << r->pshift;
 		dxmi_uffd_unregister(r->uffd, start, len);
 		munmap((void *)start, len);
 	}
@@ -224,9 +228,9 @@ const struct dxm_kind dxmi_memfd_kind = {
 	.flags = KIND_ALIAS | KIND_FILE,
 	.devview_kind = DXM_DEVVIEW_MEMFD,
 	.create = memfd_create_pages,
-	.revoke = memfd_revoke,
-	.fill = memfd_fill,
-	.restore = memfd_restore,
-	.restore_run = memfd_restore_run,
-	.gone = memfd_gone,
+	.revoke = dxmi_memfd_revoke,
+	.fill = dxmi_memfd_fill,
+	.restore = dxmi_memfd_restore,
+	.restore_run = dxmi_memfd_restore_run,
+	.gone = dxmi_memfd_gone,
 };

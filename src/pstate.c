@@ -47,7 +47,7 @@ bool dxmi_ps_defer(struct dxm_region *r, size_t pg, uintptr_t addr,
 	else
 		free(f);
 	if (gone) /* torn down: the thread retries on what is there now */
-		dxmi_uffd_wake(r->uffd, addr, ctx->psize);
+		dxmi_uffd_wake(r->uffd, addr, r->psize);
 	return ok;
 }
 
@@ -74,7 +74,7 @@ void dxmi_ps_defer_dying(struct dxm_region *r, size_t pg, uintptr_t addr,
 	pthread_mutex_unlock(&ctx->wait.mtx);
 	if (gone) {
 		free(f);
-		dxmi_uffd_wake(r->uffd, addr, ctx->psize);
+		dxmi_uffd_wake(r->uffd, addr, r->psize);
 	}
 }
 

@@ -68,7 +68,7 @@ size_t dxmi_vt_search(struct dxm_ctx *ctx, uintptr_t addr)
 	while (lo < hi) {
 		size_t mid = (lo + hi) / 2;
 		struct dxm_view *v = ctx->tab.vt[mid];
-		if (v->start + (v->npages << ctx->pshift) <= addr)
+		if (v->start + (v->npages << v->pshift) <= addr)
 			lo = mid + 1;
 		else
 			hi = mid;
@@ -147,7 +147,7 @@ int dxmi_vt_split(struct dxm_ctx *ctx, uintptr_t addr)
 	struct dxm_view *t = malloc(sizeof(*t));
 	if (!t)
 		return -ENOMEM;
-	size_t head = (addr - v->start) >> ctx->pshift;
+	size_t head = (addr - v->start) >> v->pshift;
 	*t = *v;
 	t->start = addr;
 	t->npages = v->npages - head;
@@ -168,7 +168,7 @@ static size_t rt_search(struct dxm_ctx *ctx, uintptr_t dev)
 	while (lo < hi) {
 		size_t mid = (lo + hi) / 2;
 		struct dxm_region *r = ctx->tab.rt[mid];
-		if ((uintptr_t)r->dev + (r->npages << ctx->pshift) <= dev)
+		if ((uintptr_t)r->dev + (r->npages << r->pshift) <= dev)
 			lo = mid + 1;
 		else
 			hi = mid;
@@ -214,10 +214,11 @@ int dxmi_region_lookup_dev(struct dxm_ctx *ctx, const void *dev,
 	int err = -ENOENT;
 	pthread_rwlock_rdlock(&ctx->tab.lock);
 	size_t i = rt_search(ctx, d);
-	if (i < ctx->tab.rt_n && (uintptr_t)ctx->tab.rt[i]->dev <= d &&
-	    !((d - (uintptr_t)ctx->tab.rt[i]->dev) & (ctx->psize - 1))) {
-		*rp = ctx->tab.rt[i];
-		*pg = (d - (uintptr_t)ctx->tab.rt[i]->dev) >> ctx->pshift;
+	struct dxm_region *r = i < ctx->tab.rt_n ? ctx->tab.rt[i] : NULL;
+	if (r && (uintptr_t)r->dev <= d &&
+	    !((d - (uintptr_t)r->dev) & (r->psize - 1))) {
+		*rp = r;
+		*pg = (d - (uintptr_t)r->dev) >> r->pshift;
 		dxmi_region_get(*rp);
 		err = 0;
 	}
@@ -250,7 +251,7 @@ void dxmi_region_put(struct dxm_region *r)
 	struct dxm_ctx *ctx = r->ctx;
 	if (r->kind->release)
 		r->kind->release(r);
-	munmap(r->dev, r->npages << ctx->pshift);
+	munmap(r->dev, r->npages << r->pshift);
 	if (r->fd >= 0)
 		close(r->fd);
 	stat_add(&ctx->c.regions, -1ul);
@@ -404,7 +405,7 @@ int dxmi_region_lookup_range(struct dxm_ctx *ctx, uintptr_t start, size_t len,
 		    p->pgoff != pg)
 			break;
 		w->prot &= p->prot;
-		cur += p->npages << ctx->pshift;
+		cur += p->npages << p->pshift;
 		pg += p->npages;
 		if (cur >= end) {
 			dxmi_region_get(v->r);
@@ -443,9 +444,9 @@ size_t dxmi_region_view_addrs(struct dxm_region *r, size_t pg, size_t n,
 		if (!clip(v, pg, n, &a, &b))
 			continue;
 		if (k < max) {
-			out[2 * k] = v->start + ((a - v->pgoff) << ctx->pshift);
+			out[2 * k] = v->start + ((a - v->pgoff) << r->pshift);
 			out[2 * k + 1] = v->start +
-					 ((b - v->pgoff) << ctx->pshift);
+					 ((b - v->pgoff) << r->pshift);
 		}
 		k++;
 	}
@@ -485,9 +486,9 @@ int dxmi_region_runs(struct dxm_region *r, size_t pg, size_t n,
 				while (e < b && (!mask || mask[e - pg]))
 					e++;
 				uintptr_t s = v->start +
-					      ((a - v->pgoff) << ctx->pshift);
+					      ((a - v->pgoff) << r->pshift);
 				bool here = first && first >= s &&
-					    first < s + ((e - a) << ctx->pshift);
+					    first < s + ((e - a) << r->pshift);
 				if (e > a && here == (pass == 0))
 					ret = fn(r, s, a, e - a, arg);
 				a = e;
@@ -508,6 +509,7 @@ int dxmi_region_add_piece(struct dxm_ctx *ctx, struct dxm_region *r, void *addr,
 		return -ENOMEM;
 	v->start = (uintptr_t)addr;
 	v->npages = r->npages;
+	v->pshift = r->pshift;
 	v->r = r;
 	v->group = group;
 	v->prot = PROT_READ | PROT_WRITE;
@@ -808,7 +810,7 @@ int dxmi_region_detach_range(struct dxm_ctx *ctx, uintptr_t start, uintptr_t end
 		g->r = v->r;
 		dxmi_region_get(v->r);
 		g->start = v->start;
-		g->end = v->start + (v->npages << ctx->pshift);
+		g->end = v->start + (v->npages << v->pshift);
 		g->pgoff = v->pgoff;
 		vt_remove(ctx, v);
 		g->last = v->r->views == NULL;

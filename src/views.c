@@ -61,7 +61,7 @@ static int new_view(struct dxm_ctx *ctx, struct dxm_region *r, bool populate,
 		    void **addrp, bool *torn)
 {
 	*torn = false;
-	size_t len = r->npages << ctx->pshift;
+	size_t len = r->npages << r->pshift;
 	int err = 0;
 	struct view_map m = { .r = r };
 	pthread_mutex_lock(&ctx->gate);
@@ -108,24 +108,30 @@ DXM_API int dxm_alloc(struct dxm_ctx *ctx, size_t len, unsigned flags,
 	int err = dxmi_ctx_check(ctx);
 	if (err)
 		return err;
-	if (!addrp || !len || (flags & ~DXM_ALLOC_INHERIT))
+	if (!addrp || !len || (flags & ~(DXM_ALLOC_INHERIT | DXM_ALLOC_HUGE)))
 		return -EINVAL;
 	if (flags & DXM_ALLOC_INHERIT) {
 		pr_warn("dxm_alloc: DXM_ALLOC_INHERIT is not supported yet");
 		return -EOPNOTSUPP;
 	}
+	const struct dxm_kind *kind = flags & DXM_ALLOC_HUGE ? &dxmi_hugetlb_kind
+							     : &dxmi_memfd_kind;
+	unsigned pshift = kind->pshift ? kind->pshift : ctx->pshift;
+	size_t psize = (size_t)1 << pshift;
 	if (len > SIZE_MAX / 2)
 		return -ENOMEM;
-	len = (len + ctx->psize - 1) & ~(ctx->psize - 1);
+	len = (len + psize - 1) & ~(psize - 1);
 
 	struct dxm_region *r = calloc(1, sizeof(*r));
 	if (!r)
 		return -ENOMEM;
 	r->ctx = ctx;
-	r->kind = &dxmi_memfd_kind;
+	r->kind = kind;
 	r->uffd = ctx->uffd;
 	r->fd = -1;
-	r->npages = len >> ctx->pshift;
+	r->psize = psize;
+	r->pshift = pshift;
+	r->npages = len >> pshift;
 	r->st = calloc(r->npages, sizeof(*r->st));
 	atomic_init(&r->refs, 1);
 	if (!r->st) {
@@ -135,6 +141,11 @@ DXM_API int dxm_alloc(struct dxm_ctx *ctx, size_t len, unsigned flags,
 	err = r->kind->create(r);
 	if (err)
 		goto fail;
+	/* Before anyone can see the region (dxm_exclusive_unlock). */
+	unsigned max = atomic_load(&ctx->max_pshift);
+	while (max < pshift &&
+	       !atomic_compare_exchange_weak(&ctx->max_pshift, &max, pshift))
+		;
 	pthread_rwlock_wrlock(&ctx->tab.lock);
 	err = dxmi_rt_insert(ctx, r);
 	pthread_rwlock_unlock(&ctx->tab.lock);
@@ -203,6 +214,23 @@ DXM_API int dxm_alias(struct dxm_ctx *ctx, void *addr, void **aliasp)
 	return err;
 }
 
+DXM_API long dxm_page_size(struct dxm_ctx *ctx, const void *addr)
+{
+	int err = dxmi_ctx_check(ctx);
+	if (err)
+		return err;
+	struct dxm_where w;
+	struct dxm_region *r;
+	size_t pg;
+	if (!dxmi_region_lookup(ctx, (uintptr_t)addr, &w))
+		r = w.r;
+	else if (dxmi_region_lookup_dev(ctx, addr, &r, &pg))
+		return -ENOENT;
+	long size = (long)r->psize;
+	dxmi_region_put(r);
+	return size;
+}
+
 /* One detached piece: the devices are told, then its kind undoes it
  * (`unmap`: dxm_free, not a munmap the program did). */
 static void gone_piece(struct dxm_ctx *ctx, struct dxm_gone *g, bool unmap)
@@ -210,7 +238,7 @@ static void gone_piece(struct dxm_ctx *ctx, struct dxm_gone *g, bool unmap)
 	struct dxm_region *r = g->r;
 	size_t len = g->end - g->start;
 	dxmi_notify_range(ctx, g->start, g->end, DXM_EVENT_UNMAP, NULL);
-	r->kind->gone(r, g->start, g->pgoff, len >> ctx->pshift, unmap,
+	r->kind->gone(r, g->start, g->pgoff, len >> r->pshift, unmap,
 		      g->last);
 	stat_add(&ctx->c.events_unmap, !unmap);
 }
@@ -255,7 +283,7 @@ static int free_region(struct dxm_ctx *ctx, struct dxm_region *r)
 	while (r->views && !err) {
 		struct dxm_view *p = r->views;
 		err = dxmi_region_detach_range(ctx, p->start,
-				   p->start + (p->npages << ctx->pshift),
+				   p->start + (p->npages << p->pshift),
 				   (int)p->group, &list);
 	}
 	if (r->views == NULL)
@@ -321,7 +349,7 @@ DXM_API int dxm_free(struct dxm_ctx *ctx, void *addr)
 			continue;
 		}
 		err = dxmi_region_detach_range(ctx, p->start,
-				   p->start + (p->npages << ctx->pshift),
+				   p->start + (p->npages << p->pshift),
 				   (int)group, &list);
 		p = r->views; /* the list changed: restart */
 	}
@@ -359,7 +387,7 @@ void dxmi_views_destroy_all(struct dxm_ctx *ctx)
 	while (ctx->tab.vt_n) {
 		struct dxm_view *v = ctx->tab.vt[0];
 		if (dxmi_region_detach_range(ctx, v->start,
-				 v->start + (v->npages << ctx->pshift), -1,
+				 v->start + (v->npages << v->pshift), -1,
 				 &list))
 			break;
 	}
@@ -385,6 +413,10 @@ DXM_API int dxm_mprotect(struct dxm_ctx *ctx, void *addr, size_t len, int prot)
 	uintptr_t start = (uintptr_t)addr, end = start + len;
 	if (dxmi_region_lookup_range(ctx, start, len, &w))
 		return -EFAULT;
+	if (!region_range_ok(w.r, addr, len)) {
+		dxmi_region_put(w.r);
+		return -EINVAL; /* not whole pages of a huge-page region */
+	}
 	if (!dxmi_region_enter(w.r)) {
 		dxmi_region_put(w.r);
 		return -EFAULT;
@@ -393,11 +425,11 @@ DXM_API int dxm_mprotect(struct dxm_ctx *ctx, void *addr, size_t len, int prot)
 	 * the change and the notification. */
 	dxmi_notify_range(ctx, start, end, DXM_EVENT_PROTECTION, NULL);
 	struct dxm_region *r = w.r;
-	size_t pg = w.pgoff + ((start - w.vstart) >> ctx->pshift);
+	size_t pg = w.pgoff + ((start - w.vstart) >> r->pshift);
 	if ((r->kind->flags & KIND_MOVES) && !(prot & PROT_WRITE))
 		/* UFFDIO_MOVE cannot restore into a read-only mapping: give
 		 * the pages back first (the devices were just invalidated). */
-		dxmi_pages_to_cpu(r, pg, len >> ctx->pshift,
+		dxmi_pages_to_cpu(r, pg, len >> r->pshift,
 			     PTC_INVALIDATE | PTC_WAIT, DXM_EVENT_PROTECTION);
 	pthread_rwlock_wrlock(&ctx->tab.lock);
 	err = dxmi_vt_split(ctx, start);
@@ -406,7 +438,7 @@ DXM_API int dxm_mprotect(struct dxm_ctx *ctx, void *addr, size_t len, int prot)
 	if (!err && mprotect(addr, len, prot))
 		err = -errno;
 	if (!err && r->kind->protect)
-		r->kind->protect(r, pg, len >> ctx->pshift, prot);
+		r->kind->protect(r, pg, len >> r->pshift, prot);
 	if (!err)
 		for (size_t i = dxmi_vt_search(ctx, start);
 		     i < ctx->tab.vt_n && ctx->tab.vt[i]->start < end; i++)
