@@ -49,6 +49,8 @@ static const struct group {
 	  bn_run_scale },
 	{ "memory", "metadata per page; dxm_alloc/dxm_free vs plain memfd",
 	  bn_run_memory },
+	{ "huge", "1 GiB as 4 KiB vs 2 MiB pages: revoke, read-back, restore",
+	  bn_run_huge },
 };
 #define NGROUPS (sizeof(groups) / sizeof(groups[0]))
 

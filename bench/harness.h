@@ -133,6 +133,7 @@ int bn_run_pingpong(void);
 int bn_run_steady(void);
 int bn_run_scale(void);
 int bn_run_memory(void);
+int bn_run_huge(void);
 
 /* ------------------------------------------------------- shared pieces */
 

@@ -30,6 +30,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <linux/userfaultfd.h>
+
 #include "bench.h"
 #include "dxm.h"
 #include "dxm_mirror.h"
@@ -534,6 +536,15 @@ static int cmd_info(int argc, char **argv)
 	bool adopt = f.flags & DXM_FEAT_ADOPT;
 	bool sigbus = f.flags & DXM_FEAT_SIGBUS;
 	bool fork_events = f.flags & DXM_FEAT_FORK_EVENTS;
+	bool huge = f.uffd_features & UFFD_FEATURE_MINOR_HUGETLBFS;
+	long huge_free = -1;
+	FILE *mi = fopen("/proc/meminfo", "r");
+	char line[128];
+	while (mi && fgets(line, sizeof(line), mi))
+		if (sscanf(line, "HugePages_Free: %ld", &huge_free) == 1)
+			break;
+	if (mi)
+		fclose(mi);
 
 	if (json) {
 		printf("{\n  \"version\": \"%s\",\n  \"kernel\": ",
@@ -549,11 +560,14 @@ static int cmd_info(int argc, char **argv)
 		       "  \"adopt\": %s,\n"
 		       "  \"sigbus_mode\": %s,\n"
 		       "  \"fork_events\": %s,\n"
+		       "  \"huge_pages\": %s,\n"
+		       "  \"huge_pages_free\": %ld,\n"
 		       "  \"uffd_features\": ",
 		       (int)getuid(), psize, dxm_uffd_mode_str(f.uffd_mode),
 		       kernel_faults ? "true" : "false", f.handler_threads,
 		       adopt ? "true" : "false", sigbus ? "true" : "false",
-		       fork_events ? "true" : "false");
+		       fork_events ? "true" : "false", huge ? "true" : "false",
+		       huge_free);
 		print_features(f.uffd_features, true, 0);
 		printf(",\n  \"uffd_anon_features\": ");
 		print_features(f.uffd_anon_features, true, 0);
@@ -575,6 +589,12 @@ static int cmd_info(int argc, char **argv)
 		  "UFFD_FEATURE_MINOR_SHMEM", NULL);
 	info_line("adopted memory (dxm_adopt)", adopt, "UFFD_FEATURE_MOVE",
 		  "needs UFFD_FEATURE_MOVE, Linux 6.8");
+	char huge_why[96];
+	snprintf(huge_why, sizeof(huge_why),
+		 "UFFD_FEATURE_MINOR_HUGETLBFS; %ld free in the pool",
+		 huge_free);
+	info_line("huge pages (DXM_ALLOC_HUGE)", huge, huge_why,
+		  "needs UFFD_FEATURE_MINOR_HUGETLBFS, Linux 5.13");
 	info_line("system calls on exclusive pages", kernel_faults,
 		  NULL,
 		  "see USERFAULTFD MODES in dxm(7)");
