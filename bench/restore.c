@@ -52,6 +52,7 @@
 #include <linux/userfaultfd.h>
 
 #include "harness.h"
+#include "hist.h"
 
 /* Newer than some installed kernel headers (the values are the ABI). */
 #ifndef UFFD_USER_MODE_ONLY
@@ -325,12 +326,20 @@ static int setup(struct rmeth *m)
 	return -EINVAL;
 }
 
+/* dxm's own restore-latency histogram, per mode, over every pass. */
+static uint64_t mode_hist[8][DXM_STATS_HIST];
+
 static void teardown(struct rmeth *m)
 {
 	switch (m->kind) {
 	case K_DXM:
 		if (!m->ctx)
 			return;
+		struct dxm_stats s;
+		size_t mi = (size_t)(m->mode - bn_dxm_modes);
+		if (!dxm_stats(m->ctx, &s, sizeof(s)) && mi < 8)
+			for (int i = 0; i < DXM_STATS_HIST; i++)
+				mode_hist[mi][i] += s.restore_us[i];
 		bn_drv_detach(&m->drv);
 		if (m->region)
 			dxm_free(m->ctx, m->region);
@@ -620,6 +629,7 @@ static void restore_targets(void)
 int bn_run_restore(void)
 {
 	memset(pass_rows, 0, sizeof(pass_rows));
+	memset(mode_hist, 0, sizeof(mode_hist));
 	for (int p = 0; p < BN_NPLACE; p++) {
 		if (!bn_place_ok((enum bn_place)p))
 			continue;
@@ -628,5 +638,21 @@ int bn_run_restore(void)
 			return ret;
 	}
 	restore_targets();
+	/* What dxm_stats says of the same restores (every placement). */
+	for (size_t mi = 0; mi < bn_n_dxm_modes && mi < 8; mi++) {
+		char *buf = NULL, what[64];
+		size_t len = 0;
+		FILE *f = open_memstream(&buf, &len);
+		if (!f)
+			break;
+		snprintf(what, sizeof(what), "dxm %s, dxm_stats restore_us",
+			 bn_dxm_modes[mi].name);
+		dxm_tool_print_hist(f, "restore: ", what, mode_hist[mi], "us");
+		fclose(f);
+		if (len && buf[len - 1] == '\n')
+			buf[len - 1] = 0;
+		bn_note("%s", buf);
+		free(buf);
+	}
 	return 0;
 }

@@ -223,6 +223,8 @@ int dxm_device_view(struct dxm_ctx *ctx, const void *addr, unsigned flags,
 
 /* ------------------------------------------------------------- statistics */
 
+#define DXM_STATS_HIST 24 /* buckets of the histograms below */
+
 struct dxm_stats {
 	uint64_t conversions;	  /* dxm_make_exclusive calls that converted >= 1 page */
 	uint64_t pages_converted; /* pages made exclusive */
@@ -250,6 +252,14 @@ struct dxm_stats {
 					 bug, reported */
 	uint64_t watchdog_reports; /* a callback running, or a fault waiting,
 				      longer than $DXM_WATCHDOG_MS (5 s) */
+	/* Histograms of the restores (pages given back to the CPU at once:
+	 * a fault, dxm_range_fault, a fork...), in power-of-two buckets:
+	 * [0] under 1, [i] from 2^(i-1) to under 2^i, the last one open.
+	 * A restore enters them once its pages are mapped, which may be
+	 * just after the access it resolved went on. */
+	uint64_t restore_us[DXM_STATS_HIST]; /* by the time one took,
+						notifiers included, in us */
+	uint64_t restore_pages[DXM_STATS_HIST]; /* by its pages ([1]: one) */
 };
 
 int dxm_stats(struct dxm_ctx *ctx, struct dxm_stats *st, size_t size);

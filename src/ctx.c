@@ -233,6 +233,10 @@ DXM_API int dxm_stats(struct dxm_ctx *ctx, struct dxm_stats *st, size_t size)
 	s.forks = atomic_load(&c->forks);
 	s.stale_device_faults = atomic_load(&c->stale_device_faults);
 	s.watchdog_reports = atomic_load(&c->watchdog_reports);
+	for (int i = 0; i < DXM_STATS_HIST; i++) {
+		s.restore_us[i] = atomic_load(&c->restore_us[i]);
+		s.restore_pages[i] = atomic_load(&c->restore_pages[i]);
+	}
 	memcpy(st, &s, size < sizeof(s) ? size : sizeof(s));
 	if (size > sizeof(s))
 		memset((char *)st + sizeof(s), 0, size - sizeof(s));

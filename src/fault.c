@@ -90,6 +90,23 @@ static void finish_restore(struct dxm_fault *f)
 
 /* ------------------------------------------------------------ the fault */
 
+/* Power-of-two histogram bucket of v (dxm_stats). */
+static unsigned hist_bucket(uint64_t v)
+{
+	unsigned b = v ? 64 - (unsigned)__builtin_clzll(v) : 0;
+	return b < DXM_STATS_HIST ? b : DXM_STATS_HIST - 1;
+}
+
+/* A restore of `pages` pages, begun at t0 (dxmi_now_ns), is over (the
+ * restores were counted before the pages were mapped: a thread whose
+ * access completed finds its page counted). */
+static void count_restore(struct dxm_ctx *ctx, uint64_t t0, size_t pages)
+{
+	stat_add(&ctx->c.restore_us[hist_bucket((dxmi_now_ns() - t0) / 1000)],
+		 1);
+	stat_add(&ctx->c.restore_pages[hist_bucket(pages)], 1);
+}
+
 /* A kind's fill or restore got -EAGAIN: an event is unread and the page,
  * the CPU's now, is not mapped.  A handler thread never waits for that (it may be the one
  * to read the event): the faulting thread is woken to fault again.  The
@@ -135,9 +152,11 @@ static void resolve(struct dxm_region *r, size_t pg, uintptr_t addr,
 				    PS_INVALIDATING | (s & PS_WAITERS)))
 				continue;
 			DXM_TRACE_RESTORE_BEGIN(addr, pg);
+			uint64_t t0 = dxmi_now_ns();
 			dxmi_notify_region_pages(r, pg, 1, DXM_EVENT_CLEAR, NULL);
 			stat_add(&ctx->c.restores, 1);
 			err = r->kind->restore(r, pg, addr);
+			count_restore(ctx, t0, 1);
 			DXM_TRACE_RESTORE_END(addr, err);
 			if (err == -EAGAIN && !requeued_restore(r, pg, addr) &&
 			    retry_later(r, addr, here, &us))
@@ -260,12 +279,16 @@ static void flush_run(struct dxm_region *r, size_t a, size_t b, bool inv,
 {
 	if (a == b)
 		return;
+	uint64_t t0 = dxmi_now_ns();
+	size_t restores = 0;
 	if (inv)
 		dxmi_notify_region_pages(r, a, b - a, ev, NULL);
 	for (size_t i = a; i < b; i++)
-		if (ps_state(ps_load(&r->st[i])) == PS_INVALIDATING)
-			stat_add(&r->ctx->c.restores, 1);
+		restores += ps_state(ps_load(&r->st[i])) == PS_INVALIDATING;
+	stat_add(&r->ctx->c.restores, restores);
 	r->kind->restore_run(r, a, b, flags);
+	if (restores)
+		count_restore(r->ctx, t0, restores);
 }
 
 /*

@@ -422,6 +422,7 @@ struct dxm_counters {
 	atomic_ulong notifier_calls, notifier_ns;
 	atomic_ulong events_unmap, events_remap, events_remove, forks;
 	atomic_ulong stale_device_faults, watchdog_reports;
+	atomic_ulong restore_us[DXM_STATS_HIST], restore_pages[DXM_STATS_HIST];
 	atomic_ulong regions, managed_pages;
 };
 

@@ -40,6 +40,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "hist.h"
 #include "stress.h"
 #include "stress_int.h"
 
@@ -719,6 +720,10 @@ static void summary(double secs, const struct dxm_stats *s)
 	       (unsigned long long)s->events_unmap,
 	       (unsigned long long)s->events_remove,
 	       (unsigned long long)s->forks);
+	dxm_tool_print_hist(stdout, "stress: ", "restore latency, us",
+			    s->restore_us, "us");
+	dxm_tool_print_hist(stdout, "stress: ", "pages per restore",
+			    s->restore_pages, "pages");
 	if (atomic_load(&st.alias_lazy))
 		printf("stress: note: %lu page(s) the CPU owned were not mapped "
 		       "in a new alias at once (dxm_alias(3) says they are)\n",

@@ -470,3 +470,39 @@ KIND_TEST(syscall_write_user_only_efault)
 	syscall_write_case(ctx, *kind);
 	dxm_ctx_destroy(ctx);
 }
+
+/* ------------------------------------------------- restore histograms */
+
+static uint64_t hist_sum(const uint64_t *h)
+{
+	uint64_t n = 0;
+	for (int i = 0; i < DXM_STATS_HIST; i++)
+		n += h[i];
+	return n;
+}
+
+/* dxm_stats' histograms: each single-page fault is one restore of one
+ * page (restore_pages[1]) with a time; dxm_range_fault of 8 exclusive
+ * pages is one restore of 8 (bucket [8,16): 4). */
+MEM_TEST_OF(b2_restore, MEM_KINDS_ALL_PARAMS, restore_histograms_count,
+	    16 * PS, .timeout = 30)
+{
+	char *p = m.base;
+	void *dev[16];
+	take(ctx, p, 16 * PS, "hist", dev);
+	for (size_t i = 0; i < 4; i++)
+		(void)rd(p + i * PS);
+	struct dxm_stats s;
+	cr_assert(WAIT_FOR((s = stats(ctx), hist_sum(s.restore_us) == 4), 2000),
+		  "%llu restores timed, 4 faults",
+		  (unsigned long long)hist_sum(s.restore_us));
+	cr_expect_eq(s.restore_pages[1], 4);
+	cr_expect_eq(hist_sum(s.restore_pages), 4);
+	cr_expect_eq(dxm_range_fault(ctx, p + 8 * PS, 8 * PS, 0, NULL), 8);
+	s = stats(ctx);
+	cr_expect_eq(s.restore_pages[4], 1, "range_fault of 8 pages: %llu in "
+					    "[8,16)",
+		     (unsigned long long)s.restore_pages[4]);
+	cr_expect_eq(hist_sum(s.restore_us), 5);
+	cr_expect_eq(s.restores, 12);
+}
