@@ -51,6 +51,9 @@ static const struct group {
 	  bn_run_memory },
 	{ "huge", "1 GiB as 4 KiB vs 2 MiB pages: revoke, read-back, restore",
 	  bn_run_huge },
+	{ "sweep", "the CPU reading results back: in order, reversed, random, "
+		   "vs kernel minor faults",
+	  bn_run_sweep },
 };
 #define NGROUPS (sizeof(groups) / sizeof(groups[0]))
 

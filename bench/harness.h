@@ -134,6 +134,7 @@ int bn_run_steady(void);
 int bn_run_scale(void);
 int bn_run_memory(void);
 int bn_run_huge(void);
+int bn_run_sweep(void);
 
 /* ------------------------------------------------------- shared pieces */
 

@@ -82,6 +82,11 @@ struct dxm_ctx_opts {
 	unsigned flags;		  /* DXM_CTX_* */
 	unsigned handler_threads; /* 0: default (1, or $DXM_HANDLER_THREADS) */
 	unsigned spin_us;	  /* DXM_CTX_HANDLER_SPIN: 0 means 100 */
+	unsigned restore_around;  /* the most pages a CPU fault gives back
+				     at once (its neighbours, exclusive for
+				     the same owner, while faults are
+				     sequential): 0 means 64; 1: one page,
+				     the kernel's exact semantics */
 };
 
 int dxm_ctx_create(struct dxm_ctx **ctxp, const struct dxm_ctx_opts *opts);

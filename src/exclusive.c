@@ -54,6 +54,24 @@ static void end(struct dxm_where *w)
 	dxmi_region_put(w->r);
 }
 
+/* The owner's tag (pstate.h): its slot in ctx's small table, taken on its
+ * first conversion; 0 (no restore-around) for NULL or once the table is
+ * full. */
+static unsigned owner_tag(struct dxm_ctx *ctx, const void *owner)
+{
+	if (!owner)
+		return 0;
+	for (unsigned i = 0; i < PS_NTAGS; i++) {
+		const void *o = atomic_load(&ctx->owner_tag[i]);
+		if (!o && atomic_compare_exchange_strong(&ctx->owner_tag[i], &o,
+							 owner))
+			return i + 1;
+		if (o == owner)
+			return i + 1;
+	}
+	return 0;
+}
+
 static inline void *dev_addr(struct dxm_region *r, size_t pg)
 {
 	return r->dev + (pg << r->pshift);
@@ -73,6 +91,7 @@ DXM_API long dxm_make_exclusive(struct dxm_ctx *ctx, void *start, size_t len,
 	size_t n = len >> r->pshift, done = 0;
 	bool forks = r->kind->flags & KIND_MOVES; /* fork_lock held (begin) */
 	uint8_t *need = NULL; /* the pages that were the CPU's */
+	uint8_t locked = PS_LOCKED | owner_tag(ctx, owner) << PS_TAG_SHIFT;
 	/* Like GUP with FOLL_WRITE in the kernel: a range the CPU view
 	 * cannot write is refused.  No private page may be in staging while
 	 * a fork copies the address space (fork.c): fork_lock is held from
@@ -104,7 +123,7 @@ DXM_API long dxm_make_exclusive(struct dxm_ctx *ctx, void *start, size_t len,
 			}
 			if (st != PS_CPU && st != PS_EXCLUSIVE)
 				break; /* locked or being invalidated: fails */
-			if (!ps_cas(p, &s, PS_LOCKED))
+			if (!ps_cas(p, &s, locked))
 				continue;
 			dev[i] = dev_addr(r, pg + i);
 			need[i] = st == PS_CPU; /* else revoked already */
@@ -200,7 +219,7 @@ DXM_API void dxm_exclusive_unlock(struct dxm_ctx *ctx, void *start, size_t len,
 		do {
 			if (ps_state(s) != PS_LOCKED)
 				break;
-		} while (!ps_cas(p, &s, PS_EXCLUSIVE));
+		} while (!ps_cas(p, &s, PS_EXCLUSIVE | (s & PS_TAG_MASK)));
 		if (ps_state(s) != PS_LOCKED)
 			bad++;
 		else if (s & PS_WAITERS)

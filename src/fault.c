@@ -122,6 +122,51 @@ static bool retry_later(struct dxm_region *r, uintptr_t addr, bool here,
 	return true;
 }
 
+/* Take neighbour page i for restore-around: EXCLUSIVE for the same owner
+ * (tag), now INVALIDATING and ours. */
+static bool take_neighbour(struct dxm_region *r, size_t i, unsigned tag)
+{
+	uint8_t s = ps_load(&r->st[i]);
+	return ps_state(s) == PS_EXCLUSIVE && ps_tag(s) == tag &&
+	       ps_cas(&r->st[i], &s, PS_INVALIDATING | (s & PS_WAITERS));
+}
+
+/*
+ * Restore-around (readahead's window, NVIDIA UVM's prefetch): a fault on
+ * page pg, INVALIDATING and ours, that continues the region's last run
+ * (the page after it, or before it) takes neighbours with it, the window
+ * doubling up to ctx->ra_max while faults stay sequential and falling back
+ * to one page when they do not.  Only pages EXCLUSIVE for the same owner
+ * (tag 0: unknown, none), never a LOCKED one: a device still working on a
+ * page keeps it.  Returns the run [*a, *b) that holds pg, every page of it
+ * INVALIDATING and ours.
+ */
+static void around(struct dxm_region *r, size_t pg, unsigned tag, size_t *a,
+		   size_t *b)
+{
+	*a = pg, *b = pg + 1;
+	unsigned max = r->ctx->ra_max;
+	if (max <= 1)
+		return;
+	bool fwd = pg == atomic_load_explicit(&r->ra.next, memory_order_relaxed);
+	bool back = !fwd && pg + 1 == atomic_load_explicit(&r->ra.prev,
+							   memory_order_relaxed);
+	unsigned win = 1;
+	if (fwd || back) {
+		win = atomic_load_explicit(&r->ra.win, memory_order_relaxed) * 2;
+		win = win < 2 ? 2 : win > max ? max : win;
+	}
+	if (tag && fwd)
+		while (*b - pg < win && *b < r->npages && take_neighbour(r, *b, tag))
+			++*b;
+	if (tag && back)
+		while (pg + 1 - *a < win && *a > 0 && take_neighbour(r, *a - 1, tag))
+			--*a;
+	atomic_store_explicit(&r->ra.next, *b, memory_order_relaxed);
+	atomic_store_explicit(&r->ra.prev, *a, memory_order_relaxed);
+	atomic_store_explicit(&r->ra.win, win, memory_order_relaxed);
+}
+
 /*
  * Resolve a fault on region page pg through addr.  here: we are the
  * faulting thread itself (DXM_CTX_SIGBUS), which may wait for a busy page;
@@ -153,10 +198,20 @@ static void resolve(struct dxm_region *r, size_t pg, uintptr_t addr,
 				continue;
 			DXM_TRACE_RESTORE_BEGIN(addr, pg);
 			uint64_t t0 = dxmi_now_ns();
-			dxmi_notify_region_pages(r, pg, 1, DXM_EVENT_CLEAR, NULL);
-			stat_add(&ctx->c.restores, 1);
+			size_t a, b;
+			around(r, pg, ps_tag(s), &a, &b);
+			/* Every page is notified before its mapping returns;
+			 * the faulting page goes first, its neighbours after
+			 * (those the kernel refuses now fault in later). */
+			dxmi_notify_region_pages(r, a, b - a, DXM_EVENT_CLEAR,
+						 NULL);
+			stat_add(&ctx->c.restores, b - a);
 			err = r->kind->restore(r, pg, addr);
-			count_restore(ctx, t0, 1);
+			if (pg + 1 < b)
+				r->kind->restore_run(r, pg + 1, b, 0);
+			if (a < pg)
+				r->kind->restore_run(r, a, pg, 0);
+			count_restore(ctx, t0, b - a);
 			DXM_TRACE_RESTORE_END(addr, err);
 			if (err == -EAGAIN && !requeued_restore(r, pg, addr) &&
 			    retry_later(r, addr, here, &us))

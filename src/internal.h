@@ -211,6 +211,13 @@ struct dxm_region {
 	unsigned next_group; /* under vt_lock (write) */
 	uint64_t epoch;	    /* ctx->epoch when its staging was inserted */
 	struct dxm_view *views; /* under vt_lock */
+	/* Restore-around (fault.c): the last run a fault gave back and the
+	 * window that gave it; read and written without a lock (a guess:
+	 * two handlers may race, the page states stay exact). */
+	struct {
+		atomic_size_t next, prev; /* the run's end, and its start */
+		atomic_uint win;
+	} ra;
 };
 
 /* The result of a lookup: a referenced region and the view piece's data. */
@@ -507,6 +514,10 @@ struct dxm_ctx {
 	int stop_fd, wake_fd; /* handler.c */
 	atomic_bool stopping;
 	uint64_t spin_ns; /* DXM_CTX_HANDLER_SPIN */
+	unsigned ra_max;  /* restore-around: most pages per fault (fault.c) */
+	/* Owners' tags (exclusive.c, pstate.h): slot i is tag i + 1, taken
+	 * by the first conversion of an owner and kept. */
+	const void *_Atomic owner_tag[PS_NTAGS];
 	unsigned nhandlers;
 	struct dxm_handler *handlers;
 

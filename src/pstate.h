@@ -19,6 +19,9 @@
  *   bit  3    PS_WAITERS: a fault on this page was deferred (see pstate.c);
  *             whoever moves the page out of LOCKED/INVALIDATING/MAPPING
  *             must hand the deferred faults back to the handler.
+ *   bits 4-7  the owner's tag while LOCKED or EXCLUSIVE (exclusive.c; 0:
+ *             unknown): a fault may give back with its page the
+ *             neighbours of the same owner (restore-around, fault.c).
  *
  * Every transition is a compare-and-swap on the byte, so each page has at
  * most one converter, one invalidator or one mapper at a time.  Who may do
@@ -49,7 +52,15 @@ enum {
 	PS_STATE_MASK = 3,
 	PS_MAPPING = 1u << 2,
 	PS_WAITERS = 1u << 3,
+	PS_TAG_SHIFT = 4,
+	PS_TAG_MASK = 0xf0,
+	PS_NTAGS = 15, /* tags 1..15 */
 };
+
+static inline unsigned ps_tag(uint8_t s)
+{
+	return (s & PS_TAG_MASK) >> PS_TAG_SHIFT;
+}
 
 static inline unsigned ps_state(uint8_t s)
 {

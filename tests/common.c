@@ -20,7 +20,15 @@ const char *const mem_kind_name[] = { "memfd", "alias", "anon" };
 struct dxm_ctx *ctx_or_skip(const struct dxm_ctx_opts *opts)
 {
 	struct dxm_ctx *ctx = NULL;
-	int err = dxm_ctx_create(&ctx, opts);
+	/* The behaviours are the kernel's, one page per fault: a test that
+	 * wants restore-around asks for a window. */
+	struct dxm_ctx_opts o = { .sz = sizeof(o) };
+	if (opts)
+		memcpy(&o, opts, opts->sz < sizeof(o) ? opts->sz : sizeof(o));
+	o.sz = sizeof(o);
+	if (!o.restore_around)
+		o.restore_around = 1;
+	int err = dxm_ctx_create(&ctx, &o);
 	if (err == -ENOSYS || err == -EPERM || err == -EACCES)
 		cr_skip_test("SKIP: no usable userfaultfd here: %s (see the "
 			     "library's message above)",

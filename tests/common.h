@@ -20,7 +20,8 @@
 #define PS ((size_t)4096)
 
 /* Create a context, or skip the test with the reason (no userfaultfd, or
- * a missing feature). */
+ * a missing feature).  Its restore_around is 1 (one page per fault, the
+ * kernel's semantics that the behaviour tests check) unless opts sets it. */
 struct dxm_ctx *ctx_or_skip(const struct dxm_ctx_opts *opts);
 
 /* A CPU load or store of a 64-bit word that the compiler must make. */

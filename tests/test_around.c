@@ -1,0 +1,199 @@
+// SPDX-License-Identifier: MIT
+/*
+ * Restore-around (dxm_ctx_opts.restore_around): a CPU fault on an
+ * exclusive page may give back with it neighbours that are EXCLUSIVE for
+ * the same owner, in a window that grows while faults are sequential (in
+ * either direction).  Never a LOCKED neighbour, never another owner's
+ * page; every page given back is notified (DXM_EVENT_CLEAR) before its
+ * mapping returns; with a window of 1 a fault gives back its own page
+ * only (checked in /proc/self/pagemap), as the kernel does.
+ */
+#include <errno.h>
+#include <stdatomic.h>
+#include <string.h>
+
+#include "common.h"
+
+#define NPG 64
+#define LEN (NPG * PS)
+#define KIND_TEST(name)                                                        \
+	KIND_TEST_OF(around, MEM_KINDS_ALL_PARAMS, name, .timeout = 30)
+
+static const char owner_a[] = "a", owner_b[] = "b";
+
+/* A context with a window of win pages and len bytes of kind memory,
+ * filled with fill_index(0). */
+static struct dxm_ctx *setup(enum mem_kind kind, unsigned win, size_t len,
+			     struct mem *m)
+{
+	struct dxm_ctx_opts o = { .sz = sizeof(o), .restore_around = win };
+	struct dxm_ctx *ctx = ctx_or_skip(&o);
+	mem_setup(ctx, kind, len, m);
+	fill_index(m->base, len, 0);
+	return ctx;
+}
+
+/* Page i's words after take() of a range starting at page first: word 1
+ * is the device's 1000 + (i - first). */
+static bool page_ok_from(const char *p, size_t i, size_t first)
+{
+	const uint64_t *w = (const uint64_t *)(p + i * PS);
+	return w[0] == i * PS / 8 && w[1] == 1000 + i - first &&
+	       w[PS / 8 - 1] == i * PS / 8 + PS / 8 - 1;
+}
+
+static bool page_ok(const char *p, size_t i)
+{
+	return page_ok_from(p, i, 0);
+}
+
+KIND_TEST(sequential_reads_take_fewer_faults)
+{
+	struct mem m;
+	struct dxm_ctx *ctx = setup(*kind, 16, LEN, &m);
+	char *p = m.base;
+	void *dev[NPG];
+	take(ctx, p, LEN, owner_a, dev);
+	struct dxm_stats s0 = stats(ctx);
+	for (size_t i = 0; i < NPG; i++)
+		cr_assert(page_ok(p, i), "page %zu lost its data", i);
+	struct dxm_stats s = stats(ctx);
+	uint64_t faults = s.cpu_faults - s0.cpu_faults;
+	cr_expect_eq(s.restores - s0.restores, NPG);
+	/* windows 1, 2, 4, 8, 16, 16, 16: 7 faults for 63 pages */
+	cr_expect(faults < NPG / 4, "%llu faults for %d pages read in order",
+		  (unsigned long long)faults, NPG);
+	cr_expect_eq(pages_present(p, LEN), NPG);
+	mem_done(&m);
+}
+
+KIND_TEST(reverse_reads_take_fewer_faults)
+{
+	struct mem m;
+	struct dxm_ctx *ctx = setup(*kind, 16, LEN, &m);
+	char *p = m.base;
+	void *dev[NPG];
+	take(ctx, p, LEN, owner_a, dev);
+	struct dxm_stats s0 = stats(ctx);
+	for (size_t i = NPG; i-- > 0;)
+		cr_assert(page_ok(p, i), "page %zu lost its data", i);
+	uint64_t faults = stats(ctx).cpu_faults - s0.cpu_faults;
+	cr_expect(faults < NPG / 4, "%llu faults for %d pages read backwards",
+		  (unsigned long long)faults, NPG);
+	mem_done(&m);
+}
+
+KIND_TEST(window_of_one_gives_back_one_page)
+{
+	struct mem m;
+	struct dxm_ctx *ctx = setup(*kind, 1, 8 * PS, &m);
+	char *p = m.base;
+	void *dev[8];
+	take(ctx, p, 8 * PS, owner_a, dev);
+	for (size_t i = 0; i < 8; i++) {
+		cr_assert(page_ok(p, i));
+		cr_expect_eq(pages_present(p, 8 * PS), i + 1,
+			     "after touching pages 0..%zu in order, %zu pages "
+			     "are mapped",
+			     i, pages_present(p, 8 * PS));
+	}
+	mem_done(&m);
+}
+
+KIND_TEST(locked_neighbour_is_never_given_back)
+{
+	struct mem m;
+	struct dxm_ctx *ctx = setup(*kind, 64, 16 * PS, &m);
+	char *p = m.base;
+	void *dev[16], *dev5[1];
+	take(ctx, p, 16 * PS, owner_a, dev);
+	/* The same owner takes page 5 again and keeps it locked. */
+	cr_assert_eq(dxm_make_exclusive(ctx, p + 5 * PS, PS, owner_a, dev5), 1);
+	cr_assert_not_null(dev5[0]);
+	for (size_t i = 0; i < 5; i++)
+		cr_assert(page_ok(p, i));
+	cr_expect(!page_present(p + 5 * PS),
+		  "a page the device holds locked was given back");
+	cr_expect(dxm_check_exclusive(ctx, p + 5 * PS, PS, dev5));
+	dxm_exclusive_unlock(ctx, p + 5 * PS, PS, dev5);
+	for (size_t i = 5; i < 16; i++)
+		cr_assert(page_ok(p, i));
+	mem_done(&m);
+}
+
+KIND_TEST(another_owners_page_is_never_given_back)
+{
+	struct mem m;
+	struct dxm_ctx *ctx = setup(*kind, 64, 16 * PS, &m);
+	char *p = m.base;
+	void *dev[16];
+	static struct recorder rec;
+	recorder_insert(ctx, &rec, p, 16 * PS);
+	take(ctx, p, 8 * PS, owner_a, dev);
+	take(ctx, p + 8 * PS, 8 * PS, owner_b, dev + 8);
+	for (size_t i = 0; i < 8; i++)
+		cr_assert(page_ok(p, i));
+	cr_expect_eq(pages_present(p + 8 * PS, 8 * PS), 0,
+		     "%zu of owner b's pages came back with owner a's",
+		     pages_present(p + 8 * PS, 8 * PS));
+	cr_expect(!rec_overlaps(&rec, DXM_EVENT_CLEAR, p + 8 * PS, p + 16 * PS),
+		  "owner b was told to give up a page nobody touched");
+	for (size_t i = 8; i < 16; i++)
+		cr_assert(page_ok_from(p, i, 8));
+	recorder_remove(&rec);
+	mem_done(&m);
+}
+
+/* In each CLEAR callback: none of the pages it covers may be mapped yet. */
+struct first {
+	const char *base, *end;
+	atomic_int mapped_in_cb, clears;
+};
+
+static int notified_first_hook(struct recorder *r,
+			       const struct dxm_range *range)
+{
+	struct first *f = r->hook_arg;
+	if (range->event != DXM_EVENT_CLEAR)
+		return 0;
+	atomic_fetch_add(&f->clears, 1);
+	for (uintptr_t a = (uintptr_t)range->start; a < (uintptr_t)range->end;
+	     a += PS)
+		if ((const char *)a >= f->base && (const char *)a < f->end &&
+		    page_present((const void *)a))
+			atomic_fetch_add(&f->mapped_in_cb, 1);
+	return 0;
+}
+
+KIND_TEST(every_page_is_notified_before_it_returns)
+{
+	struct mem m;
+	struct dxm_ctx *ctx = setup(*kind, 32, LEN, &m);
+	char *p = m.base;
+	void *dev[NPG];
+	static struct recorder rec;
+	static struct first f;
+	f.base = p;
+	f.end = p + LEN;
+	recorder_insert(ctx, &rec, p, LEN);
+	take(ctx, p, LEN, owner_a, dev);
+	recorder_hook(&rec, notified_first_hook, &f);
+	for (size_t i = 0; i < NPG; i++)
+		cr_assert(page_ok(p, i));
+	recorder_hook(&rec, NULL, NULL);
+	cr_expect(rec_covers(&rec, DXM_EVENT_CLEAR, p, LEN),
+		  "a page came back without its CLEAR");
+	cr_expect_eq(atomic_load(&f.mapped_in_cb), 0,
+		     "%d pages were mapped before their CLEAR returned",
+		     atomic_load(&f.mapped_in_cb));
+	cr_expect_lt(atomic_load(&f.clears), NPG / 4,
+		     "%d CLEAR calls for %d pages: no run was notified at once",
+		     atomic_load(&f.clears), NPG);
+	struct dxm_stats s = stats(ctx);
+	uint64_t multi = 0;
+	for (int i = 2; i < DXM_STATS_HIST; i++)
+		multi += s.restore_pages[i];
+	cr_expect_gt(multi, 0, "no restore gave back more than one page");
+	recorder_remove(&rec);
+	mem_done(&m);
+}
