@@ -118,7 +118,7 @@ int bn_run_sweep(void)
 {
 	const size_t sizes[2] = { bn_opt.quick ? 2048 : 16384,
 				  bn_opt.quick ? 16384 : 262144 };
-	const size_t rounds[2] = { bn_n(5, 2), bn_n(3, 1) };
+	const size_t rounds[2] = { bn_n(3, 2), bn_n(1, 1) };
 	struct sw s[NM];
 	struct bn_series *ser[2][NO][NM];
 	int rows[2][NO][NM];
