@@ -2,7 +2,9 @@
 # Install what dxm needs to build and test on Debian/Ubuntu (run as root).
 # Does nothing when everything is already there, so it is cheap to repeat.
 # systemtap-sdt-dev gives <sys/sdt.h>: the USDT probes (src/trace.h); without
-# it the library builds without them.
+# it the library builds without them.  libvulkan-dev and glslang-tools build
+# the Vulkan backend (backends/vulkan); mesa-vulkan-drivers gives lavapipe,
+# a CPU Vulkan device its tests run on (without one they skip).
 #   --ci   also what .ci/run's reliability jobs use (valgrind, gnuplot for
 #          dxm bench's plots, spin for the protocol model, clang's fuzzer
 #          and sanitizer runtimes)
@@ -10,7 +12,7 @@
 # unattended upgrade, say), it waits for them, up to DXM_APT_WAIT seconds
 # (default 300), saying what it waits for, and fails after that.
 set -e
-pkgs="build-essential clang meson ninja-build pkg-config libcriterion-dev util-linux systemtap-sdt-dev"
+pkgs="build-essential clang meson ninja-build pkg-config libcriterion-dev util-linux systemtap-sdt-dev libvulkan-dev glslang-tools mesa-vulkan-drivers"
 [ "${1:-}" = "--ci" ] && pkgs="$pkgs valgrind gnuplot-nox spin libclang-rt-14-dev"
 missing=""
 for p in $pkgs; do

@@ -104,6 +104,33 @@ static uint64_t now_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
+/* The name of a VkResult, for the messages of opts->why. */
+static const char *vk_str(VkResult r)
+{
+	switch (r) {
+	case VK_SUCCESS:
+		return "VK_SUCCESS";
+	case VK_ERROR_OUT_OF_HOST_MEMORY:
+		return "VK_ERROR_OUT_OF_HOST_MEMORY";
+	case VK_ERROR_OUT_OF_DEVICE_MEMORY:
+		return "VK_ERROR_OUT_OF_DEVICE_MEMORY";
+	case VK_ERROR_INITIALIZATION_FAILED:
+		return "VK_ERROR_INITIALIZATION_FAILED";
+	case VK_ERROR_DEVICE_LOST:
+		return "VK_ERROR_DEVICE_LOST";
+	case VK_ERROR_LAYER_NOT_PRESENT:
+		return "VK_ERROR_LAYER_NOT_PRESENT";
+	case VK_ERROR_EXTENSION_NOT_PRESENT:
+		return "VK_ERROR_EXTENSION_NOT_PRESENT";
+	case VK_ERROR_FEATURE_NOT_PRESENT:
+		return "VK_ERROR_FEATURE_NOT_PRESENT";
+	case VK_ERROR_INCOMPATIBLE_DRIVER:
+		return "VK_ERROR_INCOMPATIBLE_DRIVER";
+	default:
+		return "VkResult";
+	}
+}
+
 static int vk_err(VkResult r)
 {
 	switch (r) {
@@ -168,14 +195,29 @@ static int compute_family(VkPhysicalDevice p)
 	return -1;
 }
 
+/* What device p lacks that dxm_vk needs, or NULL. */
+static const char *unfit(VkPhysicalDevice p,
+			 const VkPhysicalDeviceProperties *pr)
+{
+	if (!has_ext(p, VK_EXT_EXTERNAL_MEMORY_HOST_EXTENSION_NAME))
+		return "no " VK_EXT_EXTERNAL_MEMORY_HOST_EXTENSION_NAME;
+	if (pr->apiVersion < VK_API_VERSION_1_2)
+		return "Vulkan older than 1.2";
+	if (!has_timeline(p))
+		return "no timeline semaphores";
+	if (compute_family(p) < 0)
+		return "no compute queue";
+	return NULL;
+}
+
 static int pick_device(struct dxm_vk *vk, const struct dxm_vk_opts *o)
 {
 	uint32_t n = 0;
 	VkResult r = vkEnumeratePhysicalDevices(vk->instance, &n, NULL);
 	if (r != VK_SUCCESS || !n) {
-		why(o, "no Vulkan physical device (vkEnumeratePhysicalDevices: "
-		       "%d devices, result %d)",
-		    (int)n, (int)r);
+		why(o, "no Vulkan device (vkEnumeratePhysicalDevices: %d "
+		       "devices, %s %d)",
+		    (int)n, vk_str(r), (int)r);
 		return -ENODEV;
 	}
 	VkPhysicalDevice *p = calloc(n, sizeof(*p));
@@ -183,19 +225,15 @@ static int pick_device(struct dxm_vk *vk, const struct dxm_vk_opts *o)
 		return -ENOMEM;
 	vkEnumeratePhysicalDevices(vk->instance, &n, p);
 	int want = o && o->device > 0 ? o->device : 0, k = 0;
-	char seen[256] = "";
+	char seen[384] = "";
 	for (uint32_t i = 0; i < n; i++) {
 		VkPhysicalDeviceProperties pr;
 		vkGetPhysicalDeviceProperties(p[i], &pr);
+		const char *lacks = unfit(p[i], &pr);
 		size_t l = strlen(seen);
-		if (l + strlen(pr.deviceName) + 3 < sizeof(seen)) {
-			if (l)
-				strcat(seen, ", ");
-			strcat(seen, pr.deviceName);
-		}
-		if (!has_ext(p[i], VK_EXT_EXTERNAL_MEMORY_HOST_EXTENSION_NAME) ||
-		    !has_timeline(p[i]) || compute_family(p[i]) < 0 ||
-		    pr.apiVersion < VK_API_VERSION_1_2)
+		snprintf(seen + l, sizeof(seen) - l, "%s%s%s%s", l ? ", " : "",
+			 pr.deviceName, lacks ? ": " : "", lacks ? lacks : "");
+		if (lacks)
 			continue;
 		if (k++ != want)
 			continue;
@@ -205,11 +243,17 @@ static int pick_device(struct dxm_vk *vk, const struct dxm_vk_opts *o)
 		break;
 	}
 	free(p);
+	if (!vk->phys && k) {
+		why(o, "no device at index %d: %d Vulkan device(s) with "
+		       "what dxm_vk needs (found: %s)",
+		    want, k, seen);
+		return -ENODEV;
+	}
 	if (!vk->phys) {
 		why(o, "no Vulkan device with " VK_EXT_EXTERNAL_MEMORY_HOST_EXTENSION_NAME
 		       ", timeline semaphores and a compute queue "
-		       "(Vulkan 1.2)%s%s (found: %s)",
-		    want ? " at index " : "", want ? "given" : "", seen);
+		       "(Vulkan 1.2) (found: %s)",
+		    seen);
 		return -ENODEV;
 	}
 	return 0;
@@ -239,7 +283,8 @@ static int make_device(struct dxm_vk *vk, const struct dxm_vk_opts *o)
 	};
 	VkResult r = vkCreateDevice(vk->phys, &ci, NULL, &vk->dev);
 	if (r != VK_SUCCESS) {
-		why(o, "vkCreateDevice(%s): %d", vk->name, (int)r);
+		why(o, "vkCreateDevice(%s): %s %d", vk->name, vk_str(r),
+		    (int)r);
 		return vk_err(r);
 	}
 	vkGetDeviceQueue(vk->dev, vk->qfamily, 0, &vk->queue);
@@ -255,7 +300,12 @@ static int make_device(struct dxm_vk *vk, const struct dxm_vk_opts *o)
 	};
 	vkGetPhysicalDeviceProperties2(vk->phys, &p2);
 	vk->import_align = hp.minImportedHostPointerAlignment;
-	if (!vk->host_ptr_props || vk->import_align > vk->psize) {
+	if (!vk->host_ptr_props) {
+		why(o, "%s has no vkGetMemoryHostPointerPropertiesEXT",
+		    vk->name);
+		return -ENODEV;
+	}
+	if (vk->import_align > vk->psize) {
 		why(o, "%s imports host memory at %llu-byte alignment, more "
 		       "than a page",
 		    vk->name, (unsigned long long)vk->import_align);
@@ -306,7 +356,7 @@ static int make_device(struct dxm_vk *vk, const struct dxm_vk_opts *o)
 					     &vk->set_layout)) ||
 	    (r = vkCreateCommandPool(vk->dev, &cp, NULL, &vk->cmd_pool)) ||
 	    (r = vkCreateDescriptorPool(vk->dev, &dp, NULL, &vk->desc_pool))) {
-		why(o, "setting up %s: %d", vk->name, (int)r);
+		why(o, "setting up %s: %s %d", vk->name, vk_str(r), (int)r);
 		return vk_err(r);
 	}
 	return 0;
@@ -461,7 +511,9 @@ int dxm_vk_create(struct dxm_ctx *ctx, const struct dxm_vk_opts *opts,
 	VkResult r = vkCreateInstance(&ici, NULL, &vk->instance);
 	int err;
 	if (r != VK_SUCCESS) {
-		why(&o, "no Vulkan driver (vkCreateInstance: %d)", (int)r);
+		why(&o, "no Vulkan driver (vkCreateInstance: %s %d; Mesa's "
+			"lavapipe, a CPU device, is in mesa-vulkan-drivers)",
+		    vk_str(r), (int)r);
 		vk->instance = VK_NULL_HANDLE;
 		err = -ENODEV;
 		goto fail;
@@ -853,6 +905,12 @@ int dxm_vk_dispatch(struct dxm_vk *vk, struct dxm_vk_kernel *k, void *addr,
 		err = dxm_device_view(vk->ctx, addr, 0, &dv, sizeof(dv));
 		if (err)
 			break;
+		if (dv.psize && dv.psize != vk->psize) {
+			/* Huge pages: dev[] has one entry per huge page,
+			 * and no driver here was tried on them. */
+			err = -EOPNOTSUPP;
+			break;
+		}
 		unsigned long seq = dxm_notifier_read_begin(op);
 		long got = dxm_make_exclusive(vk->ctx, addr, len, vk, dev);
 		if (got < 0) {

@@ -75,7 +75,8 @@ void dxm_vk_kernel_destroy(struct dxm_vk_kernel *k);
  * exclusive by the backend; *ticket (if not NULL) names the work for
  * dxm_vk_wait.  -EBUSY: the pages stayed busy (another device, or the
  * CPU taking them back) for the whole timeout; -ENODEV: the device is
- * lost.
+ * lost; -EOPNOTSUPP: a huge-page region (DXM_ALLOC_HUGE), not supported
+ * yet.
  */
 int dxm_vk_dispatch(struct dxm_vk *vk, struct dxm_vk_kernel *k, void *addr,
 		    size_t len, const void *push, const uint32_t groups[3],
