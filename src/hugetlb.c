@@ -25,7 +25,7 @@ static int hugetlb_create_pages(struct dxm_region *r)
 {
 	struct dxm_ctx *ctx = r->ctx;
 	if (!(ctx->uinfo.features & UFFD_FEATURE_MINOR_HUGETLBFS)) {
-		pr_err("dxm_alloc: huge pages need minor faults on hugetlbfs "
+		pr_warn("dxm_alloc: huge pages need minor faults on hugetlbfs "
 		       "(UFFD_FEATURE_MINOR_HUGETLBFS, Linux 5.13), which this "
 		       "kernel's userfaultfd does not offer");
 		return -ENOSYS;
@@ -34,14 +34,14 @@ static int hugetlb_create_pages(struct dxm_region *r)
 	if (err == -ENOSPC || err == -ENOMEM) {
 		/* fallocate and mmap's reservation fail so when the pool is
 		 * short (memfd_create and ftruncate never do). */
-		pr_err("dxm_alloc: %zu huge page(s) of 2 MiB are not free in "
+		pr_warn("dxm_alloc: %zu huge page(s) of 2 MiB are not free in "
 		       "the pool: reserve them in /proc/sys/vm/nr_hugepages "
 		       "(see HugePages_Free in /proc/meminfo)",
 		       r->npages);
 		return -ENOMEM;
 	}
 	if (err == -EINVAL)
-		pr_err("dxm_alloc: this system has no 2 MiB huge pages "
+		pr_warn("dxm_alloc: this system has no 2 MiB huge pages "
 		       "(memfd_create(MFD_HUGETLB | MFD_HUGE_2MB): %s)",
 		       strerror(-err));
 	return err;
