@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Model-check dxm's page protocol (model/dxm.pml), and the races of the
-# teardown, the fork park and vt_lock (teardown.pml, park.pml, vtlock.pml)
+# teardown, the fork park, vt_lock and the raw-fork repair (teardown.pml,
+# park.pml, vtlock.pml, rawfork.pml)
 # with spin.
 #
 #   model/check.sh                 the checks (safety, progress, the known
@@ -51,6 +52,8 @@ base=(
 "park|safety@park.pml||pass|2 handlers, 2 forks in a row: every handler parked while fork() runs, every fork completes"
 "park-completes|ltl:forks_done@park.pml||pass|2 handlers, 2 forks in a row: every fork completes (weak fairness)"
 "vtlock|safety@vtlock.pml||pass|munmap's unread UNMAP event, a move-in that naps on EAGAIN, mprotect, the handler: no deadlock on vt_lock"
+"rawfork|safety@rawfork.pml||pass|the raw-fork repair of a LOCKED page that the device unlocks, the CPU takes back and the device takes again: no staging hole read, the child gets the data"
+"rawfork-retake3|safety@rawfork.pml|-DRETAKE=3|pass|the same, the device taking the page again three times"
 )
 mutants=(
 "BUG_MAP_BEFORE_NOTIFY|safety|-DREC_CAP=1 -DBUG_MAP_BEFORE_NOTIFY|fail:assert|handler restores the mapping before the notifiers ran"
@@ -72,6 +75,8 @@ mutants=(
 "BUG_NAP_HOLDING_LOCK/reader|safety@vtlock.pml|-DBUG_NAP_HOLDING_LOCK -DHANDLER_READS|fail:end|the same, the handler needing vt_lock for reading only: behind mprotect's waiting writer (898 s)"
 "BUG_REQUEUE_OUTSIDE|safety@teardown.pml|-DBUG_REQUEUE_OUTSIDE|fail:end|a restore re-queued on EAGAIN leaves the region: a PTC_WAIT restore inside waits for its page, dxm_free for that one"
 "BUG_HANDLER_WAITS|safety@vtlock.pml|-DBUG_HANDLER_WAITS|fail:end|a handler's anon_move_in waits on EAGAIN instead of re-queueing"
+"BUG_DIRECT_COPY|safety@rawfork.pml|-DBUG_DIRECT_COPY|fail:assert|the old raw-fork repair: UFFDIO_COPY straight from a LOCKED page's staging slot (a handler's fault on a hole), a page given back left out"
+"BUG_STAGING_ONLY|safety@rawfork.pml|-DBUG_STAGING_ONLY|fail:assert|the repair reads staging only, never the CPU view a page went back to"
 )
 variants=(
 "EARLY_UNLOCK|safety|-DREC_CAP=1 -DEARLY_UNLOCK|pass|driver unlocks before installing: the sequence protocol keeps it safe"
@@ -86,6 +91,7 @@ variants=(
 "FIX_RMW_LOCKED+NO_READ_RETRY|ltl:completes|-DREC_CAP=1 -DFIX_RMW_LOCKED -DNO_READ_RETRY|pass|first atomic before exclusive_unlock, no read_retry: progress with devices retrying for ever"
 "FIX_RMW_LOCKED+NO_READ_RETRY/safety|safety|-DREC_CAP=1 -DFIX_RMW_LOCKED -DNO_READ_RETRY|pass|the same, safety"
 "FIX_WAIT_DYING|safety@teardown.pml|-DBUG_REQUEUE_OUTSIDE -DFIX_WAIT_DYING|pass|the other cure of BUG_REQUEUE_OUTSIDE (not taken): pages_to_cpu(PTC_WAIT) stops waiting once the region is dying"
+"RAWFORK_FEW_TRIES|safety@rawfork.pml|-DRETAKE=3 -DTRIES=2|fail:assert|the raw-fork repair with 2 tries against a page passed back and forth 3 times: it can miss the page (the C code tries 8 times)"
 "RESTORER_ON_HANDLER|safety@teardown.pml|-DRESTORER_ON_HANDLER|pass|pages_to_cpu on a handler thread (fork or dxm_mprotect from a callback): an -EAGAIN move-in is re-queued"
 )
 full=(

@@ -170,7 +170,7 @@ DXM_API int dxm_adopt(struct dxm_ctx *ctx, void *addr, size_t len,
 	r->pshift = ctx->pshift;
 	r->npages = len >> ctx->pshift;
 	atomic_init(&r->refs, 1);
-	r->st = calloc(r->npages, sizeof(*r->st));
+	r->st = dxmi_st_alloc(r->npages);
 	/* Staging must not sit where the table still has a dead view: a
 	 * device's fault there would be taken for a CPU fault on it. */
 	pthread_mutex_lock(&ctx->gate);
@@ -198,7 +198,7 @@ fail:
 		dxmi_uffd_unregister(r->uffd, (uintptr_t)r->dev, len);
 		munmap(r->dev, len);
 	}
-	free((void *)r->st);
+	dxmi_st_free(r->st, r->npages);
 	free(r);
 	return err;
 }
@@ -702,29 +702,42 @@ static int anon_zero_fill(struct dxm_region *r, size_t pg, uintptr_t addr,
  * has not returned yet) it is a hole, filled with zeros.  Once the page is
  * the CPU's again, the device kept using it after its invalidation
  * returned: a driver bug that would otherwise write into a fresh page and
- * lose the data.  Reported, never silent.
+ * lose the data.  Reported, never silent.  The thread gets SIGBUS, unless
+ * it is one of dxm's handler threads (a notifier callback, or dxm itself,
+ * which never means to: the raw-fork repair reads through /proc/self/mem):
+ * a SIGBUS there would kill the process for the handler's sake, so it
+ * reads a zero page instead (a stray in staging, discarded by the page's
+ * next conversion).
  */
 static void anon_staging_fault(struct dxm_region *r, size_t pg,
 			       uintptr_t addr, pid_t tid)
 {
 	struct dxm_ctx *ctx = r->ctx;
-	if (ps_is_exclusive(ps_load(&r->st[pg]))) {
-		long got = dxmi_uffd_zeropage(r->uffd, addr, ctx->psize);
-		if (got <= 0)
-			dxmi_uffd_wake(r->uffd, addr, ctx->psize);
-		return;
-	}
-	stat_add(&ctx->c.stale_device_faults, 1);
-	pr_err("device access to %#lx (CPU page %zu of an adopted range) after "
-	       "its invalidation returned: the driver kept using a revoked "
-	       "page (thread %d gets SIGBUS)",
-	       addr, pg, (int)tid);
+	uint8_t s = ps_load(&r->st[pg]);
+	bool handler = dxmi_ctx_is_handler_tid(ctx, tid);
+	if (!ps_is_exclusive(s)) {
+		stat_add(&ctx->c.stale_device_faults, 1);
+		pr_err("device access to %#lx (CPU page %zu of an adopted "
+		       "range) after its invalidation returned: the driver "
+		       "kept using a revoked page (%s %d %s)",
+		       addr, pg, handler ? "dxm's handler thread" : "thread",
+		       (int)tid,
+		       handler ? "reads a zero page: a notifier callback, or "
+				 "a dxm bug"
+			       : "gets SIGBUS");
 #ifdef DXM_DEBUG
-	abort();
+		abort();
 #endif
-	if (tid > 0)
-		syscall(SYS_tgkill, getpid(), tid, SIGBUS);
-	dxmi_uffd_wake(r->uffd, addr, ctx->psize);
+		if (!handler) {
+			if (tid > 0)
+				syscall(SYS_tgkill, getpid(), tid, SIGBUS);
+			dxmi_uffd_wake(r->uffd, addr, ctx->psize);
+			return;
+		}
+	}
+	long got = dxmi_uffd_zeropage(r->uffd, addr, ctx->psize);
+	if (got <= 0)
+		dxmi_uffd_wake(r->uffd, addr, ctx->psize);
 }
 
 /* A piece detached: dxm_free hands its pages back to the program, every
@@ -851,46 +864,110 @@ void dxmi_anon_remove_finish(struct dxm_ctx *ctx, struct dxm_anon_rm *rm)
 
 /* ---------------------------------------------------------- raw fork */
 
+/*
+ * A fork that bypassed the pthread_atfork handlers (a raw clone) gave the
+ * child holes where the parent's pages were in staging (staging is
+ * MADV_DONTFORK), and, for a page given back to the parent between the
+ * fork and this repair, a hole too: the page came back from staging.  The
+ * repair copies, into each hole of the child, the page as it is now:
+ * from staging if it is still there, else from the parent's CPU view.
+ *
+ * Every read goes through /proc/self/mem, never through a pointer.  Its
+ * reads (GUP without FOLL_UNLOCKABLE, checked on Linux 6.18) cannot wait
+ * for a userfaultfd handler: a hole reads as EIO at once.  A staging slot
+ * may turn into a hole at any moment (a handler, or a thread in
+ * dxm_range_fault, gives the page back; a device unlocks a page and the
+ * CPU takes it), and this code runs on a handler thread: a direct read
+ * of such a slot, as UFFDIO_COPY's source, was a fault on staging that
+ * another handler took for a driver's stale access (SIGBUS to this
+ * thread) or that this one waited for itself.  So nothing is held: the
+ * page is read where it is, again if it moved meanwhile, and UFFDIO_COPY
+ * takes it from a private buffer.  EEXIST (the child has the
+ * page already) is the usual answer for a page the CPU had at the fork.
+ *
+ * Which pages: every page not the CPU's, and every page the CPU's whose
+ * CPU-view page the parent alone maps (/proc/self/pagemap bit 56) or has
+ * swapped out: a page given back since the fork, or one the parent wrote
+ * or first touched since (the child then sees the parent's data of now,
+ * not of the fork, for those pages only).  A page shared with the child
+ * is the child's already.
+ */
 struct fork_fix {
-	int child;
+	int child;	/* the child's userfaultfd */
+	int mem;	/* /proc/self/mem */
+	int pagemap;	/* /proc/self/pagemap, or -1 */
+	char *buf;	/* one page */
 	size_t copied;
 };
+
+#define PM_PRESENT (1ull << 63)
+#define PM_SWAPPED (1ull << 62)
+#define PM_EXCLUSIVE (1ull << 56)
+#define FIX_CHUNK 512
+
+/* Read one page at src without a fault; false if it is not there. */
+static bool read_page(struct fork_fix *f, size_t psize, uintptr_t src)
+{
+	return pread(f->mem, f->buf, psize, (off_t)src) == (ssize_t)psize;
+}
+
+static void fix_page(struct fork_fix *f, struct dxm_region *r, size_t pg,
+		     uintptr_t cpu, bool staged)
+{
+	size_t psize = r->ctx->psize;
+	/* A try fails only if the page moved between its two reads
+	 * (model/rawfork.pml). */
+	for (int tries = 0; tries < 8; tries++) {
+		if (!(staged && read_page(f, psize, stg(r, pg))) &&
+		    !read_page(f, psize, cpu)) {
+			staged = true; /* both empty: moving out again? */
+			continue;
+		}
+		if (dxmi_uffd_copy(f->child, cpu, (uintptr_t)f->buf, psize) > 0)
+			f->copied++;
+		return;
+	}
+}
+
+/* One run of a CPU view: cpu is page pg's address (under vt_lock, read:
+ * region.c; nothing here waits for a handler). */
+static int fix_run(struct dxm_region *r, uintptr_t cpu, size_t pg, size_t n,
+		   void *arg)
+{
+	struct fork_fix *f = arg;
+	unsigned shift = r->ctx->pshift;
+	uint64_t pm[FIX_CHUNK];
+	for (size_t c = 0; c < n; c += FIX_CHUNK) {
+		size_t k = n - c < FIX_CHUNK ? n - c : FIX_CHUNK;
+		uintptr_t a = cpu + (c << shift);
+		ssize_t want = (ssize_t)(k * sizeof(pm[0]));
+		if (f->pagemap < 0 ||
+		    pread(f->pagemap, pm, (size_t)want,
+			  (off_t)((a >> shift) * sizeof(pm[0]))) != want)
+			memset(pm, 0xff, sizeof(pm)); /* unknown: try each */
+		for (size_t i = 0; i < k; i++) {
+			bool staged = ps_is_exclusive(ps_load(&r->st[pg + c + i]));
+			bool alone = (pm[i] & PM_SWAPPED) ||
+				     ((pm[i] & PM_PRESENT) &&
+				      (pm[i] & PM_EXCLUSIVE));
+			if (!staged && !alone)
+				continue;
+			inject(INJ_FORKFIX); /* a slow repair, in tests */
+			fix_page(f, r, pg + c + i, a + (i << shift), staged);
+		}
+	}
+	return 0;
+}
 
 static void fix_child(struct dxm_region *r, void *arg)
 {
 	struct fork_fix *f = arg;
 	struct dxm_ctx *ctx = r->ctx;
-	uintptr_t runs[2];
 	if (r->kind != &dxmi_anon_kind || !dxmi_region_enter(r))
 		return; /* torn down: nothing of it is the child's business */
 	inject(INJ_FORKFIX); /* a slow repair, in tests */
-	for (size_t pg = 0; pg < r->npages; pg++) {
-		dxm_pstate_t *p = &r->st[pg];
-		uint8_t s = ps_load(p);
-		bool held = false;
-		if (ps_state(s) == PS_CPU)
-			continue;
-		/* Hold an unlocked exclusive page still while copying it.
-		 * A page being given back (INVALIDATING, not ours) is on its
-		 * way out of staging: its slot may turn into a hole under
-		 * the copy, and the kernel's read of a staging hole waits
-		 * for a handler, which is this thread: left out.  A locked
-		 * page stays staged until its device unlocks it and a CPU
-		 * access takes it back (a window left open). */
-		if (ps_state(s) == PS_EXCLUSIVE)
-			held = ps_cas(p, &s, PS_INVALIDATING | (s & PS_WAITERS));
-		if ((held || ps_state(s) == PS_LOCKED) &&
-		    staged_page_exists(r, pg) &&
-		    dxmi_region_view_addrs(r, pg, 1, runs, 1) == 1) {
-			inject(INJ_FORKFIX);
-			long c = dxmi_uffd_copy(f->child, runs[0], stg(r, pg),
-					   ctx->psize);
-			if (c > 0)
-				f->copied++;
-		}
-		if (held)
-			dxmi_ps_set(r, pg, PS_EXCLUSIVE);
-	}
+	if (f->buf)
+		dxmi_region_runs(r, 0, r->npages, NULL, 0, fix_run, f);
 	/* The child runs free of dxm: its copy is ordinary memory. */
 	pthread_rwlock_rdlock(&ctx->tab.lock);
 	for (struct dxm_view *v = r->views; v; v = v->rnext)
@@ -899,19 +976,31 @@ static void fix_child(struct dxm_region *r, void *arg)
 	dxmi_region_exit(r);
 }
 
-/*
- * UFFD_EVENT_FORK (only where the kernel grants EVENT_FORK): a fork that
- * bypassed the pthread_atfork handlers (a raw clone) left the child with
- * holes where the parent's exclusive pages sit in staging.  Copy them into
- * the child, unregister the child's ranges and let it go.
- */
+/* UFFD_EVENT_FORK (only where the kernel grants EVENT_FORK): repair the
+ * child, unregister its ranges and let it go. */
 void dxmi_anon_fork_event(struct dxm_ctx *ctx, int child_uffd)
 {
-	struct fork_fix f = { .child = child_uffd };
+	struct fork_fix f = {
+		.child = child_uffd,
+		.mem = open("/proc/self/mem", O_RDONLY | O_CLOEXEC),
+		.pagemap = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC),
+	};
+	if (f.mem >= 0)
+		f.buf = aligned_alloc(ctx->psize, ctx->psize);
+	if (!f.buf)
+		pr_warn("raw fork: cannot read /proc/self/mem (%s): the child "
+			"has zero pages where the parent's pages are a "
+			"device's",
+			f.mem < 0 ? strerror(errno) : "no memory");
 	dxmi_region_foreach(ctx, KIND_MOVES, fix_child, &f);
 	close(child_uffd);
+	free(f.buf);
+	if (f.mem >= 0)
+		close(f.mem);
+	if (f.pagemap >= 0)
+		close(f.pagemap);
 	if (f.copied)
-		pr_info("raw fork: %zu exclusive page(s) copied into the child",
+		pr_info("raw fork: %zu page(s) copied into the child",
 			f.copied);
 }
 

@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "compat_uffd.h"
@@ -203,6 +204,7 @@ static void *handler_main(void *arg)
 	struct dxm_handler *h = arg;
 	struct dxm_ctx *ctx = h->ctx;
 	dxmi_ctx_set_handler(ctx);
+	atomic_store(&h->ktid, (int)syscall(SYS_gettid));
 	struct pollfd pfd[5] = {
 		{ .fd = ctx->stop_fd, .events = POLLIN },
 		{ .fd = ctx->wake_fd, .events = POLLIN },
@@ -247,6 +249,16 @@ out:
 		pr_err("fault handler thread %u stopped unexpectedly", h->idx);
 	atomic_store(&h->exited, true);
 	return NULL;
+}
+
+/* Whether kernel thread tid is one of ctx's handler threads (a fault's
+ * thread id: UFFD_FEATURE_THREAD_ID). */
+bool dxmi_ctx_is_handler_tid(struct dxm_ctx *ctx, pid_t tid)
+{
+	for (unsigned i = 0; tid > 0 && i < ctx->nhandlers; i++)
+		if (atomic_load(&ctx->handlers[i].ktid) == tid)
+			return true;
+	return false;
 }
 
 int dxmi_handlers_start(struct dxm_ctx *ctx)

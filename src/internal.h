@@ -244,6 +244,8 @@ int dxmi_region_lookup_range(struct dxm_ctx *ctx, uintptr_t start, size_t len,
 			struct dxm_where *w);
 int dxmi_region_lookup_dev(struct dxm_ctx *ctx, const void *dev,
 		      struct dxm_region **rp, size_t *pg);
+dxm_pstate_t *dxmi_st_alloc(size_t npages);
+void dxmi_st_free(dxm_pstate_t *st, size_t npages);
 void dxmi_region_get(struct dxm_region *r);
 void dxmi_region_put(struct dxm_region *r);
 #define R_DYING (1u << 31)
@@ -417,6 +419,7 @@ struct dxm_handler {
 	struct dxm_ctx *ctx;
 	struct uffd_msg *backlog; /* handler 0: FORK_BACKLOG messages */
 	pthread_t tid;
+	atomic_int ktid; /* its kernel thread id, once it runs */
 	unsigned idx;
 	bool started;
 	atomic_bool exited;
@@ -552,6 +555,7 @@ pid_t dxmi_self_pid(void);
 void dxmi_self_pid_forget(void);
 void dxmi_ctx_set_handler(struct dxm_ctx *ctx);
 bool dxmi_ctx_on_handler(struct dxm_ctx *ctx);
+bool dxmi_ctx_is_handler_tid(struct dxm_ctx *ctx, pid_t tid);
 void dxmi_ctx_kick(struct dxm_ctx *ctx);
 void dxmi_gate_lock(struct dxm_ctx *ctx);   /* the gate, then zap_lock (write) */
 void dxmi_gate_unlock(struct dxm_ctx *ctx);

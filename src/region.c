@@ -239,6 +239,33 @@ static void fill_where(struct dxm_view *v, struct dxm_where *w)
 
 /* ------------------------------------------------------- region lifetime */
 
+/*
+ * A region's page-state bytes, all PS_CPU (zero).  Large tables come
+ * straight from mmap, untouched until used: a region of terabytes costs
+ * gigabytes of table that a malloc would count at once (a fuzzer's malloc
+ * limit counts it, and so does anyone watching the heap).  NULL if there
+ * is no room.
+ */
+#define ST_MMAP_MIN (64u << 10)
+
+dxm_pstate_t *dxmi_st_alloc(size_t npages)
+{
+	if (npages < ST_MMAP_MIN)
+		return calloc(npages, sizeof(dxm_pstate_t));
+	void *p = mmap(NULL, npages * sizeof(dxm_pstate_t),
+		       PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	return p == MAP_FAILED ? NULL : p;
+}
+
+void dxmi_st_free(dxm_pstate_t *st, size_t npages)
+{
+	if (npages < ST_MMAP_MIN)
+		free((void *)st);
+	else if (st)
+		munmap((void *)st, npages * sizeof(dxm_pstate_t));
+}
+
 void dxmi_region_get(struct dxm_region *r)
 {
 	atomic_fetch_add_explicit(&r->refs, 1, memory_order_relaxed);
@@ -256,7 +283,7 @@ void dxmi_region_put(struct dxm_region *r)
 		close(r->fd);
 	stat_add(&ctx->c.regions, -1ul);
 	stat_add(&ctx->c.managed_pages, -r->npages);
-	free((void *)r->st);
+	dxmi_st_free(r->st, r->npages);
 	free(r);
 }
 

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/sysinfo.h>
 #include <unistd.h>
 
 #include "inject.h"
@@ -102,6 +103,17 @@ static int new_view(struct dxm_ctx *ctx, struct dxm_region *r, bool populate,
 	return 0;
 }
 
+/* The system's memory and swap, in bytes: a region's pages are all
+ * allocated up front (fallocate), and a length past this can never be:
+ * the kernel would fill the memory and call the OOM killer first. */
+static uint64_t memory_total(void)
+{
+	struct sysinfo si;
+	if (sysinfo(&si))
+		return UINT64_MAX;
+	return ((uint64_t)si.totalram + si.totalswap) * si.mem_unit;
+}
+
 DXM_API int dxm_alloc(struct dxm_ctx *ctx, size_t len, unsigned flags,
 		      void **addrp)
 {
@@ -118,7 +130,7 @@ DXM_API int dxm_alloc(struct dxm_ctx *ctx, size_t len, unsigned flags,
 							     : &dxmi_memfd_kind;
 	unsigned pshift = kind->pshift ? kind->pshift : ctx->pshift;
 	size_t psize = (size_t)1 << pshift;
-	if (len > SIZE_MAX / 2)
+	if (len > SIZE_MAX / 2 || len > memory_total())
 		return -ENOMEM;
 	len = (len + psize - 1) & ~(psize - 1);
 
@@ -132,7 +144,7 @@ DXM_API int dxm_alloc(struct dxm_ctx *ctx, size_t len, unsigned flags,
 	r->psize = psize;
 	r->pshift = pshift;
 	r->npages = len >> pshift;
-	r->st = calloc(r->npages, sizeof(*r->st));
+	r->st = dxmi_st_alloc(r->npages);
 	atomic_init(&r->refs, 1);
 	if (!r->st) {
 		free(r);
@@ -175,7 +187,7 @@ DXM_API int dxm_alloc(struct dxm_ctx *ctx, size_t len, unsigned flags,
 	return 0;
 
 fail:
-	free((void *)r->st);
+	dxmi_st_free(r->st, r->npages);
 	free(r);
 	return err == -ENOSPC || err == -EFBIG ? -ENOMEM : err;
 }

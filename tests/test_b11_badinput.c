@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/sysinfo.h>
 #include <unistd.h>
 
 #include "common.h"
@@ -347,6 +348,17 @@ FIX_TEST(alloc_bad_arguments)
 	cr_assert_eq(dxm_alloc(f.ctx, SIZE_MAX, 0, &p), -ENOMEM);
 	cr_assert_eq(dxm_alloc(f.ctx, SIZE_MAX / 2 + 1, 0, &p), -ENOMEM);
 	cr_assert_eq(dxm_alloc(f.ctx, SIZE_MAX - PS + 2, 0, &p), -ENOMEM);
+	/* Past the memory and swap there is: refused before anything is
+	 * allocated (the memory file's fallocate would fill the memory and
+	 * end in the OOM killer; a 2^55 table would be 8 TiB). */
+	struct sysinfo si;
+	cr_assert_eq(sysinfo(&si), 0);
+	size_t total = ((size_t)si.totalram + si.totalswap) * si.mem_unit;
+	cr_assert_eq(dxm_alloc(f.ctx, total + PS, 0, &p), -ENOMEM);
+	cr_assert_eq(dxm_alloc(f.ctx, total + PS, DXM_ALLOC_HUGE, &p), -ENOMEM);
+	cr_assert_eq(dxm_alloc(f.ctx, (size_t)1 << 55, 0, &p), -ENOMEM);
+	cr_assert_eq(dxm_alloc(f.ctx, (size_t)1 << 55, DXM_ALLOC_HUGE, &p),
+		     -ENOMEM);
 	cr_assert_eq(p, (void *)0x1234, "a failed dxm_alloc wrote *addrp");
 	check_untouched(&f, "dxm_alloc");
 	/* An unaligned length is rounded up, not refused. */
