@@ -578,31 +578,62 @@ static int move_in_page(struct dxm_region *r, size_t pg, uintptr_t cpu,
 	return 0;
 }
 
-/* Move region pages [pg, pg+n) back from staging into the CPU view.  The
- * caller owns them.  -EAGAIN (only on a handler thread): a page could not
- * move yet and is still staged; the caller must try again later.  Any
- * other thread waits, holding no lock: the handler it waits for may need
- * vt_lock (a munmap's event is read and applied under it). */
+/* Moving pages back: need[i] is set for page pg0 + i while it is still
+ * staged (mode: UFFDIO_MOVE_MODE_DONTWAKE or 0). */
+struct move_in {
+	uint8_t *need;
+	size_t pg0;
+	uint64_t mode;
+};
+
+/* One run of staged pages back into the CPU view at cpu: one UFFDIO_MOVE
+ * for the whole run where the kernel allows, page by page (move_in_page:
+ * its EEXIST, ENOENT and copy cases) from the first page it refuses. */
 static int move_in_fn(struct dxm_region *r, uintptr_t cpu, size_t pg,
 		      size_t n, void *arg)
 {
-	(void)n; /* one page */
-	return move_in_page(r, pg, cpu, *(uint64_t *)arg);
+	struct move_in *m = arg;
+	unsigned sh = r->ctx->pshift;
+	size_t i = 0;
+	while (i < n) {
+		long got = 0;
+		if (n - i > 1)
+			got = dxmi_uffd_move(r->uffd, cpu + (i << sh),
+					     stg(r, pg + i), (n - i) << sh,
+					     UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES |
+						     m->mode);
+		if (got > 0) {
+			size_t k = (size_t)got >> sh;
+			memset(m->need + (pg + i - m->pg0), 0, k);
+			i += k;
+			continue;
+		}
+		int err = move_in_page(r, pg + i, cpu + (i << sh), m->mode);
+		if (err)
+			return err;
+		m->need[pg + i - m->pg0] = 0;
+		i++;
+	}
+	return 0;
 }
 
+/* Move the region pages of [pg, pg+n) whose need[i] is set back from
+ * staging into the CPU view; the caller owns them.  -EAGAIN (only on a
+ * handler thread): the kernel refused for now; the pages still staged
+ * keep need[i] set, and the caller must try them again later.  Any other
+ * thread waits, holding no lock: the handler it waits for may need
+ * vt_lock (a munmap's event is read and applied under it). */
 static int anon_move_in(struct dxm_region *r, size_t pg, size_t n,
-			bool dontwake)
+			uint8_t *need, bool dontwake)
 {
-	uint64_t mode = dontwake ? UFFDIO_MOVE_MODE_DONTWAKE : 0;
+	struct move_in m = { need, pg,
+			     dontwake ? UFFDIO_MOVE_MODE_DONTWAKE : 0 };
 	bool handler = dxmi_ctx_on_handler(r->ctx);
-	for (size_t a = pg; a < pg + n; a++) {
-		unsigned us = 5;
-		while (dxmi_region_runs(r, a, 1, NULL, 0, move_in_fn, &mode) ==
-		       -EAGAIN) {
-			if (handler)
-				return -EAGAIN;
-			dxmi_nap_us(&us);
-		}
+	unsigned us = 5;
+	while (dxmi_region_runs(r, pg, n, need, 0, move_in_fn, &m) == -EAGAIN) {
+		if (handler)
+			return -EAGAIN;
+		dxmi_nap_us(&us);
 	}
 	return 0;
 }
@@ -612,7 +643,8 @@ static int anon_move_in(struct dxm_region *r, size_t pg, size_t n,
  * (the caller re-queues it). */
 static int anon_restore(struct dxm_region *r, size_t pg, uintptr_t addr)
 {
-	if (anon_move_in(r, pg, 1, true))
+	uint8_t need = 1;
+	if (anon_move_in(r, pg, 1, &need, true))
 		return -EAGAIN;
 	dxmi_ps_invalidated(r, pg);
 	dxmi_ps_mapping_done(r, pg);
@@ -621,31 +653,54 @@ static int anon_restore(struct dxm_region *r, size_t pg, uintptr_t addr)
 	return 0;
 }
 
-/* A run given back (dxmi_pages_to_cpu): the CPU's pages are in place, the
- * invalidated ones move back.  -EAGAIN: on a handler thread (a fork or
- * dxm_mprotect from a callback), the data is still staged: the page stays
- * INVALIDATING and is re-queued like a fault's, and is no longer ours
- * (another handler may finish it at once). */
+/* Give back page i, whose data is back in the CPU view, or (still staged:
+ * -EAGAIN on a handler thread, a fork or dxm_mprotect from a callback)
+ * leave it INVALIDATING and re-queue it like a fault's: then it is no
+ * longer ours (another handler may finish it at once). */
+static void restore_one(struct dxm_region *r, size_t i, bool staged)
+{
+	if (staged) {
+		uintptr_t at[2] = { 0, 0 };
+		dxmi_region_view_addrs(r, i, 1, at, 1);
+		dxmi_region_get(r);
+		dxmi_region_hold(r); /* until the restore is finished */
+		dxmi_ps_requeue_restore(r, i, at[0]);
+		return;
+	}
+	dxmi_ps_invalidated(r, i);
+	dxmi_ps_mapping_done(r, i);
+}
+
+#define RUN_STACK 64
+
+/* A run given back (dxmi_pages_to_cpu, restore-around): the CPU's pages
+ * are in place, the invalidated ones move back, a run of them in one
+ * UFFDIO_MOVE. */
 static void anon_restore_run(struct dxm_region *r, size_t a, size_t b,
 			     unsigned flags)
 {
 	(void)flags;
-	for (size_t i = a; i < b; i++) {
-		if (ps_state(ps_load(&r->st[i])) != PS_INVALIDATING) {
-			dxmi_ps_mapping_done(r, i); /* nothing to map */
-			continue;
-		}
-		if (anon_move_in(r, i, 1, false)) {
-			uintptr_t at[2] = { 0, 0 };
-			dxmi_region_view_addrs(r, i, 1, at, 1);
-			dxmi_region_get(r);
-			dxmi_region_hold(r); /* until the restore is finished */
-			dxmi_ps_requeue_restore(r, i, at[0]);
-			continue;
-		}
-		dxmi_ps_invalidated(r, i);
-		dxmi_ps_mapping_done(r, i);
+	size_t n = b - a;
+	uint8_t stack[2 * RUN_STACK];
+	uint8_t *need = n <= RUN_STACK ? stack : malloc(2 * n);
+	if (!need) { /* no room for the masks: a page at a time */
+		for (size_t i = a; i < b; i++)
+			anon_restore_run(r, i, i + 1, flags);
+		return;
 	}
+	uint8_t *mine = need + n; /* INVALIDATING: ours to move back */
+	for (size_t i = 0; i < n; i++) {
+		mine[i] = need[i] =
+			ps_state(ps_load(&r->st[a + i])) == PS_INVALIDATING;
+		if (!mine[i])
+			dxmi_ps_mapping_done(r, a + i); /* nothing to map */
+	}
+	anon_move_in(r, a, n, need, false);
+	for (size_t i = 0; i < n; i++)
+		if (mine[i])
+			restore_one(r, a + i, need[i]);
+	if (need != stack)
+		free(need);
 }
 
 /* dxm_free: move every staged page of [pg, pg+n) back to cpu, the view
