@@ -101,7 +101,7 @@ DXM_API int dxm_ctx_create(struct dxm_ctx **ctxp, const struct dxm_ctx_opts *opt
 	ctx->flags = o.flags;
 	if (o.flags & DXM_CTX_HANDLER_SPIN)
 		ctx->spin_ns = (uint64_t)(o.spin_us ? o.spin_us : 100) * 1000;
-	ctx->ra_max = o.restore_around ? o.restore_around : 64;
+	ctx->ra_max = o.restore_around ? o.restore_around : 512;
 
 	int err = ierr ? ierr : ferr;
 	if (err)
