@@ -2,12 +2,14 @@
 /*
  * dxm - the command-line tool (its manual: man/dxm.1).
  *
- *   dxm demo [--cpu-threads T] [--ops N] [--pages P] [--samples S]
- *       CPU threads do atomic increments on counters while the reference
- *       device does its non-atomic increments on the same counters: once
- *       through ordinary device access (updates are lost, and it says how
- *       many), once with exclusive access (none lost); then the latency of
- *       a CPU access to a page the device holds, measured touch by touch.
+ *   dxm demo [--device D] [--cpu-threads T] [--ops N] [--pages P] ...
+ *       CPU threads do atomic increments on counters while a device (a
+ *       CUDA or Vulkan GPU through its backend, tools/demo_gpu.c, or the
+ *       software reference device) does non-atomic increments on the same
+ *       counters: once through ordinary device access (updates are lost,
+ *       and it says how many), once with exclusive access (none lost);
+ *       then the latency of a CPU access to a page the device holds,
+ *       measured touch by touch.
  *   dxm info [--json]
  *       What this kernel and this user give dxm: userfaultfd mode, what
  *       works, the userfaultfd features by name.
@@ -33,6 +35,7 @@
 #include <linux/userfaultfd.h>
 
 #include "bench.h"
+#include "demo_gpu.h"
 #include "dxm.h"
 #include "dxm_mirror.h"
 #include "stress.h"
@@ -90,24 +93,39 @@ static int bad_option(const char *cmd, int c, char **argv)
 static void demo_usage(FILE *f)
 {
 	fprintf(f,
-		"usage: dxm demo [--cpu-threads T] [--ops N] [--pages P] "
-		"[--samples S]\n"
+		"usage: dxm demo [--device D] [--cpu-threads T] [--ops N] "
+		"[--pages P]\n"
+		"                [--samples S]\n"
 		"\n"
 		"CPU threads do atomic increments on counters (one per page) "
-		"while a software\n"
-		"device does non-atomic read-modify-write increments on the "
-		"same counters:\n"
-		"first through ordinary device access (updates are lost), then "
-		"with exclusive\n"
-		"access (none may be lost). Then S single CPU stores to a "
-		"counter the device\n"
-		"has just taken exclusive are timed, each from the store to "
-		"its completion\n"
-		"(fault, invalidate callback, mapping restored).\n"
+		"while a device\n"
+		"does non-atomic read-modify-write increments (a load, then a "
+		"store) on the\n"
+		"same counters: first through ordinary device access (updates "
+		"are lost), then\n"
+		"with exclusive access (none may be lost). Then S single CPU "
+		"stores to a\n"
+		"counter the device has just taken exclusive are timed, each "
+		"from the store to\n"
+		"its completion (fault, invalidate callback, mapping "
+		"restored).\n"
 		"\n"
+		"  --device D       cuda (a CUDA GPU: a load/add/store kernel, "
+		"and\n"
+		"                   atomicAdd_system), vulkan (a compute shader "
+		"on a Vulkan\n"
+		"                   device; Mesa's lavapipe runs it on the CPU), "
+		"or mirror\n"
+		"                   (dxm's software reference device); auto, "
+		"the default: the\n"
+		"                   first of these present, named on the first "
+		"line\n"
 		"  --cpu-threads T  CPU threads, 1 to 64 (default %d)\n"
 		"  --ops N          device increments per round, at least 1 "
-		"(default %d)\n"
+		"(default %d; on a\n"
+		"                   GPU %d: the same number of each counter, "
+		"in dispatches\n"
+		"                   of at most %d of each)\n"
 		"  --pages P        counters, one per page, 1 to 4096 (default "
 		"%d)\n"
 		"  --samples S      timed CPU stores, 0 (none) to 1000000 "
@@ -115,9 +133,11 @@ static void demo_usage(FILE *f)
 		"  -h, --help       this text\n"
 		"\n"
 		"Exit status: 0 no update lost with exclusive access, 1 "
-		"updates lost or dxm\n"
-		"failed, 2 usage error.\n",
-		DEMO_THREADS, DEMO_OPS, DEMO_PAGES, DEMO_SAMPLES);
+		"updates lost, dxm\n"
+		"failed, or the device asked for is not here (or not built), 2 "
+		"usage error.\n",
+		DEMO_THREADS, DEMO_OPS, DEMO_GPU_OPS, DEMO_GPU_ITERS_MAX,
+		DEMO_PAGES, DEMO_SAMPLES);
 }
 
 struct demo {
@@ -281,11 +301,147 @@ static int fault_latency(struct demo *d, unsigned long samples)
 	return 0;
 }
 
+/* The mirror's demo on d->ctx: the output it always had. */
+static int demo_mirror(struct demo *d, unsigned long threads,
+		       unsigned long pages, unsigned long samples)
+{
+	long psize = sysconf(_SC_PAGESIZE);
+	char *mem = NULL;
+	int err = dxm_alloc(d->ctx, (size_t)pages * (size_t)psize, 0,
+			    (void **)&mem);
+	if (!err)
+		err = dxm_mirror_create(d->ctx, &d->mirror);
+	d->counter = calloc(pages, sizeof(*d->counter));
+	if (!err && !d->counter)
+		err = -ENOMEM;
+	if (err) {
+		fprintf(stderr, "dxm demo: %s\n", strerror(-err));
+		if (d->mirror)
+			dxm_mirror_destroy(d->mirror);
+		if (mem)
+			dxm_free(d->ctx, mem);
+		free(d->counter);
+		return 1;
+	}
+	for (unsigned i = 0; i < pages; i++)
+		d->counter[i] = (uint64_t *)(mem + (size_t)i * (size_t)psize);
+
+	struct dxm_stats st;
+	dxm_stats(d->ctx, &st, sizeof(st));
+	printf("dxm demo: %lu CPU threads (atomic increments) and 1 device "
+	       "(%lu non-atomic\nincrements) on %lu counters, one per page\n",
+	       threads, d->ops, pages);
+	printf("userfaultfd: %s; %u handler thread(s)\n\n",
+	       dxm_uffd_mode_str(st.uffd_mode), st.handler_threads);
+
+	int rc = run_round(d, (unsigned)threads, false);
+	printf("\n");
+	if (!rc)
+		rc = run_round(d, (unsigned)threads, true);
+	if (!rc && samples) {
+		printf("\n");
+		if (fault_latency(d, samples))
+			rc = 1;
+	}
+
+	struct dxm_mirror_stats ms;
+	dxm_mirror_get_stats(d->mirror, &ms);
+	if (ms.stale_accesses) {
+		fprintf(stderr, "dxm demo: %llu device accesses to pages dxm "
+				"no longer held exclusive!\n",
+			(unsigned long long)ms.stale_accesses);
+		rc = 1;
+	}
+	printf("\n%s\n", rc == 0 ? "no update lost with exclusive access"
+				  : "FAILED (see above)");
+	dxm_mirror_destroy(d->mirror);
+	dxm_free(d->ctx, mem);
+	free(d->counter);
+	return rc ? 1 : 0;
+}
+
+/* Words of s after column col, lines of at most 80 columns, the next
+ * ones indented by indent. */
+static void print_wrapped(const char *s, int col, int indent)
+{
+	while (*s) {
+		int len = (int)strcspn(s, " ");
+		if (col + 1 + len > 80 && col > indent) {
+			printf("\n%*s", indent, "");
+			col = indent;
+		} else {
+			putchar(' ');
+			col++;
+		}
+		printf("%.*s", len, s);
+		col += len;
+		s += len;
+		s += strspn(s, " ");
+	}
+	putchar('\n');
+}
+
+/* --device: the GPU backends, best first, then the mirror. */
+enum demo_device { DEMO_CUDA, DEMO_VULKAN, DEMO_MIRROR, DEMO_AUTO };
+static const char *const demo_device_name[] = { "cuda", "vulkan", "mirror",
+						"auto" };
+
+/*
+ * The GPU the demo runs on, or NULL for the mirror: the device asked for,
+ * or (DEMO_AUTO) the best one present, falling back to the mirror.  The
+ * first line it prints names the device, then (DEMO_AUTO) why each
+ * better one is not used; nothing for --device mirror.  *fail: the
+ * device asked for is not here, or not built (said on stderr).
+ */
+static struct demo_gpu *demo_pick(enum demo_device want, struct dxm_ctx *ctx,
+				  bool *fail)
+{
+	static const enum demo_gpu_kind kind[] = {
+		[DEMO_CUDA] = DEMO_GPU_CUDA,
+		[DEMO_VULKAN] = DEMO_GPU_VULKAN,
+	};
+	char why[DEMO_MIRROR][512];
+	struct demo_gpu *g = NULL;
+	enum demo_device dev;
+
+	*fail = false;
+	for (dev = 0; dev < DEMO_MIRROR && !g; dev++) {
+		if (want != DEMO_AUTO && want != dev)
+			continue;
+		if (!demo_gpu_open(kind[dev], ctx, &g, why[dev],
+				   sizeof(why[dev])))
+			break;
+		if (want != DEMO_AUTO) {
+			fprintf(stderr, "dxm demo: --device %s: %s\n",
+				demo_device_name[dev], why[dev]);
+			*fail = true;
+			return NULL;
+		}
+	}
+	if (want == DEMO_MIRROR)
+		return NULL;
+	if (g)
+		printf("device: %s, %s%s\n", demo_device_name[dev],
+		       demo_gpu_name(g),
+		       want == DEMO_AUTO ? ", the best one here" : "");
+	else
+		printf("device: mirror, dxm's software reference device: no GPU "
+		       "backend runs here\n");
+	for (enum demo_device i = 0; want == DEMO_AUTO && i < dev; i++) {
+		printf("  not %s:", demo_device_name[i]);
+		print_wrapped(why[i], 6 + (int)strlen(demo_device_name[i]),
+			      4);
+	}
+	return g;
+}
+
 static int cmd_demo(int argc, char **argv)
 {
 	unsigned long threads = DEMO_THREADS, pages = DEMO_PAGES;
-	unsigned long ops = DEMO_OPS, samples = DEMO_SAMPLES;
+	unsigned long ops = 0, samples = DEMO_SAMPLES;
+	enum demo_device want = DEMO_AUTO;
 	static const struct option lo[] = {
+		{ "device", required_argument, NULL, 'd' },
 		{ "cpu-threads", required_argument, NULL, 't' },
 		{ "ops", required_argument, NULL, 'n' },
 		{ "pages", required_argument, NULL, 'p' },
@@ -296,9 +452,19 @@ static int cmd_demo(int argc, char **argv)
 	int c;
 	opterr = 0;
 	optind = 1;
-	while ((c = getopt_long(argc, argv, ":t:n:p:s:h", lo, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, ":d:t:n:p:s:h", lo, NULL)) != -1) {
 		bool ok = true;
 		switch (c) {
+		case 'd':
+			for (want = 0; want <= DEMO_AUTO; want++)
+				if (!strcmp(optarg, demo_device_name[want]))
+					break;
+			if (want > DEMO_AUTO)
+				return usage_error("demo",
+						   "unknown device '%s' (cuda, "
+						   "vulkan, mirror or auto)",
+						   optarg);
+			break;
 		case 't':
 			ok = parse_ul(optarg, 1, 64, &threads);
 			break;
@@ -324,63 +490,27 @@ static int cmd_demo(int argc, char **argv)
 		return usage_error("demo", "unexpected argument '%s'",
 				   argv[optind]);
 
-	struct demo d = { .ops = ops, .ncounters = (unsigned)pages };
+	struct demo d = { .ops = ops ? ops : DEMO_OPS,
+			  .ncounters = (unsigned)pages };
 	int err = dxm_ctx_create(&d.ctx, NULL);
 	if (err) {
 		fprintf(stderr, "dxm demo: cannot create a context: %s\n",
 			strerror(-err));
 		return 1;
 	}
-	long psize = sysconf(_SC_PAGESIZE);
-	char *mem = NULL;
-	err = dxm_alloc(d.ctx, (size_t)pages * (size_t)psize, 0, (void **)&mem);
-	if (!err)
-		err = dxm_mirror_create(d.ctx, &d.mirror);
-	d.counter = calloc(pages, sizeof(*d.counter));
-	if (!err && !d.counter)
-		err = -ENOMEM;
-	if (err) {
-		fprintf(stderr, "dxm demo: %s\n", strerror(-err));
-		dxm_ctx_destroy(d.ctx);
-		free(d.counter);
-		return 1;
+	bool fail;
+	struct demo_gpu *g = demo_pick(want, d.ctx, &fail);
+	int rc = 1;
+	if (g) {
+		struct demo_params p = { threads, ops ? ops : DEMO_GPU_OPS,
+					 pages, samples };
+		rc = demo_gpu_run(g, &p);
+		demo_gpu_close(g);
+	} else if (!fail) {
+		rc = demo_mirror(&d, threads, pages, samples);
 	}
-	for (unsigned i = 0; i < pages; i++)
-		d.counter[i] = (uint64_t *)(mem + (size_t)i * (size_t)psize);
-
-	struct dxm_stats st;
-	dxm_stats(d.ctx, &st, sizeof(st));
-	printf("dxm demo: %lu CPU threads (atomic increments) and 1 device "
-	       "(%lu non-atomic\nincrements) on %lu counters, one per page\n",
-	       threads, ops, pages);
-	printf("userfaultfd: %s; %u handler thread(s)\n\n",
-	       dxm_uffd_mode_str(st.uffd_mode), st.handler_threads);
-
-	int rc = run_round(&d, (unsigned)threads, false);
-	printf("\n");
-	if (!rc)
-		rc = run_round(&d, (unsigned)threads, true);
-	if (!rc && samples) {
-		printf("\n");
-		if (fault_latency(&d, samples))
-			rc = 1;
-	}
-
-	struct dxm_mirror_stats ms;
-	dxm_mirror_get_stats(d.mirror, &ms);
-	if (ms.stale_accesses) {
-		fprintf(stderr, "dxm demo: %llu device accesses to pages dxm "
-				"no longer held exclusive!\n",
-			(unsigned long long)ms.stale_accesses);
-		rc = 1;
-	}
-	printf("\n%s\n", rc == 0 ? "no update lost with exclusive access"
-				  : "FAILED (see above)");
-	dxm_mirror_destroy(d.mirror);
-	dxm_free(d.ctx, mem);
 	dxm_ctx_destroy(d.ctx);
-	free(d.counter);
-	return rc ? 1 : 0;
+	return rc;
 }
 
 /* ------------------------------------------------------------------ info */
@@ -745,8 +875,10 @@ static void usage(FILE *f)
 		"commands:\n"
 		"  demo    updates lost without exclusive access, none with "
 		"it; the latency of\n"
-		"          a CPU access to a page a device holds (about a "
-		"second)\n"
+		"          a CPU access to a page a device holds (the best "
+		"device here: a CUDA\n"
+		"          or Vulkan GPU, or the software device; a few "
+		"seconds)\n"
 		"  info    what this kernel and this user give dxm (--json for "
 		"scripts)\n"
 		"  bench   every measurement beside its baseline (about a "
