@@ -54,6 +54,9 @@ static const struct group {
 	{ "sweep", "the CPU reading results back: in order, reversed, random, "
 		   "vs kernel minor faults",
 	  bn_run_sweep },
+	{ "device", "a real device's round trip through its backend (CUDA, "
+		    "Vulkan), vs the same work with no dxm",
+	  bn_run_device },
 };
 #define NGROUPS (sizeof(groups) / sizeof(groups[0]))
 

@@ -135,6 +135,7 @@ int bn_run_scale(void);
 int bn_run_memory(void);
 int bn_run_huge(void);
 int bn_run_sweep(void);
+int bn_run_device(void);
 
 /* ------------------------------------------------------- shared pieces */
 

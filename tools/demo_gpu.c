@@ -590,6 +590,19 @@ static int gpu_latency(struct demo_gpu *g, const struct plan *pl,
 	return 0;
 }
 
+int demo_gpu_round_trip(struct demo_gpu *g, void *addr, size_t npages,
+			bool unmanaged)
+{
+	size_t psize = (size_t)sysconf(_SC_PAGESIZE);
+	struct counter_args a = { (uint32_t)npages,
+				  (uint32_t)(psize / sizeof(uint32_t)), 1, 1 };
+	const uint32_t groups[3] = { (uint32_t)(npages + 63) / 64, 1, 1 };
+	uint64_t ticket;
+	int err = g->ops->run(g, K_RMW, addr, npages * psize, &a, groups,
+			      unmanaged, &ticket);
+	return err ? err : g->ops->wait(g, ticket, WAIT_NS);
+}
+
 int demo_gpu_run(struct demo_gpu *g, const struct demo_params *p)
 {
 	size_t psize = (size_t)sysconf(_SC_PAGESIZE);

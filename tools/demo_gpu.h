@@ -7,6 +7,7 @@
 #ifndef DXM_TOOLS_DEMO_GPU_H
 #define DXM_TOOLS_DEMO_GPU_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "dxm.h"
@@ -45,5 +46,14 @@ const char *demo_gpu_name(const struct demo_gpu *g);
  * exclusive access, or a failure). */
 int demo_gpu_run(struct demo_gpu *g, const struct demo_params *p);
 void demo_gpu_close(struct demo_gpu *g);
+
+/*
+ * One round trip of `dxm bench --only device`: the counter kernel (one
+ * load/add/store of each of npages counters, one per page of addr)
+ * dispatched and waited for: through the backend on dxm memory, or on
+ * ordinary host memory with unmanaged.  0, or a negative errno.
+ */
+int demo_gpu_round_trip(struct demo_gpu *g, void *addr, size_t npages,
+			bool unmanaged);
 
 #endif
