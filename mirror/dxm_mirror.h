@@ -10,6 +10,17 @@
  * load, a pause, a store): it is only correct while the device holds the
  * page exclusive, which is what dxm is for.
  *
+ * Page sizes: every operation works in the page size of the memory it
+ * touches, dxm_page_size() at the start of its range: the base page, or
+ * 2 MiB for a DXM_ALLOC_HUGE region.  There a page (an entry, what is
+ * taken exclusive, what a CPU access takes back) is the whole huge page:
+ * ranges must be whole huge pages (2 MiB aligned, else -EINVAL), counts
+ * are of huge pages, and a word's atomic takes its whole huge page.  A
+ * range that runs from huge pages into memory of another page size is
+ * -EINVAL (from base pages into another region, dxm's -EFAULT: a range
+ * lies in one view).  Memory dxm does not manage is taken in base pages
+ * (and dxm refuses it, as before).
+ *
  * All functions return 0 (or a count) on success and a negative errno.
  */
 #ifndef DXM_MIRROR_H
@@ -41,7 +52,8 @@ struct dxm_mirror_stats {
 int dxm_mirror_create(struct dxm_ctx *ctx, struct dxm_mirror **mp);
 void dxm_mirror_destroy(struct dxm_mirror *m);
 
-/* Ordinary device access to [addr, addr+len) (page aligned). */
+/* Ordinary device access to [addr, addr+len) (whole pages of the memory's
+ * page size). */
 int dxm_mirror_read(struct dxm_mirror *m, void *addr, void *buf, size_t len);
 int dxm_mirror_write(struct dxm_mirror *m, void *addr, const void *buf,
 		     size_t len);
@@ -50,15 +62,18 @@ int dxm_mirror_write(struct dxm_mirror *m, void *addr, const void *buf,
  * Take [addr, addr+len) exclusive (nouveau's loop: read_begin ->
  * dxm_make_exclusive -> lock -> read_retry -> map ATOMIC -> unlock ->
  * dxm_exclusive_unlock).  0 if every page is now held exclusive, -EBUSY if
- * some could not be (the others are held), -EPERM if not writable.
+ * some could not be (the others are held), -EPERM if not writable, -EINVAL
+ * if not whole pages (huge pages: 2 MiB aligned).
  */
 int dxm_mirror_exclusive(struct dxm_mirror *m, void *addr, size_t len);
 
-/* Pages of [addr, addr+len) the device still holds exclusive (0: none). */
+/* Pages of [addr, addr+len) the device still holds exclusive (0: none),
+ * counted in the memory's page size (a huge page counts once). */
 long dxm_mirror_check_exclusive(struct dxm_mirror *m, void *addr, size_t len);
 
-/* Device atomic on a 64-bit word: takes the page exclusive if needed, then a
- * non-atomic load/pause/store.  *old (if not NULL) gets the value before. */
+/* Device atomic on a 64-bit word: takes the page exclusive if needed (the
+ * whole huge page that holds it, on huge pages), then a non-atomic
+ * load/pause/store.  *old (if not NULL) gets the value before. */
 int dxm_mirror_atomic_add(struct dxm_mirror *m, uint64_t *addr, uint64_t delta,
 			  uint64_t *old);
 

@@ -8,6 +8,15 @@
  * entry happens with it held.  So once a callback returned, the device no
  * longer touches the range.  dxm calls (make_exclusive, range_fault,
  * exclusive_unlock) are made without m->lock, as nouveau does.
+ *
+ * Page sizes: an operation works in the page size of the memory it
+ * touches (dxm_page_size() at the start of its range: the base page, or
+ * 2 MiB for a DXM_ALLOC_HUGE region), and an entry covers one such page,
+ * keyed by its first byte's address and its size.  The hash is over base
+ * page numbers either way.  A device access to a word finds the base
+ * page's entry first (base-page memory pays nothing more than before),
+ * then, only while huge entries exist, the entry of each huge page size
+ * the mirror has seen that would contain it.
  */
 #include <errno.h>
 #include <sched.h>
@@ -24,6 +33,7 @@ enum { TAG_READ = 1, TAG_WRITE = 2, TAG_ATOMIC = 4 };
 
 struct entry {
 	uintptr_t page; /* CPU page address */
+	size_t size;	/* its page size: m->psize, or a huge page's */
 	char *dev;	/* device-side address */
 	unsigned tags;
 	struct entry *next;
@@ -35,6 +45,8 @@ struct dxm_mirror {
 	pthread_mutex_t lock;
 	struct entry **bucket;
 	size_t nbuckets, count;
+	size_t nhuge;	 /* entries larger than psize, among count */
+	uint64_t hsizes; /* bit k: an entry of 2^k bytes (> psize) was made */
 	struct dxm_notifier *all; /* erases entries */
 	struct dxm_mirror_stats st;
 	bool checks;
@@ -52,12 +64,25 @@ static inline size_t hash(struct dxm_mirror *m, uintptr_t page)
 	return (size_t)(k >> 20) & (m->nbuckets - 1);
 }
 
-static struct entry *lookup(struct dxm_mirror *m, uintptr_t page)
+static struct entry *lookup(struct dxm_mirror *m, uintptr_t page, size_t size)
 {
 	for (struct entry *e = m->bucket[hash(m, page)]; e; e = e->next)
-		if (e->page == page)
+		if (e->page == page && e->size == size)
 			return e;
 	return NULL;
+}
+
+/* The entry of the page that holds the byte at a, whatever its size. */
+static struct entry *lookup_addr(struct dxm_mirror *m, uintptr_t a)
+{
+	struct entry *e = lookup(m, a & ~(uintptr_t)(m->psize - 1), m->psize);
+	if (e || !m->nhuge)
+		return e;
+	for (uint64_t b = m->hsizes; b && !e; b &= b - 1) {
+		size_t size = (size_t)1 << __builtin_ctzll(b);
+		e = lookup(m, a & ~(uintptr_t)(size - 1), size);
+	}
+	return e;
 }
 
 static void grow(struct dxm_mirror *m)
@@ -81,18 +106,23 @@ static void grow(struct dxm_mirror *m)
 	free(old);
 }
 
-static int install(struct dxm_mirror *m, uintptr_t page, void *dev,
+static int install(struct dxm_mirror *m, uintptr_t page, size_t size, void *dev,
 		   unsigned tags)
 {
-	struct entry *e = lookup(m, page);
+	struct entry *e = lookup(m, page, size);
 	if (!e) {
 		e = malloc(sizeof(*e));
 		if (!e)
 			return -ENOMEM;
 		e->page = page;
+		e->size = size;
 		size_t h = hash(m, page);
 		e->next = m->bucket[h];
 		m->bucket[h] = e;
+		if (size != m->psize) {
+			m->nhuge++;
+			m->hsizes |= (uint64_t)1 << __builtin_ctzll(size);
+		}
 		if (++m->count > 2 * m->nbuckets)
 			grow(m);
 	}
@@ -101,32 +131,58 @@ static int install(struct dxm_mirror *m, uintptr_t page, void *dev,
 	return 0;
 }
 
+/* Unlink and free *pp; returns 1. */
+static size_t drop(struct dxm_mirror *m, struct entry **pp)
+{
+	struct entry *x = *pp;
+	*pp = x->next;
+	if (x->size != m->psize)
+		m->nhuge--;
+	free(x);
+	return 1;
+}
+
+/* The entry of (page, size), if any; returns how many were erased. */
+static size_t erase_one(struct dxm_mirror *m, uintptr_t page, size_t size)
+{
+	for (struct entry **pp = &m->bucket[hash(m, page)]; *pp;
+	     pp = &(*pp)->next)
+		if ((*pp)->page == page && (*pp)->size == size)
+			return drop(m, pp);
+	return 0;
+}
+
+/* Erase every entry whose page overlaps [s, e): a huge entry too when the
+ * range covers only part of its page. */
 static size_t erase_range(struct dxm_mirror *m, uintptr_t s, uintptr_t e)
 {
 	size_t n = 0;
-	if ((e - s) / m->psize < m->nbuckets) {
-		for (uintptr_t p = s; p < e; p += m->psize) {
-			struct entry **pp = &m->bucket[hash(m, p)];
-			for (; *pp; pp = &(*pp)->next)
-				if ((*pp)->page == p) {
-					struct entry *x = *pp;
-					*pp = x->next;
-					free(x);
-					n++;
-					break;
-				}
+	bool base = m->count > m->nhuge;
+	/* The lookups a walk of the range would take: one per base page
+	 * (while base entries exist), one per page of each huge size. */
+	size_t steps = base ? (e - s) / m->psize : 0;
+	for (uint64_t b = m->nhuge ? m->hsizes : 0; b && e > s; b &= b - 1) {
+		unsigned k = (unsigned)__builtin_ctzll(b);
+		steps += ((e - 1) >> k) - (s >> k) + 1;
+	}
+	if (steps < m->nbuckets) {
+		if (base)
+			for (uintptr_t p = s; p < e; p += m->psize)
+				n += erase_one(m, p, m->psize);
+		for (uint64_t b = m->nhuge ? m->hsizes : 0; b; b &= b - 1) {
+			size_t size = (size_t)1 << __builtin_ctzll(b);
+			for (uintptr_t p = s & ~(uintptr_t)(size - 1); p < e;
+			     p += size)
+				n += erase_one(m, p, size);
 		}
 	} else {
 		for (size_t i = 0; i < m->nbuckets; i++)
 			for (struct entry **pp = &m->bucket[i]; *pp;) {
 				struct entry *x = *pp;
-				if (x->page >= s && x->page < e) {
-					*pp = x->next;
-					free(x);
-					n++;
-				} else {
+				if (x->page < e && x->page + x->size > s)
+					n += drop(m, pp);
+				else
 					pp = &x->next;
-				}
 			}
 	}
 	m->count -= n;
@@ -217,10 +273,32 @@ void dxm_mirror_destroy(struct dxm_mirror *m)
 	free(m);
 }
 
-static int check_range(struct dxm_mirror *m, void *addr, size_t len)
+/* The page size of the memory at addr: the region's (dxm_page_size), or
+ * the base page where dxm knows no region (the dxm call that follows then
+ * refuses the range itself, as for base pages). */
+static size_t page_size_at(struct dxm_mirror *m, const void *addr)
 {
-	if (!m || !addr || !len || ((uintptr_t)addr | len) & (m->psize - 1))
+	long ps = dxm_page_size(m->ctx, addr);
+	return ps > 0 ? (size_t)ps : m->psize;
+}
+
+/* A range of whole pages of one page size; *psp gets that size. */
+static int check_range(struct dxm_mirror *m, void *addr, size_t len,
+		       size_t *psp)
+{
+	if (!m || !addr || !len)
 		return -EINVAL;
+	size_t ps = page_size_at(m, addr);
+	if (((uintptr_t)addr | len) & (ps - 1))
+		return -EINVAL;
+	if (ps != m->psize && len > ps) {
+		/* Huge pages to the end: a range that runs into memory of
+		 * another page size is refused here, not half done. */
+		long last = dxm_page_size(m->ctx, (char *)addr + len - 1);
+		if (last > 0 && (size_t)last != ps)
+			return -EINVAL;
+	}
+	*psp = ps;
 	return 0;
 }
 
@@ -236,15 +314,15 @@ static int op_begin(struct dxm_mirror *m, struct op *op, void *addr,
  * with dxm_range_fault() under the sequence protocol.  Returns with
  * m->lock held and every page of the range mapped, or an error unlocked.
  */
-static int map_range(struct dxm_mirror *m, uintptr_t s, size_t len,
+static int map_range(struct dxm_mirror *m, uintptr_t s, size_t len, size_t ps,
 		     unsigned need)
 {
-	size_t n = len / m->psize;
+	size_t n = len / ps;
 again:
 	pthread_mutex_lock(&m->lock);
 	bool all = true;
 	for (size_t i = 0; i < n && all; i++) {
-		struct entry *e = lookup(m, s + i * m->psize);
+		struct entry *e = lookup(m, s + i * ps, ps);
 		all = e && (e->tags & need) == need;
 	}
 	if (all)
@@ -278,11 +356,11 @@ again:
 			continue;
 		}
 		for (size_t i = 0; i < n && !err; i++) {
-			uintptr_t p = s + i * m->psize;
-			struct entry *e = lookup(m, p);
+			uintptr_t p = s + i * ps;
+			struct entry *e = lookup(m, p, ps);
 			if (e && (e->tags & need) == need)
 				continue;
-			err = install(m, p, dev[i],
+			err = install(m, p, ps, dev[i],
 				      TAG_READ | (need & TAG_WRITE));
 		}
 		/* Never remove the notifier with m->lock held: removal waits
@@ -317,21 +395,22 @@ static void dma_copy(void *dst, const void *src, size_t len)
 static int copy(struct dxm_mirror *m, void *addr, void *buf, size_t len,
 		bool write)
 {
-	int err = check_range(m, addr, len);
+	size_t ps;
+	int err = check_range(m, addr, len, &ps);
 	if (err)
 		return err;
 	if (!buf)
 		return -EINVAL;
 	uintptr_t s = (uintptr_t)addr;
-	err = map_range(m, s, len, write ? TAG_READ | TAG_WRITE : TAG_READ);
+	err = map_range(m, s, len, ps, write ? TAG_READ | TAG_WRITE : TAG_READ);
 	if (err)
 		return err;
-	for (size_t off = 0; off < len; off += m->psize) {
-		struct entry *e = lookup(m, s + off);
+	for (size_t off = 0; off < len; off += ps) {
+		struct entry *e = lookup(m, s + off, ps);
 		if (write)
-			dma_copy(e->dev, (char *)buf + off, m->psize);
+			dma_copy(e->dev, (char *)buf + off, ps);
 		else
-			dma_copy((char *)buf + off, e->dev, m->psize);
+			dma_copy((char *)buf + off, e->dev, ps);
 	}
 	pthread_mutex_unlock(&m->lock);
 	return 0;
@@ -348,17 +427,15 @@ int dxm_mirror_write(struct dxm_mirror *m, void *addr, const void *buf,
 	return copy(m, addr, (void *)buf, len, true);
 }
 
-int dxm_mirror_exclusive(struct dxm_mirror *m, void *addr, size_t len)
+/* dxm_mirror_exclusive of a checked range of pages of size ps. */
+static int exclusive(struct dxm_mirror *m, void *addr, size_t len, size_t ps)
 {
-	int err = check_range(m, addr, len);
-	if (err)
-		return err;
-	size_t n = len / m->psize, got = 0;
+	size_t n = len / ps, got = 0;
 	void **dev = malloc(n * sizeof(*dev));
 	if (!dev)
 		return -ENOMEM;
 	struct op op;
-	err = op_begin(m, &op, addr, len);
+	int err = op_begin(m, &op, addr, len);
 	if (err) {
 		free(dev);
 		return err;
@@ -379,10 +456,10 @@ int dxm_mirror_exclusive(struct dxm_mirror *m, void *addr, size_t len)
 			continue;
 		}
 		for (size_t i = 0; i < n; i++) {
-			uintptr_t p = (uintptr_t)addr + i * m->psize;
+			uintptr_t p = (uintptr_t)addr + i * ps;
 			if (!dev[i])
 				continue;
-			if (install(m, p, dev[i],
+			if (install(m, p, ps, dev[i],
 				    TAG_READ | TAG_WRITE | TAG_ATOMIC) == 0)
 				got++;
 		}
@@ -397,15 +474,23 @@ int dxm_mirror_exclusive(struct dxm_mirror *m, void *addr, size_t len)
 	return err;
 }
 
+int dxm_mirror_exclusive(struct dxm_mirror *m, void *addr, size_t len)
+{
+	size_t ps;
+	int err = check_range(m, addr, len, &ps);
+	return err ? err : exclusive(m, addr, len, ps);
+}
+
 long dxm_mirror_check_exclusive(struct dxm_mirror *m, void *addr, size_t len)
 {
-	int err = check_range(m, addr, len);
+	size_t ps;
+	int err = check_range(m, addr, len, &ps);
 	if (err)
 		return err;
 	long k = 0;
 	pthread_mutex_lock(&m->lock);
-	for (size_t off = 0; off < len; off += m->psize) {
-		struct entry *e = lookup(m, (uintptr_t)addr + off);
+	for (size_t off = 0; off < len; off += ps) {
+		struct entry *e = lookup(m, (uintptr_t)addr + off, ps);
 		if (e && (e->tags & TAG_ATOMIC))
 			k++;
 	}
@@ -433,20 +518,20 @@ int dxm_mirror_atomic_add(struct dxm_mirror *m, uint64_t *addr, uint64_t delta,
 {
 	if (!m || !addr || ((uintptr_t)addr & 7))
 		return -EINVAL;
-	uintptr_t page = (uintptr_t)addr & ~(uintptr_t)(m->psize - 1);
-	size_t off = (uintptr_t)addr - page;
+	uintptr_t a = (uintptr_t)addr;
 	for (;;) {
 		pthread_mutex_lock(&m->lock);
-		struct entry *e = lookup(m, page);
+		struct entry *e = lookup_addr(m, a);
 		if (e && (e->tags & TAG_ATOMIC)) {
 			void *dev = e->dev;
 			/* Instrumentation: dxm must still hold the page for
 			 * us; if it does not, the library broke its promise. */
 			if (m->checks &&
-			    !dxm_check_exclusive(m->ctx, (void *)page,
-						 m->psize, &dev))
+			    !dxm_check_exclusive(m->ctx, (void *)e->page,
+						 e->size, &dev))
 				m->st.stale_accesses++;
-			uint64_t v = rmw((uint64_t *)(e->dev + off), delta);
+			uint64_t v = rmw((uint64_t *)(e->dev + (a - e->page)),
+					 delta);
 			m->st.atomics++;
 			pthread_mutex_unlock(&m->lock);
 			if (old)
@@ -454,7 +539,11 @@ int dxm_mirror_atomic_add(struct dxm_mirror *m, uint64_t *addr, uint64_t delta,
 			return 0;
 		}
 		pthread_mutex_unlock(&m->lock);
-		int err = dxm_mirror_exclusive(m, (void *)page, m->psize);
+		/* The whole page that holds the word: a huge one on huge
+		 * memory. */
+		size_t ps = page_size_at(m, addr);
+		int err = exclusive(m, (void *)(a & ~(uintptr_t)(ps - 1)), ps,
+				    ps);
 		if (err == -EBUSY)
 			sched_yield(); /* locked by another device, or the CPU
 					  is taking it back: try again */
@@ -467,11 +556,12 @@ int dxm_mirror_racy_add(struct dxm_mirror *m, uint64_t *addr, uint64_t delta)
 {
 	if (!m || !addr || ((uintptr_t)addr & 7))
 		return -EINVAL;
-	uintptr_t page = (uintptr_t)addr & ~(uintptr_t)(m->psize - 1);
-	int err = map_range(m, page, m->psize, TAG_READ | TAG_WRITE);
+	size_t ps = page_size_at(m, addr);
+	uintptr_t page = (uintptr_t)addr & ~(uintptr_t)(ps - 1);
+	int err = map_range(m, page, ps, ps, TAG_READ | TAG_WRITE);
 	if (err)
 		return err;
-	struct entry *e = lookup(m, page);
+	struct entry *e = lookup(m, page, ps);
 	rmw((uint64_t *)(e->dev + ((uintptr_t)addr - page)), delta);
 	pthread_mutex_unlock(&m->lock);
 	return 0;

@@ -31,8 +31,10 @@ struct view_map {
 };
 
 /* A second mapping of r's shared pages: mremap() of the device view with
- * old_size 0, or, where that is refused (valgrind does), the memfd, which
- * the region then keeps open. */
+ * old_size 0, or, where that is refused (valgrind does, and the kernel
+ * for hugetlb), the memfd, which the region then keeps open.  Either way
+ * no fork()ed child inherits it (mremap copies the device view's
+ * MADV_DONTFORK; the memfd's mapping is given it here). */
 static void *map_view(void *arg, size_t len)
 {
 	struct view_map *m = arg;
@@ -43,6 +45,8 @@ static void *map_view(void *arg, size_t len)
 		p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED,
 			 m->r->fd, 0);
 		m->from_fd = p != MAP_FAILED;
+		if (p != MAP_FAILED)
+			madvise(p, len, MADV_DONTFORK);
 	}
 	return p;
 }

@@ -1,9 +1,12 @@
 // SPDX-License-Identifier: MIT
 #include <errno.h>
 #include <fcntl.h>
+#include <sched.h>
+#include <setjmp.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
@@ -15,7 +18,53 @@
 #include "common.h"
 #include "dxm_mirror.h"
 
-const char *const mem_kind_name[] = { "memfd", "alias", "anon" };
+const char *const mem_kind_name[] = { "memfd", "alias", "anon", "huge" };
+
+size_t test_ps = BASE_PS;
+enum mem_kind test_kind = MEM_MEMFD;
+
+void test_kind_begin(enum mem_kind kind)
+{
+	test_kind = kind;
+	test_ps = kind == MEM_HUGE ? HUGE_PS : BASE_PS;
+	if (kind != MEM_HUGE)
+		return;
+	const char *on = getenv("DXM_TEST_HUGE");
+	if (!on || strcmp(on, "1"))
+		cr_skip_test("SKIP: huge-page variants run in the "
+			     "huge-behaviours test (DXM_TEST_HUGE=1 under "
+			     "tests/hugepages.sh)");
+}
+
+/* dxm_alloc for kind (MEM_MEMFD or MEM_HUGE): 0 or the error; a huge
+ * region the pool or the kernel cannot give skips the test. */
+static int kind_alloc(struct dxm_ctx *ctx, enum mem_kind kind, size_t len,
+		      void **p)
+{
+	if (kind != MEM_HUGE)
+		return dxm_alloc(ctx, len, 0, p);
+	int err = dxm_alloc(ctx, len, DXM_ALLOC_HUGE, p);
+	if (err == -ENOMEM)
+		cr_skip_test("SKIP: %zu huge pages of 2 MiB are not free: "
+			     "reserve them in /proc/sys/vm/nr_hugepages "
+			     "(tests/hugepages.sh does, as root)",
+			     (len + HUGE_PS - 1) / HUGE_PS);
+	if (err == -ENOSYS)
+		cr_skip_test("SKIP: this kernel has no minor faults on "
+			     "hugetlbfs (UFFD_FEATURE_MINOR_HUGETLBFS)");
+	if (!err)
+		cr_assert_eq(dxm_page_size(ctx, *p), (long)HUGE_PS);
+	return err;
+}
+
+void *test_alloc(struct dxm_ctx *ctx, size_t len)
+{
+	void *p = NULL;
+	int err = kind_alloc(ctx, test_kind, len, &p);
+	cr_assert_eq(err, 0, "dxm_alloc(%zu, %s): %s", len,
+		     mem_kind_name[test_kind], strerror(-err));
+	return p;
+}
 
 struct dxm_ctx *ctx_or_skip(const struct dxm_ctx_opts *opts)
 {
@@ -61,8 +110,9 @@ void mem_setup(struct dxm_ctx *ctx, enum mem_kind kind, size_t len,
 		m->region = m->base = p;
 		return;
 	}
-	int err = dxm_alloc(ctx, len, 0, &m->region);
-	cr_assert_eq(err, 0, "dxm_alloc(%zu): %s", len, strerror(-err));
+	int err = kind_alloc(ctx, kind, len, &m->region);
+	cr_assert_eq(err, 0, "dxm_alloc(%zu, %s): %s", len,
+		     mem_kind_name[kind], strerror(-err));
 	m->base = m->region;
 	if (kind == MEM_ALIAS) {
 		err = dxm_alias(ctx, m->region, &m->base);
@@ -108,7 +158,7 @@ uint64_t pagemap_entry(const void *addr)
 	int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
 	cr_assert(fd >= 0, "open pagemap: %s", strerror(errno));
 	uint64_t e = 0;
-	off_t off = (off_t)((uintptr_t)addr / PS * sizeof(e));
+	off_t off = (off_t)((uintptr_t)addr / BASE_PS * sizeof(e));
 	cr_assert_eq(pread(fd, &e, sizeof(e), off), (ssize_t)sizeof(e));
 	close(fd);
 	return e;
@@ -129,15 +179,29 @@ size_t pages_present(const void *addr, size_t len)
 {
 	int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
 	cr_assert(fd >= 0, "open pagemap: %s", strerror(errno));
-	size_t n = len / PS, k = 0;
+	/* Entries per page: 1, or 512 base pages per huge page, read 512
+	 * at a time. */
+	size_t per = PS / BASE_PS, n = len / BASE_PS, k = 0, in_page = 0;
 	uint64_t buf[512];
 	for (size_t i = 0; i < n; i += 512) {
 		size_t c = n - i < 512 ? n - i : 512;
-		off_t off = (off_t)(((uintptr_t)addr / PS + i) * sizeof(buf[0]));
+		off_t off = (off_t)(((uintptr_t)addr / BASE_PS + i) *
+				    sizeof(buf[0]));
 		cr_assert_eq(pread(fd, buf, c * sizeof(buf[0]), off),
 			     (ssize_t)(c * sizeof(buf[0])));
-		for (size_t j = 0; j < c; j++)
-			k += MAPPED(buf[j]) != 0;
+		for (size_t j = 0; j < c; j++) {
+			in_page += MAPPED(buf[j]) != 0;
+			if ((i + j + 1) % per)
+				continue;
+			cr_assert(in_page == 0 || in_page == per,
+				  "the page at %p is mapped in part: %zu of "
+				  "its %zu base pages",
+				  (const char *)addr +
+					  (i + j + 1 - per) * BASE_PS,
+				  in_page, per);
+			k += in_page != 0;
+			in_page = 0;
+		}
 	}
 	close(fd);
 	return k;
@@ -380,6 +444,28 @@ void child_touch_segfaults(size_t i, char *addr, bool write,
 		  i, status);
 }
 
+static sigjmp_buf segv_jb;
+
+static void on_segv(int sig)
+{
+	(void)sig;
+	siglongjmp(segv_jb, 1);
+}
+
+bool store_segfaults(void *addr, uint64_t v)
+{
+	struct sigaction sa = { .sa_handler = on_segv }, old;
+	sigemptyset(&sa.sa_mask);
+	cr_assert_eq(sigaction(SIGSEGV, &sa, &old), 0);
+	volatile bool faulted = true;
+	if (!sigsetjmp(segv_jb, 1)) {
+		wr(addr, v);
+		faulted = false;
+	}
+	cr_assert_eq(sigaction(SIGSEGV, &old, NULL), 0);
+	return faulted;
+}
+
 size_t maps_lines(const char *needle)
 {
 	FILE *f = fopen("/proc/self/maps", "re");
@@ -437,10 +523,31 @@ bool memfd_view_mapped(const void *addr)
 	return ours;
 }
 
-struct dxm_mirror *mirror_exclusive(struct dxm_ctx *ctx, void *p, size_t len)
+char *reserve_aligned(size_t len)
+{
+	char *p = mmap(NULL, len + PS, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS,
+		       -1, 0);
+	cr_assert_neq(p, MAP_FAILED, "mmap(%zu): %s", len + PS,
+		      strerror(errno));
+	char *a = (char *)(((uintptr_t)p + PS - 1) & ~(uintptr_t)(PS - 1));
+	if (a > p)
+		munmap(p, (size_t)(a - p));
+	if (a + len < p + len + PS)
+		munmap(a + len, (size_t)(p + len + PS - (a + len)));
+	return a;
+}
+
+struct dxm_mirror *mirror_create(struct dxm_ctx *ctx)
 {
 	struct dxm_mirror *mir;
-	cr_assert_eq(dxm_mirror_create(ctx, &mir), 0);
+	int err = dxm_mirror_create(ctx, &mir);
+	cr_assert_eq(err, 0, "dxm_mirror_create: %s", strerror(-err));
+	return mir;
+}
+
+struct dxm_mirror *mirror_exclusive(struct dxm_ctx *ctx, void *p, size_t len)
+{
+	struct dxm_mirror *mir = mirror_create(ctx);
 	cr_assert_eq(dxm_mirror_exclusive(mir, p, len), 0);
 	cr_assert_eq(dxm_mirror_check_exclusive(mir, p, len), (long)(len / PS));
 	cr_assert_eq(pages_present(p, len), 0);
@@ -453,11 +560,13 @@ struct dxm_mirror *mirror_exclusive(struct dxm_ctx *ctx, void *p, size_t len)
 
 struct contention {
 	struct mem m;
-	struct dxm_mirror *dev[4];
+	struct dxm_mirror *dev[4]; /* none on huge pages: raw_device_add */
 	unsigned long dev_ops;
 	atomic_int go, devices_left;
 	atomic_ulong cpu_incs;
 	atomic_int err;
+	int pagemap;		/* raw_device_add's /proc/self/pagemap */
+	atomic_ulong raw_stale; /* ... pages it held that the CPU mapped */
 };
 
 static uint64_t *counter(struct contention *h, unsigned i)
@@ -484,6 +593,39 @@ struct contend_dev {
 	unsigned idx;
 };
 
+/*
+ * A device's add on huge pages, where the reference device does not go
+ * (mirror_create): the counter's page taken exclusive (it comes back
+ * locked: a CPU access waits), a plain load and store through the device
+ * view (a CPU access let in meanwhile would lose an update), unlocked.  A
+ * page locked by another device, or that the CPU is taking back, is
+ * refused: again.  While it holds the page, no CPU view may map it
+ * (/proc/self/pagemap).
+ */
+static int raw_device_add(struct contention *h, const void *owner,
+			  uint64_t *c)
+{
+	char *page = (char *)((uintptr_t)c & ~(uintptr_t)(PS - 1));
+	void *dev[1];
+	for (;;) {
+		long r = dxm_make_exclusive(h->m.ctx, page, PS, owner, dev);
+		if (r < 0)
+			return (int)r;
+		if (dev[0])
+			break;
+		sched_yield();
+	}
+	uint64_t e = 0;
+	off_t off = (off_t)((uintptr_t)page / BASE_PS * sizeof(e));
+	if (pread(h->pagemap, &e, sizeof(e), off) != (ssize_t)sizeof(e) ||
+	    MAPPED(e) || !dxm_check_exclusive(h->m.ctx, page, PS, dev))
+		atomic_fetch_add(&h->raw_stale, 1);
+	uint64_t *d = (uint64_t *)((char *)dev[0] + ((char *)c - page));
+	wr(d, rd(d) + 1);
+	dxm_exclusive_unlock(h->m.ctx, page, PS, dev);
+	return 0;
+}
+
 static void *contend_device(void *arg)
 {
 	struct contend_dev *a = arg;
@@ -492,7 +634,9 @@ static void *contend_device(void *arg)
 		;
 	for (unsigned long i = 0; i < h->dev_ops; i++) {
 		uint64_t *c = counter(h, (unsigned)i + a->idx);
-		int err = dxm_mirror_atomic_add(h->dev[a->idx], c, 1, NULL);
+		int err = h->dev[a->idx] ? dxm_mirror_atomic_add(h->dev[a->idx],
+								 c, 1, NULL)
+					 : raw_device_add(h, a, c);
 		if (err) {
 			atomic_store(&h->err, err);
 			break;
@@ -505,13 +649,18 @@ static void *contend_device(void *arg)
 void contend(const struct dxm_ctx_opts *opts, enum mem_kind kind,
 	     unsigned ncpu, unsigned ndev, unsigned long dev_ops)
 {
+	test_kind_begin(kind);
 	struct dxm_ctx *ctx = ctx_or_skip(opts);
-	struct contention h = { .dev_ops = dev_ops };
+	struct contention h = { .dev_ops = dev_ops, .pagemap = -1 };
 	pthread_t t[16];
 	struct contend_dev da[4];
 	cr_assert(ncpu + ndev <= 16 && ndev <= 4);
 	mem_setup(ctx, kind, COUNTERS * PS, &h.m);
-	for (unsigned i = 0; i < ndev; i++)
+	if (kind == MEM_HUGE) {
+		h.pagemap = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+		cr_assert(h.pagemap >= 0, "open pagemap: %s", strerror(errno));
+	}
+	for (unsigned i = 0; kind != MEM_HUGE && i < ndev; i++)
 		cr_assert_eq(dxm_mirror_create(ctx, &h.dev[i]), 0);
 	atomic_store(&h.devices_left, (int)ndev);
 	for (unsigned i = 0; i < ncpu; i++)
@@ -538,7 +687,12 @@ void contend(const struct dxm_ctx_opts *opts, enum mem_kind kind,
 		     (long long)(expect - sum), mem_kind_name[kind], ncpu,
 		     ndev);
 
-	for (unsigned i = 0; i < ndev; i++) {
+	cr_assert_eq(atomic_load(&h.raw_stale), 0,
+		     "%lu times the CPU mapped a page a device held",
+		     atomic_load(&h.raw_stale));
+	if (h.pagemap >= 0)
+		close(h.pagemap);
+	for (unsigned i = 0; kind != MEM_HUGE && i < ndev; i++) {
 		struct dxm_mirror_stats ms;
 		dxm_mirror_get_stats(h.dev[i], &ms);
 		cr_assert_eq(ms.stale_accesses, 0,

@@ -17,7 +17,17 @@
 
 #include "dxm.h"
 
-#define PS ((size_t)4096)
+/*
+ * The page size of the memory under test: the region's page, what one
+ * dev[] entry, one revocation and one restoration cover.  BASE_PS (the
+ * system's base page) for every kind but MEM_HUGE, HUGE_PS for it;
+ * test_kind_begin() sets it in each test's process before anything else,
+ * so that PS follows the memory (array sizes count pages, never bytes).
+ */
+#define BASE_PS ((size_t)4096)
+#define HUGE_PS ((size_t)2 << 20)
+extern size_t test_ps;
+#define PS test_ps
 
 /* Create a context, or skip the test with the reason (no userfaultfd, or
  * a missing feature).  Its restore_around is 1 (one page per fault, the
@@ -40,8 +50,31 @@ enum mem_kind {
 	MEM_MEMFD, /* dxm_alloc: the region's own view */
 	MEM_ALIAS, /* the same memfd pages through a dxm_alias view */
 	MEM_ANON,  /* private anonymous memory put under dxm with dxm_adopt */
+	MEM_HUGE,  /* dxm_alloc(DXM_ALLOC_HUGE): 2 MiB hugetlbfs pages */
 };
 extern const char *const mem_kind_name[];
+/* The kind of the test running in this process (test_kind_begin). */
+extern enum mem_kind test_kind;
+/*
+ * First thing in a test on kind memory: sets test_kind and PS.  MEM_HUGE
+ * takes pages from the system's pool, so its variants skip unless
+ * DXM_TEST_HUGE=1 (the huge-behaviours test, which reserves the pages with
+ * tests/hugepages.sh and runs them one program at a time).
+ */
+void test_kind_begin(enum mem_kind kind);
+/* dxm_alloc of len bytes of the kind under test (DXM_ALLOC_HUGE for
+ * MEM_HUGE, where a short pool or a kernel without huge-page minor faults
+ * skips the test with the reason), asserting that it worked. */
+void *test_alloc(struct dxm_ctx *ctx, size_t len);
+/* The dxm_alloc flags of the kind under test. */
+#define TEST_ALLOC_FLAGS (test_kind == MEM_HUGE ? DXM_ALLOC_HUGE : 0u)
+/* PROT_NONE private anonymous address space of len bytes aligned to PS:
+ * where a view can be moved to (mremap) or put next to. */
+char *reserve_aligned(size_t len);
+/* A software device (dxm_mirror) on ctx; on huge pages it works in the
+ * region's pages (dxm_page_size). */
+struct dxm_mirror *mirror_create(struct dxm_ctx *ctx);
+
 #define MEM_KINDS_PARAMS                                                       \
 	static enum mem_kind kinds[] = { MEM_MEMFD, MEM_ALIAS };               \
 	return cr_make_param_array(enum mem_kind, kinds,                       \
@@ -51,49 +84,102 @@ extern const char *const mem_kind_name[];
 	static enum mem_kind kinds[] = { MEM_MEMFD, MEM_ALIAS, MEM_ANON };     \
 	return cr_make_param_array(enum mem_kind, kinds,                       \
 				   sizeof(kinds) / sizeof(kinds[0]))
-/* A test of suite run once per kind that params (MEM_KINDS_PARAMS or
+/*
+ * A test of suite run once per kind that params (MEM_KINDS_PARAMS or
  * MEM_KINDS_ALL_PARAMS) lists; its body sees enum mem_kind *kind.  Each
- * file defines its KIND_TEST with it. */
+ * file defines its KIND_TEST with it.
+ *
+ * The _HUGE_OF variants of this and the macros below also define the test
+ * name_huge: the same body once on MEM_HUGE (huge pages are a kind of
+ * their own, not in params, so that a Criterion filter on the suffix
+ * selects them: tests/huge-behaviours.sh).
+ */
 #define KIND_TEST_OF(suite, params, name, ...)                                 \
 	KIND_TEST_P(suite, (params), name, __VA_ARGS__)
+#define KIND_TEST_HUGE_OF(suite, params, name, ...)                            \
+	KIND_TEST_PH(suite, (params), name, __VA_ARGS__)
+/* A test of suite on MEM_MEMFD alone, and name_huge on MEM_HUGE: the body
+ * sees enum mem_kind *kind (and allocates with test_alloc). */
+#define MEMFD_TEST_HUGE_OF(suite, name, ...)                                   \
+	MEMFD_TEST_PH(suite, (), name, __VA_ARGS__)
 /*
  * The same on a fresh context and len bytes of *kind memory, freed after
  * the test: the body that follows the macro sees kind, ctx and m (a copy:
- * the memory is freed as it was set up).
+ * the memory is freed as it was set up).  len may use PS.
  */
 #define MEM_TEST_OF(suite, params, name, len, ...)                             \
-	MEM_TEST_P(suite, (params), name, len, mem_done(&m), __VA_ARGS__)
+	MEM_TEST_P(KIND_TEST_P, suite, (params), name, len, mem_done(&m),      \
+		   __VA_ARGS__)
+#define MEM_TEST_HUGE_OF(suite, params, name, len, ...)                        \
+	MEM_TEST_P(KIND_TEST_PH, suite, (params), name, len, mem_done(&m),     \
+		   __VA_ARGS__)
 /* The same, but the body frees the memory and the context itself. */
 #define MEM_TEST_NOFREE_OF(suite, params, name, len, ...)                      \
-	MEM_TEST_P(suite, (params), name, len, (void)0, __VA_ARGS__)
+	MEM_TEST_P(KIND_TEST_P, suite, (params), name, len, (void)0,           \
+		   __VA_ARGS__)
+#define MEM_TEST_NOFREE_HUGE_OF(suite, params, name, len, ...)                 \
+	MEM_TEST_P(KIND_TEST_PH, suite, (params), name, len, (void)0,          \
+		   __VA_ARGS__)
 
 /* The same with a fixture: the body gets f, a copy of a fixture of type
  * type that the statement setup (which sees *kind and f) made; the body
  * tears it down. */
 #define KIND_FIX_TEST_OF(suite, params, name, type, f, setup, ...)             \
-	static void name##_body(enum mem_kind *kind, type f);                  \
-	KIND_TEST_P(suite, (params), name, __VA_ARGS__)                        \
-	{                                                                      \
-		type f;                                                        \
-		setup;                                                         \
-		name##_body(kind, f);                                          \
-	}                                                                      \
-	static void name##_body(enum mem_kind *kind __attribute__((unused)),   \
-				type f)
+	KIND_FIX_TEST_P(KIND_TEST_P, suite, (params), name, type, f, setup,    \
+			__VA_ARGS__)
+#define KIND_FIX_TEST_HUGE_OF(suite, params, name, type, f, setup, ...)        \
+	KIND_FIX_TEST_P(KIND_TEST_PH, suite, (params), name, type, f, setup,   \
+			__VA_ARGS__)
+/* On MEM_MEMFD alone, and name_huge on MEM_HUGE. */
+#define MEMFD_FIX_TEST_HUGE_OF(suite, name, type, f, setup, ...)               \
+	KIND_FIX_TEST_P(MEMFD_TEST_PH, suite, (), name, type, f, setup,        \
+			__VA_ARGS__)
 
-/* Their common part: params in parentheses (a macro argument that stands
- * for several lines with commas), then after the body. */
+/*
+ * Their common part: params in parentheses (a macro argument that stands
+ * for several lines with commas); kp, the macro that defines the tests
+ * (KIND_TEST_P: one per kind of params; KIND_TEST_PH: and name_huge;
+ * MEMFD_TEST_PH: MEM_MEMFD and name_huge), each calling name##_kbody,
+ * which follows, after test_kind_begin.
+ */
 #define TEST_UNPAREN(...) __VA_ARGS__
 #define KIND_TEST_P(suite, params, name, ...)                                  \
+	static void name##_kbody(enum mem_kind *kind);                         \
 	ParameterizedTestParameters(suite, name)                               \
 	{                                                                      \
 		TEST_UNPAREN params;                                           \
 	}                                                                      \
-	ParameterizedTest(enum mem_kind *kind, suite, name, __VA_ARGS__)
-#define MEM_TEST_P(suite, params, name, len, then, ...)                        \
+	ParameterizedTest(enum mem_kind *kind, suite, name, __VA_ARGS__)       \
+	{                                                                      \
+		test_kind_begin(*kind);                                        \
+		name##_kbody(kind);                                            \
+	}                                                                      \
+	static void name##_kbody(enum mem_kind *kind __attribute__((unused)))
+/* name_huge: name's body on MEM_HUGE. */
+#define KIND_TEST_HUGE_TWIN(suite, name, ...)                                  \
+	static void name##_kbody(enum mem_kind *kind);                         \
+	Test(suite, name##_huge, __VA_ARGS__)                                  \
+	{                                                                      \
+		enum mem_kind k_ = MEM_HUGE;                                   \
+		test_kind_begin(k_);                                           \
+		name##_kbody(&k_);                                             \
+	}
+#define KIND_TEST_PH(suite, params, name, ...)                                 \
+	KIND_TEST_HUGE_TWIN(suite, name, __VA_ARGS__)                          \
+	KIND_TEST_P(suite, params, name, __VA_ARGS__)
+#define MEMFD_TEST_PH(suite, params, name, ...)                                \
+	KIND_TEST_HUGE_TWIN(suite, name, __VA_ARGS__)                          \
+	Test(suite, name, __VA_ARGS__)                                         \
+	{                                                                      \
+		enum mem_kind k_ = MEM_MEMFD;                                  \
+		test_kind_begin(k_);                                           \
+		name##_kbody(&k_);                                             \
+	}                                                                      \
+	static void name##_kbody(enum mem_kind *kind __attribute__((unused)))
+#define MEM_TEST_P(kp, suite, params, name, len, then, ...)                    \
 	static void name##_body(enum mem_kind *kind, struct dxm_ctx *ctx,      \
 				struct mem m);                                 \
-	KIND_TEST_P(suite, params, name, __VA_ARGS__)                          \
+	kp(suite, params, name, __VA_ARGS__)                                   \
 	{                                                                      \
 		struct mem m;                                                  \
 		struct dxm_ctx *ctx = ctx_mem(*kind, len, &m);                 \
@@ -103,6 +189,16 @@ extern const char *const mem_kind_name[];
 	static void name##_body(enum mem_kind *kind __attribute__((unused)),   \
 				struct dxm_ctx *ctx __attribute__((unused)),   \
 				struct mem m __attribute__((unused)))
+#define KIND_FIX_TEST_P(kp, suite, params, name, type, f, setup, ...)          \
+	static void name##_body(enum mem_kind *kind, type f);                  \
+	kp(suite, params, name, __VA_ARGS__)                                   \
+	{                                                                      \
+		type f;                                                        \
+		setup;                                                         \
+		name##_body(kind, f);                                          \
+	}                                                                      \
+	static void name##_body(enum mem_kind *kind __attribute__((unused)),   \
+				type f)
 
 struct mem {
 	enum mem_kind kind;
@@ -160,13 +256,16 @@ char *anon_map(size_t len);
 /* dxm_adopt, or skip the test where this kernel cannot. */
 void adopt_or_skip(struct dxm_ctx *ctx, void *p, size_t len);
 
-/* /proc/self/pagemap's entry for the page holding addr (bit 63: present;
- * bits 0-54: the page frame number, 0 where the kernel hides it). */
+/* /proc/self/pagemap's entry for the base page holding addr (bit 63:
+ * present; bits 0-54: the page frame number, 0 where the kernel hides
+ * it).  The pagemap has one entry per base page, huge pages included. */
 uint64_t pagemap_entry(const void *addr);
 /* Its present bit: revocation checked from the kernel's side, not from
  * dxm's bookkeeping. */
 bool page_present(const void *addr);
-/* Number of pages of [addr, addr+len) present. */
+/* Number of pages (of PS bytes) of [addr, addr+len) present.  With huge
+ * pages, every base page's entry of each is read: a huge page whose entries
+ * disagree (mapped in part: split) fails the test. */
 size_t pages_present(const void *addr, size_t len);
 
 /* A notifier that records what it was told. */
@@ -250,6 +349,10 @@ void child_checks_passed(pid_t pid);
  * runs in the child first: a non-zero result is its exit status. */
 void child_touch_segfaults(size_t i, char *addr, bool write,
 			   int (*check)(void *arg), void *arg);
+/* Whether a CPU store of v to addr raises SIGSEGV (caught: the test goes
+ * on; a test that expects .signal cannot skip, which huge-page variants
+ * do unless asked for). */
+bool store_segfaults(void *addr, uint64_t v);
 /* Lines of /proc/self/maps that contain needle (NULL: every line). */
 size_t maps_lines(const char *needle);
 /* The context's statistics (asserting that dxm_stats works). */
@@ -280,7 +383,9 @@ struct dxm_mirror *mirror_exclusive(struct dxm_ctx *ctx, void *p,
 /*
  * Contention (B10): ncpu CPU threads do atomic increments of 8 counters
  * (word 0 of each page of 8 pages of kind memory) while ndev software
- * devices (dxm_mirror) do dev_ops atomic adds each on the same counters,
+ * devices (dxm_mirror; on huge pages, where it does not go, a device that
+ * takes the page, adds with a plain load and store and unlocks it) do
+ * dev_ops atomic adds each on the same counters,
  * on a context made with opts (NULL: the defaults).  Checks that no update
  * is lost, no device touched a page dxm no longer held, both sides really
  * contended, and no thread hangs (device threads are given 45 s, CPU

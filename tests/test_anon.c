@@ -980,7 +980,7 @@ Test(anon, mprotect_readonly_refuses_device_writes, .timeout = 30)
 	struct mfix m;
 	mprotect_setup(&m);
 	char *p = m.f.p;
-	uint64_t buf[PS / 8];
+	uint64_t buf[BASE_PS / 8]; /* adopted memory: base pages */
 	memset(buf, 0x5a, sizeof(buf));
 	cr_assert_eq(dxm_mirror_write(m.mir, p, buf, PS), -EPERM);
 	cr_assert_eq(dxm_mirror_write(m.mir, p + 3 * PS, buf, PS), -EPERM);
@@ -1081,7 +1081,7 @@ ANON_TEST(device_ordinary_access_sees_cpu_data, 4 * PS, .timeout = 30)
 {
 	struct dxm_mirror *mir;
 	cr_assert_eq(dxm_mirror_create(f.ctx, &mir), 0);
-	uint64_t buf[PS / 8];
+	uint64_t buf[BASE_PS / 8]; /* adopted memory: base pages */
 	/* A page that was never exclusive. */
 	cr_assert_eq(dxm_mirror_read(mir, p, buf, PS), 0);
 	cr_assert(check_index(buf, PS, 0));

@@ -13,8 +13,11 @@
 #include "common.h"
 #include "dxm_mirror.h"
 
+/* Each test also runs on huge pages (name_huge, common.h). */
 #define KIND_TEST(name)                                                        \
-	KIND_TEST_OF(b10_contention, MEM_KINDS_PARAMS, name, .timeout = 60)
+	KIND_TEST_HUGE_OF(b10_contention, MEM_KINDS_PARAMS, name, .timeout = 60)
+/* A test on dxm_alloc memory (test_alloc): MEM_MEMFD, and huge pages. */
+#define MEMFD_TEST(name) MEMFD_TEST_HUGE_OF(b10_contention, name, .timeout = 60)
 
 /* contend() (common.c): CPU threads and devices on the same counters. */
 KIND_TEST(cpu_and_one_device_no_lost_update)
@@ -27,10 +30,10 @@ KIND_TEST(many_cpus_three_devices)
 	contend(NULL, *kind, 4, 3, 5000);
 }
 
-Test(b10_contention, two_handler_threads, .timeout = 60)
+MEMFD_TEST(two_handler_threads)
 {
 	struct dxm_ctx_opts o = { .sz = sizeof(o), .handler_threads = 2 };
-	contend(&o, MEM_MEMFD, 4, 2, 5000);
+	contend(&o, *kind, 4, 2, 5000);
 }
 
 /*
@@ -76,12 +79,12 @@ static void *toucher(void *arg)
 	return NULL;
 }
 
-Test(b10_contention, no_cpu_mapping_while_device_holds_page, .timeout = 60)
+MEMFD_TEST(no_cpu_mapping_while_device_holds_page)
 {
 	struct watcher w = { 0 };
 	w.ctx = ctx_or_skip(NULL);
 	pthread_mutex_init(&w.lock, NULL);
-	cr_assert_eq(dxm_alloc(w.ctx, PS, 0, &w.views[0]), 0);
+	w.views[0] = test_alloc(w.ctx, PS);
 	cr_assert_eq(dxm_alias(w.ctx, w.views[0], &w.views[1]), 0);
 	cr_assert_eq(dxm_notifier_insert(w.ctx, w.views[0], PS, &watcher_ops,
 					 &w, &w.n),
@@ -140,19 +143,17 @@ Test(b10_contention, no_cpu_mapping_while_device_holds_page, .timeout = 60)
 /* Forward progress for the device: while CPU threads hammer every page of
  * a range, repeated dxm_mirror_exclusive calls of the whole range succeed
  * in bounded time. */
-Test(b10_contention, device_makes_progress_under_cpu_load, .timeout = 60)
+MEMFD_TEST(device_makes_progress_under_cpu_load)
 {
 	struct dxm_ctx *ctx = ctx_or_skip(NULL);
 	struct watcher w = { 0 };
-	void *p;
-	cr_assert_eq(dxm_alloc(ctx, 4 * PS, 0, &p), 0);
+	void *p = test_alloc(ctx, 4 * PS);
 	w.views[0] = p;
 	w.views[1] = (char *)p + 3 * PS;
 	pthread_t t[2];
 	for (int i = 0; i < 2; i++)
 		pthread_create(&t[i], NULL, toucher, &w);
-	struct dxm_mirror *m;
-	cr_assert_eq(dxm_mirror_create(ctx, &m), 0);
+	struct dxm_mirror *m = mirror_create(ctx);
 	unsigned ok = 0;
 	for (int i = 0; i < 200; i++) {
 		int err = dxm_mirror_exclusive(m, p, 4 * PS);

@@ -6,7 +6,8 @@
  * its negative errno (dxm_check_exclusive false, dxm_exclusive_unlock and
  * dxm_ctx_destroy nothing), and afterwards the process and its data are
  * intact: a managed region keeps its content and its exclusive page, no
- * notifier was called, and it still works.
+ * notifier was called, and it still works.  The tests on a region run on
+ * 4 KiB pages and, as name_huge, on huge pages (common.h).
  */
 #include <errno.h>
 #include <stdatomic.h>
@@ -41,7 +42,7 @@ static void setup(struct fix *f)
 {
 	memset(f, 0, sizeof(*f));
 	f->ctx = ctx_or_skip(NULL);
-	cr_assert_eq(dxm_alloc(f->ctx, LEN, 0, (void **)&f->r), 0);
+	f->r = test_alloc(f->ctx, LEN);
 	fill_index(f->r, LEN, ADD);
 	recorder_insert(f->ctx, &rec, f->r, LEN);
 	void *dev[1];
@@ -60,7 +61,7 @@ static void setup(struct fix *f)
 	cr_assert_not_null(f->heap);
 	memset(f->heap, 0x4d, 2 * PS);
 	/* Last, so that nothing of the test reuses its addresses. */
-	cr_assert_eq(dxm_alloc(f->ctx, LEN, 0, (void **)&f->freed), 0);
+	f->freed = test_alloc(f->ctx, LEN);
 	cr_assert_eq(dxm_free(f->ctx, f->freed), 0);
 	/* Only the conversion so far. */
 	cr_assert_eq(rec.nrec, 1);
@@ -136,9 +137,11 @@ static void retake_xpg(struct fix *f)
 	f->st = stats(f->ctx);
 }
 
-/* A test on a fresh struct fix (setup). */
+/* A test on a fresh struct fix (setup), on dxm_alloc memory: MEM_MEMFD,
+ * and huge pages. */
 #define FIX_TEST(name)                                                         \
-	FIX_TEST_OF(b11_badinput, name, struct fix, f, setup(&f), .timeout = 30)
+	MEMFD_FIX_TEST_HUGE_OF(b11_badinput, name, struct fix, f, setup(&f),   \
+			       .timeout = 30)
 
 /* --------------------------------------------------------- bad ranges */
 
@@ -340,14 +343,15 @@ FIX_TEST(exclusive_unlock_harmless)
 FIX_TEST(alloc_bad_arguments)
 {
 	void *p = (void *)0x1234;
-	cr_assert_eq(dxm_alloc(f.ctx, PS, 0, NULL), -EINVAL);
-	cr_assert_eq(dxm_alloc(f.ctx, 0, 0, &p), -EINVAL);
+	const unsigned fl = TEST_ALLOC_FLAGS;
+	cr_assert_eq(dxm_alloc(f.ctx, PS, fl, NULL), -EINVAL);
+	cr_assert_eq(dxm_alloc(f.ctx, 0, fl, &p), -EINVAL);
 	cr_assert_eq(dxm_alloc(f.ctx, PS, 1u << 9, &p), -EINVAL);
 	cr_assert_eq(dxm_alloc(f.ctx, PS, ~0u, &p), -EINVAL);
 	cr_assert_eq(dxm_alloc(f.ctx, PS, DXM_ALLOC_INHERIT, &p), -EOPNOTSUPP);
-	cr_assert_eq(dxm_alloc(f.ctx, SIZE_MAX, 0, &p), -ENOMEM);
-	cr_assert_eq(dxm_alloc(f.ctx, SIZE_MAX / 2 + 1, 0, &p), -ENOMEM);
-	cr_assert_eq(dxm_alloc(f.ctx, SIZE_MAX - PS + 2, 0, &p), -ENOMEM);
+	cr_assert_eq(dxm_alloc(f.ctx, SIZE_MAX, fl, &p), -ENOMEM);
+	cr_assert_eq(dxm_alloc(f.ctx, SIZE_MAX / 2 + 1, fl, &p), -ENOMEM);
+	cr_assert_eq(dxm_alloc(f.ctx, SIZE_MAX - PS + 2, fl, &p), -ENOMEM);
 	/* Past the memory and swap there is: refused before anything is
 	 * allocated (the memory file's fallocate would fill the memory and
 	 * end in the OOM killer; a 2^55 table would be 8 TiB). */
@@ -362,7 +366,7 @@ FIX_TEST(alloc_bad_arguments)
 	cr_assert_eq(p, (void *)0x1234, "a failed dxm_alloc wrote *addrp");
 	check_untouched(&f, "dxm_alloc");
 	/* An unaligned length is rounded up, not refused. */
-	cr_assert_eq(dxm_alloc(f.ctx, PS + 1, 0, &p), 0);
+	cr_assert_eq(dxm_alloc(f.ctx, PS + 1, fl, &p), 0);
 	cr_assert_eq(stats(f.ctx).managed_pages, f.st.managed_pages + 2);
 	wr((char *)p + PS, 5);
 	cr_assert_eq(dxm_free(f.ctx, p), 0);
@@ -398,8 +402,7 @@ FIX_TEST(free_bad_arguments_and_double_free)
 	check_untouched(&f, "dxm_free");
 
 	/* Double free of a region with an alias, and of an alias. */
-	char *q, *a, *b;
-	cr_assert_eq(dxm_alloc(f.ctx, 2 * PS, 0, (void **)&q), 0);
+	char *q = test_alloc(f.ctx, 2 * PS), *a, *b;
 	cr_assert_eq(dxm_alias(f.ctx, q, (void **)&a), 0);
 	cr_assert_eq(dxm_alias(f.ctx, q, (void **)&b), 0);
 	cr_assert_eq(dxm_free(f.ctx, a), 0);
@@ -550,6 +553,7 @@ FIX_TEST(stats_bad_arguments)
 
 /* ----------------------------------------------------------- contexts */
 
+/* No memory: nothing for huge pages to change. */
 Test(b11_badinput, ctx_create_bad_opts, .timeout = 30)
 {
 	struct dxm_ctx *ctx = (void *)0x1234;
@@ -657,9 +661,8 @@ FIX_TEST(use_after_ctx_destroy_ebadf)
 	dxm_ctx_destroy(f.ctx); /* twice */
 	/* The process is fine: a new context works. */
 	struct dxm_ctx *c = ctx_or_skip(NULL);
-	char *q;
+	char *q = test_alloc(c, PS);
 	void *dev[1];
-	cr_assert_eq(dxm_alloc(c, PS, 0, (void **)&q), 0);
 	fill_index(q, PS, 1);
 	cr_assert_eq(dxm_make_exclusive(c, q, PS, owner, dev), 1);
 	cr_assert(!page_present(q));

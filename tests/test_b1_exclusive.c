@@ -35,11 +35,13 @@ static void **dev_array(size_t n)
 	return dev;
 }
 
+/* Each test also runs on huge pages (name_huge, common.h). */
 #define KIND_TEST(name)                                                        \
-	KIND_TEST_OF(b1_exclusive, MEM_KINDS_PARAMS, name, .timeout = 30)
+	KIND_TEST_HUGE_OF(b1_exclusive, MEM_KINDS_PARAMS, name, .timeout = 30)
 /* A test on a context and len bytes of *kind memory (common.h). */
 #define MEM_TEST(name, len)                                                    \
-	MEM_TEST_OF(b1_exclusive, MEM_KINDS_PARAMS, name, len, .timeout = 30)
+	MEM_TEST_HUGE_OF(b1_exclusive, MEM_KINDS_PARAMS, name, len,            \
+			 .timeout = 30)
 
 /* ------------------------------------------------------------------------ */
 

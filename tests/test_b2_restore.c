@@ -19,8 +19,9 @@
 
 #include "common.h"
 
+/* Each test also runs on huge pages (name_huge, common.h). */
 #define KIND_TEST(name)                                                        \
-	KIND_TEST_OF(b2_restore, MEM_KINDS_PARAMS, name, .timeout = 30)
+	KIND_TEST_HUGE_OF(b2_restore, MEM_KINDS_PARAMS, name, .timeout = 30)
 
 /* Every recorded CLEAR carries no owner. */
 static void assert_clears_have_no_owner(struct recorder *r)
@@ -291,6 +292,10 @@ static bool all_bytes(const unsigned char *p, size_t len, unsigned char v)
 	return true;
 }
 
+/* What the system calls move: the first IO bytes of the page (one base
+ * page: a pipe holds less than a huge page). */
+#define IO BASE_PS
+
 static size_t pipe_bytes(int fd)
 {
 	int k = -1;
@@ -306,12 +311,12 @@ static void syscall_read_case(struct dxm_ctx *ctx, enum mem_kind kind)
 	struct mem m;
 	mem_setup(ctx, kind, 2 * PS, &m);
 	unsigned char *page = (unsigned char *)m.base + PS;
-	static unsigned char want[4096];
-	pattern(want, PS, 3);
+	static unsigned char want[IO];
+	pattern(want, IO, 3);
 	memset(page, 0xaa, PS);
 	int pfd[2];
 	cr_assert_eq(pipe(pfd), 0);
-	cr_assert_eq(write(pfd[1], want, PS), (ssize_t)PS);
+	cr_assert_eq(write(pfd[1], want, IO), (ssize_t)IO);
 
 	static struct recorder rec;
 	recorder_insert(ctx, &rec, m.base, 2 * PS);
@@ -322,14 +327,14 @@ static void syscall_read_case(struct dxm_ctx *ctx, enum mem_kind kind)
 	cr_assert(!page_present(page));
 
 	if (kernel_faults(ctx)) {
-		ssize_t k = read(pfd[0], page, PS);
-		cr_assert_eq(k, (ssize_t)PS, "read(2) into an exclusive "
+		ssize_t k = read(pfd[0], page, IO);
+		cr_assert_eq(k, (ssize_t)IO, "read(2) into an exclusive "
 			     "page: %zd (%s)", k, strerror(errno));
 		cr_assert(recorder_saw(&rec, DXM_EVENT_CLEAR, page),
 			  "no CLEAR before the kernel wrote the page");
 	} else {
 		errno = 0;
-		ssize_t k = read(pfd[0], page, PS);
+		ssize_t k = read(pfd[0], page, IO);
 		int e = errno;
 		cr_assert_eq(k, -1, "read(2) into an exclusive page in "
 			     "user-mode-only mode returned %zd", k);
@@ -337,7 +342,7 @@ static void syscall_read_case(struct dxm_ctx *ctx, enum mem_kind kind)
 			     strerror(e));
 		/* Nothing changed: the pipe still holds the data, the page
 		 * is still exclusive with the device's bytes. */
-		cr_assert_eq(pipe_bytes(pfd[0]), PS);
+		cr_assert_eq(pipe_bytes(pfd[0]), IO);
 		cr_assert(!page_present(page));
 		cr_assert(dxm_check_exclusive(ctx, page, PS, dev));
 		cr_assert(all_bytes(dev[0], PS, 0x55));
@@ -348,13 +353,15 @@ static void syscall_read_case(struct dxm_ctx *ctx, enum mem_kind kind)
 			     1);
 		cr_assert(recorder_saw(&rec, DXM_EVENT_CLEAR, page));
 		cr_assert(page_present(page));
-		k = read(pfd[0], page, PS);
-		cr_assert_eq(k, (ssize_t)PS, "read(2) after dxm_range_fault: "
+		k = read(pfd[0], page, IO);
+		cr_assert_eq(k, (ssize_t)IO, "read(2) after dxm_range_fault: "
 			     "%zd (%s)", k, strerror(errno));
 	}
 	assert_clears_have_no_owner(&rec);
-	cr_assert_eq(memcmp(page, want, PS), 0, "the page lacks the bytes");
-	cr_assert_eq(memcmp(dev[0], want, PS), 0, "the device view differs");
+	cr_assert_eq(memcmp(page, want, IO), 0, "the page lacks the bytes");
+	cr_assert_eq(memcmp(dev[0], want, IO), 0, "the device view differs");
+	cr_assert(all_bytes(page + IO, PS - IO, 0x55),
+		  "the rest of the page lost the device's bytes");
 	cr_assert(!dxm_check_exclusive(ctx, page, PS, dev));
 	cr_assert_eq(pipe_bytes(pfd[0]), 0);
 	close(pfd[0]);
@@ -369,7 +376,7 @@ static void syscall_write_case(struct dxm_ctx *ctx, enum mem_kind kind)
 	struct mem m;
 	mem_setup(ctx, kind, 2 * PS, &m);
 	unsigned char *page = (unsigned char *)m.base + PS;
-	static unsigned char want[4096], got[4096];
+	static unsigned char want[IO], got[IO];
 	memset(page, 0xaa, PS);
 	int pfd[2];
 	cr_assert_eq(pipe(pfd), 0);
@@ -378,20 +385,20 @@ static void syscall_write_case(struct dxm_ctx *ctx, enum mem_kind kind)
 	recorder_insert(ctx, &rec, m.base, 2 * PS);
 	void *dev[1];
 	cr_assert_eq(dxm_make_exclusive(ctx, page, PS, &m, dev), 1);
-	pattern(want, PS, 11);
-	memcpy(dev[0], want, PS); /* the device's write */
+	pattern(want, IO, 11);
+	memcpy(dev[0], want, IO); /* the device's write */
 	dxm_exclusive_unlock(ctx, page, PS, dev);
 	cr_assert(!page_present(page));
 
 	ssize_t k;
 	if (kernel_faults(ctx)) {
-		k = write(pfd[1], page, PS);
-		cr_assert_eq(k, (ssize_t)PS, "write(2) from an exclusive "
+		k = write(pfd[1], page, IO);
+		cr_assert_eq(k, (ssize_t)IO, "write(2) from an exclusive "
 			     "page: %zd (%s)", k, strerror(errno));
 		cr_assert(recorder_saw(&rec, DXM_EVENT_CLEAR, page));
 	} else {
 		errno = 0;
-		k = write(pfd[1], page, PS);
+		k = write(pfd[1], page, IO);
 		int e = errno;
 		cr_assert_eq(k, -1, "write(2) from an exclusive page in "
 			     "user-mode-only mode returned %zd", k);
@@ -400,18 +407,18 @@ static void syscall_write_case(struct dxm_ctx *ctx, enum mem_kind kind)
 		cr_assert_eq(pipe_bytes(pfd[0]), 0, "bytes reached the pipe");
 		cr_assert(!page_present(page));
 		cr_assert(dxm_check_exclusive(ctx, page, PS, dev));
-		cr_assert_eq(memcmp(dev[0], want, PS), 0);
+		cr_assert_eq(memcmp(dev[0], want, IO), 0);
 		cr_assert_eq(recorder_count_event(&rec, DXM_EVENT_CLEAR), 0);
 		cr_assert_eq(dxm_range_fault(ctx, page, PS, 0, NULL), 1);
 		cr_assert(recorder_saw(&rec, DXM_EVENT_CLEAR, page));
-		k = write(pfd[1], page, PS);
-		cr_assert_eq(k, (ssize_t)PS, "write(2) after dxm_range_fault: "
+		k = write(pfd[1], page, IO);
+		cr_assert_eq(k, (ssize_t)IO, "write(2) after dxm_range_fault: "
 			     "%zd (%s)", k, strerror(errno));
 	}
 	assert_clears_have_no_owner(&rec);
-	cr_assert_eq(pipe_bytes(pfd[0]), PS);
-	cr_assert_eq(read(pfd[0], got, PS), (ssize_t)PS);
-	cr_assert_eq(memcmp(got, want, PS), 0,
+	cr_assert_eq(pipe_bytes(pfd[0]), IO);
+	cr_assert_eq(read(pfd[0], got, IO), (ssize_t)IO);
+	cr_assert_eq(memcmp(got, want, IO), 0,
 		     "the pipe did not get the device's bytes");
 	cr_assert(!dxm_check_exclusive(ctx, page, PS, dev));
 	close(pfd[0]);
@@ -484,8 +491,8 @@ static uint64_t hist_sum(const uint64_t *h)
 /* dxm_stats' histograms: each single-page fault is one restore of one
  * page (restore_pages[1]) with a time; dxm_range_fault of 8 exclusive
  * pages is one restore of 8 (bucket [8,16): 4). */
-MEM_TEST_OF(b2_restore, MEM_KINDS_ALL_PARAMS, restore_histograms_count,
-	    16 * PS, .timeout = 30)
+MEM_TEST_HUGE_OF(b2_restore, MEM_KINDS_ALL_PARAMS, restore_histograms_count,
+		 16 * PS, .timeout = 30)
 {
 	char *p = m.base;
 	void *dev[16];

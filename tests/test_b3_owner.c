@@ -14,9 +14,10 @@
 #include "common.h"
 #include "dxm_mirror.h"
 
-/* A test on a context and len bytes of *kind memory (common.h). */
+/* A test on a context and len bytes of *kind memory (common.h), also on
+ * huge pages (name_huge). */
 #define MEM_TEST(name, len)                                                    \
-	MEM_TEST_OF(b3_owner, MEM_KINDS_PARAMS, name, len, .timeout = 30)
+	MEM_TEST_HUGE_OF(b3_owner, MEM_KINDS_PARAMS, name, len, .timeout = 30)
 
 /* The recorded EXCLUSIVE events: how many, and how many by `owner` that
  * exactly cover [start, end). */
@@ -155,8 +156,7 @@ MEM_TEST(filtering_driver_makes_progress, 16 * PS)
 {
 	const size_t n = m.len / PS;
 	fill_index(m.base, n * PS, 0);
-	struct dxm_mirror *mir;
-	cr_assert_eq(dxm_mirror_create(ctx, &mir), 0);
+	struct dxm_mirror *mir = mirror_create(ctx);
 
 	static struct mirror_job j;
 	j.mir = mir;

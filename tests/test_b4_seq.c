@@ -17,9 +17,10 @@
 
 #include "common.h"
 
-/* A test on a context and len bytes of *kind memory (common.h). */
+/* A test on a context and len bytes of *kind memory (common.h), also on
+ * huge pages (name_huge). */
 #define KIND_TEST(name, len)                                                   \
-	MEM_TEST_OF(b4_seq, MEM_KINDS_PARAMS, name, len, .timeout = 30)
+	MEM_TEST_HUGE_OF(b4_seq, MEM_KINDS_PARAMS, name, len, .timeout = 30)
 
 /* Wait (bounded) until *flag is set. */
 static bool wait_flag(atomic_bool *flag, unsigned ms)
@@ -173,7 +174,7 @@ KIND_TEST(mprotect_retries, 4 * PS)
 }
 
 /* dxm_free of the view the notifier watches (UNMAP). */
-KIND_TEST_OF(b4_seq, MEM_KINDS_PARAMS, free_retries, .timeout = 30)
+KIND_TEST_HUGE_OF(b4_seq, MEM_KINDS_PARAMS, free_retries, .timeout = 30)
 {
 	struct mem m;
 	struct dxm_ctx *ctx = ctx_mem(*kind, 4 * PS, &m);
@@ -495,10 +496,10 @@ KIND_TEST(remove_waits_for_running_callback, 2 * PS)
 
 /* --------------------------------------------------------------- priv */
 
-Test(b4_seq, notifier_priv_returns_priv, .timeout = 30)
+MEMFD_TEST_HUGE_OF(b4_seq, notifier_priv_returns_priv, .timeout = 30)
 {
 	struct mem m;
-	struct dxm_ctx *ctx = ctx_mem(MEM_MEMFD, PS, &m);
+	struct dxm_ctx *ctx = ctx_mem(*kind, PS, &m);
 	static struct recorder rec;
 	recorder_insert(ctx, &rec, m.base, PS);
 	cr_assert_eq(dxm_notifier_priv(rec.n), &rec);
@@ -527,10 +528,10 @@ Test(b4_seq, notifier_priv_returns_priv, .timeout = 30)
 
 /* A region with many CPU views: a notifier on any of them is invalidated
  * by a conversion and by a CPU touch through another view. */
-Test(b4_seq, every_alias_notified, .timeout = 30)
+MEMFD_TEST_HUGE_OF(b4_seq, every_alias_notified, .timeout = 30)
 {
 	struct mem m;
-	struct dxm_ctx *ctx = ctx_mem(MEM_MEMFD, PS, &m);
+	struct dxm_ctx *ctx = ctx_mem(*kind, PS, &m);
 	enum { NALIAS = 40 };
 	static void *alias[NALIAS];
 	for (int i = 0; i < NALIAS; i++)
@@ -567,7 +568,9 @@ Test(b4_seq, every_alias_notified, .timeout = 30)
 /* One view split into many pieces by dxm_mprotect (split pieces are not
  * merged again): a conversion and a dxm_range_fault of the whole range
  * still invalidate a notifier on any page. */
-enum { NP = 64 };
+enum { NP_MAX = 64 };
+/* Pieces: 64, or 16 huge pages (32 MiB of the pool). */
+#define NP (PS == BASE_PS ? (size_t)NP_MAX : (size_t)16)
 
 KIND_TEST(every_view_piece_notified, NP * PS)
 {
@@ -588,21 +591,21 @@ KIND_TEST(every_view_piece_notified, NP * PS)
 	for (int i = 0; i < 3; i++)
 		seq[i] = dxm_notifier_read_begin(rs[i]->n);
 
-	static void *dev[NP];
-	cr_assert_eq(dxm_make_exclusive(ctx, b, NP * PS, &m, dev), NP);
+	static void *dev[NP_MAX];
+	cr_assert_eq(dxm_make_exclusive(ctx, b, NP * PS, &m, dev), (long)NP);
 	dxm_exclusive_unlock(ctx, b, NP * PS, dev);
 	for (int i = 0; i < 3; i++) {
 		cr_assert_eq(recorder_count_event(rs[i], DXM_EVENT_EXCLUSIVE),
 			     1,
 			     "the notifier on the %s page missed the "
-			     "conversion of %d view pieces",
+			     "conversion of %zu view pieces",
 			     names[i], NP);
 		cr_assert(dxm_notifier_read_retry(rs[i]->n, seq[i]));
 		seq[i] = dxm_notifier_read_begin(rs[i]->n);
 	}
 	cr_assert_eq(pages_present(b, NP * PS), 0);
 
-	cr_assert_eq(dxm_range_fault(ctx, b, NP * PS, 0, NULL), NP);
+	cr_assert_eq(dxm_range_fault(ctx, b, NP * PS, 0, NULL), (long)NP);
 	for (int i = 0; i < 3; i++) {
 		cr_assert_eq(recorder_count_event(rs[i], DXM_EVENT_CLEAR), 1,
 			     "the notifier on the %s page was not told that "

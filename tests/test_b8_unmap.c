@@ -95,12 +95,17 @@ static char *watch(struct dxm_ctx *ctx, char *p)
 	return p;
 }
 
+/* Each test also runs on huge pages (name_huge, common.h). */
 #define KIND_TEST(name)                                                        \
-	KIND_TEST_OF(b8_unmap, MEM_KINDS_PARAMS, name, .timeout = 30)
+	KIND_TEST_HUGE_OF(b8_unmap, MEM_KINDS_PARAMS, name, .timeout = 30)
 /* A test on a context and LEN bytes of *kind memory, which it frees
  * itself (common.h). */
 #define MEM_TEST(name)                                                         \
-	MEM_TEST_NOFREE_OF(b8_unmap, MEM_KINDS_PARAMS, name, LEN, .timeout = 30)
+	MEM_TEST_NOFREE_HUGE_OF(b8_unmap, MEM_KINDS_PARAMS, name, LEN,         \
+				.timeout = 30)
+/* A test on dxm_alloc memory (test_alloc): MEM_MEMFD, and huge pages. */
+#define MEMFD_TEST(name)                                                       \
+	MEMFD_TEST_HUGE_OF(b8_unmap, name, .timeout = 30)
 
 /* ------------------------------------------------------------- munmap */
 
@@ -108,9 +113,8 @@ static char *watch(struct dxm_ctx *ctx, char *p)
  * whole view; returns the region's address (now unmapped). */
 static char *alloc_take_munmap(struct dxm_ctx *ctx)
 {
-	char *p;
+	char *p = test_alloc(ctx, LEN);
 	void *dev[NPG];
-	cr_assert_eq(dxm_alloc(ctx, LEN, 0, (void **)&p), 0);
 	fill_index(p, LEN, 0);
 	memset(&rec, 0, sizeof(rec));
 	recorder_insert(ctx, &rec, p, LEN);
@@ -131,7 +135,7 @@ static char *alloc_take_munmap(struct dxm_ctx *ctx)
 	return p;
 }
 
-Test(b8_unmap, munmap_whole_view_notifies_and_leaks_nothing, .timeout = 30)
+MEMFD_TEST(munmap_whole_view_notifies_and_leaks_nothing)
 {
 	/* One handler thread whatever $DXM_HANDLER_THREADS says, and one
 	 * cycle first, so that lazily created things (the handler thread's
@@ -176,8 +180,7 @@ Test(b8_unmap, munmap_whole_view_notifies_and_leaks_nothing, .timeout = 30)
 	cr_assert_eq(count_fds(), fds1);
 
 	/* The context still works. */
-	char *q;
-	cr_assert_eq(dxm_alloc(ctx, PS, 0, (void **)&q), 0);
+	char *q = test_alloc(ctx, PS);
 	cr_assert_eq(dxm_make_exclusive(ctx, q, PS, NULL, dev), 1);
 	dxm_exclusive_unlock(ctx, q, PS, dev);
 	cr_assert_eq(rd(q), 0);
@@ -256,13 +259,12 @@ MEM_TEST(munmap_middle_notifies_only_that_part)
 
 /* munmap of an alias: notified at the alias's addresses only; the region
  * and its own view are untouched and usable. */
-Test(b8_unmap, munmap_alias_notifies_alias_only, .timeout = 30)
+MEMFD_TEST(munmap_alias_notifies_alias_only)
 {
 	struct dxm_ctx *ctx = ctx_or_skip(NULL);
-	char *r, *a, *lo;
+	char *r = test_alloc(ctx, LEN), *a, *lo;
 	size_t span_len;
 	void *dev[NPG];
-	cr_assert_eq(dxm_alloc(ctx, LEN, 0, (void **)&r), 0);
 	cr_assert_eq(dxm_alias(ctx, r, (void **)&a), 0);
 	watch_span(ctx, r, a, &lo, &span_len);
 	fill_index(r, LEN, 0);
@@ -362,10 +364,9 @@ static bool access_within(struct access *a, unsigned ms)
 static void locked_then_view_gone(bool use_mremap)
 {
 	struct dxm_ctx *ctx = ctx_or_skip(NULL);
-	char *r, *a, *lo;
+	char *r = test_alloc(ctx, LEN), *a, *lo;
 	size_t span_len;
 	void *dev[2];
-	cr_assert_eq(dxm_alloc(ctx, LEN, 0, (void **)&r), 0);
 	fill_index(r, LEN, 0);
 	cr_assert_eq(dxm_alias(ctx, r, (void **)&a), 0);
 	watch_span(ctx, r, a, &lo, &span_len);
@@ -373,9 +374,7 @@ static void locked_then_view_gone(bool use_mremap)
 	wr(dev[0], 4242);
 	char *target = r;
 	if (use_mremap) {
-		char *q = mmap(NULL, LEN, PROT_NONE,
-			       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-		cr_assert_neq(q, MAP_FAILED);
+		char *q = reserve_aligned(LEN);
 		cr_assert_eq(mremap(a, LEN, LEN, MREMAP_MAYMOVE | MREMAP_FIXED,
 				    q),
 			     q);
@@ -403,12 +402,12 @@ static void locked_then_view_gone(bool use_mremap)
 	dxm_ctx_destroy(ctx);
 }
 
-Test(b8_unmap, munmap_alias_with_locked_pages_does_not_hang, .timeout = 30)
+MEMFD_TEST(munmap_alias_with_locked_pages_does_not_hang)
 {
 	locked_then_view_gone(false);
 }
 
-Test(b8_unmap, mremap_alias_with_locked_pages_does_not_hang, .timeout = 30)
+MEMFD_TEST(mremap_alias_with_locked_pages_does_not_hang)
 {
 	locked_then_view_gone(true);
 }
@@ -425,9 +424,7 @@ MEM_TEST(mremap_view_follows)
 	take(ctx, p + PS, PS, &rec, dev);
 	struct dxm_stats st0 = stats(ctx);
 
-	char *q = mmap(NULL, LEN, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1,
-		       0);
-	cr_assert_neq(q, MAP_FAILED);
+	char *q = reserve_aligned(LEN);
 	recorder_insert(ctx, &rec2, q, LEN);
 	cr_assert_eq(mremap(p, LEN, LEN, MREMAP_MAYMOVE | MREMAP_FIXED, q),
 		     q, "mremap: %s", strerror(errno));
@@ -462,7 +459,7 @@ MEM_TEST(mremap_view_follows)
 
 	recorder_remove(&rec);
 	recorder_remove(&rec2);
-	if (*kind == MEM_MEMFD) {
+	if (*kind != MEM_ALIAS) {
 		cr_assert_eq(dxm_free(ctx, q), 0);
 	} else {
 		cr_assert_eq(dxm_free(ctx, r), 0);
@@ -480,9 +477,7 @@ MEM_TEST(mremap_partial_view_follows)
 	char *p = watch(ctx, m.base);
 	take(ctx, p, LEN, &rec, dev);
 
-	char *q = mmap(NULL, PS, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1,
-		       0);
-	cr_assert_neq(q, MAP_FAILED);
+	char *q = reserve_aligned(PS);
 	recorder_insert(ctx, &rec2, q, PS);
 	cr_assert_eq(mremap(p + 3 * PS, PS, PS, MREMAP_MAYMOVE | MREMAP_FIXED,
 			    q),

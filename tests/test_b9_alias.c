@@ -6,7 +6,8 @@
  * access through any view faults it back (DXM_EVENT_CLEAR, sent at the
  * page's address in every view) and every view sees the device's data;
  * freeing an alias leaves the region and the other views working; freeing
- * the region frees every alias.
+ * the region frees every alias.  Each test runs on 4 KiB pages and, as
+ * name_huge, on huge pages (common.h).
  */
 #include <errno.h>
 #include <string.h>
@@ -22,6 +23,9 @@
 static struct recorder recs[NV + 1];
 static const char owner[] = "b9";
 
+/* A test on dxm_alloc memory (test_alloc): MEM_MEMFD, and huge pages. */
+#define MEMFD_TEST(name) MEMFD_TEST_HUGE_OF(b9_alias, name, .timeout = 30)
+
 struct fix {
 	struct dxm_ctx *ctx;
 	char *v[NV + 1]; /* v[0]: the dxm_alloc view */
@@ -32,7 +36,7 @@ static void setup(struct fix *f)
 {
 	memset(f, 0, sizeof(*f));
 	f->ctx = ctx_or_skip(NULL);
-	cr_assert_eq(dxm_alloc(f->ctx, LEN, 0, (void **)&f->v[0]), 0);
+	f->v[0] = test_alloc(f->ctx, LEN);
 	fill_index(f->v[0], LEN, 0);
 	for (size_t k = 1; k < NV; k++) {
 		int err = dxm_alias(f->ctx, f->v[0], (void **)&f->v[k]);
@@ -84,7 +88,7 @@ static int write_on_clear(struct recorder *r, const struct dxm_range *range)
 
 /* make_exclusive through any view revokes the pages in every view, with
  * the same device-side addresses whichever view asked. */
-Test(b9_alias, exclusive_through_any_view_revokes_every_view, .timeout = 30)
+MEMFD_TEST(exclusive_through_any_view_revokes_every_view)
 {
 	struct fix f;
 	void *dev[NPG], *dev0[NPG];
@@ -126,8 +130,7 @@ Test(b9_alias, exclusive_through_any_view_revokes_every_view, .timeout = 30)
 /* For every pair (view made exclusive through, view touched): the touch
  * faults the page back after CLEAR was sent in every view, and every view
  * sees the device's writes. */
-Test(b9_alias, any_view_faults_back_and_every_view_sees_device_data,
-     .timeout = 30)
+MEMFD_TEST(any_view_faults_back_and_every_view_sees_device_data)
 {
 	struct fix f;
 	void *dev[NPG];
@@ -197,7 +200,7 @@ Test(b9_alias, any_view_faults_back_and_every_view_sees_device_data,
 
 /* Every notification for a page comes at its address in every view:
  * EXCLUSIVE (with the owner), CLEAR, and UNMAP when the region is freed. */
-Test(b9_alias, notifications_at_every_view_address, .timeout = 30)
+MEMFD_TEST(notifications_at_every_view_address)
 {
 	struct fix f;
 	void *dev[1];
@@ -240,12 +243,11 @@ Test(b9_alias, notifications_at_every_view_address, .timeout = 30)
 
 /* An alias made while a page is exclusive (or still locked) does not map
  * it: it faults back through dxm like in every other view. */
-Test(b9_alias, alias_made_while_exclusive_is_revoked, .timeout = 30)
+MEMFD_TEST(alias_made_while_exclusive_is_revoked)
 {
 	struct dxm_ctx *ctx = ctx_or_skip(NULL);
-	char *r, *a, *b;
+	char *r = test_alloc(ctx, LEN), *a, *b;
 	void *dev[2];
-	cr_assert_eq(dxm_alloc(ctx, LEN, 0, (void **)&r), 0);
 	fill_index(r, LEN, 0);
 	cr_assert_eq(dxm_make_exclusive(ctx, r + PS, 2 * PS, owner, dev), 2);
 	wr(dev[0], 11);
@@ -290,7 +292,7 @@ Test(b9_alias, alias_made_while_exclusive_is_revoked, .timeout = 30)
 /* Freeing an alias: UNMAP at that alias only; its address is no longer
  * managed; the region and the other views keep their exclusive pages and
  * keep working. */
-Test(b9_alias, free_alias_leaves_region_and_other_views, .timeout = 30)
+MEMFD_TEST(free_alias_leaves_region_and_other_views)
 {
 	struct fix f;
 	void *dev[NPG];
@@ -356,7 +358,7 @@ Test(b9_alias, free_alias_leaves_region_and_other_views, .timeout = 30)
 
 /* Freeing the region frees every alias (an alias of an alias too): their
  * addresses are unmapped and no longer managed. */
-Test(b9_alias, free_region_frees_all_aliases, .timeout = 30)
+MEMFD_TEST(free_region_frees_all_aliases)
 {
 	struct fix f;
 	void *dev[NPG];

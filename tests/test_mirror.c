@@ -24,15 +24,15 @@ struct fixture {
 static void setup(struct fixture *f, enum mem_kind kind, size_t len)
 {
 	f->ctx = ctx_mem(kind, len, &f->m);
-	cr_assert_eq(dxm_mirror_create(f->ctx, &f->dev), 0);
+	f->dev = mirror_create(f->ctx);
 	f->dev2 = NULL;
 }
 
-/* One page of memfd memory and two devices on it. */
-static void two_devices(struct fixture *f)
+/* One page of kind memory and two devices on it. */
+static void two_devices(struct fixture *f, enum mem_kind kind)
 {
-	setup(f, MEM_MEMFD, PS);
-	cr_assert_eq(dxm_mirror_create(f->ctx, &f->dev2), 0);
+	setup(f, kind, PS);
+	f->dev2 = mirror_create(f->ctx);
 }
 
 static void teardown(struct fixture *f)
@@ -46,14 +46,15 @@ static void teardown(struct fixture *f)
 	mem_done(&f->m);
 }
 
-/* A test on a fixture with len bytes of *kind memory (common.h). */
+/* A test on a fixture with len bytes of *kind memory (common.h), also on
+ * huge pages (name_huge). */
 #define MIRROR_TEST(name, len, ...)                                            \
-	KIND_FIX_TEST_OF(mirror, MEM_KINDS_PARAMS, name, struct fixture, f,    \
-			 setup(&f, *kind, len), __VA_ARGS__)
-/* A test on two_devices. */
+	KIND_FIX_TEST_HUGE_OF(mirror, MEM_KINDS_PARAMS, name, struct fixture,  \
+			      f, setup(&f, *kind, len), __VA_ARGS__)
+/* A test on two_devices: on memfd memory, and huge pages. */
 #define TWO_DEVICES_TEST(name)                                                 \
-	FIX_TEST_OF(mirror, name, struct fixture, f, two_devices(&f),         \
-		    .timeout = 30)
+	MEMFD_FIX_TEST_HUGE_OF(mirror, name, struct fixture, f,                \
+			       two_devices(&f, *kind), .timeout = 30)
 
 MIRROR_TEST(read_sees_cpu_data, 16 * PS, .timeout = 30)
 {
@@ -169,9 +170,11 @@ TWO_DEVICES_TEST(ordinary_access_revokes_other_owner)
 	uint64_t *c = f.m.base;
 	cr_assert_eq(dxm_mirror_atomic_add(f.dev, c, 5, NULL), 0);
 	cr_assert_eq(dxm_mirror_check_exclusive(f.dev, c, PS), 1);
-	uint64_t v[PS / 8];
+	uint64_t *v = malloc(PS);
+	cr_assert_not_null(v);
 	cr_assert_eq(dxm_mirror_read(b, c, v, PS), 0);
 	cr_assert_eq(v[0], 5);
+	free(v);
 	cr_assert_eq(dxm_mirror_check_exclusive(f.dev, c, PS), 0);
 	cr_assert(page_present(c), "dxm_range_fault maps the page back");
 	teardown(&f);
