@@ -110,8 +110,16 @@ static bool efault(struct st_worker *w, const char *call, char *page,
 	return true;
 }
 
+/* What one write(2) into a worker's pipe carries: a base page, which an
+ * empty pipe always takes at once (its capacity is at least one page),
+ * however large the regions' pages are (--huge). */
+static size_t pipe_chunk(size_t left)
+{
+	return left < st.bps ? left : st.bps;
+}
+
 /* read(2) from a pipe into the data area of a page (a system call that
- * writes a managed page). */
+ * writes a managed page), a base page at a time. */
 static void op_sys_in(struct st_worker *w, uint64_t *buf, uint64_t *buf2)
 {
 	st_op_begin(w, "sys-read-into-page");
@@ -129,28 +137,34 @@ static void op_sys_in(struct st_worker *w, uint64_t *buf, uint64_t *buf2)
 	pthread_mutex_lock(&r->dlock[p]);
 	uint64_t ver = r->dver[p] + 1;
 	st_data_fill(r, p, ver, buf);
-	st_op_step(w, "write(2) to the pipe");
-	ssize_t k = write(w->pipe[1], buf, bytes);
-	if (k != (ssize_t)bytes) {
-		st_fail("write(pipe, %zu): %zd (%s)", bytes, k,
-			k < 0 ? strerror(errno) : "short");
-		goto dunlock;
-	}
 	while (done < bytes) {
-		st_op_step(w, "read(2) into a managed page");
-		k = read(w->pipe[0], dst + done, bytes - done);
-		if (k > 0) {
-			done += (size_t)k;
-			continue;
+		size_t chunk = pipe_chunk(bytes - done), got = 0;
+		st_op_step(w, "write(2) to the pipe");
+		ssize_t k = write(w->pipe[1], (char *)buf + done, chunk);
+		if (k != (ssize_t)chunk) {
+			st_fail("write(pipe, %zu): %zd (%s)", chunk, k,
+				k < 0 ? strerror(errno) : "short");
+			goto dunlock;
 		}
-		if (k < 0 && errno == EFAULT) {
-			if (!efault(w, "read(2) into it", page, DXM_FAULT_WRITE))
-				goto dunlock;
-			continue;
+		while (got < chunk) {
+			st_op_step(w, "read(2) into a managed page");
+			k = read(w->pipe[0], dst + done + got, chunk - got);
+			if (k > 0) {
+				got += (size_t)k;
+				continue;
+			}
+			if (k < 0 && errno == EFAULT) {
+				if (!efault(w, "read(2) into it", page,
+					    DXM_FAULT_WRITE))
+					goto dunlock;
+				continue;
+			}
+			st_fail("read(pipe) into %p: %zd (%s)",
+				(void *)(dst + done + got), k,
+				k < 0 ? strerror(errno) : "end of file");
+			goto dunlock;
 		}
-		st_fail("read(pipe) into %p: %zd (%s)", (void *)(dst + done), k,
-			k < 0 ? strerror(errno) : "end of file");
-		goto dunlock;
+		done += chunk;
 	}
 	r->dver[p] = ver;
 	st_op_step(w, "check what read(2) wrote");
@@ -166,7 +180,24 @@ out:
 }
 
 /* write(2) of a whole page (counters and data) into a pipe (a system call
- * that reads a managed page); the copy must be within bounds and intact. */
+ * that reads a managed page), a base page at a time, each read back from
+ * the pipe at once; the copy must be within bounds and intact. */
+
+/* Read n bytes written into w's pipe back into dst. */
+static bool drain(struct st_worker *w, char *dst, size_t n)
+{
+	for (size_t got = 0; got < n;) {
+		ssize_t k = read(w->pipe[0], dst + got, n - got);
+		if (k <= 0) {
+			st_fail("read(pipe): %zd (%s)", k,
+				k < 0 ? strerror(errno) : "end of file");
+			return false;
+		}
+		got += (size_t)k;
+	}
+	return true;
+}
+
 static void op_sys_out(struct st_worker *w, uint64_t *buf)
 {
 	st_op_begin(w, "sys-write-from-page");
@@ -187,32 +218,26 @@ static void op_sys_out(struct st_worker *w, uint64_t *buf)
 	while (done < st.ps) {
 		st_op_step(w, "write(2) from a managed page");
 		ST_IGNORE_READS_BEGIN();
-		ssize_t k = write(w->pipe[1], page + done, st.ps - done);
+		ssize_t k = write(w->pipe[1], page + done,
+				  pipe_chunk(st.ps - done));
 		ST_IGNORE_READS_END();
 		if (k > 0) {
+			if (!drain(w, (char *)buf + done, (size_t)k))
+				goto check;
 			done += (size_t)k;
 			continue;
 		}
 		if (k < 0 && errno == EFAULT) {
 			if (!efault(w, "write(2) from it", page, 0))
-				goto drain;
+				goto check;
 			continue;
 		}
 		st_fail("write(pipe) from %p: %zd (%s)", (void *)(page + done),
 			k, k < 0 ? strerror(errno) : "nothing written");
-		goto drain;
+		goto check;
 	}
 	st_expect_sum(r, p, hi);
-drain:
-	for (size_t got = 0; got < done;) {
-		ssize_t k = read(w->pipe[0], (char *)buf + got, done - got);
-		if (k <= 0) {
-			st_fail("read(pipe): %zd (%s)", k,
-				k < 0 ? strerror(errno) : "end of file");
-			break;
-		}
-		got += (size_t)k;
-	}
+check:
 	if (done == st.ps && !st_stopping() &&
 	    st_bounds_check("write(2) from the page", r, p, lo, buf, hi) &&
 	    st_data_check(w, "write(2) from the page", r, p, buf + ST_NCNT))

@@ -162,7 +162,8 @@ void st_op_fork(struct st_worker *w)
 			m = x->kind == ST_ANON ? y : x;
 			break;
 		}
-		if (!st.anon_ok && x->live) { /* memfd only: no adopted memory */
+		if (!st_anon_used() && x->live) { /* memfd only: no adopted
+						     memory (--huge too) */
 			m = x;
 			break;
 		}

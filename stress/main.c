@@ -51,7 +51,7 @@ static void usage(FILE *f)
 		"[--seed S]\n"
 		"                  [--regions R] [--handlers H] [--mode M] "
 		"[--churn N]\n"
-		"                  [--disable OP,...] [--verbose]\n"
+		"                  [--huge] [--disable OP,...] [--verbose]\n"
 		"  --seconds N   run for N seconds (default 10)\n"
 		"  --threads T   CPU threads (default 2, at most %d)\n"
 		"  --devices D   reference devices, one thread each (default 2, "
@@ -71,8 +71,16 @@ static void usage(FILE *f)
 		"limits (one fork\n"
 		"                per 50 ms, one re-allocation per 20 ms) divided "
 		"by N\n"
+		"  --huge        every region of 2 MiB huge pages "
+		"(DXM_ALLOC_HUGE), adopted memory\n"
+		"                off; needs (R + 2) x %d free huge pages "
+		"(128 by default): as\n"
+		"                root, what is missing is added to "
+		"/proc/sys/vm/nr_hugepages and\n"
+		"                taken off again at the end\n"
 		"  --disable L   operations left out, among:",
-		ST_MAX_THREADS, ST_MAX_DEVICES, ST_MAX_REGIONS, ST_MAX_CHURN);
+		ST_MAX_THREADS, ST_MAX_DEVICES, ST_MAX_REGIONS, ST_MAX_CHURN,
+		ST_MAX_PAGES);
 	for (int i = 0; i < ST_NFEATURES; i++)
 		fprintf(f, " %s", st_feature_name[i]);
 	fprintf(f, "\n  --verbose     more output (twice: the library's info "
@@ -103,6 +111,7 @@ static int parse(int argc, char **argv)
 		{ "mode", required_argument, NULL, 'm' },
 		{ "churn", required_argument, NULL, 'c' },
 		{ "disable", required_argument, NULL, 'x' },
+		{ "huge", no_argument, NULL, 'g' },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
@@ -184,6 +193,9 @@ static int parse(int argc, char **argv)
 			free(copy);
 			break;
 		}
+		case 'g':
+			st.huge = true;
+			break;
 		case 'v':
 			st.verbose++;
 			break;
@@ -201,6 +213,16 @@ static int parse(int argc, char **argv)
 	if (st.disabled[F_ANON] && st.disabled[F_MEMFD]) {
 		fprintf(stderr, "stress: --disable anon,memfd leaves no memory\n");
 		goto bad;
+	}
+	if (st.huge && st.disabled[F_MEMFD]) {
+		fprintf(stderr, "stress: --huge with --disable memfd leaves no "
+				"memory (adopted memory has base pages only)\n");
+		goto bad;
+	}
+	if (st.huge) {
+		/* Every region a huge one: adopted memory has base pages. */
+		st.ps = ST_HUGE_PS;
+		st.disabled[F_ANON] = true;
 	}
 	return 0;
 bad:
@@ -322,7 +344,34 @@ static void on_fatal(int sig, siginfo_t *si, void *uc)
 	if (write(1, s.b, s.n) < 0) {
 		/* nothing to do */
 	}
+	st_pool_release();
 	_exit(1);
+}
+
+/* SIGINT, SIGTERM, SIGHUP while huge pages this run added are in the
+ * pool: give them back, then die of the signal as before. */
+static const int stop_sigs[] = { SIGINT, SIGTERM, SIGHUP };
+static struct sigaction old_stop_sa[sizeof(stop_sigs) / sizeof(stop_sigs[0])];
+
+static void on_stop(int sig)
+{
+	st_pool_release();
+	signal(sig, SIG_DFL);
+	raise(sig);
+}
+
+static void catch_stop(bool on)
+{
+	for (size_t i = 0; i < sizeof(stop_sigs) / sizeof(stop_sigs[0]); i++) {
+		if (on) {
+			struct sigaction sa;
+			memset(&sa, 0, sizeof(sa));
+			sa.sa_handler = on_stop;
+			sigaction(stop_sigs[i], &sa, &old_stop_sa[i]);
+		} else {
+			sigaction(stop_sigs[i], &old_stop_sa[i], NULL);
+		}
+	}
 }
 
 /* Installed before the first context: with DXM_CTX_SIGBUS, dxm installs
@@ -456,6 +505,7 @@ static void defaults(void)
 	st.nregions = 6;
 	st.churn = 1;
 	st.ps = (size_t)sysconf(_SC_PAGESIZE);
+	st.bps = st.ps;
 	st.pagemap_fd = -1;
 	pthread_mutex_init(&st.fail_mtx, NULL);
 	pthread_mutex_init(&st.churn_mtx, NULL);
@@ -699,9 +749,9 @@ static void summary(double secs, const struct dxm_stats *s)
 	uint64_t o[ST_NOPS];
 	sum_ops(o);
 	printf("stress: ran %.1f s: seed %llu, %u CPU threads, %u devices, %u "
-	       "region slots, churn %u\n",
+	       "region slots, churn %u%s\n",
 	       secs, (unsigned long long)st.seed, st.nthreads, st.ndevices,
-	       st.nregions, st.churn);
+	       st.nregions, st.churn, st.huge ? ", huge pages" : "");
 	printf("stress: operations:");
 	for (int k = 0; k < ST_NOPS; k++)
 		printf("%s %s %llu", k % 6 ? "," : "\n  ", st_op_name[k],
@@ -772,6 +822,20 @@ static void *run(void *arg)
 	return NULL;
 }
 
+/* --huge: give back the huge pages this run added to the pool (also
+ * done, quietly, on a fatal signal, SIGINT or SIGTERM). */
+static void pool_give_back(void)
+{
+	long added = st_pool_added();
+	st_pool_release();
+	if (added)
+		printf("stress: huge pages: the %ld added to "
+		       "/proc/sys/vm/nr_hugepages taken off again\n",
+		       added);
+}
+
+static int stress_run(void);
+
 int stress_main(int argc, char **argv)
 {
 	defaults();
@@ -782,10 +846,40 @@ int stress_main(int argc, char **argv)
 		st.seed = splitmix((uint64_t)time(NULL) ^
 				   ((uint64_t)getpid() << 32) ^ st_now());
 	printf("stress: %u s, %u CPU threads, %u devices, %u region slots, "
-	       "churn %u, seed %llu\n",
+	       "churn %u, seed %llu%s\n",
 	       st.seconds, st.nthreads, st.ndevices, st.nregions, st.churn,
-	       (unsigned long long)st.seed);
+	       (unsigned long long)st.seed,
+	       st.huge ? ", huge pages (2 MiB)" : "");
 	fflush(stdout);
+	if (!st.huge)
+		return stress_run();
+	char why[512];
+	size_t need = ST_HUGE_NEED(st.nregions);
+	catch_stop(true);
+	if (st_pool_setup(need, why, sizeof(why))) {
+		pool_give_back();
+		catch_stop(false);
+		printf("stress: FAIL (%s)\n", why);
+		return 1;
+	}
+	if (st_pool_added())
+		printf("stress: huge pages: %zu needed, %ld added to "
+		       "/proc/sys/vm/nr_hugepages for the run\n",
+		       need, st_pool_added());
+	else
+		printf("stress: huge pages: %zu needed, free in the pool\n",
+		       need);
+	fflush(stdout);
+	int rc = stress_run();
+	pool_give_back(); /* after a failure to start: the rest did */
+	catch_stop(false);
+	return rc;
+}
+
+/* The run itself, from the warm-up to the verdict. */
+static int stress_run(void)
+{
+	int err;
 #if !ST_SANITIZED
 	mallopt(M_ARENA_MAX, 1); /* no per-thread arenas: see leak.c */
 #endif
@@ -840,6 +934,7 @@ int stress_main(int argc, char **argv)
 		atomic_store(&st.dumped, true); /* nothing left to dump */
 		st_fail("leak: %s", why);
 	}
+	pool_give_back(); /* --huge: every region is gone */
 	summary(secs, &fin);
 	if (atomic_load(&st.failed)) {
 		printf("stress: FAIL (%s)\n", st.fail_reason);

@@ -1,10 +1,11 @@
 // SPDX-License-Identifier: MIT
 /*
- * dxm stress: regions (memfd regions with aliases, and adopted private
- * anonymous memory), their expected counts and data patterns, their
- * creation, exact verification and teardown, and the operations that
- * change their shape: re-allocation, alias creation and removal,
- * dxm_mprotect.  See stress_int.h for the model.
+ * dxm stress: regions (memfd regions with aliases, of base pages or, with
+ * --huge, of 2 MiB pages; and adopted private anonymous memory), their
+ * expected counts and data patterns, their creation, exact verification
+ * and teardown, and the operations that change their shape:
+ * re-allocation, alias creation and removal, dxm_mprotect.  See
+ * stress_int.h for the model.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -330,11 +331,14 @@ int st_region_create(struct st_worker *w, struct st_region *r)
 		r->view[0] = p;
 		r->kind = ST_ANON;
 	} else {
-		st_op_step(w, "dxm_alloc");
 		void *p;
-		err = dxm_alloc(st.ctx, len, 0, &p);
+		if (st.huge && !st_pool_wait(w, np))
+			return -ENOMEM;
+		st_op_step(w, "dxm_alloc");
+		err = dxm_alloc(st.ctx, len, st.huge ? DXM_ALLOC_HUGE : 0, &p);
 		if (err) {
-			st_fail("dxm_alloc(%zu pages): %s", np, strerror(-err));
+			st_fail("dxm_alloc(%zu %spages): %s", np,
+				st.huge ? "huge " : "", strerror(-err));
 			return err;
 		}
 		r->view[0] = p;

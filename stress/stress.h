@@ -5,7 +5,7 @@
  *
  *   dxm stress [--seconds N] [--threads T] [--devices D] [--seed S]
  *              [--regions R] [--handlers H] [--mode thread|spin|sigbus]
- *              [--churn N] [--disable OP,...] [--verbose]
+ *              [--churn N] [--huge] [--disable OP,...] [--verbose]
  *
  * Prints a progress line every few seconds, a summary with the count of each
  * operation, and ends with "stress: PASS" or "stress: FAIL (reason)".

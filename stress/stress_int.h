@@ -23,6 +23,11 @@
  *   word, sum(expected) read before a load <= value <= sum(expected) read
  *   after the load + (actors: one increment in flight each); and when the
  *   region is quiesced (write lock held), value == sum(expected) exactly.
+ *
+ *   Pages: st.ps is the regions' page size, the base page or, with --huge,
+ *   2 MiB (every region a DXM_ALLOC_HUGE one, no adopted memory): a "page"
+ *   everywhere below is one of those.  st.bps is the base page, what
+ *   /proc/self/pagemap and pipes count in.
  */
 #ifndef DXM_STRESS_INT_H
 #define DXM_STRESS_INT_H
@@ -80,6 +85,12 @@ void AnnotateIgnoreReadsEnd(const char *file, int line);
 #define ST_WATCH_MAX 4	 /* pages a watcher takes at once */
 #define ST_HANG_MS 5000	 /* an operation running longer is a failure */
 #define ST_MAX_CHURN 100 /* --churn */
+#define ST_HUGE_PS ((size_t)2 << 20) /* --huge: DXM_ALLOC_HUGE's page */
+/* --huge: 2 MiB pages the pool must have free, for every region slot at
+ * its largest and for re-allocation (a new region while the pages of the
+ * one torn down before are still going back: a munmap'd region is freed
+ * on a handler thread). */
+#define ST_HUGE_NEED(nregions) (((size_t)(nregions) + 2) * ST_MAX_PAGES)
 
 enum st_kind { ST_MEMFD, ST_ANON };
 
@@ -196,11 +207,13 @@ struct st_global {
 	unsigned ctx_flags; /* DXM_CTX_HANDLER_SPIN or DXM_CTX_SIGBUS (--mode) */
 	uint64_t seed;
 	int verbose;
+	bool huge; /* --huge: DXM_ALLOC_HUGE regions only */
 	bool disabled[ST_NFEATURES];
 
 	/* the run */
 	struct dxm_ctx *ctx;
-	size_t ps;
+	size_t ps;  /* the regions' page size (--huge: 2 MiB) */
+	size_t bps; /* the base page */
 	uint32_t uffd_mode;
 	bool anon_ok;
 	unsigned nactors, nworkers;
@@ -240,6 +253,16 @@ int st_thread_start(struct st_thread *t, void *(*fn)(void *), void *arg);
 void st_thread_join(struct st_thread *t);
 void st_sleep_us(unsigned us);
 bool st_enabled(enum st_feature f);
+/* Adopted memory in the run (dxm_adopt works, and not disabled). */
+static inline bool st_anon_used(void)
+{
+	return st.anon_ok && st_enabled(F_ANON);
+}
+/* --huge: the pool of 2 MiB huge pages (/proc/sys/vm/nr_hugepages). */
+int st_pool_setup(size_t need, char *why, size_t len);
+bool st_pool_wait(struct st_worker *w, size_t np);
+long st_pool_added(void);
+void st_pool_release(void); /* async-signal-safe */
 static inline bool st_stopping(void)
 {
 	return atomic_load_explicit(&st.stop, memory_order_relaxed);

@@ -425,6 +425,7 @@ static void *wd_main(void *arg)
 			pthread_mutex_unlock(&st.fail_mtx);
 			fflush(stdout);
 			fflush(stderr);
+			st_pool_release();
 			_exit(1);
 		}
 		/* They came back: the main thread reports. */
@@ -433,6 +434,7 @@ static void *wd_main(void *arg)
 			if (stuck(st_now(), 3 * lim)) {
 				printf("stress: FAIL (%s)\n", st.fail_reason);
 				fflush(stdout);
+				st_pool_release();
 				_exit(1);
 			}
 		}
