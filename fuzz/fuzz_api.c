@@ -969,6 +969,54 @@ static bool region_slot_free(void)
 	return false;
 }
 
+/*
+ * A huge-page region the pool could give (fuzz/run.sh reserves a few as
+ * root): its granularity and one round trip, checked on the spot (the
+ * model tracks base pages only).  A range that is not whole 2 MiB pages
+ * is -EINVAL for every call that takes one; the first huge page taken
+ * exclusive, written by the device through dev[0] at a word chosen by
+ * the input, given back by a CPU read that must see the device's value.
+ */
+static void huge_round(char *p, size_t len, uint8_t a, uint8_t b)
+{
+	const size_t hp = (size_t)2 << 20;
+	size_t off = ((size_t)a * 4096 + (size_t)b * 8) % hp;
+	size_t bad = 4096 * (1 + (size_t)(a ^ b) % 511); /* inside page 0 */
+	void *dev[2] = { NULL, NULL };
+	volatile uint64_t *w = (volatile uint64_t *)(p + off);
+	(void)len;
+	/* Notifiers over the whole address space see its conversion, and
+	 * the CLEAR of its return (not the model's business). */
+	g_exclusive_ok = true;
+	TRACE("huge round: %p, word at +%#zx, bad offset %#zx", (void *)p,
+	      off, bad);
+	*w = 0x5eed;
+	long r = dxm_make_exclusive(g_ctx, p + bad, hp - bad, NULL, dev);
+	if (r != -EINVAL)
+		FAIL("dxm_make_exclusive of a huge page from +%#zx: %ld, not "
+		     "-EINVAL", bad, r);
+	r = dxm_make_exclusive(g_ctx, p, bad, NULL, dev);
+	if (r != -EINVAL)
+		FAIL("dxm_make_exclusive of %#zx bytes of a huge page: %ld, "
+		     "not -EINVAL", bad, r);
+	r = dxm_range_fault(g_ctx, p + bad, 4096, 0, NULL);
+	if (r != -EINVAL)
+		FAIL("dxm_range_fault inside a huge page: %ld, not -EINVAL", r);
+	r = dxm_mprotect(g_ctx, p, bad, PROT_READ);
+	if (r != -EINVAL)
+		FAIL("dxm_mprotect of part of a huge page: %ld, not -EINVAL",
+		     r);
+	r = dxm_make_exclusive(g_ctx, p, hp, NULL, dev);
+	if (r != 1 || !dev[0] || dev[1])
+		FAIL("dxm_make_exclusive of one huge page: %ld, dev %p %p", r,
+		     dev[0], dev[1]);
+	*(volatile uint64_t *)((char *)dev[0] + off) += 1;
+	dxm_exclusive_unlock(g_ctx, p, hp, dev);
+	if (*w != 0x5eee)
+		FAIL("the CPU read %#lx at +%#zx of a huge page the device "
+		     "wrote 0x5eee to", (unsigned long)*w, off);
+}
+
 static void op_alloc(struct args *a)
 {
 	uint8_t lc = A(a), sub = A(a), fl = A(a), misc = A(a);
@@ -1013,6 +1061,7 @@ static void op_alloc(struct args *a)
 			if (dxm_page_size(g_ctx, addr) != 2 << 20)
 				FAIL("a DXM_ALLOC_HUGE region's page is %ld",
 				     dxm_page_size(g_ctx, addr));
+			huge_round(addr, len, sub, misc);
 			if (dxm_free(g_ctx, addr))
 				FAIL("dxm_free of a huge-page region failed");
 			return;

@@ -23,7 +23,24 @@ runs=${FUZZ_RUNS:-20000}
 exe=$out/fuzz_api
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/dxm-fuzz.XXXXXX")
-trap 'rm -rf "$work"' EXIT INT TERM
+# As root, 4 huge pages of 2 MiB in the system's pool while it runs, so
+# that DXM_ALLOC_HUGE regions are made and exercised (huge_round); the
+# same 4 are taken off again at the end, whatever the count is then.
+hp=/proc/sys/vm/nr_hugepages
+hp_added=0
+if [ "$(id -u)" = 0 ] && [ -w "$hp" ] &&
+	echo $(($(cat "$hp") + 4)) >"$hp" 2>/dev/null; then
+	hp_added=4
+fi
+cleanup() {
+	rm -rf "$work"
+	if [ "$hp_added" -gt 0 ]; then
+		echo $(($(cat "$hp") - hp_added)) >"$hp" 2>/dev/null
+		hp_added=0
+	fi
+}
+trap cleanup EXIT
+trap 'cleanup; exit 130' INT TERM
 
 # as_user USER CMD...: run as root (USER=root) or as uid 65534
 as_user() {
