@@ -315,16 +315,24 @@ static bool noop_invalidate(struct dxm_notifier *n,
 static const struct dxm_notifier_ops noop_ops = { .invalidate =
 							  noop_invalidate };
 
-Test(inject, raw_fork_repair_never_copies_a_page_being_given_back,
-     .timeout = 60)
+/* A context with two handler threads and the injection spec, for the
+ * raw-fork repair (UFFD_FEATURE_EVENT_FORK: root only), or a skip. */
+static struct dxm_ctx *repair_ctx_or_skip(const char *inject_spec)
 {
-	setenv("DXM_INJECT", "forkfix=0/200,notify=0/250", 1);
+	setenv("DXM_INJECT", inject_spec, 1);
 	struct dxm_ctx_opts o = { .sz = sizeof(o), .handler_threads = 2 };
 	struct dxm_ctx *ctx = ctx_or_skip(&o);
 	if (geteuid() != 0 ||
 	    !(stats(ctx).uffd_anon_features & (1ull << 1)))
 		cr_skip_test("SKIP: no UFFD_FEATURE_EVENT_FORK (it needs "
 			     "root): the raw-fork repair never runs");
+	return ctx;
+}
+
+Test(inject, raw_fork_repair_never_copies_a_page_being_given_back,
+     .timeout = 60)
+{
+	struct dxm_ctx *ctx = repair_ctx_or_skip("forkfix=0/200,notify=0/250");
 	char *a = anon_map(PS);
 	*(volatile uint64_t *)a = 42;
 	adopt_or_skip(ctx, a, PS);
@@ -398,13 +406,7 @@ static int count_errors(enum dxm_log_level level, const char *fmt, va_list ap)
 Test(inject, raw_fork_repair_of_a_locked_page_given_back_meanwhile,
      .timeout = 60)
 {
-	setenv("DXM_INJECT", "forkfix=0/400", 1);
-	struct dxm_ctx_opts o = { .sz = sizeof(o), .handler_threads = 2 };
-	struct dxm_ctx *ctx = ctx_or_skip(&o);
-	if (geteuid() != 0 ||
-	    !(stats(ctx).uffd_anon_features & (1ull << 1)))
-		cr_skip_test("SKIP: no UFFD_FEATURE_EVENT_FORK (it needs "
-			     "root): the raw-fork repair never runs");
+	struct dxm_ctx *ctx = repair_ctx_or_skip("forkfix=0/400");
 	atomic_store(&logged_errors, 0);
 	dxm_set_print(count_errors);
 	char *a = anon_map(PS);
