@@ -13,6 +13,7 @@
  * "no copy" by the page frame number, which only root can read.
  */
 #include <errno.h>
+#include <inttypes.h>
 #include <linux/io_uring.h>
 #include <sched.h>
 #include <setjmp.h>
@@ -772,11 +773,23 @@ Test(anon, munmap_exclusive_notifies_and_leaks_nothing, .timeout = 30)
 	struct dxm_stats st1 = stats(ctx);
 	size_t maps1 = maps_lines(NULL);
 	char *p = adopt_take_munmap(ctx, staging);
+	/* First the UNMAP event's handling (the devices were told before
+	 * munmap returned; the count follows the kind's part), then the
+	 * teardown that the last one out finishes. */
+	cr_assert(WAIT_FOR(stats(ctx).events_unmap == st1.events_unmap + 1,
+			   WAIT_MS),
+		  "the UNMAP event was not handled: events_unmap %" PRIu64
+		  ", %" PRIu64 " before",
+		  stats(ctx).events_unmap, st1.events_unmap);
 	cr_assert(WAIT_FOR(stats(ctx).regions == st1.regions &&
 				   stats(ctx).managed_pages ==
 					   st1.managed_pages,
 			   WAIT_MS),
-		  "the adopted range is still accounted after munmap");
+		  "the adopted range is still accounted after munmap: "
+		  "%" PRIu64 " regions and %" PRIu64 " pages, %" PRIu64
+		  " and %" PRIu64 " before",
+		  stats(ctx).regions, stats(ctx).managed_pages, st1.regions,
+		  st1.managed_pages);
 	cr_assert_eq(stats(ctx).events_unmap, st1.events_unmap + 1);
 	cr_assert(WAIT_FOR(maps_lines(NULL) == maps1, WAIT_MS),
 		  "/proc/self/maps: %zu lines, %zu before (staging leaked?)",
