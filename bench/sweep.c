@@ -32,7 +32,9 @@
  * way.  The revoke is timed alone (dxm_make_exclusive; the unlock is not
  * timed, as in the revoke group) and reported per page; the read-back of
  * the cycle is reported too (dxm's restore faults against the kernel's
- * minor faults).
+ * minor faults).  A third method splits dxm's revoke: after the same
+ * read-back through dxm, a bare MADV_DONTNEED of dxm's own view (the
+ * kernel's share), the pages then made exclusive again, untimed.
  *
  * Targets: sequential read-back with the default context at most 1.0x the
  * kernel's minor faults and at most 1.1x mprotect+SIGSEGV, memfd and
@@ -234,20 +236,24 @@ static void sw_teardown(struct sw *s)
  * pages (the raw mapping is a plain mapping of dxm's memfd, as in the
  * revoke group), interleaved round by round.
  */
-enum { C_RAW, C_DXM, NC };
+enum { C_RAW, C_DXM, C_VIEW, NC };
 
 static int cycle(void **dev)
 {
 	static const size_t sizes[2] = { 64, 4096 };
 	const size_t rounds[2] = { bn_n(2000, 100), bn_n(100, 10) };
-	static const char *const rname[NC] = { "raw zap (MADV_DONTNEED)",
-					       "dxm_make_exclusive" };
-	static const char *const tname[NC] = { "kernel minor faults", "dxm" };
+	static const char *const rname[NC] = {
+		"raw zap (MADV_DONTNEED)", "dxm_make_exclusive",
+		"dxm's view zapped (MADV_DONTNEED, no dxm)"
+	};
+	/* The read-back of C_VIEW's rounds is dxm's too: C_DXM's series. */
+	static const char *const tname[C_VIEW] = { "kernel minor faults",
+						   "dxm" };
 	const size_t maxlen = sizes[1] * bn_psize;
 	struct dxm_ctx *ctx = NULL;
 	void *dp = NULL, *rp = MAP_FAILED;
 	int fd = -1, ret = -1, err;
-	int rev[2][NC], rb[2][NC];
+	int rev[2][NC], rb[2][C_VIEW];
 
 	err = bn_ctx(&ctx, 0, 0);
 	BN_CHECK(!err, "sweep cycle: dxm_ctx_create: %s", strerror(-err));
@@ -276,13 +282,15 @@ static int cycle(void **dev)
 		snprintf(ft, sizeof(ft), "cycle read-back, %zu pages", n);
 		for (int m = 0; m < NC; m++) {
 			sr[m] = bn_series_new("sweep", fr, rname[m], (long)n);
-			st[m] = bn_series_new("sweep", ft, tname[m], (long)n);
+			st[m] = m == C_VIEW ? st[C_DXM]
+					    : bn_series_new("sweep", ft,
+							    tname[m], (long)n);
 			BN_CHECK(sr[m] && st[m], "out of memory");
 		}
 		for (int m = 0; m < NC; m++)
 			rev[z][m] = bn_row(sr[m], BN_LAT, 1, "per page",
 					   m ? rev[z][C_RAW] : -1);
-		for (int m = 0; m < NC; m++)
+		for (int m = 0; m < C_VIEW; m++)
 			rb[z][m] = bn_row(st[m], BN_LAT, 1, "per page",
 					  m ? rb[z][C_RAW] : -1);
 
@@ -296,19 +304,29 @@ static int cycle(void **dev)
 		for (size_t r = 0; r < rounds[z]; r++)
 			for (int k = 0; k < NC; k++) {
 				int m = (int)((k + r) % NC);
-				char *p = m == C_DXM ? dp : rp;
+				char *p = m == C_RAW ? rp : dp;
 				uint64_t t0 = bn_now();
 				touch_all(p, n, O_SEQ, NULL);
 				uint64_t t1 = bn_now();
 				bn_add(st[m], (double)(t1 - t0) / (double)n);
-				if (m == C_RAW) {
+				if (m != C_DXM) {
+					char *zp = m == C_RAW ? rp : dp;
 					t0 = bn_now();
-					err = madvise(rp, len, MADV_DONTNEED);
+					err = madvise(zp, len, MADV_DONTNEED);
 					t1 = bn_now();
 					BN_CHECK(!err,
 						 "sweep cycle: MADV_DONTNEED: "
 						 "%s",
 						 strerror(errno));
+					/* dxm's pages, the CPU's but unmapped
+					 * now: exclusive again (untimed), as
+					 * the next round expects. */
+					if (m == C_VIEW)
+						BN_CHECK(!bn_dxm_revoke(ctx,
+								&owner, dp,
+								len, dev),
+							 "sweep cycle: "
+							 "revoke");
 				} else {
 					t0 = bn_now();
 					long got = dxm_make_exclusive(
