@@ -1,54 +1,39 @@
 // SPDX-License-Identifier: MIT
 /*
- * The Vulkan backend.  Uses dxm's public API only.
- *
- * Locking: vk->lock is the driver's lock of the notifier protocol and
- * protects everything below it in struct dxm_vk (imports, work in
- * flight, the command and descriptor pools, the queue).  The notifier
- * callbacks take it to call dxm_notifier_set_seq() and to collect the
- * work in flight on their range, and wait for that work after dropping
- * it.  dxm calls (make_exclusive, exclusive_unlock, notifier insert and
- * remove) are made without it, as nouveau does.
+ * The Vulkan backend.  Uses dxm's public API only; the driver loop, the
+ * locking and the work in flight are the shared driver's
+ * (backends/common/dxm_driver.c, which says the locking rules): what is
+ * here is Vulkan's part of it, struct dxm_drv_ops.
  *
  * Work in flight: every submission signals the next value of one
- * timeline semaphore on the one queue, and remembers the CPU range it
- * holds.  An invalidation waits for the highest value among the
- * submissions that overlap its range (the queue completes in order).
+ * timeline semaphore on the one queue, its fence (the queue completes in
+ * order), and a wait is vkWaitSemaphores on it.  The queue and the
+ * command and descriptor pools are used under the driver's lock only.
  */
 #include <errno.h>
-#include <pthread.h>
-#include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
-#include <unistd.h>
 
 #include <vulkan/vulkan.h>
 
+#include "dxm_driver.h"
 #include "dxm_vk.h"
 
-#define DEFAULT_TIMEOUT_MS 10000
-#define BUSY_TIMEOUT_NS (10ull * 1000000000ull)
+#define why(o, ...) dxm_drv_why((o)->why, (o)->why_len, __VA_ARGS__)
 
 /* An imported device view (or, unmanaged, a program's buffer). */
 struct import {
-	void *base;
-	size_t len;
+	struct dxm_drv_import im;
 	VkDeviceMemory mem;
 	VkBuffer buf;
-	uintptr_t cpu_lo, cpu_hi; /* CPU addresses dispatched through it */
-	bool dead;		  /* its region is being unmapped */
-	struct import *next;
 };
 
 struct work {
-	uint64_t value; /* timeline value it signals */
-	uintptr_t start, end;
+	struct dxm_drv_work w; /* w.value: the timeline value it signals */
 	VkCommandBuffer cmd;
 	VkDescriptorSet set;
-	struct import *own; /* unmanaged: freed with the work */
-	struct work *next;
 };
 
 struct dxm_vk_kernel {
@@ -60,9 +45,7 @@ struct dxm_vk_kernel {
 };
 
 struct dxm_vk {
-	struct dxm_ctx *ctx;
-	size_t psize;
-	uint64_t timeout_ns;
+	struct dxm_drv drv; /* first: the owner dxm sees */
 	VkInstance instance;
 	VkPhysicalDevice phys;
 	VkDevice dev;
@@ -73,36 +56,15 @@ struct dxm_vk {
 	PFN_vkGetMemoryHostPointerPropertiesEXT host_ptr_props;
 	VkSemaphore timeline;
 	VkDescriptorSetLayout set_layout;
-	char name[VK_MAX_PHYSICAL_DEVICE_NAME_SIZE];
-	struct dxm_notifier *all;
-
-	pthread_mutex_t lock;
 	VkCommandPool cmd_pool;
 	VkDescriptorPool desc_pool;
-	struct import *imports;
-	struct work *inflight; /* oldest first */
-	uint64_t next_value;
-	struct dxm_vk_stats st;
 };
 
-static void why(const struct dxm_vk_opts *o, const char *fmt, ...)
-	__attribute__((format(printf, 2, 3)));
-static void why(const struct dxm_vk_opts *o, const char *fmt, ...)
-{
-	if (!o || !o->why || !o->why_len)
-		return;
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(o->why, o->why_len, fmt, ap);
-	va_end(ap);
-}
-
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
+/* The driver's structs come first in ours. */
+_Static_assert(offsetof(struct dxm_vk, drv) == 0, "drv first");
+_Static_assert(offsetof(struct import, im) == 0, "im first");
+_Static_assert(offsetof(struct work, w) == 0, "w first");
+#define VK(d) ((struct dxm_vk *)(d))
 
 /* The name of a VkResult, for the messages of opts->why. */
 static const char *vk_str(VkResult r)
@@ -239,7 +201,8 @@ static int pick_device(struct dxm_vk *vk, const struct dxm_vk_opts *o)
 			continue;
 		vk->phys = p[i];
 		vk->qfamily = (uint32_t)compute_family(p[i]);
-		snprintf(vk->name, sizeof(vk->name), "%s", pr.deviceName);
+		snprintf(vk->drv.name, sizeof(vk->drv.name), "%s",
+			 pr.deviceName);
 		break;
 	}
 	free(p);
@@ -283,7 +246,7 @@ static int make_device(struct dxm_vk *vk, const struct dxm_vk_opts *o)
 	};
 	VkResult r = vkCreateDevice(vk->phys, &ci, NULL, &vk->dev);
 	if (r != VK_SUCCESS) {
-		why(o, "vkCreateDevice(%s): %s %d", vk->name, vk_str(r),
+		why(o, "vkCreateDevice(%s): %s %d", vk->drv.name, vk_str(r),
 		    (int)r);
 		return vk_err(r);
 	}
@@ -302,13 +265,13 @@ static int make_device(struct dxm_vk *vk, const struct dxm_vk_opts *o)
 	vk->import_align = hp.minImportedHostPointerAlignment;
 	if (!vk->host_ptr_props) {
 		why(o, "%s has no vkGetMemoryHostPointerPropertiesEXT",
-		    vk->name);
+		    vk->drv.name);
 		return -ENODEV;
 	}
-	if (vk->import_align > vk->psize) {
+	if (vk->import_align > vk->drv.psize) {
 		why(o, "%s imports host memory at %llu-byte alignment, more "
 		       "than a page",
-		    vk->name, (unsigned long long)vk->import_align);
+		    vk->drv.name, (unsigned long long)vk->import_align);
 		return -ENODEV;
 	}
 	VkPhysicalDeviceMemoryProperties mp;
@@ -356,129 +319,233 @@ static int make_device(struct dxm_vk *vk, const struct dxm_vk_opts *o)
 					     &vk->set_layout)) ||
 	    (r = vkCreateCommandPool(vk->dev, &cp, NULL, &vk->cmd_pool)) ||
 	    (r = vkCreateDescriptorPool(vk->dev, &dp, NULL, &vk->desc_pool))) {
-		why(o, "setting up %s: %s %d", vk->name, vk_str(r), (int)r);
+		why(o, "setting up %s: %s %d", vk->drv.name, vk_str(r), (int)r);
 		return vk_err(r);
 	}
 	return 0;
 }
 
-/* ------------------------------------------------------ work in flight */
+/* ---------------------------------------------- the driver's Vulkan ops */
 
-/* Free the work the device has finished (vk->lock held). */
-static void retire(struct dxm_vk *vk)
+static int vk_import(struct dxm_drv *d, struct dxm_drv_import *dim)
 {
-	uint64_t done = 0;
-	if (vk->st.lost)
-		done = UINT64_MAX; /* nothing will run any more */
-	else if (vkGetSemaphoreCounterValue(vk->dev, vk->timeline, &done) ==
-		 VK_ERROR_DEVICE_LOST)
-		vk->st.lost = true, done = UINT64_MAX;
-	while (vk->inflight && vk->inflight->value <= done) {
-		struct work *w = vk->inflight;
-		vk->inflight = w->next;
-		vkFreeCommandBuffers(vk->dev, vk->cmd_pool, 1, &w->cmd);
-		vkFreeDescriptorSets(vk->dev, vk->desc_pool, 1, &w->set);
-		if (w->own) {
-			vkDestroyBuffer(vk->dev, w->own->buf, NULL);
-			vkFreeMemory(vk->dev, w->own->mem, NULL);
-			free(w->own);
-		}
-		free(w);
+	struct dxm_vk *vk = VK(d);
+	struct import *im = (struct import *)dim;
+	VkMemoryHostPointerPropertiesEXT hp = {
+		.sType = VK_STRUCTURE_TYPE_MEMORY_HOST_POINTER_PROPERTIES_EXT,
+	};
+	VkResult r = vk->host_ptr_props(
+		vk->dev, VK_EXTERNAL_MEMORY_HANDLE_TYPE_HOST_ALLOCATION_BIT_EXT,
+		dim->base, &hp);
+	if (r)
+		return vk_err(r);
+	uint32_t bits = hp.memoryTypeBits & vk->mem_types;
+	if (!bits)
+		bits = hp.memoryTypeBits;
+	if (!bits)
+		return -EINVAL;
+	VkImportMemoryHostPointerInfoEXT ih = {
+		.sType = VK_STRUCTURE_TYPE_IMPORT_MEMORY_HOST_POINTER_INFO_EXT,
+		.handleType =
+			VK_EXTERNAL_MEMORY_HANDLE_TYPE_HOST_ALLOCATION_BIT_EXT,
+		.pHostPointer = dim->base,
+	};
+	VkMemoryAllocateInfo ai = {
+		.sType = VK_STRUCTURE_TYPE_MEMORY_ALLOCATE_INFO,
+		.pNext = &ih,
+		.allocationSize = dim->len,
+		.memoryTypeIndex = (uint32_t)__builtin_ctz(bits),
+	};
+	VkExternalMemoryBufferCreateInfo eb = {
+		.sType = VK_STRUCTURE_TYPE_EXTERNAL_MEMORY_BUFFER_CREATE_INFO,
+		.handleTypes =
+			VK_EXTERNAL_MEMORY_HANDLE_TYPE_HOST_ALLOCATION_BIT_EXT,
+	};
+	VkBufferCreateInfo bi = {
+		.sType = VK_STRUCTURE_TYPE_BUFFER_CREATE_INFO,
+		.pNext = &eb,
+		.size = dim->len,
+		.usage = VK_BUFFER_USAGE_STORAGE_BUFFER_BIT,
+		.sharingMode = VK_SHARING_MODE_EXCLUSIVE,
+	};
+	r = vkAllocateMemory(vk->dev, &ai, NULL, &im->mem);
+	if (!r)
+		r = vkCreateBuffer(vk->dev, &bi, NULL, &im->buf);
+	if (!r)
+		r = vkBindBufferMemory(vk->dev, im->buf, im->mem, 0);
+	if (r) {
+		if (im->buf)
+			vkDestroyBuffer(vk->dev, im->buf, NULL);
+		if (im->mem)
+			vkFreeMemory(vk->dev, im->mem, NULL);
+		return vk_err(r);
 	}
+	return 0;
 }
 
-/* Wait (no lock held) until the timeline reaches value; a device that
- * does not get there in time, or reports itself lost, is lost. */
-static int wait_value(struct dxm_vk *vk, uint64_t value, uint64_t timeout_ns,
-		      bool lose)
+static void vk_unimport(struct dxm_drv *d, struct dxm_drv_import *dim)
+{
+	struct import *im = (struct import *)dim;
+	vkDestroyBuffer(VK(d)->dev, im->buf, NULL);
+	vkFreeMemory(VK(d)->dev, im->mem, NULL);
+}
+
+/* Record and submit k over buf[off, off+len), signalling w->value. */
+static int vk_launch(struct dxm_drv *d, void *kernel,
+		     struct dxm_drv_import *dim, size_t off, size_t len,
+		     const void *push, const uint32_t groups[3],
+		     struct dxm_drv_work *dw)
+{
+	struct dxm_vk *vk = VK(d);
+	struct dxm_vk_kernel *k = kernel;
+	struct work *w = (struct work *)dw;
+	VkBuffer buf = ((struct import *)dim)->buf;
+	VkCommandBufferAllocateInfo ca = {
+		.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO,
+		.commandPool = vk->cmd_pool,
+		.level = VK_COMMAND_BUFFER_LEVEL_PRIMARY,
+		.commandBufferCount = 1,
+	};
+	VkDescriptorSetAllocateInfo da = {
+		.sType = VK_STRUCTURE_TYPE_DESCRIPTOR_SET_ALLOCATE_INFO,
+		.descriptorPool = vk->desc_pool,
+		.descriptorSetCount = 1,
+		.pSetLayouts = &vk->set_layout,
+	};
+	VkResult r = vkAllocateCommandBuffers(vk->dev, &ca, &w->cmd);
+	if (r)
+		return vk_err(r);
+	r = vkAllocateDescriptorSets(vk->dev, &da, &w->set);
+	if (r) {
+		vkFreeCommandBuffers(vk->dev, vk->cmd_pool, 1, &w->cmd);
+		return vk_err(r);
+	}
+	VkDescriptorBufferInfo dbi = { buf, off, len };
+	VkWriteDescriptorSet wr = {
+		.sType = VK_STRUCTURE_TYPE_WRITE_DESCRIPTOR_SET,
+		.dstSet = w->set,
+		.dstBinding = 0,
+		.descriptorCount = 1,
+		.descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER,
+		.pBufferInfo = &dbi,
+	};
+	vkUpdateDescriptorSets(vk->dev, 1, &wr, 0, NULL);
+	VkCommandBufferBeginInfo bi = {
+		.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO,
+		.flags = VK_COMMAND_BUFFER_USAGE_ONE_TIME_SUBMIT_BIT,
+	};
+	vkBeginCommandBuffer(w->cmd, &bi);
+	/* Earlier work on the queue and the host's writes before the
+	 * submission come first. */
+	VkMemoryBarrier in = {
+		.sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER,
+		.srcAccessMask =
+			VK_ACCESS_SHADER_WRITE_BIT | VK_ACCESS_HOST_WRITE_BIT,
+		.dstAccessMask =
+			VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT,
+	};
+	vkCmdPipelineBarrier(w->cmd,
+			     VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT |
+				     VK_PIPELINE_STAGE_HOST_BIT,
+			     VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, 0, 1, &in, 0,
+			     NULL, 0, NULL);
+	vkCmdBindPipeline(w->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, k->pipeline);
+	vkCmdBindDescriptorSets(w->cmd, VK_PIPELINE_BIND_POINT_COMPUTE,
+				k->layout, 0, 1, &w->set, 0, NULL);
+	if (k->push_size)
+		vkCmdPushConstants(w->cmd, k->layout,
+				   VK_SHADER_STAGE_COMPUTE_BIT, 0, k->push_size,
+				   push);
+	vkCmdDispatch(w->cmd, groups[0], groups[1], groups[2]);
+	/* Compute to host: the device's writes are visible to the CPU once
+	 * the timeline value is reached. */
+	VkMemoryBarrier out = {
+		.sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER,
+		.srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT,
+		.dstAccessMask =
+			VK_ACCESS_HOST_READ_BIT | VK_ACCESS_HOST_WRITE_BIT,
+	};
+	vkCmdPipelineBarrier(w->cmd, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT,
+			     VK_PIPELINE_STAGE_HOST_BIT, 0, 1, &out, 0, NULL, 0,
+			     NULL);
+	r = vkEndCommandBuffer(w->cmd);
+	VkTimelineSemaphoreSubmitInfo ts = {
+		.sType = VK_STRUCTURE_TYPE_TIMELINE_SEMAPHORE_SUBMIT_INFO,
+		.signalSemaphoreValueCount = 1,
+		.pSignalSemaphoreValues = &w->w.value,
+	};
+	VkSubmitInfo si = {
+		.sType = VK_STRUCTURE_TYPE_SUBMIT_INFO,
+		.pNext = &ts,
+		.commandBufferCount = 1,
+		.pCommandBuffers = &w->cmd,
+		.signalSemaphoreCount = 1,
+		.pSignalSemaphores = &vk->timeline,
+	};
+	if (!r)
+		r = vkQueueSubmit(vk->queue, 1, &si, VK_NULL_HANDLE);
+	if (r) {
+		if (r == VK_ERROR_DEVICE_LOST)
+			d->st.lost = true;
+		vkFreeCommandBuffers(vk->dev, vk->cmd_pool, 1, &w->cmd);
+		vkFreeDescriptorSets(vk->dev, vk->desc_pool, 1, &w->set);
+		return vk_err(r);
+	}
+	return 0;
+}
+
+static int vk_done(struct dxm_drv *d, struct dxm_drv_work *w)
+{
+	uint64_t v = 0;
+	VkResult r =
+		vkGetSemaphoreCounterValue(VK(d)->dev, VK(d)->timeline, &v);
+	if (r == VK_ERROR_DEVICE_LOST)
+		return -ENODEV;
+	return v >= w->value;
+}
+
+static void vk_work_fini(struct dxm_drv *d, struct dxm_drv_work *dw)
+{
+	struct dxm_vk *vk = VK(d);
+	struct work *w = (struct work *)dw;
+	vkFreeCommandBuffers(vk->dev, vk->cmd_pool, 1, &w->cmd);
+	vkFreeDescriptorSets(vk->dev, vk->desc_pool, 1, &w->set);
+}
+
+static int vk_wait(struct dxm_drv *d, uint64_t value, uint64_t timeout_ns)
 {
 	VkSemaphoreWaitInfo wi = {
 		.sType = VK_STRUCTURE_TYPE_SEMAPHORE_WAIT_INFO,
 		.semaphoreCount = 1,
-		.pSemaphores = &vk->timeline,
+		.pSemaphores = &VK(d)->timeline,
 		.pValues = &value,
 	};
-	VkResult r = vkWaitSemaphores(vk->dev, &wi, timeout_ns);
+	VkResult r = vkWaitSemaphores(VK(d)->dev, &wi, timeout_ns);
 	if (r == VK_SUCCESS)
 		return 0;
-	if (r == VK_TIMEOUT && !lose)
-		return -ETIMEDOUT;
-	pthread_mutex_lock(&vk->lock);
-	if (!vk->st.lost)
-		fprintf(stderr,
-			"dxm_vk: %s %s; the device is declared lost, its "
-			"pages given back to the CPU\n",
-			vk->name,
-			r == VK_TIMEOUT ? "did not finish its work in time"
-					: "was lost");
-	vk->st.lost = true;
-	pthread_mutex_unlock(&vk->lock);
-	return -ENODEV;
+	return r == VK_TIMEOUT ? -ETIMEDOUT : -ENODEV;
 }
 
-/* ------------------------------------------------------------ notifiers */
-
-static bool own_conversion(struct dxm_vk *vk, const struct dxm_range *r)
+static void vk_idle(struct dxm_drv *d)
 {
-	/* Ignore our own conversions, or the retry loop livelocks (B3). */
-	return r->event == DXM_EVENT_EXCLUSIVE && r->owner == vk;
+	if (VK(d)->dev)
+		vkDeviceWaitIdle(VK(d)->dev);
 }
 
-/*
- * Every invalidation: set the sequence under the lock, note the newest
- * work in flight on the range, and wait for it outside the lock.  Only
- * then may the CPU have the pages back.  An UNMAP also drops the imports
- * used for the range (the device view goes with the region).
- */
-static bool invalidate_all(struct dxm_notifier *n, const struct dxm_range *r,
-			   unsigned long cur_seq)
-{
-	struct dxm_vk *vk = dxm_notifier_priv(n);
-	if (own_conversion(vk, r))
-		return true;
-	uintptr_t s = (uintptr_t)r->start, e = (uintptr_t)r->end;
-	uint64_t value = 0;
-	pthread_mutex_lock(&vk->lock);
-	dxm_notifier_set_seq(n, cur_seq);
-	retire(vk);
-	for (struct work *w = vk->inflight; w; w = w->next)
-		if (w->start < e && s < w->end && w->value > value)
-			value = w->value;
-	bool lost = vk->st.lost;
-	pthread_mutex_unlock(&vk->lock);
-	if (value && !lost) {
-		uint64_t t0 = now_ns();
-		wait_value(vk, value, vk->timeout_ns, true);
-		pthread_mutex_lock(&vk->lock);
-		vk->st.invalidations++;
-		vk->st.invalidate_wait_ns += now_ns() - t0;
-		pthread_mutex_unlock(&vk->lock);
-	}
-	if (r->event == DXM_EVENT_UNMAP || r->event == DXM_EVENT_REMAP) {
-		pthread_mutex_lock(&vk->lock);
-		for (struct import *im = vk->imports; im; im = im->next)
-			if (im->cpu_lo < e && s < im->cpu_hi)
-				im->dead = true;
-		pthread_mutex_unlock(&vk->lock);
-	}
-	return true;
-}
-
-/* The per-dispatch notifier of the sequence protocol. */
-static bool invalidate_op(struct dxm_notifier *n, const struct dxm_range *r,
-			  unsigned long cur_seq)
-{
-	struct dxm_vk *vk = dxm_notifier_priv(n);
-	if (own_conversion(vk, r))
-		return true;
-	pthread_mutex_lock(&vk->lock);
-	dxm_notifier_set_seq(n, cur_seq);
-	pthread_mutex_unlock(&vk->lock);
-	return true;
-}
-
-static const struct dxm_notifier_ops all_ops = { .invalidate = invalidate_all };
-static const struct dxm_notifier_ops op_ops = { .invalidate = invalidate_op };
+static const struct dxm_drv_ops vk_ops = {
+	.prefix = "dxm_vk",
+	.import_size = sizeof(struct import),
+	.work_size = sizeof(struct work),
+	.refuse_holes = false,
+	.use = NULL,
+	.import = vk_import,
+	.unimport = vk_unimport,
+	.launch = vk_launch,
+	.done = vk_done,
+	.work_fini = vk_work_fini,
+	.wait = vk_wait,
+	.idle = vk_idle,
+};
 
 /* -------------------------------------------------------- create, destroy */
 
@@ -493,12 +560,7 @@ int dxm_vk_create(struct dxm_ctx *ctx, const struct dxm_vk_opts *opts,
 	struct dxm_vk *vk = calloc(1, sizeof(*vk));
 	if (!vk)
 		return -ENOMEM;
-	vk->ctx = ctx;
-	vk->psize = (size_t)sysconf(_SC_PAGESIZE);
-	vk->timeout_ns = (uint64_t)(o.timeout_ms ? o.timeout_ms
-						  : DEFAULT_TIMEOUT_MS) *
-			 1000000ull;
-	pthread_mutex_init(&vk->lock, NULL);
+	dxm_drv_init(&vk->drv, &vk_ops, ctx, o.timeout_ms);
 	VkApplicationInfo app = {
 		.sType = VK_STRUCTURE_TYPE_APPLICATION_INFO,
 		.pApplicationName = "dxm",
@@ -521,11 +583,8 @@ int dxm_vk_create(struct dxm_ctx *ctx, const struct dxm_vk_opts *opts,
 	err = pick_device(vk, &o);
 	if (!err)
 		err = make_device(vk, &o);
-	/* The whole user address space: every invalidation reaches us. */
 	if (!err)
-		err = dxm_notifier_insert(ctx, (void *)vk->psize,
-					  ((size_t)1 << 47) - vk->psize,
-					  &all_ops, vk, &vk->all);
+		err = dxm_drv_start(&vk->drv);
 	if (err)
 		goto fail;
 	*vkp = vk;
@@ -535,34 +594,12 @@ fail:
 	return err;
 }
 
-static void drop_import(struct dxm_vk *vk, struct import *im)
-{
-	vkDestroyBuffer(vk->dev, im->buf, NULL);
-	vkFreeMemory(vk->dev, im->mem, NULL);
-	free(im);
-}
-
 void dxm_vk_destroy(struct dxm_vk *vk)
 {
 	if (!vk)
 		return;
+	dxm_drv_fini(&vk->drv); /* waits for the device */
 	if (vk->dev) {
-		/* All work done before the notifier goes: a CPU access to a
-		 * page still held must find nothing in flight. */
-		vkDeviceWaitIdle(vk->dev);
-		pthread_mutex_lock(&vk->lock);
-		vk->st.lost = true; /* retire everything */
-		retire(vk);
-		pthread_mutex_unlock(&vk->lock);
-	}
-	if (vk->all)
-		dxm_notifier_remove(vk->all);
-	if (vk->dev) {
-		while (vk->imports) {
-			struct import *im = vk->imports;
-			vk->imports = im->next;
-			drop_import(vk, im);
-		}
 		vkDestroyDescriptorPool(vk->dev, vk->desc_pool, NULL);
 		vkDestroyCommandPool(vk->dev, vk->cmd_pool, NULL);
 		vkDestroyDescriptorSetLayout(vk->dev, vk->set_layout, NULL);
@@ -571,13 +608,12 @@ void dxm_vk_destroy(struct dxm_vk *vk)
 	}
 	if (vk->instance)
 		vkDestroyInstance(vk->instance, NULL);
-	pthread_mutex_destroy(&vk->lock);
 	free(vk);
 }
 
 const char *dxm_vk_device_name(const struct dxm_vk *vk)
 {
-	return vk ? vk->name : "";
+	return vk ? vk->drv.name : "";
 }
 
 /* --------------------------------------------------------------- kernels */
@@ -644,371 +680,36 @@ void dxm_vk_kernel_destroy(struct dxm_vk_kernel *k)
 	free(k);
 }
 
-/* -------------------------------------------------------------- imports */
-
-static int import_host(struct dxm_vk *vk, void *base, size_t len,
-		       struct import **imp)
-{
-	VkMemoryHostPointerPropertiesEXT hp = {
-		.sType = VK_STRUCTURE_TYPE_MEMORY_HOST_POINTER_PROPERTIES_EXT,
-	};
-	VkResult r = vk->host_ptr_props(
-		vk->dev,
-		VK_EXTERNAL_MEMORY_HANDLE_TYPE_HOST_ALLOCATION_BIT_EXT, base,
-		&hp);
-	if (r)
-		return vk_err(r);
-	uint32_t bits = hp.memoryTypeBits & vk->mem_types;
-	if (!bits)
-		bits = hp.memoryTypeBits;
-	if (!bits)
-		return -EINVAL;
-	struct import *im = calloc(1, sizeof(*im));
-	if (!im)
-		return -ENOMEM;
-	im->base = base;
-	im->len = len;
-	VkImportMemoryHostPointerInfoEXT ih = {
-		.sType = VK_STRUCTURE_TYPE_IMPORT_MEMORY_HOST_POINTER_INFO_EXT,
-		.handleType =
-			VK_EXTERNAL_MEMORY_HANDLE_TYPE_HOST_ALLOCATION_BIT_EXT,
-		.pHostPointer = base,
-	};
-	VkMemoryAllocateInfo ai = {
-		.sType = VK_STRUCTURE_TYPE_MEMORY_ALLOCATE_INFO,
-		.pNext = &ih,
-		.allocationSize = len,
-		.memoryTypeIndex = (uint32_t)__builtin_ctz(bits),
-	};
-	VkExternalMemoryBufferCreateInfo eb = {
-		.sType = VK_STRUCTURE_TYPE_EXTERNAL_MEMORY_BUFFER_CREATE_INFO,
-		.handleTypes =
-			VK_EXTERNAL_MEMORY_HANDLE_TYPE_HOST_ALLOCATION_BIT_EXT,
-	};
-	VkBufferCreateInfo bi = {
-		.sType = VK_STRUCTURE_TYPE_BUFFER_CREATE_INFO,
-		.pNext = &eb,
-		.size = len,
-		.usage = VK_BUFFER_USAGE_STORAGE_BUFFER_BIT,
-		.sharingMode = VK_SHARING_MODE_EXCLUSIVE,
-	};
-	r = vkAllocateMemory(vk->dev, &ai, NULL, &im->mem);
-	if (!r)
-		r = vkCreateBuffer(vk->dev, &bi, NULL, &im->buf);
-	if (!r)
-		r = vkBindBufferMemory(vk->dev, im->buf, im->mem, 0);
-	if (r) {
-		if (im->buf)
-			vkDestroyBuffer(vk->dev, im->buf, NULL);
-		if (im->mem)
-			vkFreeMemory(vk->dev, im->mem, NULL);
-		free(im);
-		return vk_err(r);
-	}
-	*imp = im;
-	return 0;
-}
-
-/* The import of the device view based at base (vk->lock held): made once
- * per region, dropped once the region's CPU view is unmapped and nothing
- * in flight uses it. */
-static int get_import(struct dxm_vk *vk, void *base, size_t len,
-		      struct import **imp)
-{
-	for (struct import **pp = &vk->imports; *pp;) {
-		struct import *im = *pp;
-		if (im->dead) {
-			bool used = false;
-			for (struct work *w = vk->inflight; w && !used;
-			     w = w->next)
-				used = w->start < im->cpu_hi &&
-				       im->cpu_lo < w->end;
-			if (!used) {
-				*pp = im->next;
-				drop_import(vk, im);
-				continue;
-			}
-		} else if (im->base == base && im->len == len) {
-			*imp = im;
-			return 0;
-		}
-		pp = &im->next;
-	}
-	int err = import_host(vk, base, len, imp);
-	if (err)
-		return err;
-	(*imp)->cpu_lo = UINTPTR_MAX;
-	(*imp)->next = vk->imports;
-	vk->imports = *imp;
-	vk->st.imports++;
-	return 0;
-}
-
 /* ------------------------------------------------------------- dispatch */
-
-/* Record and submit k over buf[off, off+len) (vk->lock held). */
-static int submit(struct dxm_vk *vk, struct dxm_vk_kernel *k, VkBuffer buf,
-		  size_t off, size_t len, const void *push,
-		  const uint32_t groups[3], struct work *w)
-{
-	VkCommandBufferAllocateInfo ca = {
-		.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO,
-		.commandPool = vk->cmd_pool,
-		.level = VK_COMMAND_BUFFER_LEVEL_PRIMARY,
-		.commandBufferCount = 1,
-	};
-	VkDescriptorSetAllocateInfo da = {
-		.sType = VK_STRUCTURE_TYPE_DESCRIPTOR_SET_ALLOCATE_INFO,
-		.descriptorPool = vk->desc_pool,
-		.descriptorSetCount = 1,
-		.pSetLayouts = &vk->set_layout,
-	};
-	VkResult r = vkAllocateCommandBuffers(vk->dev, &ca, &w->cmd);
-	if (r)
-		return vk_err(r);
-	r = vkAllocateDescriptorSets(vk->dev, &da, &w->set);
-	if (r) {
-		vkFreeCommandBuffers(vk->dev, vk->cmd_pool, 1, &w->cmd);
-		return vk_err(r);
-	}
-	VkDescriptorBufferInfo dbi = { buf, off, len };
-	VkWriteDescriptorSet wr = {
-		.sType = VK_STRUCTURE_TYPE_WRITE_DESCRIPTOR_SET,
-		.dstSet = w->set,
-		.dstBinding = 0,
-		.descriptorCount = 1,
-		.descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER,
-		.pBufferInfo = &dbi,
-	};
-	vkUpdateDescriptorSets(vk->dev, 1, &wr, 0, NULL);
-	VkCommandBufferBeginInfo bi = {
-		.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO,
-		.flags = VK_COMMAND_BUFFER_USAGE_ONE_TIME_SUBMIT_BIT,
-	};
-	vkBeginCommandBuffer(w->cmd, &bi);
-	/* Earlier work on the queue and the host's writes before the
-	 * submission come first. */
-	VkMemoryBarrier in = {
-		.sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER,
-		.srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT |
-				 VK_ACCESS_HOST_WRITE_BIT,
-		.dstAccessMask = VK_ACCESS_SHADER_READ_BIT |
-				 VK_ACCESS_SHADER_WRITE_BIT,
-	};
-	vkCmdPipelineBarrier(w->cmd,
-			     VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT |
-				     VK_PIPELINE_STAGE_HOST_BIT,
-			     VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, 0, 1, &in,
-			     0, NULL, 0, NULL);
-	vkCmdBindPipeline(w->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, k->pipeline);
-	vkCmdBindDescriptorSets(w->cmd, VK_PIPELINE_BIND_POINT_COMPUTE,
-				k->layout, 0, 1, &w->set, 0, NULL);
-	if (k->push_size)
-		vkCmdPushConstants(w->cmd, k->layout,
-				   VK_SHADER_STAGE_COMPUTE_BIT, 0,
-				   k->push_size, push);
-	vkCmdDispatch(w->cmd, groups[0], groups[1], groups[2]);
-	/* Compute to host: the device's writes are visible to the CPU once
-	 * the timeline value is reached. */
-	VkMemoryBarrier out = {
-		.sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER,
-		.srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT,
-		.dstAccessMask = VK_ACCESS_HOST_READ_BIT |
-				 VK_ACCESS_HOST_WRITE_BIT,
-	};
-	vkCmdPipelineBarrier(w->cmd, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT,
-			     VK_PIPELINE_STAGE_HOST_BIT, 0, 1, &out, 0, NULL, 0,
-			     NULL);
-	r = vkEndCommandBuffer(w->cmd);
-	w->value = vk->next_value + 1;
-	VkTimelineSemaphoreSubmitInfo ts = {
-		.sType = VK_STRUCTURE_TYPE_TIMELINE_SEMAPHORE_SUBMIT_INFO,
-		.signalSemaphoreValueCount = 1,
-		.pSignalSemaphoreValues = &w->value,
-	};
-	VkSubmitInfo si = {
-		.sType = VK_STRUCTURE_TYPE_SUBMIT_INFO,
-		.pNext = &ts,
-		.commandBufferCount = 1,
-		.pCommandBuffers = &w->cmd,
-		.signalSemaphoreCount = 1,
-		.pSignalSemaphores = &vk->timeline,
-	};
-	if (!r)
-		r = vkQueueSubmit(vk->queue, 1, &si, VK_NULL_HANDLE);
-	if (r) {
-		if (r == VK_ERROR_DEVICE_LOST)
-			vk->st.lost = true;
-		vkFreeCommandBuffers(vk->dev, vk->cmd_pool, 1, &w->cmd);
-		vkFreeDescriptorSets(vk->dev, vk->desc_pool, 1, &w->set);
-		return vk_err(r);
-	}
-	vk->next_value = w->value;
-	vk->st.dispatches++;
-	/* In submission order: the oldest first. */
-	struct work **pp = &vk->inflight;
-	while (*pp)
-		pp = &(*pp)->next;
-	w->next = NULL;
-	*pp = w;
-	return 0;
-}
-
-/* Ordinary host memory, no dxm: the device races with the CPU. */
-static int dispatch_unmanaged(struct dxm_vk *vk, struct dxm_vk_kernel *k,
-			      void *addr, size_t len, const void *push,
-			      const uint32_t groups[3], uint64_t *ticket)
-{
-	struct work *w = calloc(1, sizeof(*w));
-	if (!w)
-		return -ENOMEM;
-	pthread_mutex_lock(&vk->lock);
-	int err = vk->st.lost ? -ENODEV : import_host(vk, addr, len, &w->own);
-	if (!err)
-		err = submit(vk, k, w->own->buf, 0, len, push, groups, w);
-	if (!err && ticket)
-		*ticket = w->value;
-	if (err && w->own) {
-		vkDestroyBuffer(vk->dev, w->own->buf, NULL);
-		vkFreeMemory(vk->dev, w->own->mem, NULL);
-		free(w->own);
-	}
-	pthread_mutex_unlock(&vk->lock);
-	if (err)
-		free(w);
-	return err;
-}
 
 int dxm_vk_dispatch(struct dxm_vk *vk, struct dxm_vk_kernel *k, void *addr,
 		    size_t len, const void *push, const uint32_t groups[3],
 		    unsigned flags, uint64_t *ticket)
 {
-	if (!vk || !k || k->vk != vk || !addr || !len || !groups ||
-	    ((uintptr_t)addr | len) & (vk->psize - 1) ||
-	    (k->push_size && !push) || (flags & ~DXM_VK_UNMANAGED))
+	if (!vk || !k || k->vk != vk || (k->push_size && !push) ||
+	    (flags & ~DXM_VK_UNMANAGED))
 		return -EINVAL;
-	if (flags & DXM_VK_UNMANAGED)
-		return dispatch_unmanaged(vk, k, addr, len, push, groups,
-					  ticket);
-	size_t n = len / vk->psize;
-	void **dev = malloc(n * sizeof(*dev));
-	struct work *w = calloc(1, sizeof(*w));
-	struct dxm_notifier *op = NULL;
-	int err = dev && w ? 0 : -ENOMEM;
-	if (!err)
-		err = dxm_notifier_insert(vk->ctx, addr, len, &op_ops, vk, &op);
-	uint64_t t0 = now_ns();
-	unsigned us = 1;
-	while (!err) {
-		/* The device view, imported once, before any conversion. */
-		struct dxm_device_view dv;
-		err = dxm_device_view(vk->ctx, addr, 0, &dv, sizeof(dv));
-		if (err)
-			break;
-		if (dv.psize && dv.psize != vk->psize) {
-			/* Huge pages: dev[] has one entry per huge page,
-			 * and no driver here was tried on them. */
-			err = -EOPNOTSUPP;
-			break;
-		}
-		unsigned long seq = dxm_notifier_read_begin(op);
-		long got = dxm_make_exclusive(vk->ctx, addr, len, vk, dev);
-		if (got < 0) {
-			err = (int)got;
-			break;
-		}
-		bool all = true;
-		for (size_t i = 0; i < n && all; i++)
-			all = dev[i] == (char *)dv.base + dv.offset +
-						i * vk->psize;
-		pthread_mutex_lock(&vk->lock);
-		if (vk->st.lost) {
-			err = -ENODEV;
-		} else if (!all || dxm_notifier_read_retry(op, seq)) {
-			/* A page busy (another device, the CPU taking it
-			 * back), or an invalidation since read_begin. */
-			if (all)
-				vk->st.retries++;
-			else
-				vk->st.busy_retries++;
-			pthread_mutex_unlock(&vk->lock);
-			dxm_exclusive_unlock(vk->ctx, addr, len, dev);
-			if (now_ns() - t0 > BUSY_TIMEOUT_NS) {
-				err = -EBUSY;
-				break;
-			}
-			usleep(us);
-			us = us < 1000 ? us * 2 : us;
-			continue;
-		} else {
-			retire(vk);
-			struct import *im;
-			err = get_import(vk, dv.base, dv.len, &im);
-			w->start = (uintptr_t)addr;
-			w->end = (uintptr_t)addr + len;
-			if (!err)
-				err = submit(vk, k, im->buf, dv.offset, len,
-					     push, groups, w);
-			if (!err) {
-				if (w->start < im->cpu_lo)
-					im->cpu_lo = w->start;
-				if (w->end > im->cpu_hi)
-					im->cpu_hi = w->end;
-				if (ticket)
-					*ticket = w->value;
-				w = NULL; /* in flight */
-			}
-		}
-		pthread_mutex_unlock(&vk->lock);
-		/* The pages stay the device's until a CPU access: the
-		 * invalidation then waits for this work. */
-		dxm_exclusive_unlock(vk->ctx, addr, len, dev);
-		break;
-	}
-	if (op)
-		dxm_notifier_remove(op);
-	free(w);
-	free(dev);
-	return err;
+	return dxm_drv_dispatch(&vk->drv, k, addr, len, push, groups,
+				flags & DXM_VK_UNMANAGED, ticket);
 }
 
 int dxm_vk_wait(struct dxm_vk *vk, uint64_t ticket, uint64_t timeout_ns)
 {
 	if (!vk)
 		return -EINVAL;
-	pthread_mutex_lock(&vk->lock);
-	bool lost = vk->st.lost;
-	pthread_mutex_unlock(&vk->lock);
-	if (lost)
-		return -ENODEV;
-	int err = wait_value(vk, ticket, timeout_ns, false);
-	if (!err) {
-		pthread_mutex_lock(&vk->lock);
-		retire(vk);
-		pthread_mutex_unlock(&vk->lock);
-	}
-	return err;
+	return dxm_drv_wait(&vk->drv, ticket, timeout_ns);
 }
 
 int dxm_vk_done(struct dxm_vk *vk, uint64_t ticket)
 {
 	if (!vk)
 		return -EINVAL;
-	uint64_t v = 0;
-	pthread_mutex_lock(&vk->lock);
-	int ret = vk->st.lost ? -ENODEV : 0;
-	if (!ret) {
-		VkResult r = vkGetSemaphoreCounterValue(vk->dev, vk->timeline,
-							&v);
-		ret = r ? vk_err(r) : v >= ticket;
-	}
-	pthread_mutex_unlock(&vk->lock);
-	return ret;
+	return dxm_drv_done(&vk->drv, ticket);
 }
 
 void dxm_vk_get_stats(struct dxm_vk *vk, struct dxm_vk_stats *st)
 {
-	pthread_mutex_lock(&vk->lock);
-	*st = vk->st;
-	pthread_mutex_unlock(&vk->lock);
+	struct dxm_drv_stats s;
+	dxm_drv_get_stats(&vk->drv, &s);
+	DXM_DRV_STATS_COPY(st, &s);
 }
