@@ -776,7 +776,8 @@ static void summary(double secs, const struct dxm_stats *s)
 			    s->restore_pages, "pages");
 	if (atomic_load(&st.alias_lazy))
 		printf("stress: note: %lu page(s) the CPU owned were not mapped "
-		       "in a new alias at once (dxm_alias(3) says they are)\n",
+		       "in a new alias at once (restores a handler was still "
+		       "finishing: dxm_alias(3))\n",
 		       atomic_load(&st.alias_lazy));
 	printf("stress: invariants: %llu exact checks, %llu pagemap checks "
 	       "under a device's lock and %llu mirror probes (%lu CPU "

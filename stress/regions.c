@@ -742,10 +742,10 @@ void st_op_alias(struct st_worker *w)
 		memset(r->prot[freev], PROT_READ | PROT_WRITE, r->npages);
 		/* Quiesced: no user changes page states.  A page a device
 		 * holds must not be mapped in the new alias.  A page the CPU
-		 * owns should be (dxm_alias(3): "mapped in it at once"), but
-		 * a fault handler may still be finishing the restore of a
-		 * page whose faulting thread it already woke, and then
-		 * dxm_alias skips it: counted, not a failure. */
+		 * owns is mapped at once, unless a fault handler is still
+		 * finishing the restore of a page whose faulting thread it
+		 * already woke: dxm_alias skips it (dxm_alias(3)), counted,
+		 * not a failure. */
 		st_op_step(w, "check new alias");
 		for (size_t p = 0; p < r->npages; p++) {
 			void *d = r->dev[p];
