@@ -481,8 +481,9 @@ FIX_TEST(free_from_handler_callback_edeadlk)
 					      ADD + i * PS / 8),
 				  "page %zu changed", i);
 	cr_assert_eq(dxm_free(f.ctx, a), -ENOENT);
-	unsigned char v;
-	cr_assert_eq(mincore(a, PS, &v), -1, "the alias is still mapped");
+	/* Not mincore(): once unmapped, the address may hold anyone's
+	 * mapping (ASan's allocator took it once in CI). */
+	cr_assert(!memfd_view_mapped(a), "the alias is still mapped");
 	/* Page XPG exclusive again, for the common end (which frees the
 	 * region from the test thread: 0). */
 	retake_xpg(&f);
@@ -654,9 +655,9 @@ FIX_TEST(use_after_ctx_destroy_ebadf)
 	char *r = f.r;
 	recorder_remove(&rec);
 	dxm_ctx_destroy(f.ctx);
-	/* The regions went with it. */
-	unsigned char v;
-	cr_assert_eq(mincore(r, PS, &v), -1);
+	/* The regions went with it (their views, whatever maps there
+	 * now). */
+	cr_assert(!memfd_view_mapped(r), "the region is still mapped");
 	all_calls_fail(f.ctx, r, -EBADF);
 	dxm_ctx_destroy(f.ctx); /* twice */
 	/* The process is fine: a new context works. */
