@@ -310,9 +310,8 @@ static int cycle(void **dev)
 				uint64_t t1 = bn_now();
 				bn_add(st[m], (double)(t1 - t0) / (double)n);
 				if (m != C_DXM) {
-					char *zp = m == C_RAW ? rp : dp;
 					t0 = bn_now();
-					err = madvise(zp, len, MADV_DONTNEED);
+					err = madvise(p, len, MADV_DONTNEED);
 					t1 = bn_now();
 					BN_CHECK(!err,
 						 "sweep cycle: MADV_DONTNEED: "
