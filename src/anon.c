@@ -361,11 +361,11 @@ static size_t anon_move_out(struct dxm_region *r, size_t pg, size_t n,
 {
 	struct dxm_ctx *ctx = r->ctx;
 	struct move_out m = { pg, dev, need, 0 };
-	unsigned us = 5;
+	unsigned tries = 0;
 	while (dxmi_region_runs(r, pg, n, need, 0, move_out_fn, &m)) {
 		if (dxmi_ctx_on_handler(ctx))
 			break;
-		dxmi_nap_us(&us);
+		dxmi_eagain_wait(&tries);
 	}
 	/* Left: the kernel refused for now on a handler thread, or no
 	 * view shows the page any more (a munmap is being read). */
@@ -629,11 +629,11 @@ static int anon_move_in(struct dxm_region *r, size_t pg, size_t n,
 	struct move_in m = { need, pg,
 			     dontwake ? UFFDIO_MOVE_MODE_DONTWAKE : 0 };
 	bool handler = dxmi_ctx_on_handler(r->ctx);
-	unsigned us = 5;
+	unsigned tries = 0;
 	while (dxmi_region_runs(r, pg, n, need, 0, move_in_fn, &m) == -EAGAIN) {
 		if (handler)
 			return -EAGAIN;
-		dxmi_nap_us(&us);
+		dxmi_eagain_wait(&tries);
 	}
 	return 0;
 }
@@ -712,10 +712,10 @@ static void hand_back(struct dxm_region *r, size_t pg, size_t n, uintptr_t cpu)
 	for (size_t i = 0; i < n; i++) {
 		if (ps_state(ps_load(&r->st[pg + i])) == PS_CPU)
 			continue;
-		unsigned us = 5;
+		unsigned tries = 0;
 		while (move_in_page(r, pg + i, cpu + (i << r->ctx->pshift), 0) ==
 		       -EAGAIN)
-			dxmi_nap_us(&us);
+			dxmi_eagain_wait(&tries);
 		atomic_store(&r->st[pg + i], PS_CPU);
 	}
 }

@@ -32,6 +32,7 @@
  *   new mapping's pages.
  */
 #include <errno.h>
+#include <sched.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -53,6 +54,36 @@ void dxmi_nap_us(unsigned *us)
 	nanosleep(&ts, NULL);
 	if (*us < 1000)
 		*us *= 2;
+}
+
+/*
+ * Wait before retrying an ioctl the kernel refused with EAGAIN: the
+ * userfaultfd's mmap_changing, set from the moment a thread queues an
+ * event (a REMOVE, an UNMAP, a fork) until that thread resumes after a
+ * handler read it.  Usually a few microseconds; but a program that makes
+ * events without a pause (MADV_DONTNEED in a loop) leaves gaps of about a
+ * microsecond between them, and a back-off that grows to a millisecond
+ * lands in one only now and then: a conversion against such a loop took
+ * up to seconds, 40 a second on an idle machine.  So the first
+ * EAGAIN_YIELDS tries (about a millisecond where the CPU is idle) only
+ * yield, to the handler that reads the event and the thread that resumes
+ * where they share the CPU, and catch a gap (900 conversions a second,
+ * none over 9 ms); then the back-off of dxmi_nap_us, 5 us doubling up to
+ * 1.28 ms, for an event that waits on something slow (a handler in a
+ * device's callback).  *tries starts at 0.  Async-signal-safe.
+ */
+void dxmi_eagain_wait(unsigned *tries)
+{
+	unsigned n = *tries;
+	if (n < EAGAIN_YIELDS + 8)
+		++*tries;
+	if (n < EAGAIN_YIELDS) {
+		sched_yield();
+		return;
+	}
+	n -= EAGAIN_YIELDS;
+	struct timespec ts = { 0, 5000l << (n < 8 ? n : 8) };
+	nanosleep(&ts, NULL);
 }
 
 /*

@@ -229,7 +229,9 @@ DXM_API void dxm_exclusive_unlock(struct dxm_ctx *ctx, void *start, size_t len,
 		dxmi_region_put(r);
 	if (bad)
 		pr_warn("dxm_exclusive_unlock: %zu page(s) of %p were not "
-			"locked by dxm_make_exclusive",
+			"locked (never locked by dxm_make_exclusive, unlocked "
+			"already, or taken back by the program's "
+			"MADV_DONTNEED)",
 			bad, start);
 }
 

@@ -110,15 +110,16 @@ static void count_restore(struct dxm_ctx *ctx, uint64_t t0, size_t pages)
 /* A kind's fill or restore got -EAGAIN: an event is unread and the page,
  * the CPU's now, is not mapped.  A handler thread never waits for that (it may be the one
  * to read the event): the faulting thread is woken to fault again.  The
- * faulting thread itself (here) naps and tries again (true). */
+ * faulting thread itself (here) waits (dxmi_eagain_wait) and tries again
+ * (true). */
 static bool retry_later(struct dxm_region *r, uintptr_t addr, bool here,
-			unsigned *us)
+			unsigned *tries)
 {
 	if (!here) {
 		dxmi_uffd_wake(r->uffd, addr, r->psize);
 		return false;
 	}
-	dxmi_nap_us(us); /* async-signal-safe */
+	dxmi_eagain_wait(tries); /* async-signal-safe */
 	return true;
 }
 
@@ -176,7 +177,7 @@ static void resolve(struct dxm_region *r, size_t pg, uintptr_t addr,
 		    bool write, bool here, uint64_t epoch)
 {
 	struct dxm_ctx *ctx = r->ctx;
-	unsigned us = 5;
+	unsigned us = 5, tries = 0;
 	int err;
 	for (;;) {
 		uint8_t s = ps_load(&r->st[pg]);
@@ -189,7 +190,7 @@ static void resolve(struct dxm_region *r, size_t pg, uintptr_t addr,
 			inject(INJ_RESOLVE); /* a slow handler, in tests */
 			err = r->kind->fill(r, pg, addr, write);
 			dxmi_ps_mapping_done(r, pg);
-			if (err == -EAGAIN && retry_later(r, addr, here, &us))
+			if (err == -EAGAIN && retry_later(r, addr, here, &tries))
 				continue;
 			return;
 		case PS_EXCLUSIVE:
@@ -214,7 +215,7 @@ static void resolve(struct dxm_region *r, size_t pg, uintptr_t addr,
 			count_restore(ctx, t0, b - a);
 			DXM_TRACE_RESTORE_END(addr, err);
 			if (err == -EAGAIN && !requeued_restore(r, pg, addr) &&
-			    retry_later(r, addr, here, &us))
+			    retry_later(r, addr, here, &tries))
 				continue;
 			return;
 		default: /* LOCKED, INVALIDATING */

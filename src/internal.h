@@ -551,6 +551,8 @@ int dxmi_ctx_check(struct dxm_ctx *ctx);
 /* ---------------------------------------------------------------- base.c */
 uint64_t dxmi_now_ns(void);
 void dxmi_nap_us(unsigned *us); /* sleep *us, then double it up to 1 ms */
+#define EAGAIN_YIELDS 1000 /* dxmi_eagain_wait's tries that only yield */
+void dxmi_eagain_wait(unsigned *tries); /* before retrying an EAGAIN */
 pid_t dxmi_self_pid(void);
 void dxmi_self_pid_forget(void);
 void dxmi_ctx_set_handler(struct dxm_ctx *ctx);

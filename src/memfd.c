@@ -200,10 +200,10 @@ void dxmi_memfd_restore_run(struct dxm_region *r, size_t a, size_t b,
 	 * handler (it may be the reader), or a caller for whom the mappings
 	 * are only a head start (dxm_alias: its pages fault in anyway),
 	 * leaves the pages to fault in. */
-	unsigned us = 5;
+	unsigned tries = 0;
 	while (memfd_continue(r, a, b - a, 0) == -EAGAIN &&
 	       (flags & PTC_WAIT) && !dxmi_ctx_on_handler(r->ctx))
-		dxmi_nap_us(&us);
+		dxmi_eagain_wait(&tries);
 	for (size_t i = a; i < b; i++)
 		dxmi_ps_mapping_done(r, i);
 }
