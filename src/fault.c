@@ -201,17 +201,23 @@ static void resolve(struct dxm_region *r, size_t pg, uintptr_t addr,
 			uint64_t t0 = dxmi_now_ns();
 			size_t a, b;
 			around(r, pg, ps_tag(s), &a, &b);
-			/* Every page is notified before its mapping returns;
-			 * the faulting page goes first, its neighbours after
+			/* Every page is notified before its mapping returns.
+			 * A run of more than one page is restored whole
+			 * before anyone is woken (restore_span); else the
+			 * faulting page goes first, its neighbours after
 			 * (those the kernel refuses now fault in later). */
 			dxmi_notify_region_pages(r, a, b - a, DXM_EVENT_CLEAR,
 						 NULL);
 			stat_add(&ctx->c.restores, b - a);
-			err = r->kind->restore(r, pg, addr);
-			if (pg + 1 < b)
-				r->kind->restore_run(r, pg + 1, b, 0);
-			if (a < pg)
-				r->kind->restore_run(r, a, pg, 0);
+			if (b - a > 1 && r->kind->restore_span) {
+				err = r->kind->restore_span(r, a, b, pg, addr);
+			} else {
+				err = r->kind->restore(r, pg, addr);
+				if (pg + 1 < b)
+					r->kind->restore_run(r, pg + 1, b, 0);
+				if (a < pg)
+					r->kind->restore_run(r, a, pg, 0);
+			}
 			count_restore(ctx, t0, b - a);
 			DXM_TRACE_RESTORE_END(addr, err);
 			if (err == -EAGAIN && !requeued_restore(r, pg, addr) &&

@@ -57,5 +57,6 @@ const struct dxm_kind dxmi_hugetlb_kind = {
 	.fill = dxmi_memfd_fill,
 	.restore = dxmi_memfd_restore,
 	.restore_run = dxmi_memfd_restore_run,
+	.restore_span = dxmi_memfd_restore_span,
 	.gone = dxmi_memfd_gone,
 };

@@ -82,9 +82,9 @@ int inject(enum inject_site s)
 	pthread_once(&once, parse);
 	if (!site[s].every)
 		return 0;
-	if (s == INJ_NOTIFY || s == INJ_RESOLVE || s == INJ_FORKFIX ||
-	    s == INJ_DETACH) {
-		/* A slow callback or fault: "notify=0/MS" delays each. */
+	if (!site[s].err) {
+		/* A slow callback, fault or ioctl: "notify=0/MS" delays
+		 * each. */
 		struct timespec ts = { site[s].every / 1000,
 				       (long)(site[s].every % 1000) * 1000000 };
 		nanosleep(&ts, NULL);

@@ -12,6 +12,8 @@
  * between its lookup and its mapping: "resolve=0/N"), forkfix (a raw
  * fork's repair, before each region and before each page it copies) and
  * detach (a munmap's event, read, before its views leave the table).
+ * Any site delays so with errno 0: "continue=0/5" makes each
+ * UFFDIO_CONTINUE wait 5 ms before it enters the kernel.
  * And moved ("moved=EEXIST/N"): every N-th UFFDIO_MOVE moves its first
  * page only and answers EEXIST, as Linux 6.18 does for a page under
  * migration (anon.c, moved_after_all).

@@ -67,7 +67,7 @@ int dxmi_uffd_open(struct dxm_uffd_info *info, uint64_t required, uint64_t optio
 	      bool quiet);
 int dxmi_uffd_register(int uffd, uintptr_t start, size_t len, uint64_t mode);
 int dxmi_uffd_unregister(int uffd, uintptr_t start, size_t len);
-long dxmi_uffd_continue(int uffd, uintptr_t start, size_t len);
+long dxmi_uffd_continue(int uffd, uintptr_t start, size_t len, bool wake);
 int dxmi_uffd_wake(int uffd, uintptr_t start, size_t len);
 long dxmi_uffd_move(int uffd, uintptr_t dst, uintptr_t src, size_t len,
 	       uint64_t mode);
@@ -151,6 +151,11 @@ struct dxm_kind {
 	 * INVALIDATING, re-queued as a fault's restore. */
 	void (*restore_run)(struct dxm_region *r, size_t a, size_t b,
 			    unsigned flags);
+	/* Optional: a fault at addr on page pg of the run [a, b) (more than
+	 * one page, each INVALIDATING, ours, notified): restore and wake
+	 * like restore() does for pg, the whole run at once. */
+	int (*restore_span)(struct dxm_region *r, size_t a, size_t b,
+			    size_t pg, uintptr_t addr);
 	/* A CPU view piece [start, +n pages), region page pgoff, detached and
 	 * the devices told.  unmap: dxm_free (the piece is dxm's to undo);
 	 * else the program unmapped it.  last: r has no view left.  Nobody is
@@ -178,6 +183,8 @@ size_t dxmi_memfd_revoke(struct dxm_region *r, size_t pg, size_t n, void **dev,
 			 uint8_t *need);
 int dxmi_memfd_fill(struct dxm_region *r, size_t pg, uintptr_t addr, bool write);
 int dxmi_memfd_restore(struct dxm_region *r, size_t pg, uintptr_t addr);
+int dxmi_memfd_restore_span(struct dxm_region *r, size_t a, size_t b,
+			    size_t pg, uintptr_t addr);
 void dxmi_memfd_restore_run(struct dxm_region *r, size_t a, size_t b,
 			    unsigned flags);
 void dxmi_memfd_gone(struct dxm_region *r, uintptr_t start, size_t pgoff,
@@ -297,6 +304,8 @@ int dxmi_region_runs(struct dxm_region *r, size_t pg, size_t n,
 		int (*fn)(struct dxm_region *r, uintptr_t cpu, size_t pg,
 			  size_t n, void *arg),
 		void *arg);
+void dxmi_region_wake(struct dxm_region *r, size_t pg, size_t n,
+		      uintptr_t addr);
 bool dxmi_region_owns_addr(struct dxm_region *r, uintptr_t addr);
 
 /* --------------------------------------------------------------- pstate.c */

@@ -101,11 +101,12 @@ static int fill_hole(struct dxm_region *r, size_t pg)
 }
 
 static int continue_run(struct dxm_region *r, uintptr_t s, size_t pg,
-			size_t n)
+			size_t n, bool wake)
 {
 	int tries = 0;
 	while (n) {
-		long got = dxmi_uffd_continue(r->uffd, s, n << r->pshift);
+		long got = dxmi_uffd_continue(r->uffd, s, n << r->pshift,
+					      wake);
 		if (got > 0) {
 			size_t k = (size_t)got >> r->pshift;
 			s += k << r->pshift, pg += k, n -= k;
@@ -139,13 +140,14 @@ struct cont {
 	uintptr_t first;
 	int ret;
 	bool found;
+	bool dontwake; /* the caller wakes (dxmi_region_wake) */
 };
 
 static int cont_run(struct dxm_region *r, uintptr_t s, size_t pg, size_t n,
 		    void *arg)
 {
 	struct cont *c = arg;
-	int err = continue_run(r, s, pg, n);
+	int err = continue_run(r, s, pg, n, !c->dontwake);
 	if (err && (!c->ret || err == -EAGAIN))
 		c->ret = err;
 	c->found |= c->first >= s && c->first < s + (n << r->pshift);
@@ -208,6 +210,32 @@ void dxmi_memfd_restore_run(struct dxm_region *r, size_t a, size_t b,
 		dxmi_ps_mapping_done(r, i);
 }
 
+/*
+ * A fault at addr on page pg of run [a, b) (restore-around), every page
+ * INVALIDATING, ours and notified: one UFFDIO_CONTINUE per view's run,
+ * waking nobody; the pages are dropped (PS_MAPPING cleared), and only
+ * then are the threads woken.  The faulting thread waits for the whole
+ * run (a sequential reader would fault on the next page at once), and
+ * when it runs again the handler has nothing left to do for it: a
+ * dxm_make_exclusive that follows finds no page still being mapped, and
+ * the handler's CPU is on its way to sleep (its zap need not interrupt
+ * it).  Returns what dxmi_memfd_restore() does.
+ */
+int dxmi_memfd_restore_span(struct dxm_region *r, size_t a, size_t b,
+			    size_t pg, uintptr_t addr)
+{
+	(void)pg;
+	for (size_t i = a; i < b; i++)
+		if (ps_state(ps_load(&r->st[i])) == PS_INVALIDATING)
+			dxmi_ps_invalidated(r, i);
+	struct cont c = { .dontwake = true };
+	dxmi_region_runs(r, a, b - a, NULL, 0, cont_run, &c);
+	for (size_t i = a; i < b; i++)
+		dxmi_ps_mapping_done(r, i);
+	dxmi_region_wake(r, a, b - a, addr);
+	return c.ret == -EAGAIN ? -EAGAIN : 0;
+}
+
 /* ------------------------------------------------------------------ gone */
 
 /* dxm_free undoes the view; after a program's munmap nothing is left to
@@ -232,5 +260,6 @@ const struct dxm_kind dxmi_memfd_kind = {
 	.fill = dxmi_memfd_fill,
 	.restore = dxmi_memfd_restore,
 	.restore_run = dxmi_memfd_restore_run,
+	.restore_span = dxmi_memfd_restore_span,
 	.gone = dxmi_memfd_gone,
 };

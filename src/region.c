@@ -526,6 +526,33 @@ int dxmi_region_runs(struct dxm_region *r, size_t pg, size_t n,
 	return ret;
 }
 
+struct wake {
+	uintptr_t addr;
+	bool found;
+};
+
+static int wake_fn(struct dxm_region *r, uintptr_t cpu, size_t pg, size_t n,
+		   void *arg)
+{
+	struct wake *w = arg;
+	(void)pg;
+	dxmi_uffd_wake(r->uffd, cpu, n << r->pshift);
+	w->found |= w->addr >= cpu && w->addr < cpu + (n << r->pshift);
+	return 0;
+}
+
+/* Wake the threads that wait on region pages [pg, pg+n) in every view,
+ * and the one faulting at addr (0: none) even where no view holds it any
+ * more (its munmap was read since: it faults again and finds none). */
+void dxmi_region_wake(struct dxm_region *r, size_t pg, size_t n,
+		      uintptr_t addr)
+{
+	struct wake w = { addr, !addr };
+	dxmi_region_runs(r, pg, n, NULL, 0, wake_fn, &w);
+	if (!w.found)
+		dxmi_uffd_wake(r->uffd, addr, r->psize);
+}
+
 /* --------------------------------------------------------------- creation */
 
 int dxmi_region_add_piece(struct dxm_ctx *ctx, struct dxm_region *r, void *addr,

@@ -259,9 +259,12 @@ static long partial(int64_t done)
 					     : partial((arg)->field);          \
 	})
 
-long dxmi_uffd_continue(int uffd, uintptr_t start, size_t len)
+long dxmi_uffd_continue(int uffd, uintptr_t start, size_t len, bool wake)
 {
-	struct uffdio_continue c = { .range = { .start = start, .len = len } };
+	struct uffdio_continue c = {
+		.range = { .start = start, .len = len },
+		.mode = wake ? 0 : UFFDIO_CONTINUE_MODE_DONTWAKE,
+	};
 	return RANGE_IOCTL(INJ_CONTINUE, uffd, UFFDIO_CONTINUE, &c, mapped, len);
 }
 

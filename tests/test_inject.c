@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -88,6 +89,90 @@ INJECT_TEST(copy_zeropage_eagain, "copy=EAGAIN/2,zeropage=EAGAIN/2", MEM_ANON)
 /* The handler's read and poll interrupted. */
 INJECT_TEST(read_poll_eintr, "read=EINTR/3,poll=EINTR/2", MEM_MEMFD)
 INJECT_TEST(read_poll_eintr_anon, "read=EINTR/3,poll=EINTR/2", MEM_ANON)
+
+/* Restores (faults that gave pages back) in s's histogram. */
+static uint64_t restore_calls(const struct dxm_stats *s)
+{
+	uint64_t n = 0;
+	for (int i = 0; i < DXM_STATS_HIST; i++)
+		n += s->restore_pages[i];
+	return n;
+}
+
+/* This thread's voluntary context switches so far (each sleep in a
+ * fault is one). */
+static long sleeps(void)
+{
+	struct rusage ru;
+	cr_assert_eq(getrusage(RUSAGE_THREAD, &ru), 0);
+	return ru.ru_nvcsw;
+}
+
+/*
+ * Restore-around: the faulting thread is woken once per window, when
+ * every page of it is back, so a reader going through the window in order
+ * never faults again on a page of it still being given back: it sleeps
+ * once per restore.  Every UFFDIO_CONTINUE and UFFDIO_MOVE is slowed down
+ * (3 ms): a thread woken as soon as its own page was mapped faults on the
+ * next page while the handler maps the rest, and sleeps a second time
+ * (until that mapping wakes it: the handler never even reads the fault).
+ */
+static void woken_once_per_window(enum mem_kind kind)
+{
+	setenv("DXM_INJECT", "continue=0/3,move=0/3", 1);
+	struct dxm_ctx_opts o = { .sz = sizeof(o), .restore_around = 16 };
+	struct dxm_ctx *ctx = ctx_or_skip(&o);
+	struct mem m;
+	mem_setup(ctx, kind, LEN, &m);
+	char *p = m.base;
+	fill_index(p, LEN, 0);
+	void *dev[NPAGES];
+	for (int round = 0; round < 3; round++) {
+		take(ctx, p, LEN, "owner", dev);
+		struct dxm_stats s0 = stats(ctx), s;
+		long z0 = sleeps();
+		uint64_t sum = 0; /* the device's words, read in order */
+		for (size_t pg = 0; pg < NPAGES; pg++)
+			sum += ((volatile uint64_t *)(p + pg * PS))[1];
+		long z = sleeps() - z0;
+		cr_assert_eq(sum, NPAGES * 1000 + NPAGES * (NPAGES - 1) / 2,
+			     "a page lost its data");
+		/* A restore is counted in the histogram once it returned,
+		 * which may be just after the thread it woke went on. */
+		uint64_t faults, calls;
+		for (int ms = 0;; ms++) {
+			s = stats(ctx);
+			faults = s.cpu_faults - s0.cpu_faults;
+			calls = restore_calls(&s) - restore_calls(&s0);
+			if (calls >= faults || ms >= 1000)
+				break;
+			sleep_ms(1);
+		}
+		cr_assert_eq(s.restores - s0.restores, NPAGES);
+		cr_assert_lt(faults, NPAGES / 4, "%llu faults: no restore-around",
+			     (unsigned long long)faults);
+		cr_assert_eq(faults, calls, "round %d: %llu faults, %llu restores",
+			     round, (unsigned long long)faults,
+			     (unsigned long long)calls);
+		/* One sleep per restore; one more for a preemption at most. */
+		cr_assert_leq(z, (long)calls + 1,
+			      "round %d: the reader slept %ld times for %llu "
+			      "restores: woken before its window was back",
+			      round, z, (unsigned long long)calls);
+	}
+	mem_teardown(&m);
+	dxm_ctx_destroy(ctx);
+}
+
+Test(inject, restore_around_wakes_once_per_window, .timeout = 60)
+{
+	woken_once_per_window(MEM_MEMFD);
+}
+
+Test(inject, restore_around_wakes_once_per_window_adopted, .timeout = 60)
+{
+	woken_once_per_window(MEM_ANON);
+}
 
 /* mmap/mremap failing: a clean -ENOMEM, nothing leaked, and the next call
  * works. */
