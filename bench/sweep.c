@@ -22,7 +22,10 @@
  *   dxm adopted <mode>  (bn_dxm_modes: spin, sigbus), memfd and adopted,
  *                     read-back only; a mode this kernel lacks is a SKIP note
  *
- * Each figure is the time per page.
+ * Each figure is the time per page.  A note per dxm column says how often
+ * the reading thread slept (voluntary context switches) per restore in
+ * its in-order read-backs: 1 when it is woken once per window, more when
+ * it faults again on a page its window is still bringing back.
  *
  * The cycle: at 64 and 4096 pages, round after round, the CPU reads one
  * word per page in order, then the device takes the same pages back
@@ -51,6 +54,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "harness.h"
@@ -78,7 +82,26 @@ struct sw {
 	size_t len;
 	struct bn_series *ser[2][NO];
 	int row[2][NO];
+	uint64_t sleeps, restores; /* K_DXM, over its read-backs */
 };
+
+/* This thread's voluntary context switches so far. */
+static uint64_t sleeps_now(void)
+{
+	struct rusage ru;
+	return getrusage(RUSAGE_THREAD, &ru) ? 0 : (uint64_t)ru.ru_nvcsw;
+}
+
+/* Restores (faults or calls that gave pages back) so far in ctx. */
+static uint64_t restores_now(struct dxm_ctx *ctx)
+{
+	struct dxm_stats st;
+	uint64_t n = 0;
+	if (!dxm_stats(ctx, &st, sizeof(st)))
+		for (int i = 0; i < DXM_STATS_HIST; i++)
+			n += st.restore_pages[i];
+	return n;
+}
 
 static void touch_all(char *p, size_t n, int order, const uint32_t *perm)
 {
@@ -154,9 +177,18 @@ static int once(struct sw *s, size_t n, int order, const uint32_t *perm,
 		break;
 	}
 	}
+	bool count = s->kind == K_DXM && order == O_SEQ;
+	uint64_t z0 = count ? sleeps_now() : 0;
+	uint64_t r0 = count ? restores_now(s->ctx) : 0;
 	uint64_t t0 = bn_now();
 	touch_all(s->p, n, order, perm);
 	bn_add(ser, (double)(bn_now() - t0) / (double)n);
+	if (count) {
+		/* (A restore enters the histogram just after it woke the
+		 * thread: the last one may be missed, out of thousands.) */
+		s->sleeps += sleeps_now() - z0;
+		s->restores += restores_now(s->ctx) - r0;
+	}
 	if (s->kind == K_MPROT) {
 		/* One signal gave every page back. */
 		atomic_store(&mpw.start, 0);
@@ -532,6 +564,14 @@ int bn_run_sweep(void)
 		bn_target(name, meas, "<= 1.05x one page per fault",
 			  dflt <= 1.05 * one);
 	}
+	for (size_t m = 0; m < nm; m++)
+		if (s[m].on && s[m].kind == K_DXM && s[m].restores)
+			bn_note("sweep: %s: the reader slept %.2f times per "
+				"restore in its in-order read-backs (%llu "
+				"restores)",
+				s[m].name,
+				(double)s[m].sleeps / (double)s[m].restores,
+				(unsigned long long)s[m].restores);
 	/* The columns' memory goes before the cycle takes its own. */
 	for (size_t m = 0; m < nm; m++)
 		sw_teardown(&s[m]);
