@@ -19,5 +19,12 @@ if ! setpriv --reuid=65534 --regid=65534 --clear-groups test -x "$exe"; then
 	     "and its parents readable (chmod a+rX)"
 	exit 1
 fi
+# Criterion's runner binds the socket /tmp/criterion_<its pid>.sock, and
+# exec keeps this shell's pid.  A root run of the same pid killed before it
+# cleaned up (a timeout, a kill) leaves that file behind, owned by root in
+# the sticky /tmp: uid 65534 cannot replace it, and Criterion aborts with no
+# word (SIGABRT after 0.04 s, once in a CI run).  No live process can own
+# this pid's socket but us, so remove it while still root.
+rm -f "/tmp/criterion_$$.sock"
 exec setpriv --reuid=65534 --regid=65534 --clear-groups \
 	--inh-caps=-all --bounding-set=-all "$exe" "$@"
