@@ -175,27 +175,52 @@ static void fork_park(struct dxm_handler *h)
 		atomic_store(&ctx->fk.gate, FG_APPLIED);
 }
 
-/* DXM_CTX_HANDLER_SPIN: after a batch, keep reading for spin_ns before
- * going back to sleep in poll(), so that a fault that follows soon is
- * picked up without a wake-up (a CPU is kept busy meanwhile). */
-static void spin(struct dxm_ctx *ctx)
+/*
+ * After a batch, keep watching for ns before going back to sleep in
+ * poll(), so that a fault that follows soon is picked up without a wake-up
+ * (a CPU is kept busy meanwhile): always with DXM_CTX_HANDLER_SPIN
+ * (spin_ns), and by default only when the batch came soon after the one
+ * before (adaptive_ns; see handler_main).  Every message read restarts the
+ * period.  It polls without a timeout and takes no lock until something is
+ * there to read: a spinning handler must not contend for zap_lock with
+ * every dxm_make_exclusive (it would sleep on it, and so would they).
+ */
+static void spin(struct dxm_ctx *ctx, uint64_t ns)
 {
-	uint64_t until = dxmi_now_ns() + ctx->spin_ns;
+	struct pollfd pfd[3] = {
+		{ .fd = ctx->wake_fd, .events = POLLIN },
+		{ .fd = ctx->uffd, .events = POLLIN },
+		{ .fd = ctx->uffd_anon, .events = POLLIN }, /* -1: ignored */
+	};
+	uint64_t until = dxmi_now_ns() + ns;
 	/* A fork waits for every handler to park (handler_main). */
 	while (dxmi_now_ns() < until && !atomic_load(&ctx->stopping) &&
 	       !atomic_load(&ctx->fk.forking)) {
-		size_t n = handle_batch(ctx, ctx->uffd);
-		if (ctx->uffd_anon >= 0)
-			n += handle_batch(ctx, ctx->uffd_anon);
-		if (n) {
-			dxmi_fault_drain_ready(ctx);
-			/* A munmapped region's teardown may wait for us. */
-			dxmi_region_run_quiet(ctx);
-			until = dxmi_now_ns() + ctx->spin_ns;
-		} else {
+		if (poll(pfd, 3, 0) <= 0) {
 			/* The faulting thread may be waiting for this CPU. */
 			sched_yield();
+			continue;
 		}
+		size_t n = 0;
+		bool bad = false;
+		for (int i = 1; i < 3; i++)
+			if (pfd[i].revents & POLLIN)
+				n += handle_batch(ctx, pfd[i].fd);
+			else if (pfd[i].revents & (POLLERR | POLLHUP | POLLNVAL))
+				bad = true;
+		if (pfd[0].revents & POLLIN) {
+			uint64_t v;
+			if (read(ctx->wake_fd, &v, sizeof(v)) < 0 &&
+			    errno != EAGAIN)
+				pr_err("read(eventfd): %s", strerror(errno));
+		}
+		dxmi_fault_drain_ready(ctx);
+		/* A munmapped region's teardown may wait for us. */
+		dxmi_region_run_quiet(ctx);
+		if (bad)
+			return; /* an error or hang-up: handler_main's poll */
+		if (n)
+			until = dxmi_now_ns() + ns;
 	}
 }
 
@@ -212,6 +237,9 @@ static void *handler_main(void *arg)
 		{ .fd = ctx->uffd_anon, .events = POLLIN }, /* -1: ignored */
 		{ .fd = ctx->fk.fd, .events = POLLIN }, /* never read here */
 	};
+	/* When this thread last went idle: the batch that wakes it next came
+	 * soon after when it is less than adaptive_ns ago. */
+	uint64_t idle_since = 0;
 	for (;;) {
 		if (atomic_load(&ctx->fk.forking)) {
 			fork_park(h);
@@ -219,6 +247,7 @@ static void *handler_main(void *arg)
 		}
 		int inj = inject(INJ_POLL);
 		int rc = inj ? (errno = inj, -1) : poll(pfd, 5, -1);
+		bool soon = dxmi_now_ns() - idle_since < ctx->adaptive_ns;
 		if (rc < 0) {
 			if (errno == EINTR)
 				continue;
@@ -233,16 +262,20 @@ static void *handler_main(void *arg)
 			    errno != EAGAIN)
 				pr_err("read(eventfd): %s", strerror(errno));
 		}
+		size_t n = 0;
 		for (int i = 2; i < 4; i++) {
 			if (pfd[i].revents & POLLIN)
-				handle_batch(ctx, pfd[i].fd);
+				n += handle_batch(ctx, pfd[i].fd);
 			else if (pfd[i].revents & (POLLERR | POLLHUP))
 				goto out;
 		}
 		dxmi_fault_drain_ready(ctx);
 		dxmi_region_run_quiet(ctx);
 		if (ctx->spin_ns)
-			spin(ctx);
+			spin(ctx, ctx->spin_ns);
+		else if (n && soon)
+			spin(ctx, ctx->adaptive_ns);
+		idle_since = dxmi_now_ns();
 	}
 out:
 	if (!atomic_load(&ctx->stopping))

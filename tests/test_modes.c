@@ -1,15 +1,20 @@
 // SPDX-License-Identifier: MIT
 /*
- * Fault-resolution modes: a blocking handler thread (default), a handler
- * that spins before sleeping (DXM_CTX_HANDLER_SPIN), and in-thread
- * resolution from SIGBUS (DXM_CTX_SIGBUS).  Each must give the same
+ * Fault-resolution modes: a handler thread (default: it spins a little
+ * after a fault that came soon after the one before), one that always
+ * spins before sleeping (DXM_CTX_HANDLER_SPIN) or never
+ * (DXM_CTX_HANDLER_SLEEP), and in-thread resolution from SIGBUS
+ * (DXM_CTX_SIGBUS).  Each must give the same
  * guarantees: notifiers before the access completes, every device write
  * seen, no lost update under contention; SIGBUS mode's documented
  * differences are checked too.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <setjmp.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -19,7 +24,7 @@
 #include "dxm_mirror.h"
 
 static const unsigned mode_flags[] = { 0, DXM_CTX_HANDLER_SPIN,
-				       DXM_CTX_SIGBUS };
+				       DXM_CTX_SIGBUS, DXM_CTX_HANDLER_SLEEP };
 
 struct mode_kind {
 	unsigned mode; /* index into mode_flags */
@@ -30,7 +35,7 @@ struct mode_kind {
 	static struct mode_kind p[] = {                                        \
 		{ 0, MEM_MEMFD }, { 1, MEM_MEMFD }, { 2, MEM_MEMFD },          \
 		{ 1, MEM_ALIAS }, { 2, MEM_ALIAS }, { 1, MEM_ANON },           \
-		{ 2, MEM_ANON },                                               \
+		{ 2, MEM_ANON },  { 3, MEM_MEMFD }, { 3, MEM_ANON },           \
 	};                                                                     \
 	return cr_make_param_array(struct mode_kind, p,                        \
 				   sizeof(p) / sizeof(p[0]))
@@ -167,8 +172,124 @@ Test(modes, bad_flag_combinations, .timeout = 30)
 				  .flags = DXM_CTX_SIGBUS |
 					   DXM_CTX_REQUIRE_KERNEL_FAULTS };
 	cr_assert_eq(dxm_ctx_create(&ctx, &o), -EINVAL);
+	o.flags = DXM_CTX_HANDLER_SPIN | DXM_CTX_HANDLER_SLEEP;
+	cr_assert_eq(dxm_ctx_create(&ctx, &o), -EINVAL);
 	o.flags = 1u << 30;
 	cr_assert_eq(dxm_ctx_create(&ctx, &o), -EINVAL);
+}
+
+/* ------------------------------------------------- the default's spinning */
+
+/* The kernel thread id of handler thread "dxm-fault/0". */
+static pid_t handler0_tid(void)
+{
+	pid_t tid = 0;
+	DIR *d = opendir("/proc/self/task");
+	cr_assert(d);
+	struct dirent *e;
+	while (!tid && (e = readdir(d))) {
+		char path[300], name[32] = "";
+		snprintf(path, sizeof(path), "/proc/self/task/%s/comm",
+			 e->d_name);
+		FILE *f = fopen(path, "r");
+		if (!f)
+			continue;
+		if (fgets(name, sizeof(name), f) &&
+		    !strcmp(name, "dxm-fault/0\n"))
+			tid = atoi(e->d_name);
+		fclose(f);
+	}
+	closedir(d);
+	cr_assert(tid, "no thread dxm-fault/0");
+	return tid;
+}
+
+/* Times thread tid went to sleep (voluntary context switches). */
+static unsigned long sleeps_of(pid_t tid)
+{
+	char path[64], line[128];
+	unsigned long v = 0;
+	snprintf(path, sizeof(path), "/proc/self/task/%d/status", tid);
+	FILE *f = fopen(path, "r");
+	cr_assert(f);
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "voluntary_ctxt_switches: %lu", &v) == 1)
+			break;
+	fclose(f);
+	return v;
+}
+
+/* Nanoseconds thread tid has run on a CPU. */
+static unsigned long long cpu_ns_of(pid_t tid)
+{
+	char path[64];
+	unsigned long long ns = 0;
+	snprintf(path, sizeof(path), "/proc/self/task/%d/schedstat", tid);
+	FILE *f = fopen(path, "r");
+	cr_assert(f);
+	cr_assert_eq(fscanf(f, "%llu", &ns), 1);
+	fclose(f);
+	return ns;
+}
+
+#define CLOSE_FAULTS 200
+
+/* CLOSE_FAULTS CPU faults one after the other on a memfd page the device
+ * keeps taking back: how often the handler thread slept, per fault. */
+static double sleeps_per_close_fault(struct dxm_ctx *ctx, void *p,
+				     pid_t tid)
+{
+	static int owner;
+	size_t ps = (size_t)getpagesize();
+	unsigned long s0 = sleeps_of(tid);
+	for (int i = 0; i < CLOSE_FAULTS; i++) {
+		void *dev;
+		cr_assert_eq(dxm_make_exclusive(ctx, p, ps, &owner, &dev), 1);
+		cr_assert(dev);
+		dxm_exclusive_unlock(ctx, p, ps, &dev);
+		cr_assert_eq(rd(p), (uint64_t)i);
+		wr(p, (uint64_t)i + 1);
+	}
+	return (double)(sleeps_of(tid) - s0) / CLOSE_FAULTS;
+}
+
+/* By default a handler that served a fault soon after the one before keeps
+ * reading for spin_us: faults that follow each other closely find it
+ * awake.  Once they stop, it sleeps: no CPU burnt when idle.  (spin_us is
+ * 20 ms here so that a loaded machine cannot make the test miss.) */
+Test(modes, default_handler_spins_between_close_faults, .timeout = 30)
+{
+	struct dxm_ctx_opts o = { .sz = sizeof(o), .spin_us = 20000 };
+	struct dxm_ctx *ctx = ctx_or_skip(&o);
+	void *p;
+	cr_assert_eq(dxm_alloc(ctx, (size_t)getpagesize(), 0, &p), 0);
+	wr(p, 0);
+	pid_t tid = handler0_tid();
+	double z = sleeps_per_close_fault(ctx, p, tid);
+	cr_assert_lt(z, 0.5, "the handler slept %.2f times per fault", z);
+	usleep(100000); /* past spin_us: it must be asleep now */
+	unsigned long long c0 = cpu_ns_of(tid);
+	usleep(200000);
+	unsigned long long used = cpu_ns_of(tid) - c0;
+	cr_assert_lt(used, 20000000ull,
+		     "an idle handler ran %llu us in 200 ms", used / 1000);
+	dxm_ctx_destroy(ctx);
+}
+
+/* DXM_CTX_HANDLER_SLEEP: the handler goes back to sleep after every
+ * batch, so each of these faults wakes it. */
+Test(modes, sleep_flag_never_spins, .timeout = 30)
+{
+	struct dxm_ctx_opts o = { .sz = sizeof(o),
+				  .flags = DXM_CTX_HANDLER_SLEEP,
+				  .spin_us = 20000 };
+	struct dxm_ctx *ctx = ctx_or_skip(&o);
+	void *p;
+	cr_assert_eq(dxm_alloc(ctx, (size_t)getpagesize(), 0, &p), 0);
+	wr(p, 0);
+	double z = sleeps_per_close_fault(ctx, p, handler0_tid());
+	cr_assert_geq(z, 0.5, "the handler slept %.2f times per fault", z);
+	dxm_ctx_destroy(ctx);
 }
 
 /* SIGBUS mode: a SIGBUS sent by kill(2) is not a fault to resolve; with
