@@ -364,6 +364,7 @@ static void teardown(struct rmeth *m)
 #define MAX_MODES 8
 static struct {
 	int dxm[MAX_MODES]; /* row of each bn_dxm_modes entry */
+	int bare[3];	    /* uffd thread, spin, sigbus */
 	int mprot;
 	bool done;
 } pass_rows[BN_NPLACE];
@@ -509,6 +510,8 @@ static int restore_pass(enum bn_place place)
 	for (size_t i = 0, k = 0; i < n; i++)
 		if (meth[i].kind == K_DXM && k < MAX_MODES)
 			pass_rows[place].dxm[k++] = meth[i].row;
+	for (int i = 0; i < 3; i++)
+		pass_rows[place].bare[i] = bare[i]->row;
 	pass_rows[place].mprot = mprot->row;
 	pass_rows[place].done = true;
 
@@ -574,6 +577,40 @@ out:
  * dxm's best mode, in its best placement, must beat mprotect+SIGSEGV
  * measured in the same pass.
  */
+/* Across CPUs over the same CPU, at p50, of row kind *rows[k]. */
+static double split_over_same(const int *same, const int *split, int k)
+{
+	return bn_row_at(split[k], 0.5) / bn_row_at(same[k], 0.5);
+}
+
+/*
+ * The default mode across CPUs: at most 2x its own same-CPU p50.  What
+ * is left across CPUs once the handler is awake is the faulting thread's
+ * own CPU going idle while it waits; the bare handlers' ratios, printed
+ * beside, show what this machine charges for that.
+ */
+static void split_target(void)
+{
+	if (!pass_rows[BN_PLACE_SAME].done || !pass_rows[BN_PLACE_SPLIT].done)
+		return;
+	const int *same = pass_rows[BN_PLACE_SAME].dxm,
+		  *split = pass_rows[BN_PLACE_SPLIT].dxm;
+	double x = split_over_same(same, split, 0);
+	char meas[32];
+	snprintf(meas, sizeof(meas), "%.2fx", x);
+	bn_target("restore_default_split_vs_same", meas,
+		  "<= 2x the same-CPU p50, default mode", x <= 2.0);
+	same = pass_rows[BN_PLACE_SAME].bare;
+	split = pass_rows[BN_PLACE_SPLIT].bare;
+	bn_note("restore: across CPUs over the same CPU at p50: bare uffd "
+		"thread %.2fx, uffd spin %.2fx (a handler that never sleeps: "
+		"the faulting thread's own CPU still idles while it waits), "
+		"uffd sigbus %.2fx",
+		split_over_same(same, split, 0),
+		split_over_same(same, split, 1),
+		split_over_same(same, split, 2));
+}
+
 static void restore_targets(void)
 {
 	double best = 0;
@@ -618,6 +655,7 @@ static void restore_targets(void)
 			  "placement",
 			  best < 1.0);
 	}
+	split_target();
 }
 
 /*
