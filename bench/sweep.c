@@ -14,6 +14,12 @@
  *                     SIGSEGV and the handler mprotect()s the WHOLE range
  *                     back to PROT_READ|PROT_WRITE: one signal restores
  *                     everything (the pages never left the page table)
+ *   UFFDIO_CONTINUE   a third plain mapping of the same memfd, registered
+ *                     MINOR with a userfaultfd of its own and zapped; one
+ *                     UFFDIO_CONTINUE maps the whole range (no fault), then
+ *                     the reads: what mapping the pages back costs through
+ *                     the only call that can map a page of a registered
+ *                     shmem view, dxm's floor for memfd (read-back only)
  *   dxm 1 page        restore_around = 1: one fault to the handler per page,
  *                     what dxm did before restore-around
  *   dxm               the default context (restore-around on, thread mode)
@@ -54,19 +60,28 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <fcntl.h>
+#include <sys/ioctl.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
+#include <linux/userfaultfd.h>
+
 #include "harness.h"
+
+#ifndef UFFD_USER_MODE_ONLY
+#define UFFD_USER_MODE_ONLY 1 /* Linux 5.11 */
+#endif
 
 enum { O_SEQ, O_WRITE, O_REV, O_RAND, NO };
 static const char *const oname[NO] = { "read-back", "write-back", "reverse",
 				       "random" };
 
-enum kind { K_KERNEL, K_MPROT, K_DXM };
+enum kind { K_KERNEL, K_MPROT, K_CONT, K_DXM };
 
 /* The methods: these five first (their indices), then the other modes. */
-enum { M_KERNEL, M_MPROT, M_ONE, M_DXM, M_ANON, M_FIXED };
+enum { M_KERNEL, M_MPROT, M_CONT, M_ONE, M_DXM, M_ANON, M_FIXED };
 #define MAXM (M_FIXED + 2 * 8)
 
 struct sw {
@@ -83,6 +98,7 @@ struct sw {
 	struct bn_series *ser[2][NO];
 	int row[2][NO];
 	uint64_t sleeps, restores; /* K_DXM, over its read-backs */
+	int uffd;		   /* K_CONT, when set up */
 };
 
 /* This thread's voluntary context switches so far. */
@@ -170,6 +186,10 @@ static int once(struct sw *s, size_t n, int order, const uint32_t *perm,
 		if (mprotect(s->p, len, PROT_NONE))
 			return -errno;
 		break;
+	case K_CONT:
+		if (madvise(s->p, len, MADV_DONTNEED))
+			return -errno;
+		break;
 	case K_DXM: {
 		int err = bn_dxm_revoke(s->ctx, &owner, s->p, len, dev);
 		if (err)
@@ -181,6 +201,14 @@ static int once(struct sw *s, size_t n, int order, const uint32_t *perm,
 	uint64_t z0 = count ? sleeps_now() : 0;
 	uint64_t r0 = count ? restores_now(s->ctx) : 0;
 	uint64_t t0 = bn_now();
+	if (s->kind == K_CONT) {
+		struct uffdio_continue c = {
+			.range = { (uintptr_t)s->p, len },
+			.mode = UFFDIO_CONTINUE_MODE_DONTWAKE,
+		};
+		if (ioctl(s->uffd, UFFDIO_CONTINUE, &c))
+			return -errno;
+	}
 	touch_all(s->p, n, order, perm);
 	bn_add(ser, (double)(bn_now() - t0) / (double)n);
 	if (count) {
@@ -198,6 +226,35 @@ static int once(struct sw *s, size_t n, int order, const uint32_t *perm,
 	/* Let a spinning handler go back to sleep before the next method. */
 	if (s->kind == K_DXM && s->mode->settle_us)
 		usleep(s->mode->settle_us);
+	return 0;
+}
+
+/* The UFFDIO_CONTINUE column: a mapping of kfd registered MINOR with a
+ * userfaultfd of its own (user-mode-only where that is all we may have). */
+static int cont_setup(struct sw *s, int kfd)
+{
+	if (kfd < 0)
+		return -EBADF;
+	void *p = mmap(NULL, s->len, PROT_READ | PROT_WRITE, MAP_SHARED, kfd,
+		       0);
+	if (p == MAP_FAILED)
+		return -errno;
+	s->p = p;
+	int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+	if (fd < 0)
+		fd = (int)syscall(SYS_userfaultfd,
+				  O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY);
+	if (fd < 0)
+		return -errno;
+	struct uffdio_api api = { .api = UFFD_API,
+				  .features = UFFD_FEATURE_MINOR_SHMEM };
+	struct uffdio_register reg = {
+		.range = { (uintptr_t)p, s->len },
+		.mode = UFFDIO_REGISTER_MODE_MINOR,
+	};
+	s->uffd = fd;
+	if (ioctl(fd, UFFDIO_API, &api) || ioctl(fd, UFFDIO_REGISTER, &reg))
+		return -errno;
 	return 0;
 }
 
@@ -219,6 +276,8 @@ static int sw_setup(struct sw *s, int *kfd)
 		mpw_pushed = !err;
 		return err;
 	}
+	case K_CONT:
+		return cont_setup(s, *kfd);
 	case K_DXM:
 		break;
 	}
@@ -248,6 +307,9 @@ static void sw_teardown(struct sw *s)
 		bn_sig_pop(SIGSEGV, &mpw_old);
 		mpw_pushed = false;
 	}
+	if (s->kind == K_CONT && s->uffd > 0)
+		close(s->uffd);
+	s->uffd = 0;
 	if (s->ctx) {
 		if (s->p)
 			dxm_free(s->ctx, s->p);
@@ -426,6 +488,7 @@ int bn_run_sweep(void)
 	} fixed[M_FIXED] = {
 		[M_KERNEL] = { "kernel minor faults", K_KERNEL, 0, false },
 		[M_MPROT] = { "mprotect+SIGSEGV", K_MPROT, 0, false },
+		[M_CONT] = { "UFFDIO_CONTINUE, no fault", K_CONT, 0, false },
 		[M_ONE] = { "dxm, 1 page per fault", K_DXM, 1, false },
 		[M_DXM] = { "dxm", K_DXM, 0, false },
 		[M_ANON] = { "dxm adopted", K_DXM, 0, true },
@@ -436,7 +499,7 @@ int bn_run_sweep(void)
 		s[nm].mode = &bn_dxm_modes[0]; /* thread: no flags */
 		s[nm].restore_around = fixed[nm].restore_around;
 		s[nm].anon = fixed[nm].anon;
-		s[nm].all_orders = true;
+		s[nm].all_orders = fixed[nm].kind != K_CONT;
 	}
 	/* Every other resolution mode, memfd then adopted, read-back only. */
 	for (int anon = 0; anon < 2; anon++)
@@ -469,6 +532,13 @@ int bn_run_sweep(void)
 		if (err && s[m].kind == K_DXM && s[m].mode->flags &&
 		    !s[m].ctx) {
 			bn_note("sweep: SKIP: %s: dxm_ctx_create: %s",
+				s[m].name, strerror(-err));
+			sw_teardown(&s[m]);
+			continue;
+		}
+		if (err && s[m].kind == K_CONT) {
+			bn_note("sweep: SKIP: %s: a userfaultfd registered "
+				"MINOR on shmem: %s",
 				s[m].name, strerror(-err));
 			sw_teardown(&s[m]);
 			continue;
@@ -557,6 +627,14 @@ int bn_run_sweep(void)
 			bn_target(name, meas, "<= 1.1x mprotect+SIGSEGV",
 				  x <= 1.1);
 		}
+		int cont = s[M_CONT].row[z][O_SEQ], dx = s[M_DXM].row[z][O_SEQ];
+		if (cont >= 0 && dx >= 0)
+			bn_note("sweep: read-back, %zu pages: mapping the pages "
+				"back with UFFDIO_CONTINUE alone (no fault) is "
+				"%.2fx the kernel's minor faults; dxm (memfd) "
+				"is %.2fx that",
+				sizes[z], bn_row_ratio(cont, 0.5),
+				bn_row_at(dx, 0.5) / bn_row_at(cont, 0.5));
 		double one = bn_row_at(s[M_ONE].row[z][O_RAND], 0.5);
 		double dflt = bn_row_at(s[M_DXM].row[z][O_RAND], 0.5);
 		snprintf(name, sizeof(name), "sweep_random_%zu", sizes[z]);
