@@ -122,14 +122,19 @@ DXM_API const char *dxm_uffd_mode_str(enum dxm_uffd_mode mode)
 DXM_API const char *dxm_resolution_str(unsigned ctx_flags)
 {
 	const unsigned known = DXM_CTX_REQUIRE_KERNEL_FAULTS |
-			       DXM_CTX_HANDLER_SPIN | DXM_CTX_SIGBUS;
-	if (ctx_flags & ~known)
+			       DXM_CTX_HANDLER_SPIN | DXM_CTX_SIGBUS |
+			       DXM_CTX_HANDLER_SLEEP;
+	const unsigned spin_sleep = DXM_CTX_HANDLER_SPIN |
+				    DXM_CTX_HANDLER_SLEEP;
+	/* what dxm_ctx_create refuses */
+	if ((ctx_flags & ~known) || (ctx_flags & spin_sleep) == spin_sleep)
 		return "unknown";
 	if (ctx_flags & DXM_CTX_SIGBUS)
-		/* dxm_ctx_create refuses the two together */
 		return ctx_flags & DXM_CTX_REQUIRE_KERNEL_FAULTS ? "unknown"
 								 : "sigbus";
-	return ctx_flags & DXM_CTX_HANDLER_SPIN ? "spin" : "thread";
+	return ctx_flags & DXM_CTX_HANDLER_SPIN	   ? "spin"
+	       : ctx_flags & DXM_CTX_HANDLER_SLEEP ? "sleep"
+						   : "thread";
 }
 
 DXM_API const char *dxm_uffd_feature_str(uint64_t feature)

@@ -62,7 +62,8 @@ static void usage(FILE *f)
 		"library's)\n"
 		"  --mode M      fault resolution: thread (default), spin "
 		"(DXM_CTX_HANDLER_SPIN),\n"
-		"                sigbus (DXM_CTX_SIGBUS)\n"
+		"                sigbus (DXM_CTX_SIGBUS), sleep "
+		"(DXM_CTX_HANDLER_SLEEP)\n"
 		"  --churn N     fork() and region re-allocation (teardown, "
 		"dxm_free of adopted\n"
 		"                memory included, then a new region) N times as "
@@ -156,7 +157,8 @@ static int parse(int argc, char **argv)
 		case 'm': {
 			/* the library's names of the resolution modes */
 			static const unsigned modes[] = {
-				0, DXM_CTX_HANDLER_SPIN, DXM_CTX_SIGBUS
+				0, DXM_CTX_HANDLER_SPIN, DXM_CTX_SIGBUS,
+				DXM_CTX_HANDLER_SLEEP
 			};
 			const size_t n = sizeof(modes) / sizeof(modes[0]);
 			size_t i = 0;
