@@ -25,17 +25,16 @@ size_t bn_psize = 4096;
  * handler that resolves faults the same way.
  */
 const struct bn_dxm_mode bn_dxm_modes[] = {
-	/* (The default spins up to 50 us after a burst of faults.) */
-	{ "thread", 0, "uffd thread", 100 },
+	{ "thread", 0, "uffd thread", 0 },
 #ifdef DXM_CTX_HANDLER_SPIN
 	{ "spin", DXM_CTX_HANDLER_SPIN, "uffd spin", 2000 },
 #endif
 #ifdef DXM_CTX_SIGBUS
 	{ "sigbus", DXM_CTX_SIGBUS, "uffd sigbus", 0 },
 #endif
-#ifdef DXM_CTX_HANDLER_SLEEP
-	/* The default without its adaptive spin: what "uffd thread" does. */
-	{ "sleep", DXM_CTX_HANDLER_SLEEP, "uffd thread", 0 },
+#ifdef DXM_CTX_HANDLER_ADAPTIVE
+	/* Spins only in streams of faults: against the handler that sleeps. */
+	{ "adaptive", DXM_CTX_HANDLER_ADAPTIVE, "uffd thread", 100 },
 #endif
 };
 const size_t bn_n_dxm_modes = sizeof(bn_dxm_modes) / sizeof(bn_dxm_modes[0]);

@@ -74,12 +74,12 @@ const char *__asan_default_options(void)
 #ifndef DXM_CTX_SIGBUS
 #define DXM_CTX_SIGBUS 0
 #endif
-#ifndef DXM_CTX_HANDLER_SLEEP
-#define DXM_CTX_HANDLER_SLEEP 0
+#ifndef DXM_CTX_HANDLER_ADAPTIVE
+#define DXM_CTX_HANDLER_ADAPTIVE 0
 #endif
 #define CTX_KNOWN_FLAGS                                                        \
 	(DXM_CTX_REQUIRE_KERNEL_FAULTS | DXM_CTX_HANDLER_SPIN |                \
-	 DXM_CTX_SIGBUS | DXM_CTX_HANDLER_SLEEP)
+	 DXM_CTX_SIGBUS | DXM_CTX_HANDLER_ADAPTIVE)
 
 /* ------------------------------------------------------------- limits */
 
@@ -2230,7 +2230,7 @@ static void op_ctx2(struct args *a)
 		      : fl % 4 == 1 ? DXM_CTX_REQUIRE_KERNEL_FAULTS
 		      : fl % 4 == 2 ? (fl & 4 ? DXM_CTX_SIGBUS : 0) |
 					      (fl & 8 ? DXM_CTX_HANDLER_SPIN : 0) |
-					      (fl & 16 ? DXM_CTX_HANDLER_SLEEP : 0)
+					      (fl & 16 ? DXM_CTX_HANDLER_ADAPTIVE : 0)
 				    : 0;
 	big.o.handler_threads = th % 8 == 7 ? 65 : th % 3;
 	bool nullp = act == 0xff;
@@ -2254,9 +2254,9 @@ static void op_ctx2(struct args *a)
 	else if (!nullopts && (flags & DXM_CTX_SIGBUS) &&
 		 (flags & DXM_CTX_REQUIRE_KERNEL_FAULTS))
 		ok = false, errs = E(EINVAL);
-	else if (!nullopts && DXM_CTX_HANDLER_SLEEP &&
+	else if (!nullopts && DXM_CTX_HANDLER_ADAPTIVE &&
 		 (flags & DXM_CTX_HANDLER_SPIN) &&
-		 (flags & DXM_CTX_HANDLER_SLEEP))
+		 (flags & DXM_CTX_HANDLER_ADAPTIVE))
 		ok = false, errs = E(EINVAL);
 	else if (!nullopts && (flags & DXM_CTX_REQUIRE_KERNEL_FAULTS) &&
 		 g_mode == DXM_UFFD_USER_ONLY)

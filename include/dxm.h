@@ -76,20 +76,21 @@ struct dxm_notifier;
 				    notifiers run in that thread's SIGBUS
 				    handler and a system call whose buffer is
 				    an exclusive page fails with EFAULT */
-#define DXM_CTX_HANDLER_SLEEP (1u << 3) /* handler threads never spin: by
-					   default one that served a fault
-					   soon after the last keeps reading
-					   for spin_us before sleeping */
+#define DXM_CTX_HANDLER_ADAPTIVE (1u << 3) /* a handler thread that served
+					      a fault within spin_us of the
+					      one before, with no conversion
+					      between, keeps reading for
+					      spin_us before it sleeps */
 
 struct dxm_ctx_opts {
 	size_t sz;		  /* sizeof(struct dxm_ctx_opts) */
 	unsigned flags;		  /* DXM_CTX_* */
 	unsigned handler_threads; /* 0: default (1, or $DXM_HANDLER_THREADS) */
 	unsigned spin_us;	  /* how long a handler keeps reading after a
-				     batch: always with DXM_CTX_HANDLER_SPIN
-				     (0 means 100), else after a batch that
-				     came within spin_us of the last one (0
-				     means 50) */
+				     batch: DXM_CTX_HANDLER_SPIN: always (0
+				     means 100); DXM_CTX_HANDLER_ADAPTIVE:
+				     after a batch that came within spin_us
+				     of the one before (0 means 50) */
 	unsigned restore_around;  /* the most pages a CPU fault gives back
 				     at once (its neighbours, exclusive for
 				     the same owner, while faults are

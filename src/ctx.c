@@ -73,11 +73,11 @@ DXM_API int dxm_ctx_create(struct dxm_ctx **ctxp, const struct dxm_ctx_opts *opt
 	}
 	const unsigned known = DXM_CTX_REQUIRE_KERNEL_FAULTS |
 			       DXM_CTX_HANDLER_SPIN | DXM_CTX_SIGBUS |
-			       DXM_CTX_HANDLER_SLEEP;
+			       DXM_CTX_HANDLER_ADAPTIVE;
 	if ((o.flags & ~known) ||
-	    /* always spin, or never */
+	    /* always spin, or sometimes */
 	    ((o.flags & DXM_CTX_HANDLER_SPIN) &&
-	     (o.flags & DXM_CTX_HANDLER_SLEEP)) ||
+	     (o.flags & DXM_CTX_HANDLER_ADAPTIVE)) ||
 	    /* in-thread resolution cannot serve a system call's access */
 	    ((o.flags & DXM_CTX_SIGBUS) &&
 	     (o.flags & DXM_CTX_REQUIRE_KERNEL_FAULTS)))
@@ -105,7 +105,8 @@ DXM_API int dxm_ctx_create(struct dxm_ctx **ctxp, const struct dxm_ctx_opts *opt
 	ctx->flags = o.flags;
 	if (o.flags & DXM_CTX_HANDLER_SPIN)
 		ctx->spin_ns = (uint64_t)(o.spin_us ? o.spin_us : 100) * 1000;
-	else if (!(o.flags & (DXM_CTX_HANDLER_SLEEP | DXM_CTX_SIGBUS)))
+	else if ((o.flags & DXM_CTX_HANDLER_ADAPTIVE) &&
+		 !(o.flags & DXM_CTX_SIGBUS))
 		ctx->adaptive_ns = (uint64_t)(o.spin_us ? o.spin_us : 50) * 1000;
 	ctx->ra_max = o.restore_around ? o.restore_around : 512;
 

@@ -179,14 +179,28 @@ static void fork_park(struct dxm_handler *h)
  * After a batch, keep watching for ns before going back to sleep in
  * poll(), so that a fault that follows soon is picked up without a wake-up
  * (a CPU is kept busy meanwhile): always with DXM_CTX_HANDLER_SPIN
- * (spin_ns), and by default only when the batch came soon after the one
- * before (adaptive_ns; see handler_main).  Every message read restarts the
- * period.  It polls without a timeout and takes no lock until something is
- * there to read: a spinning handler must not contend for zap_lock with
- * every dxm_make_exclusive (it would sleep on it, and so would they).
+ * (spin_ns), and with DXM_CTX_HANDLER_ADAPTIVE only when the batch came
+ * soon after the one before (adaptive_ns; see handler_main).  Every
+ * message read restarts the period.  It polls without a timeout and takes
+ * no lock until something is there to read: a spinning handler must not
+ * contend for zap_lock with every dxm_make_exclusive (it would sleep on
+ * it, and so would they).
+ *
+ * An adaptive spin (cut) also ends when a dxm_make_exclusive begins: while
+ * a thread of the process runs on another CPU, every TLB flush of the
+ * process (the conversion's zap or move) must interrupt that CPU, which
+ * more than doubled the cost of a conversion (64 pages: 150 -> 360 ns a
+ * page on a 2-vCPU guest); a sleeping handler's CPU is skipped.  And a
+ * batch with a conversion begun since the one before starts none: faults
+ * that follow each other with no conversion between (a read-back) keep
+ * the handler spinning, while a device and the CPU taking turns find it
+ * asleep, as without the flag.  Why this is not the default:
+ * bench/README.md ("Spinning by default?").
  */
-static void spin(struct dxm_ctx *ctx, uint64_t ns)
+static void spin(struct dxm_ctx *ctx, uint64_t ns, bool cut)
 {
+	unsigned long conv = atomic_load_explicit(&ctx->conversions_begun,
+						  memory_order_relaxed);
 	struct pollfd pfd[3] = {
 		{ .fd = ctx->wake_fd, .events = POLLIN },
 		{ .fd = ctx->uffd, .events = POLLIN },
@@ -195,7 +209,9 @@ static void spin(struct dxm_ctx *ctx, uint64_t ns)
 	uint64_t until = dxmi_now_ns() + ns;
 	/* A fork waits for every handler to park (handler_main). */
 	while (dxmi_now_ns() < until && !atomic_load(&ctx->stopping) &&
-	       !atomic_load(&ctx->fk.forking)) {
+	       !atomic_load(&ctx->fk.forking) &&
+	       !(cut && atomic_load_explicit(&ctx->conversions_begun,
+					     memory_order_relaxed) != conv)) {
 		if (poll(pfd, 3, 0) <= 0) {
 			/* The faulting thread may be waiting for this CPU. */
 			sched_yield();
@@ -237,9 +253,12 @@ static void *handler_main(void *arg)
 		{ .fd = ctx->uffd_anon, .events = POLLIN }, /* -1: ignored */
 		{ .fd = ctx->fk.fd, .events = POLLIN }, /* never read here */
 	};
-	/* When this thread last went idle: the batch that wakes it next came
-	 * soon after when it is less than adaptive_ns ago. */
+	/* When this thread last went idle, and how many conversions had
+	 * begun then: the batch that wakes it next came soon after when it
+	 * is less than adaptive_ns later, with no conversion between (see
+	 * spin()). */
 	uint64_t idle_since = 0;
+	unsigned long idle_conv = 0;
 	for (;;) {
 		if (atomic_load(&ctx->fk.forking)) {
 			fork_park(h);
@@ -247,7 +266,10 @@ static void *handler_main(void *arg)
 		}
 		int inj = inject(INJ_POLL);
 		int rc = inj ? (errno = inj, -1) : poll(pfd, 5, -1);
-		bool soon = dxmi_now_ns() - idle_since < ctx->adaptive_ns;
+		bool soon = dxmi_now_ns() - idle_since < ctx->adaptive_ns &&
+			    atomic_load_explicit(&ctx->conversions_begun,
+						 memory_order_relaxed) ==
+				    idle_conv;
 		if (rc < 0) {
 			if (errno == EINTR)
 				continue;
@@ -272,10 +294,12 @@ static void *handler_main(void *arg)
 		dxmi_fault_drain_ready(ctx);
 		dxmi_region_run_quiet(ctx);
 		if (ctx->spin_ns)
-			spin(ctx, ctx->spin_ns);
+			spin(ctx, ctx->spin_ns, false);
 		else if (n && soon)
-			spin(ctx, ctx->adaptive_ns);
+			spin(ctx, ctx->adaptive_ns, true);
 		idle_since = dxmi_now_ns();
+		idle_conv = atomic_load_explicit(&ctx->conversions_begun,
+						 memory_order_relaxed);
 	}
 out:
 	if (!atomic_load(&ctx->stopping))

@@ -526,8 +526,11 @@ struct dxm_ctx {
 	int stop_fd, wake_fd; /* handler.c */
 	atomic_bool stopping;
 	uint64_t spin_ns; /* DXM_CTX_HANDLER_SPIN */
-	uint64_t adaptive_ns; /* default: spin after a batch that came this
-				 soon after the last (handler.c); 0: never */
+	uint64_t adaptive_ns; /* DXM_CTX_HANDLER_ADAPTIVE: spin after a batch
+				 that came this soon after the last
+				 (handler.c); 0: never */
+	atomic_ulong conversions_begun; /* dxm_make_exclusive calls: one
+					   ends an adaptive spin */
 	unsigned ra_max;  /* restore-around: most pages per fault (fault.c) */
 	/* Owners' tags (exclusive.c, pstate.h): slot i is tag i + 1, taken
 	 * by the first conversion of an owner and kept. */

@@ -123,18 +123,17 @@ DXM_API const char *dxm_resolution_str(unsigned ctx_flags)
 {
 	const unsigned known = DXM_CTX_REQUIRE_KERNEL_FAULTS |
 			       DXM_CTX_HANDLER_SPIN | DXM_CTX_SIGBUS |
-			       DXM_CTX_HANDLER_SLEEP;
-	const unsigned spin_sleep = DXM_CTX_HANDLER_SPIN |
-				    DXM_CTX_HANDLER_SLEEP;
+			       DXM_CTX_HANDLER_ADAPTIVE;
+	const unsigned spins = DXM_CTX_HANDLER_SPIN | DXM_CTX_HANDLER_ADAPTIVE;
 	/* what dxm_ctx_create refuses */
-	if ((ctx_flags & ~known) || (ctx_flags & spin_sleep) == spin_sleep)
+	if ((ctx_flags & ~known) || (ctx_flags & spins) == spins)
 		return "unknown";
 	if (ctx_flags & DXM_CTX_SIGBUS)
 		return ctx_flags & DXM_CTX_REQUIRE_KERNEL_FAULTS ? "unknown"
 								 : "sigbus";
-	return ctx_flags & DXM_CTX_HANDLER_SPIN	   ? "spin"
-	       : ctx_flags & DXM_CTX_HANDLER_SLEEP ? "sleep"
-						   : "thread";
+	return ctx_flags & DXM_CTX_HANDLER_SPIN	      ? "spin"
+	       : ctx_flags & DXM_CTX_HANDLER_ADAPTIVE ? "adaptive"
+						      : "thread";
 }
 
 DXM_API const char *dxm_uffd_feature_str(uint64_t feature)

@@ -62,8 +62,8 @@ static void usage(FILE *f)
 		"library's)\n"
 		"  --mode M      fault resolution: thread (default), spin "
 		"(DXM_CTX_HANDLER_SPIN),\n"
-		"                sigbus (DXM_CTX_SIGBUS), sleep "
-		"(DXM_CTX_HANDLER_SLEEP)\n"
+		"                sigbus (DXM_CTX_SIGBUS), adaptive "
+		"(DXM_CTX_HANDLER_ADAPTIVE)\n"
 		"  --churn N     fork() and region re-allocation (teardown, "
 		"dxm_free of adopted\n"
 		"                memory included, then a new region) N times as "
@@ -158,7 +158,7 @@ static int parse(int argc, char **argv)
 			/* the library's names of the resolution modes */
 			static const unsigned modes[] = {
 				0, DXM_CTX_HANDLER_SPIN, DXM_CTX_SIGBUS,
-				DXM_CTX_HANDLER_SLEEP
+				DXM_CTX_HANDLER_ADAPTIVE
 			};
 			const size_t n = sizeof(modes) / sizeof(modes[0]);
 			size_t i = 0;

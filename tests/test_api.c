@@ -270,17 +270,17 @@ Test(api, resolution_names, .timeout = 30)
 	const char *got[] = { dxm_resolution_str(0),
 			      dxm_resolution_str(DXM_CTX_HANDLER_SPIN),
 			      dxm_resolution_str(DXM_CTX_SIGBUS),
-			      dxm_resolution_str(DXM_CTX_HANDLER_SLEEP) };
+			      dxm_resolution_str(DXM_CTX_HANDLER_ADAPTIVE) };
 	cr_assert_str_eq(got[0], "thread");
 	cr_assert_str_eq(got[1], "spin");
 	cr_assert_str_eq(got[2], "sigbus");
-	cr_assert_str_eq(got[3], "sleep");
+	cr_assert_str_eq(got[3], "adaptive");
 	distinct(got, 4, "resolution");
 	cr_assert_str_eq(dxm_resolution_str(DXM_CTX_HANDLER_SPIN |
-					    DXM_CTX_HANDLER_SLEEP),
+					    DXM_CTX_HANDLER_ADAPTIVE),
 			 "unknown");
 	cr_assert_str_eq(dxm_resolution_str(DXM_CTX_SIGBUS |
-					    DXM_CTX_HANDLER_SLEEP),
+					    DXM_CTX_HANDLER_ADAPTIVE),
 			 "sigbus");
 	cr_assert_str_eq(dxm_resolution_str(DXM_CTX_REQUIRE_KERNEL_FAULTS),
 			 "thread");

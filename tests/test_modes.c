@@ -1,10 +1,9 @@
 // SPDX-License-Identifier: MIT
 /*
- * Fault-resolution modes: a handler thread (default: it spins a little
- * after a fault that came soon after the one before), one that always
- * spins before sleeping (DXM_CTX_HANDLER_SPIN) or never
- * (DXM_CTX_HANDLER_SLEEP), and in-thread resolution from SIGBUS
- * (DXM_CTX_SIGBUS).  Each must give the same
+ * Fault-resolution modes: a handler thread that sleeps between faults
+ * (default), one that always spins before sleeping (DXM_CTX_HANDLER_SPIN)
+ * or spins in streams of faults (DXM_CTX_HANDLER_ADAPTIVE), and in-thread
+ * resolution from SIGBUS (DXM_CTX_SIGBUS).  Each must give the same
  * guarantees: notifiers before the access completes, every device write
  * seen, no lost update under contention; SIGBUS mode's documented
  * differences are checked too.
@@ -24,7 +23,7 @@
 #include "dxm_mirror.h"
 
 static const unsigned mode_flags[] = { 0, DXM_CTX_HANDLER_SPIN,
-				       DXM_CTX_SIGBUS, DXM_CTX_HANDLER_SLEEP };
+				       DXM_CTX_SIGBUS, DXM_CTX_HANDLER_ADAPTIVE };
 
 struct mode_kind {
 	unsigned mode; /* index into mode_flags */
@@ -172,13 +171,13 @@ Test(modes, bad_flag_combinations, .timeout = 30)
 				  .flags = DXM_CTX_SIGBUS |
 					   DXM_CTX_REQUIRE_KERNEL_FAULTS };
 	cr_assert_eq(dxm_ctx_create(&ctx, &o), -EINVAL);
-	o.flags = DXM_CTX_HANDLER_SPIN | DXM_CTX_HANDLER_SLEEP;
+	o.flags = DXM_CTX_HANDLER_SPIN | DXM_CTX_HANDLER_ADAPTIVE;
 	cr_assert_eq(dxm_ctx_create(&ctx, &o), -EINVAL);
 	o.flags = 1u << 30;
 	cr_assert_eq(dxm_ctx_create(&ctx, &o), -EINVAL);
 }
 
-/* ------------------------------------------------- the default's spinning */
+/* ----------------------------------------------------- adaptive spinning */
 
 /* The kernel thread id of handler thread "dxm-fault/0". */
 static pid_t handler0_tid(void)
@@ -232,41 +231,66 @@ static unsigned long long cpu_ns_of(pid_t tid)
 	return ns;
 }
 
-#define CLOSE_FAULTS 200
+#define STREAM 200
 
-/* CLOSE_FAULTS CPU faults one after the other on a memfd page the device
- * keeps taking back: how often the handler thread slept, per fault. */
-static double sleeps_per_close_fault(struct dxm_ctx *ctx, void *p,
-				     pid_t tid)
+/* A context whose faults each give back one page, with a region of
+ * STREAM pages that a device has made exclusive. */
+static struct dxm_ctx *stream_setup(unsigned flags, void **p)
+{
+	struct dxm_ctx_opts o = { .sz = sizeof(o),
+				  .flags = flags,
+				  .spin_us = 20000,
+				  .restore_around = 1 };
+	struct dxm_ctx *ctx = ctx_or_skip(&o);
+	size_t ps = (size_t)getpagesize();
+	cr_assert_eq(dxm_alloc(ctx, STREAM * ps, 0, p), 0);
+	for (size_t i = 0; i < STREAM; i++)
+		wr((char *)*p + i * ps, i);
+	return ctx;
+}
+
+/* STREAM CPU faults one after the other, each on the next page of p, 2 ms
+ * apart (far less than spin_us, far more than a loaded machine takes to
+ * put a thread to sleep), none of them made exclusive again in between
+ * (convert: each page is made exclusive again just before its fault): how
+ * often the handler thread slept, per fault. */
+static double sleeps_per_fault(struct dxm_ctx *ctx, char *p, bool convert)
 {
 	static int owner;
 	size_t ps = (size_t)getpagesize();
-	unsigned long s0 = sleeps_of(tid);
-	for (int i = 0; i < CLOSE_FAULTS; i++) {
-		void *dev;
-		cr_assert_eq(dxm_make_exclusive(ctx, p, ps, &owner, &dev), 1);
-		cr_assert(dev);
-		dxm_exclusive_unlock(ctx, p, ps, &dev);
-		cr_assert_eq(rd(p), (uint64_t)i);
-		wr(p, (uint64_t)i + 1);
+	void *dev[STREAM];
+	if (!convert) {
+		cr_assert_eq(dxm_make_exclusive(ctx, p, STREAM * ps, &owner,
+						dev),
+			     STREAM);
+		dxm_exclusive_unlock(ctx, p, STREAM * ps, dev);
 	}
-	return (double)(sleeps_of(tid) - s0) / CLOSE_FAULTS;
+	pid_t tid = handler0_tid();
+	unsigned long s0 = sleeps_of(tid);
+	for (size_t i = 0; i < STREAM; i++) {
+		if (convert) {
+			cr_assert_eq(dxm_make_exclusive(ctx, p + i * ps, ps,
+							&owner, dev),
+				     1);
+			dxm_exclusive_unlock(ctx, p + i * ps, ps, dev);
+		}
+		usleep(2000);
+		cr_assert_eq(rd(p + i * ps), (uint64_t)i);
+	}
+	return (double)(sleeps_of(tid) - s0) / STREAM;
 }
 
-/* By default a handler that served a fault soon after the one before keeps
- * reading for spin_us: faults that follow each other closely find it
- * awake.  Once they stop, it sleeps: no CPU burnt when idle.  (spin_us is
- * 20 ms here so that a loaded machine cannot make the test miss.) */
-Test(modes, default_handler_spins_between_close_faults, .timeout = 30)
+/* DXM_CTX_HANDLER_ADAPTIVE: a handler that served a fault soon after the
+ * one before keeps reading for spin_us, so a stream of faults (a read-back)
+ * finds it awake.  Once they stop, it sleeps: no CPU burnt when idle.
+ * (spin_us is 20 ms here so that a loaded machine cannot make it miss.) */
+Test(modes, adaptive_handler_spins_in_a_stream_of_faults, .timeout = 30)
 {
-	struct dxm_ctx_opts o = { .sz = sizeof(o), .spin_us = 20000 };
-	struct dxm_ctx *ctx = ctx_or_skip(&o);
 	void *p;
-	cr_assert_eq(dxm_alloc(ctx, (size_t)getpagesize(), 0, &p), 0);
-	wr(p, 0);
-	pid_t tid = handler0_tid();
-	double z = sleeps_per_close_fault(ctx, p, tid);
+	struct dxm_ctx *ctx = stream_setup(DXM_CTX_HANDLER_ADAPTIVE, &p);
+	double z = sleeps_per_fault(ctx, p, false);
 	cr_assert_lt(z, 0.5, "the handler slept %.2f times per fault", z);
+	pid_t tid = handler0_tid();
 	usleep(100000); /* past spin_us: it must be asleep now */
 	unsigned long long c0 = cpu_ns_of(tid);
 	usleep(200000);
@@ -276,18 +300,25 @@ Test(modes, default_handler_spins_between_close_faults, .timeout = 30)
 	dxm_ctx_destroy(ctx);
 }
 
-/* DXM_CTX_HANDLER_SLEEP: the handler goes back to sleep after every
- * batch, so each of these faults wakes it. */
-Test(modes, sleep_flag_never_spins, .timeout = 30)
+/* ... but a conversion between two faults ends its spin (a spinning thread
+ * of the process makes the conversion's TLB flush interrupt its CPU), and
+ * a device and the CPU taking turns find it asleep, as by default. */
+Test(modes, adaptive_handler_sleeps_between_conversions, .timeout = 30)
 {
-	struct dxm_ctx_opts o = { .sz = sizeof(o),
-				  .flags = DXM_CTX_HANDLER_SLEEP,
-				  .spin_us = 20000 };
-	struct dxm_ctx *ctx = ctx_or_skip(&o);
 	void *p;
-	cr_assert_eq(dxm_alloc(ctx, (size_t)getpagesize(), 0, &p), 0);
-	wr(p, 0);
-	double z = sleeps_per_close_fault(ctx, p, handler0_tid());
+	struct dxm_ctx *ctx = stream_setup(DXM_CTX_HANDLER_ADAPTIVE, &p);
+	double z = sleeps_per_fault(ctx, p, true);
+	cr_assert_geq(z, 0.5, "the handler slept %.2f times per fault", z);
+	dxm_ctx_destroy(ctx);
+}
+
+/* By default the handler goes back to sleep after every batch, so each
+ * of these faults wakes it. */
+Test(modes, default_handler_sleeps_after_every_fault, .timeout = 30)
+{
+	void *p;
+	struct dxm_ctx *ctx = stream_setup(0, &p);
+	double z = sleeps_per_fault(ctx, p, false);
 	cr_assert_geq(z, 0.5, "the handler slept %.2f times per fault", z);
 	dxm_ctx_destroy(ctx);
 }

@@ -729,7 +729,7 @@ static int cmd_info(int argc, char **argv)
 		  NULL,
 		  "see USERFAULTFD MODES in dxm(7)");
 	info_line("DXM_CTX_HANDLER_SPIN", true, NULL, NULL);
-	info_line("DXM_CTX_HANDLER_SLEEP", true, NULL, NULL);
+	info_line("DXM_CTX_HANDLER_ADAPTIVE", true, NULL, NULL);
 	info_line("DXM_CTX_SIGBUS", sigbus, "UFFD_FEATURE_SIGBUS",
 		  "needs UFFD_FEATURE_SIGBUS");
 	info_line("raw clone of adopted memory repaired", fork_events,
