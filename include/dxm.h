@@ -94,7 +94,7 @@ struct dxm_ctx_opts {
 	unsigned restore_around;  /* the most pages a CPU fault gives back
 				     at once (its neighbours, exclusive for
 				     the same owner, while faults are
-				     sequential): 0 means 512; 1: one page,
+				     sequential): 0 means 2048; 1: one page,
 				     the kernel's exact semantics */
 };
 

@@ -703,49 +703,45 @@ static void anon_restore_run(struct dxm_region *r, size_t a, size_t b,
 		free(need);
 }
 
-#define SPAN_STACK 512
+#define SPAN_CHUNK 512 /* bytes of stack: it may run on a signal stack */
 
 /*
  * A fault at addr on page pg of the run [a, b) (restore-around), every
  * page INVALIDATING, ours and notified: the whole run moves back waking
- * nobody (UFFDIO_MOVE_MODE_DONTWAKE), every page moved is given back, and
- * only then is the run woken.  The faulting thread runs again once, with
- * nothing left for the handler to do for it (a sequential reader would
- * otherwise fault on the next page, still moving).  A page the kernel
- * refused for now (an event is unread) stays staged: a neighbour is
- * re-queued like a fault's restore (restore_one), the faulting page's
- * refusal is returned (-EAGAIN) for the caller to re-queue, as
- * anon_restore's.  No allocation (it may run in a SIGBUS handler).
+ * nobody (UFFDIO_MOVE_MODE_DONTWAKE), SPAN_CHUNK pages at a time, every
+ * page moved is given back, and only then is the run woken.  The faulting
+ * thread runs again once, with nothing left for the handler to do for it
+ * (a sequential reader would otherwise fault on the next page, still
+ * moving).  A page the kernel refused for now (an event is unread) stays
+ * staged: a neighbour is re-queued like a fault's restore (restore_one),
+ * the faulting page's refusal is returned (-EAGAIN) for the caller to
+ * re-queue, as anon_restore's.  No allocation (it may run in a SIGBUS
+ * handler).
  */
 static int anon_restore_span(struct dxm_region *r, size_t a, size_t b,
 			     size_t pg, uintptr_t addr)
 {
-	size_t n = b - a;
-	uint8_t need[SPAN_STACK];
-	if (n > SPAN_STACK) {
-		/* A window wider than this: the faulting page first. */
-		int err = anon_restore(r, pg, addr);
-		if (pg + 1 < b)
-			anon_restore_run(r, pg + 1, b, 0);
-		if (a < pg)
-			anon_restore_run(r, a, pg, 0);
-		return err;
+	uint8_t need[SPAN_CHUNK];
+	bool staged = false;
+	for (size_t c = a; c < b; c += SPAN_CHUNK) {
+		size_t n = b - c < SPAN_CHUNK ? b - c : SPAN_CHUNK;
+		memset(need, 1, n);
+		/* need[] is left set where no view shows a page any more,
+		 * too: as anon_restore, the faulting page is then done (its
+		 * data goes with the program's munmap), and as
+		 * anon_restore_run, the neighbours are re-queued. */
+		bool again = anon_move_in(r, c, n, need, true) == -EAGAIN;
+		for (size_t i = 0; i < n; i++)
+			if (c + i != pg)
+				restore_one(r, c + i, need[i]);
+			else
+				staged = again && need[i];
 	}
-	memset(need, 1, n);
-	/* need[] is left set where no view shows a page any more, too:
-	 * as anon_restore, the faulting page is then done (its data goes
-	 * with the program's munmap), and as anon_restore_run, the
-	 * neighbours are re-queued. */
-	bool staged = anon_move_in(r, a, n, need, true) == -EAGAIN &&
-		      need[pg - a];
-	for (size_t i = 0; i < n; i++)
-		if (a + i != pg)
-			restore_one(r, a + i, need[i]);
 	if (!staged) {
 		dxmi_ps_invalidated(r, pg);
 		dxmi_ps_mapping_done(r, pg);
 	}
-	dxmi_region_wake(r, a, n, addr);
+	dxmi_region_wake(r, a, b - a, addr);
 	return staged ? -EAGAIN : 0;
 }
 

@@ -108,7 +108,7 @@ DXM_API int dxm_ctx_create(struct dxm_ctx **ctxp, const struct dxm_ctx_opts *opt
 	else if ((o.flags & DXM_CTX_HANDLER_ADAPTIVE) &&
 		 !(o.flags & DXM_CTX_SIGBUS))
 		ctx->adaptive_ns = (uint64_t)(o.spin_us ? o.spin_us : 50) * 1000;
-	ctx->ra_max = o.restore_around ? o.restore_around : 512;
+	ctx->ra_max = o.restore_around ? o.restore_around : 2048;
 
 	int err = ierr ? ierr : ferr;
 	if (err)

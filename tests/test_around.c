@@ -201,3 +201,41 @@ KIND_TEST(every_page_is_notified_before_it_returns)
 	recorder_remove(&rec);
 	mem_done(&m);
 }
+
+/* The default window grows to 2048 pages: wider than adopted memory's
+ * moves of 512 pages at a time, and still one wake-up per window.  Every
+ * page comes back with the device's data. */
+KIND_TEST_OF(around, MEM_KINDS_ALL_PARAMS, default_window_is_wide_and_whole,
+	     .timeout = 30)
+{
+	enum { N = 4096 };
+	struct mem m;
+	/* The library's defaults (ctx_or_skip asks for one page). */
+	struct dxm_ctx *ctx = NULL;
+	int err = dxm_ctx_create(&ctx, NULL);
+	if (err == -ENOSYS || err == -EPERM || err == -EACCES)
+		cr_skip_test("SKIP: no usable userfaultfd here: %s",
+			     strerror(-err));
+	cr_assert_eq(err, 0, "dxm_ctx_create: %s", strerror(-err));
+	mem_setup(ctx, *kind, N * BASE_PS, &m);
+	fill_index(m.base, N * BASE_PS, 0);
+	char *p = m.base;
+	static void *dev[N];
+	take(ctx, p, N * BASE_PS, owner_a, dev);
+	struct dxm_stats s0 = stats(ctx);
+	for (size_t i = 0; i < N; i++)
+		cr_assert(page_ok(p, i), "page %zu lost its data", i);
+	struct dxm_stats s = stats(ctx);
+	cr_expect_eq(s.restores - s0.restores, N);
+	/* windows 1, 2, ..., 1024, 2048, then the 1 page left: 13 faults */
+	uint64_t faults = s.cpu_faults - s0.cpu_faults;
+	cr_expect_leq(faults, 16, "%llu faults for %d pages read in order",
+		      (unsigned long long)faults, N);
+	uint64_t wide = 0; /* restores of 1024 pages or more */
+	for (int i = 11; i < DXM_STATS_HIST; i++)
+		wide += s.restore_pages[i] - s0.restore_pages[i];
+	cr_expect_geq(wide, 2, "%llu restores of 1024 pages or more",
+		      (unsigned long long)wide);
+	cr_expect_eq(pages_present(p, N * BASE_PS), N);
+	mem_done(&m);
+}
