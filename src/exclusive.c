@@ -90,8 +90,9 @@ DXM_API long dxm_make_exclusive(struct dxm_ctx *ctx, void *start, size_t len,
 	/* A handler spinning adaptively goes to sleep: a thread of ours
 	 * running on another CPU would make our zap's TLB flush interrupt
 	 * it (handler.c). */
-	atomic_fetch_add_explicit(&ctx->conversions_begun, 1,
-				  memory_order_relaxed);
+	if (ctx->adaptive_ns)
+		atomic_fetch_add_explicit(&ctx->conversions_begun, 1,
+					  memory_order_relaxed);
 	struct dxm_region *r = w.r;
 	size_t n = len >> r->pshift, done = 0;
 	bool forks = r->kind->flags & KIND_MOVES; /* fork_lock held (begin) */

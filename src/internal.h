@@ -529,8 +529,9 @@ struct dxm_ctx {
 	uint64_t adaptive_ns; /* DXM_CTX_HANDLER_ADAPTIVE: spin after a batch
 				 that came this soon after the last
 				 (handler.c); 0: never */
-	atomic_ulong conversions_begun; /* dxm_make_exclusive calls: one
-					   ends an adaptive spin */
+	atomic_ulong conversions_begun; /* with adaptive_ns: the
+					   dxm_make_exclusive calls; one ends
+					   an adaptive spin */
 	unsigned ra_max;  /* restore-around: most pages per fault (fault.c) */
 	/* Owners' tags (exclusive.c, pstate.h): slot i is tag i + 1, taken
 	 * by the first conversion of an owner and kept. */
