@@ -16,6 +16,18 @@
 
 #include "harness.h"
 
+#include <linux/userfaultfd.h>
+#include <sys/ioctl.h>
+#include <sys/syscall.h>
+
+/* Newer than some installed kernel headers (the values are the ABI). */
+#ifndef UFFD_USER_MODE_ONLY
+#define UFFD_USER_MODE_ONLY 1 /* Linux 5.11 */
+#endif
+#ifndef USERFAULTFD_IOC_NEW
+#define USERFAULTFD_IOC_NEW _IO(0xAA, 0x00) /* /dev/userfaultfd, Linux 6.1 */
+#endif
+
 size_t bn_psize = 4096;
 
 /*
@@ -38,6 +50,31 @@ const struct bn_dxm_mode bn_dxm_modes[] = {
 #endif
 };
 const size_t bn_n_dxm_modes = sizeof(bn_dxm_modes) / sizeof(bn_dxm_modes[0]);
+
+int bn_open_uffd(uint64_t features)
+{
+	int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+	if (fd < 0)
+		fd = (int)syscall(SYS_userfaultfd,
+				  O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY);
+	if (fd < 0) {
+		int dfd = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
+		if (dfd >= 0) {
+			fd = ioctl(dfd, USERFAULTFD_IOC_NEW,
+				   O_CLOEXEC | O_NONBLOCK);
+			close(dfd);
+		}
+	}
+	if (fd < 0)
+		return -errno;
+	struct uffdio_api api = { .api = UFFD_API, .features = features };
+	if (ioctl(fd, UFFDIO_API, &api)) {
+		int err = -errno;
+		close(fd);
+		return err;
+	}
+	return fd;
+}
 
 int bn_memfd_map(size_t len, int *fdp, void **pp)
 {

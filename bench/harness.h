@@ -155,6 +155,11 @@ extern size_t bn_psize;
  * MAP_SHARED and populated; *fdp (if not NULL) keeps the memfd open. */
 int bn_memfd_map(size_t len, int *fdp, void **pp);
 
+/* A bare userfaultfd (no dxm), non-blocking, with UFFDIO_API done for
+ * features: the strongest the process may open (userfaultfd(2), then
+ * user-mode-only, then /dev/userfaultfd).  The fd, or -errno. */
+int bn_open_uffd(uint64_t features);
+
 /* A file descriptor for the file behind the mapping at addr (through
  * /proc/self/map_files, which needs CAP_SYS_ADMIN or
  * CAP_CHECKPOINT_RESTORE) and addr's offset in it.  The baselines use it

@@ -54,14 +54,6 @@
 #include "harness.h"
 #include "hist.h"
 
-/* Newer than some installed kernel headers (the values are the ABI). */
-#ifndef UFFD_USER_MODE_ONLY
-#define UFFD_USER_MODE_ONLY 1 /* Linux 5.11 */
-#endif
-#ifndef USERFAULTFD_IOC_NEW
-#define USERFAULTFD_IOC_NEW _IO(0xAA, 0x00) /* /dev/userfaultfd, Linux 6.1 */
-#endif
-
 #define BLOCK 16
 #define SPIN_US 200
 #define REGION_PAGES 16
@@ -81,31 +73,6 @@ struct bare {
 	atomic_int spinning;
 	atomic_ulong faults;
 };
-
-static int open_uffd(uint64_t features)
-{
-	int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
-	if (fd < 0)
-		fd = (int)syscall(SYS_userfaultfd,
-				  O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY);
-	if (fd < 0) {
-		int dfd = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
-		if (dfd >= 0) {
-			fd = ioctl(dfd, USERFAULTFD_IOC_NEW,
-				   O_CLOEXEC | O_NONBLOCK);
-			close(dfd);
-		}
-	}
-	if (fd < 0)
-		return -errno;
-	struct uffdio_api api = { .api = UFFD_API, .features = features };
-	if (ioctl(fd, UFFDIO_API, &api)) {
-		int err = -errno;
-		close(fd);
-		return err;
-	}
-	return fd;
-}
 
 /* UFFDIO_CONTINUE of one page; a page already there only needs a wake. */
 static void bare_continue(int uffd, uintptr_t page)
@@ -200,7 +167,7 @@ static int bare_setup(struct bare *b, enum bare_mode mode)
 	uint64_t feat = UFFD_FEATURE_MINOR_SHMEM;
 	if (mode == BARE_SIGBUS)
 		feat |= UFFD_FEATURE_SIGBUS;
-	b->uffd = open_uffd(feat);
+	b->uffd = bn_open_uffd(feat);
 	if (b->uffd < 0)
 		return b->uffd;
 	struct uffdio_register reg = {

@@ -60,19 +60,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <fcntl.h>
 #include <sys/ioctl.h>
 #include <sys/resource.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <linux/userfaultfd.h>
 
 #include "harness.h"
-
-#ifndef UFFD_USER_MODE_ONLY
-#define UFFD_USER_MODE_ONLY 1 /* Linux 5.11 */
-#endif
 
 enum { O_SEQ, O_WRITE, O_REV, O_RAND, NO };
 static const char *const oname[NO] = { "read-back", "write-back", "reverse",
@@ -230,7 +224,7 @@ static int once(struct sw *s, size_t n, int order, const uint32_t *perm,
 }
 
 /* The UFFDIO_CONTINUE column: a mapping of kfd registered MINOR with a
- * userfaultfd of its own (user-mode-only where that is all we may have). */
+ * bare userfaultfd of its own (bn_open_uffd). */
 static int cont_setup(struct sw *s, int kfd)
 {
 	if (kfd < 0)
@@ -240,22 +234,15 @@ static int cont_setup(struct sw *s, int kfd)
 	if (p == MAP_FAILED)
 		return -errno;
 	s->p = p;
-	int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+	int fd = bn_open_uffd(UFFD_FEATURE_MINOR_SHMEM);
 	if (fd < 0)
-		fd = (int)syscall(SYS_userfaultfd,
-				  O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY);
-	if (fd < 0)
-		return -errno;
-	struct uffdio_api api = { .api = UFFD_API,
-				  .features = UFFD_FEATURE_MINOR_SHMEM };
+		return fd;
+	s->uffd = fd;
 	struct uffdio_register reg = {
 		.range = { (uintptr_t)p, s->len },
 		.mode = UFFDIO_REGISTER_MODE_MINOR,
 	};
-	s->uffd = fd;
-	if (ioctl(fd, UFFDIO_API, &api) || ioctl(fd, UFFDIO_REGISTER, &reg))
-		return -errno;
-	return 0;
+	return ioctl(fd, UFFDIO_REGISTER, &reg) ? -errno : 0;
 }
 
 /* kfd: the kernel column's memfd, which the mprotect column maps again. */
