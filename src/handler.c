@@ -175,6 +175,15 @@ static void fork_park(struct dxm_handler *h)
 		atomic_store(&ctx->fk.gate, FG_APPLIED);
 }
 
+/* The wake eventfd was written (deferred faults became ready): reset it
+ * before the ready list is drained. */
+static void clear_wake(struct dxm_ctx *ctx)
+{
+	uint64_t v;
+	if (read(ctx->wake_fd, &v, sizeof(v)) < 0 && errno != EAGAIN)
+		pr_err("read(eventfd): %s", strerror(errno));
+}
+
 /*
  * After a batch, keep watching for ns before going back to sleep in
  * poll(), so that a fault that follows soon is picked up without a wake-up
@@ -224,12 +233,8 @@ static void spin(struct dxm_ctx *ctx, uint64_t ns, bool cut)
 				n += handle_batch(ctx, pfd[i].fd);
 			else if (pfd[i].revents & (POLLERR | POLLHUP | POLLNVAL))
 				bad = true;
-		if (pfd[0].revents & POLLIN) {
-			uint64_t v;
-			if (read(ctx->wake_fd, &v, sizeof(v)) < 0 &&
-			    errno != EAGAIN)
-				pr_err("read(eventfd): %s", strerror(errno));
-		}
+		if (pfd[0].revents & POLLIN)
+			clear_wake(ctx);
 		dxmi_fault_drain_ready(ctx);
 		/* A munmapped region's teardown may wait for us. */
 		dxmi_region_run_quiet(ctx);
@@ -278,12 +283,8 @@ static void *handler_main(void *arg)
 		}
 		if (pfd[0].revents)
 			break;
-		if (pfd[1].revents) {
-			uint64_t v;
-			if (read(ctx->wake_fd, &v, sizeof(v)) < 0 &&
-			    errno != EAGAIN)
-				pr_err("read(eventfd): %s", strerror(errno));
-		}
+		if (pfd[1].revents)
+			clear_wake(ctx);
 		size_t n = 0;
 		for (int i = 2; i < 4; i++) {
 			if (pfd[i].revents & POLLIN)
