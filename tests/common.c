@@ -68,7 +68,6 @@ void *test_alloc(struct dxm_ctx *ctx, size_t len)
 
 struct dxm_ctx *ctx_or_skip(const struct dxm_ctx_opts *opts)
 {
-	struct dxm_ctx *ctx = NULL;
 	/* The behaviours are the kernel's, one page per fault: a test that
 	 * wants restore-around asks for a window. */
 	struct dxm_ctx_opts o = { .sz = sizeof(o) };
@@ -77,7 +76,13 @@ struct dxm_ctx *ctx_or_skip(const struct dxm_ctx_opts *opts)
 	o.sz = sizeof(o);
 	if (!o.restore_around)
 		o.restore_around = 1;
-	int err = dxm_ctx_create(&ctx, &o);
+	return ctx_create_or_skip(&o);
+}
+
+struct dxm_ctx *ctx_create_or_skip(const struct dxm_ctx_opts *opts)
+{
+	struct dxm_ctx *ctx = NULL;
+	int err = dxm_ctx_create(&ctx, opts);
 	if (err == -ENOSYS || err == -EPERM || err == -EACCES)
 		cr_skip_test("SKIP: no usable userfaultfd here: %s (see the "
 			     "library's message above)",

@@ -33,6 +33,8 @@ extern size_t test_ps;
  * a missing feature).  Its restore_around is 1 (one page per fault, the
  * kernel's semantics that the behaviour tests check) unless opts sets it. */
 struct dxm_ctx *ctx_or_skip(const struct dxm_ctx_opts *opts);
+/* The same with opts as they are (NULL: the library's defaults). */
+struct dxm_ctx *ctx_create_or_skip(const struct dxm_ctx_opts *opts);
 
 /* A CPU load or store of a 64-bit word that the compiler must make. */
 static inline uint64_t rd(const void *p)

@@ -211,12 +211,7 @@ KIND_TEST_OF(around, MEM_KINDS_ALL_PARAMS, default_window_is_wide_and_whole,
 	enum { N = 4096 };
 	struct mem m;
 	/* The library's defaults (ctx_or_skip asks for one page). */
-	struct dxm_ctx *ctx = NULL;
-	int err = dxm_ctx_create(&ctx, NULL);
-	if (err == -ENOSYS || err == -EPERM || err == -EACCES)
-		cr_skip_test("SKIP: no usable userfaultfd here: %s",
-			     strerror(-err));
-	cr_assert_eq(err, 0, "dxm_ctx_create: %s", strerror(-err));
+	struct dxm_ctx *ctx = ctx_create_or_skip(NULL);
 	mem_setup(ctx, *kind, N * BASE_PS, &m);
 	fill_index(m.base, N * BASE_PS, 0);
 	char *p = m.base;
