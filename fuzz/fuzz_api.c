@@ -120,15 +120,9 @@ static unsigned g_forks, g_ctx2s; /* this input's: they are slow */
  * Each has its input in fuzz/regressions/pending/.
  */
 enum {
-	KB_NONE = 0,
-	/* An adopted page is moved back into the CPU view before it leaves
-	 * INVALIDATING; a thread woken early by a signal finds it mapped and
-	 * its access completes while dxm_check_exclusive still says "held"
-	 * (fuzz/regressions/pending/README.md).  Steered around by letting
-	 * the handler finish before the check fails. */
-	KB_ANON_HELD_WINDOW = 1u << 1,
+	KB_NONE = 0, /* none at present (anon-held-window: fixed) */
 };
-static const char *const kb_names[] = { "none", "anon-held-window" };
+static const char *const kb_names[] = { "none" };
 static unsigned g_hit_known;
 
 static __attribute__((unused)) bool avoid(unsigned kb)
@@ -826,14 +820,6 @@ static void check_held(int reg)
 		void *dev[1] = { (void *)(R->devbase + pg * ps) };
 		bool held = dxm_check_exclusive(g_ctx, (void *)v->addr, ps, dev);
 		bool want = R->st[pg] != ST_CPU;
-		/* KB_ANON_HELD_WINDOW: give the handler 50 ms to finish. */
-		for (int t = 0; held && !want && R->kind == RK_ANON &&
-				avoid(KB_ANON_HELD_WINDOW) && t < 1000;
-		     t++) {
-			usleep(50);
-			held = dxm_check_exclusive(g_ctx, (void *)v->addr, ps,
-						   dev);
-		}
 		if (held != want)
 			FAIL("region %d page %zu (at %#lx): dxm_check_exclusive "
 			     "says %s, the model says %s",

@@ -77,6 +77,9 @@ mutants=(
 "BUG_HANDLER_WAITS|safety@vtlock.pml|-DBUG_HANDLER_WAITS|fail:end|a handler's anon_move_in waits on EAGAIN instead of re-queueing"
 "BUG_DIRECT_COPY|safety@rawfork.pml|-DBUG_DIRECT_COPY|fail:assert|the old raw-fork repair: UFFDIO_COPY straight from a LOCKED page's staging slot (a handler's fault on a hole), a page given back left out"
 "BUG_STAGING_ONLY|safety@rawfork.pml|-DBUG_STAGING_ONLY|fail:assert|the repair reads staging only, never the CPU view a page went back to"
+"BUG_NO_MOVE_COUNT|safety@rawfork.pml|-DBUG_NO_MOVE_COUNT|fail:assert|the repair leaves out a hole the CPU's without asking whether a move back came between its pagemap and state reads: a page staged at the fork, given back in between, left out"
+"BUG_MAPPING_IS_CPU|safety@rawfork.pml|-DBUG_MAPPING_IS_CPU|fail:assert|the repair takes a page given back but not yet moved (CPU with PS_MAPPING) for the CPU's and leaves it out: the child reads zero"
+"BUG_MOVE_FIRST|safety@teardown.pml|-DBUG_MOVE_FIRST|fail:assert|a handler's restore moves an adopted page back while it is still INVALIDATING: an access completes while dxm_check_exclusive says held (fuzz: anon-held-window)"
 )
 variants=(
 "EARLY_UNLOCK|safety|-DREC_CAP=1 -DEARLY_UNLOCK|pass|driver unlocks before installing: the sequence protocol keeps it safe"

@@ -19,13 +19,18 @@
  *            take it again (CPU -> LOCKED, moved out) up to RETAKE times
  *            and unlock each time
  *   Cpu      CPU faults, resolved by the other handler: EXCLUSIVE ->
- *            INVALIDATING, the page moved back (one step: UFFDIO_MOVE
- *            moves a page under the page-table locks), -> CPU
+ *            INVALIDATING, callbacks, -> CPU with PS_MAPPING (given back:
+ *            dxm_check_exclusive says no more), the page moved back (one
+ *            step: UFFDIO_MOVE moves a page under the page-table locks),
+ *            PS_MAPPING cleared
  *   Repair   the handler that read the fork event
  *
- * The repair now (fix_page): reads the page without a fault, from staging
- * if the state says it is not the CPU's, else (or if that read found a
- * hole) from the CPU view; each read is /proc/self/mem, which finds a hole
+ * The repair now (fix_run, fix_page): a page the CPU's (no PS_MAPPING)
+ * whose CPU-view page is not the parent's alone (pagemap) is left out:
+ * the child shares it.  Else it reads the page without a fault, from
+ * staging if the state says it is not the CPU's or being given back
+ * (PS_MAPPING: still staged until its move), else (or if that read found
+ * a hole) from the CPU view; each read is /proc/self/mem, which finds a hole
  * at once (EIO) and never waits for a handler: modelled as one atomic
  * look.  It tries TRIES times: a try fails only if the page moved between
  * its two reads, so a device and the CPU that pass the page back and
@@ -47,6 +52,13 @@
  *                      again is left out
  *   BUG_STAGING_ONLY   mutant: the new reads, staging only (no fall back
  *                      to the CPU view)
+ *   BUG_NO_MOVE_COUNT  mutant: the repair leaves out a hole the CPU's
+ *                      without asking whether a move back came between
+ *                      its pagemap read and its state read
+ *   BUG_MAPPING_IS_CPU mutant: the repair takes a page given back but not
+ *                      yet moved (CPU with PS_MAPPING) for the CPU's: its
+ *                      CPU view is a hole, so it looks shared and is left
+ *                      out
  */
 #ifndef RETAKE
 #define RETAKE 1
@@ -57,6 +69,8 @@
 
 mtype = { CPU, LOCKED, EXCLUSIVE, INVALIDATING };
 mtype st = LOCKED;      /* the page state byte                             */
+bit  mapping;           /* PS_MAPPING, with st == CPU                      */
+byte moves;             /* r->in_begun, r->in_done (a move is one step)    */
 bit  staged = 1;        /* where the data is: 1 staging, 0 the CPU view    */
 bit  child_has;         /* the child's page is there (UFFDIO_COPY done)    */
 bit  child_val;         /* what it reads                                   */
@@ -70,7 +84,7 @@ active proctype Device()
 	st = EXCLUSIVE; /* dxm_exclusive_unlock */
 end_dev:
 	do
-	:: atomic { retakes < RETAKE && st == CPU -> st = LOCKED }
+	:: atomic { retakes < RETAKE && st == CPU && !mapping -> st = LOCKED }
 		/* dxm_make_exclusive */
 		staged = 1;                           /* moved out */
 		st = EXCLUSIVE;                       /* unlock */
@@ -85,8 +99,9 @@ end_cpu:
 	do
 	:: atomic { restores < RETAKE + 1 && st == EXCLUSIVE ->
 			st = INVALIDATING }
-		staged = 0;  /* moved back */
-		st = CPU;
+		atomic { st = CPU; mapping = 1 };  /* invalidated() */
+		atomic { staged = 0; moves++ }  /* moved back (anon_move_in) */
+		mapping = 0; /* mapping_done() */
 		restores++
 	:: break
 	od
@@ -123,8 +138,31 @@ active proctype Repair()
 	:: else
 	fi;
 #else
-	byte tries;
-	bit from_stg = (st != CPU);
+	byte tries, m0;
+	bit from_stg, hole, still;
+	/* fix_run: the count of moves back done, the pagemap, the state
+	 * byte, the count of moves back begun.  A page present in the CPU
+	 * view came back after the fork: the parent's alone, tried.  A hole
+	 * the CPU's is taken for a page that is nowhere (never populated,
+	 * or discarded) and left out, if no move back came in between. */
+	m0 = moves;
+	hole = staged;
+	atomic {
+#ifndef BUG_MAPPING_IS_CPU
+		from_stg = (st != CPU || mapping)
+#else
+		from_stg = (st != CPU)
+#endif
+	};
+#ifndef BUG_NO_MOVE_COUNT
+	still = (moves == m0);
+#else
+	still = 1;
+#endif
+	if
+	:: !from_stg && hole && still -> goto done      /* left out */
+	:: else -> from_stg = from_stg || hole
+	fi;
 	do
 	:: tries < TRIES ->
 		if
@@ -148,6 +186,7 @@ active proctype Repair()
 	:: got && !child_has -> child_has = 1; child_val = v
 	:: else
 	fi;
+done:
 	repaired = 1;
 	/* The child's page is final: it has the page's data. */
 	assert(child_has && child_val == 1)

@@ -18,6 +18,7 @@
  *             a read-only protection, dxm_range_fault.  EXCLUSIVE ->
  *             INVALIDATING, notifiers, invalidated() -> CPU|MAPPING,
  *             anon_move_in (into every view of the table), mapping_done()
+ *             (a refused move on a handler: not_invalidated(), re-queued)
  *   Freer     dxm_free -> free_region: dxmi_region_kill (R_DYING),
  *             dxmi_region_wait_quiet, detach_range, gone_piece (notifiers,
  *             anon_hand_back of every page that is not PS_CPU,
@@ -35,6 +36,8 @@
  *
  * Switches (spin -DNAME[=value]):
  *   EAGAIN=0|1             the Env event (default 1)
+ *   SIGS=n                 signals that may wake the Cpu thread early, so
+ *                          that it retries its access (default 1)
  *   RESTORER=0|1           start the Restorer (default 1)
  *   BUG_DETACH_FIRST       mutant: dxm_free detaches the view before it
  *                          waits for the users (the old order)
@@ -46,6 +49,10 @@
  *   FIX_WAIT_DYING         another fix of BUG_REQUEUE_OUTSIDE, not taken:
  *                          dxmi_pages_to_cpu(PTC_WAIT) stops waiting
  *                          for a page once the region is dying
+ *   BUG_MOVE_FIRST         mutant: a handler's restore moves the page back
+ *                          while it is still INVALIDATING (the order
+ *                          before 2026-12-05, fuzz: anon-held-window): an
+ *                          access completes while the page reads as held
  *   RESTORER_ON_HANDLER    the Restorer runs on a handler thread (a fork,
  *                          or dxm_mprotect, from a driver's callback):
  *                          anon_move_in returns -EAGAIN, which flush_run
@@ -58,6 +65,9 @@
 #endif
 #ifndef RESTORER
 #define RESTORER 1
+#endif
+#ifndef SIGS
+#define SIGS 1
 #endif
 
 /* ------------------------------------------------------- src/pstate.h */
@@ -92,6 +102,7 @@ bit  dev_ok;            /* ghost: the device may access its page (it holds */
 bit  ev_unread;         /* an event on uffd_anon not read yet: EAGAIN      */
 bit  pending;           /* the Cpu thread's fault message, not read yet    */
 bit  waiting;           /* the Cpu thread sleeps in handle_userfault()     */
+byte sigs;              /* signals that woke it early (up to SIGS)         */
 
 /* ---------------------------------------------------------- fault.c */
 byte ndeferred;         /* ctx->deferred: fault records                    */
@@ -152,10 +163,40 @@ inline mapping_done()
 	s = 0
 }
 
-/* fault.c invalidated(): INVALIDATING -> CPU|MAPPING, keeping WAITERS */
+/* fault.c invalidated(): INVALIDATING -> CPU|MAPPING, keeping WAITERS.
+ * Before the move (anon.c anon_restore, restore_one): no access completes
+ * while the page still reads as held (the Cpu's assertion). */
 inline invalidated()
 {
 	atomic { st = PS_CPU | PS_MAPPING | (st & PS_WAITERS); CHECK_INV }
+}
+
+/* pstate.c dxmi_ps_not_invalidated(): the move was refused for now (EAGAIN):
+ * CPU|MAPPING -> INVALIDATING, keeping WAITERS, the data still staged */
+inline not_invalidated()
+{
+	atomic { st = PS_INVALIDATING | (st & PS_WAITERS); CHECK_INV }
+}
+
+/* A restore on a handler thread (anon_restore, restore_one): given back,
+ * then moved; refused: INVALIDATING again and re-queued.  BUG_MOVE_FIRST:
+ * the old order, the move while still INVALIDATING. */
+inline restore_handler()
+{
+#ifndef BUG_MOVE_FIRST
+	invalidated();
+	move_in_handler();
+	if
+	:: !moved -> not_invalidated(); requeue_restore()
+	:: else -> mapping_done(); atomic { WAKE }
+	fi
+#else
+	move_in_handler();
+	if
+	:: !moved -> requeue_restore()
+	:: else -> invalidated(); mapping_done(); atomic { WAKE }
+	fi
+#endif
 }
 
 /* anon.c move_in_page(): UFFDIO_MOVE staging -> CPU view.  A hole in
@@ -221,7 +262,7 @@ inline defer_dying()
 	}
 }
 
-/* fault.c requeue_restore(): the page stays INVALIDATING, its data in
+/* fault.c requeue_restore(): the page is INVALIDATING, its data in
  * staging; a record on ctx->ready is tried again after the handler read
  * its events. */
 inline requeue_restore()
@@ -271,11 +312,7 @@ inline resolve()
 		mapping_done()
 	:: s == 2 ->
 		dev_ok = 0;     /* dxmi_notify_region_pages(DXM_EVENT_CLEAR) */
-		move_in_handler();
-		if
-		:: !moved -> requeue_restore()
-		:: else -> invalidated(); mapping_done(); atomic { WAKE }
-		fi
+		restore_handler()
 	:: s == 3 -> skip
 	:: s == 4 -> atomic { WAKE }
 	fi;
@@ -308,11 +345,7 @@ inline finish_restore()
 	if
 	:: !ok -> defer_dying()
 	:: else ->
-		move_in_handler();
-		if
-		:: !moved -> requeue_restore()
-		:: else -> invalidated(); mapping_done(); atomic { WAKE }
-		fi;
+		restore_handler();
 		dxmi_region_exit()
 	fi
 }
@@ -343,11 +376,20 @@ end_idle:
 proctype Cpu()
 {
 	do
-	:: atomic { cpu_present -> cpu_val++; incs++ }; break
+	/* An access completes on a mapped page: never one whose callbacks
+	 * ran while dxm_check_exclusive still says "held" (INVALIDATING:
+	 * dxm_check_exclusive(3); once dxm_free began, it says "not held"). */
+	:: atomic { cpu_present ->
+		    assert(ps_state(st) != PS_INVALIDATING || (users & R_DYING));
+		    cpu_val++; incs++ }; break
 	:: atomic {     /* a hole in a registered view: a fault */
 		!cpu_present && registered -> pending = 1; waiting = 1
 	   };
-		!waiting
+		if
+		:: !waiting
+		:: atomic { waiting && sigs < SIGS -> WAKE; sigs++ }
+			/* a signal: the thread retries early */
+		fi
 	:: atomic {     /* unregistered: the kernel's own zero page */
 		!cpu_present && !registered -> cpu_present = 1; cpu_val = 0; CHECK_INV
 	   }
@@ -462,19 +504,19 @@ proctype Restorer()
 		if
 		:: s == 2 ->
 			dev_ok = 0;     /* dxmi_notify_region_pages(ev) */
-			/* moved back while still INVALIDATING, then
-			 * invalidated() */
+			/* given back (invalidated()), then moved back */
 #ifndef RESTORER_ON_HANDLER
-			move_in_waiting();
-			invalidated()
+			invalidated();
+			move_in_waiting()
 #else
 			/* on a handler thread anon_move_in returns -EAGAIN
-			 * instead of waiting: the restore is re-queued, the
-			 * page stays INVALIDATING (no mapping_done) */
+			 * instead of waiting: the page is INVALIDATING again
+			 * and its restore re-queued (no mapping_done) */
+			invalidated();
 			move_in_handler();
 			if
-			:: moved -> invalidated()
-			:: else -> requeue_restore(); s = 0
+			:: moved -> skip
+			:: else -> not_invalidated(); requeue_restore(); s = 0
 			fi
 #endif
 		:: else

@@ -630,52 +630,65 @@ static int anon_move_in(struct dxm_region *r, size_t pg, size_t n,
 			     dontwake ? UFFDIO_MOVE_MODE_DONTWAKE : 0 };
 	bool handler = dxmi_ctx_on_handler(r->ctx);
 	unsigned tries = 0;
+	int err = 0;
+	atomic_fetch_add(&r->in_begun, 1); /* fix_run */
 	while (dxmi_region_runs(r, pg, n, need, 0, move_in_fn, &m) == -EAGAIN) {
-		if (handler)
-			return -EAGAIN;
+		if (handler) {
+			err = -EAGAIN;
+			break;
+		}
 		dxmi_eagain_wait(&tries);
 	}
-	return 0;
+	atomic_fetch_add(&r->in_done, 1);
+	return err;
 }
 
-/* A CPU fault on an exclusive page whose notifiers ran: moved back while
- * still INVALIDATING; if the kernel refuses for now, the page stays put
- * (the caller re-queues it). */
+/* A CPU fault on an exclusive page whose notifiers ran: the page is the
+ * CPU's (with PS_MAPPING) before it moves back, as a memfd page is before
+ * its UFFDIO_CONTINUE, so that a thread that finds it mapped (one woken
+ * early by a signal retries its access) never completes while
+ * dxm_check_exclusive still says "held".  If the kernel refuses the move
+ * for now, the page is INVALIDATING again, still staged (the caller
+ * re-queues it). */
 static int anon_restore(struct dxm_region *r, size_t pg, uintptr_t addr)
 {
 	uint8_t need = 1;
-	if (anon_move_in(r, pg, 1, &need, true))
-		return -EAGAIN;
 	dxmi_ps_invalidated(r, pg);
+	if (anon_move_in(r, pg, 1, &need, true)) {
+		dxmi_ps_not_invalidated(r, pg);
+		return -EAGAIN;
+	}
+	inject(INJ_RESTORED); /* a slow restore, in tests */
 	dxmi_ps_mapping_done(r, pg);
 	/* Woken only now: the page is the CPU's. */
 	dxmi_uffd_wake(r->uffd, addr, r->ctx->psize);
 	return 0;
 }
 
-/* Give back page i, whose data is back in the CPU view, or (still staged:
- * -EAGAIN on a handler thread, a fork or dxm_mprotect from a callback)
- * leave it INVALIDATING and re-queue it like a fault's: then it is no
- * longer ours (another handler may finish it at once). */
+/* Page i, given back (CPU|MAPPING) before its move: it is done once its
+ * data is back in the CPU view; still staged (-EAGAIN on a handler thread,
+ * a fork or dxm_mprotect from a callback), it is INVALIDATING again and
+ * re-queued like a fault's: then it is no longer ours (another handler
+ * may finish it at once). */
 static void restore_one(struct dxm_region *r, size_t i, bool staged)
 {
 	if (staged) {
 		uintptr_t at[2] = { 0, 0 };
 		dxmi_region_view_addrs(r, i, 1, at, 1);
+		dxmi_ps_not_invalidated(r, i);
 		dxmi_region_get(r);
 		dxmi_region_hold(r); /* until the restore is finished */
 		dxmi_ps_requeue_restore(r, i, at[0]);
 		return;
 	}
-	dxmi_ps_invalidated(r, i);
 	dxmi_ps_mapping_done(r, i);
 }
 
 #define RUN_STACK 64
 
 /* A run given back (dxmi_pages_to_cpu, restore-around): the CPU's pages
- * are in place, the invalidated ones move back, a run of them in one
- * UFFDIO_MOVE. */
+ * are in place, the invalidated ones are given back (CPU|MAPPING) and move
+ * back, a run of them in one UFFDIO_MOVE. */
 static void anon_restore_run(struct dxm_region *r, size_t a, size_t b,
 			     unsigned flags)
 {
@@ -692,7 +705,9 @@ static void anon_restore_run(struct dxm_region *r, size_t a, size_t b,
 	for (size_t i = 0; i < n; i++) {
 		mine[i] = need[i] =
 			ps_state(ps_load(&r->st[a + i])) == PS_INVALIDATING;
-		if (!mine[i])
+		if (mine[i])
+			dxmi_ps_invalidated(r, a + i); /* before its move */
+		else
 			dxmi_ps_mapping_done(r, a + i); /* nothing to map */
 	}
 	anon_move_in(r, a, n, need, false);
@@ -707,9 +722,10 @@ static void anon_restore_run(struct dxm_region *r, size_t a, size_t b,
 
 /*
  * A fault at addr on page pg of the run [a, b) (restore-around), every
- * page INVALIDATING, ours and notified: the whole run moves back waking
- * nobody (UFFDIO_MOVE_MODE_DONTWAKE), SPAN_CHUNK pages at a time, every
- * page moved is given back, and only then is the run woken.  The faulting
+ * page INVALIDATING, ours and notified: the whole run is given back
+ * (CPU|MAPPING, as anon_restore's page) and moves back waking nobody
+ * (UFFDIO_MOVE_MODE_DONTWAKE), SPAN_CHUNK pages at a time, every page
+ * moved is done (PS_MAPPING cleared), and only then is the run woken.  The faulting
  * thread runs again once, with nothing left for the handler to do for it
  * (a sequential reader would otherwise fault on the next page, still
  * moving).  A page the kernel refused for now (an event is unread) stays
@@ -726,21 +742,24 @@ static int anon_restore_span(struct dxm_region *r, size_t a, size_t b,
 	for (size_t c = a; c < b; c += SPAN_CHUNK) {
 		size_t n = b - c < SPAN_CHUNK ? b - c : SPAN_CHUNK;
 		memset(need, 1, n);
+		for (size_t i = 0; i < n; i++)
+			dxmi_ps_invalidated(r, c + i); /* before its move */
 		/* need[] is left set where no view shows a page any more,
 		 * too: as anon_restore, the faulting page is then done (its
 		 * data goes with the program's munmap), and as
 		 * anon_restore_run, the neighbours are re-queued. */
 		bool again = anon_move_in(r, c, n, need, true) == -EAGAIN;
+		inject(INJ_RESTORED); /* a slow restore, in tests */
 		for (size_t i = 0; i < n; i++)
 			if (c + i != pg)
 				restore_one(r, c + i, need[i]);
 			else
 				staged = again && need[i];
 	}
-	if (!staged) {
-		dxmi_ps_invalidated(r, pg);
+	if (staged)
+		dxmi_ps_not_invalidated(r, pg);
+	else
 		dxmi_ps_mapping_done(r, pg);
-	}
 	dxmi_region_wake(r, a, b - a, addr);
 	return staged ? -EAGAIN : 0;
 }
@@ -851,11 +870,18 @@ static void anon_gone(struct dxm_region *r, uintptr_t start, size_t pgoff,
 	}
 	if (last)
 		return;
-	for (size_t i = 0; i < n; i++)
-		if (ps_state(ps_load(&r->st[pgoff + i])) != PS_CPU) {
+	for (size_t i = 0; i < n; i++) {
+		uint8_t s = ps_load(&r->st[pgoff + i]);
+		if (ps_state(s) != PS_CPU) {
 			anon_discard(r, pgoff + i, 1);
 			atomic_store(&r->st[pgoff + i], PS_CPU);
+		} else if (s & PS_MAPPING) {
+			/* Given back and perhaps still staged: its mover's
+			 * UFFDIO_MOVE finds no view now (ENOENT), so the data
+			 * is dropped here; the mover owns the state. */
+			anon_discard(r, pgoff + i, 1);
 		}
+	}
 }
 
 /* Staging keeps the view's protection: UFFDIO_MOVE wants both sides
@@ -982,12 +1008,17 @@ void dxmi_anon_remove_finish(struct dxm_ctx *ctx, struct dxm_anon_rm *rm)
  * takes it from a private buffer.  EEXIST (the child has the
  * page already) is the usual answer for a page the CPU had at the fork.
  *
- * Which pages: every page not the CPU's, and every page the CPU's whose
- * CPU-view page the parent alone maps (/proc/self/pagemap bit 56) or has
- * swapped out: a page given back since the fork, or one the parent wrote
- * or first touched since (the child then sees the parent's data of now,
- * not of the fork, for those pages only).  A page shared with the child
- * is the child's already.
+ * Which pages: every page not the CPU's (nor being given back to it:
+ * PS_MAPPING, its data perhaps still staged), and every page the CPU's
+ * whose CPU-view page the parent alone maps (/proc/self/pagemap bit 56)
+ * or has swapped out: a page given back since the fork, or one the parent
+ * wrote or first touched since (the child then sees the parent's data of
+ * now, not of the fork, for those pages only).  A page shared with the
+ * child is the child's already.  The states are read after the pagemap:
+ * a page staged then, the CPU's now, moved back in between; and since a
+ * move back may have happened between the two reads, a hole the CPU's
+ * is left out only if no move back into the region overlapped them
+ * (r->in_begun, r->in_done: model/rawfork.pml); else it is tried too.
  */
 struct fork_fix {
 	int child;	/* the child's userfaultfd */
@@ -1034,23 +1065,33 @@ static int fix_run(struct dxm_region *r, uintptr_t cpu, size_t pg, size_t n,
 	struct fork_fix *f = arg;
 	unsigned shift = r->ctx->pshift;
 	uint64_t pm[FIX_CHUNK];
+	uint8_t st[FIX_CHUNK];
 	for (size_t c = 0; c < n; c += FIX_CHUNK) {
 		size_t k = n - c < FIX_CHUNK ? n - c : FIX_CHUNK;
 		uintptr_t a = cpu + (c << shift);
 		ssize_t want = (ssize_t)(k * sizeof(pm[0]));
+		unsigned long done = atomic_load(&r->in_done);
 		if (f->pagemap < 0 ||
 		    pread(f->pagemap, pm, (size_t)want,
 			  (off_t)((a >> shift) * sizeof(pm[0]))) != want)
 			memset(pm, 0xff, sizeof(pm)); /* unknown: try each */
+		for (size_t i = 0; i < k; i++)
+			st[i] = ps_load(&r->st[pg + c + i]);
+		/* No move back began or was under way meanwhile. */
+		bool still = atomic_load(&r->in_begun) == done;
 		for (size_t i = 0; i < k; i++) {
-			bool staged = ps_is_exclusive(ps_load(&r->st[pg + c + i]));
+			/* CPU|MAPPING: given back, perhaps still staged (a
+			 * restore moves it after the state changed). */
+			bool staged = ps_is_exclusive(st[i]) ||
+				      (st[i] & PS_MAPPING);
+			bool present = pm[i] & PM_PRESENT;
 			bool alone = (pm[i] & PM_SWAPPED) ||
-				     ((pm[i] & PM_PRESENT) &&
-				      (pm[i] & PM_EXCLUSIVE));
-			if (!staged && !alone)
-				continue;
+				     (present && (pm[i] & PM_EXCLUSIVE));
+			if (!staged && !alone && (present || still))
+				continue; /* shared with the child, or nowhere */
 			inject(INJ_FORKFIX); /* a slow repair, in tests */
-			fix_page(f, r, pg + c + i, a + (i << shift), staged);
+			fix_page(f, r, pg + c + i, a + (i << shift),
+				 staged || !present);
 		}
 	}
 	return 0;

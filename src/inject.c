@@ -20,7 +20,7 @@
 static const char *const names[INJ_NSITES] = {
 	"continue", "move", "copy", "zeropage", "mmap",
 	"mremap",   "read", "poll", "notify",   "resolve", "forkfix",
-	"detach",   "moved",
+	"detach",   "moved",    "restored",
 };
 
 static const struct {

@@ -11,7 +11,9 @@
  * callback: "notify=0/N"), resolve (each fault on a page the CPU owns,
  * between its lookup and its mapping: "resolve=0/N"), forkfix (a raw
  * fork's repair, before each region and before each page it copies) and
- * detach (a munmap's event, read, before its views leave the table).
+ * detach (a munmap's event, read, before its views leave the table) and
+ * restored (a fault's restore, its data back in the CPU view, before the
+ * page is done and its thread woken: "restored=0/N").
  * Any site delays so with errno 0: "continue=0/5" makes each
  * UFFDIO_CONTINUE wait 5 ms before it enters the kernel.
  * And moved ("moved=EEXIST/N"): every N-th UFFDIO_MOVE moves its first
@@ -35,6 +37,7 @@ enum inject_site {
 	INJ_FORKFIX,
 	INJ_DETACH,
 	INJ_MOVED,
+	INJ_RESTORED,
 	INJ_NSITES,
 };
 

@@ -139,11 +139,12 @@ struct dxm_kind {
 	int (*fill)(struct dxm_region *r, size_t pg, uintptr_t addr,
 		    bool write);
 	/* A CPU fault at addr on page pg, INVALIDATING and ours, its
-	 * notifiers done: the page becomes the CPU's again, mapped at addr,
-	 * and the faulting thread is woken.  -EAGAIN: refused for now; the
-	 * page is either still INVALIDATING (its data not back yet: the
-	 * caller re-queues it) or the CPU's but not mapped (the thread must
-	 * fault again). */
+	 * notifiers done: the page becomes the CPU's again (CPU|PS_MAPPING,
+	 * before its mapping returns: no access completes while it still
+	 * reads as held), mapped at addr, and the faulting thread is woken.
+	 * -EAGAIN: refused for now; the page is either INVALIDATING (its
+	 * data not back yet: the caller re-queues it) or the CPU's but not
+	 * mapped (the thread must fault again). */
 	int (*restore)(struct dxm_region *r, size_t pg, uintptr_t addr);
 	/* Pages [a, b) ours, each INVALIDATING (notified, restores counted)
 	 * or CPU|PS_MAPPING: map them in every CPU view and drop them; PTC_*
@@ -225,6 +226,10 @@ struct dxm_region {
 		atomic_size_t next, prev; /* the run's end, and its start */
 		atomic_uint win;
 	} ra;
+	/* Adopted memory: moves back into the CPU view begun and done
+	 * (anon_move_in), so that the raw-fork repair knows whether one
+	 * overlapped its look at the page tables (anon.c, fix_run). */
+	atomic_ulong in_begun, in_done;
 };
 
 /* The result of a lookup: a referenced region and the view piece's data. */
@@ -331,6 +336,7 @@ void dxmi_ps_requeue_restore(struct dxm_region *r, size_t pg, uintptr_t addr);
 bool dxmi_ps_requeued(void);
 void dxmi_ps_mapping_done(struct dxm_region *r, size_t pg);
 void dxmi_ps_invalidated(struct dxm_region *r, size_t pg);
+void dxmi_ps_not_invalidated(struct dxm_region *r, size_t pg);
 void dxmi_ps_set(struct dxm_region *r, size_t pg, uint8_t to);
 
 /* ---------------------------------------------------------------- fault.c */

@@ -187,6 +187,7 @@ int dxmi_memfd_restore(struct dxm_region *r, size_t pg, uintptr_t addr)
 {
 	dxmi_ps_invalidated(r, pg);
 	int err = dxmi_memfd_fill(r, pg, addr, false);
+	inject(INJ_RESTORED); /* a slow restore, in tests */
 	dxmi_ps_mapping_done(r, pg);
 	return err;
 }
@@ -235,6 +236,7 @@ int dxmi_memfd_restore_span(struct dxm_region *r, size_t a, size_t b,
 	invalidated_run(r, a, b);
 	struct cont c = { .dontwake = true };
 	dxmi_region_runs(r, a, b - a, NULL, 0, cont_run, &c);
+	inject(INJ_RESTORED); /* a slow restore, in tests */
 	for (size_t i = a; i < b; i++)
 		dxmi_ps_mapping_done(r, i);
 	dxmi_region_wake(r, a, b - a, addr);

@@ -142,6 +142,18 @@ void dxmi_ps_invalidated(struct dxm_region *r, size_t pg)
 		;
 }
 
+/* CPU|MAPPING -> INVALIDATING, keeping PS_WAITERS: an adopted page given
+ * back (dxmi_ps_invalidated) whose move into the CPU view the kernel
+ * refused for now; its data is still staged, and it is ours again to
+ * re-queue (dxmi_ps_requeue_restore).  Only PS_WAITERS can change meanwhile
+ * (a deferral: the MAPPING bit defers faults, and make_exclusive waits). */
+void dxmi_ps_not_invalidated(struct dxm_region *r, size_t pg)
+{
+	uint8_t s = ps_load(&r->st[pg]);
+	while (!ps_cas(&r->st[pg], &s, PS_INVALIDATING | (s & PS_WAITERS)))
+		;
+}
+
 /* A page we own (LOCKED, INVALIDATING, or MAPPING) goes to state `to`,
  * flags cleared; its waiters resolve it again from scratch.  To PS_CPU: a
  * page not mapped again by us (its data was discarded or never left). */

@@ -12,7 +12,8 @@
  * Byte layout:
  *   bits 0-1  state (PS_CPU, PS_LOCKED, PS_EXCLUSIVE, PS_INVALIDATING)
  *   bit  2    PS_MAPPING: only with PS_CPU. A thread owns the right to map
- *             the page into CPU views (UFFDIO_CONTINUE) and is doing so.
+ *             the page into CPU views (UFFDIO_CONTINUE, UFFDIO_MOVE) and is
+ *             doing so.  An adopted page's data may still be in staging.
  *             make_exclusive does not convert a page with this bit set: it
  *             waits for the bit to clear, so its zap always comes after the
  *             mapping and no mapping can appear behind a conversion.
@@ -31,6 +32,12 @@
  *   LOCKED -> EXCLUSIVE           exclusive_unlock
  *   EXCLUSIVE -> INVALIDATING     fault handler, range_fault, region teardown
  *   INVALIDATING -> CPU|MAPPING   the same thread, after the notifiers returned
+ *                                 and before the mapping returns (so no CPU
+ *                                 access completes while the page still
+ *                                 reads as held: dxm_check_exclusive)
+ *   CPU|MAPPING -> INVALIDATING   the same thread, when the kernel refused
+ *                                 for now to move an adopted page back (its
+ *                                 data is still staged; re-queued)
  *   CPU -> CPU|MAPPING -> CPU     whoever maps the page (handler, range_fault,
  *                                 alias creation)
  * PS_WAITERS is only set under ctx->defer_mtx (pstate.c).

@@ -621,3 +621,157 @@ Test(inject, move_that_says_eexist_but_moved_loses_nothing, .timeout = 60)
 	dxm_ctx_destroy(ctx);
 	dxm_set_print(NULL);
 }
+
+/*
+ * A page reads as given back (dxm_check_exclusive false: its callbacks
+ * have returned) before its mapping returns.  A thread need not wait for
+ * the handler to wake it: one woken early by a signal retries its access,
+ * and a system call's read does not wait at all; either completes as soon
+ * as the page is mapped.  Here each restore waits 300 ms with the page
+ * back in the CPU view ("restored=0/300"), and a second thread reads the
+ * page through /proc/self/mem (a read that never waits for a userfaultfd
+ * handler: a hole is EIO at once) until it is there, then asks
+ * dxm_check_exclusive.  Adopted memory once moved its page back while it
+ * was still INVALIDATING (fuzz: anon-held-window).
+ */
+struct prober {
+	struct dxm_ctx *ctx;
+	char *page;
+	void *dev;	   /* its device address */
+	atomic_bool done;  /* the faulting read returned */
+	bool seen;	   /* the prober read the page */
+	bool early;	   /* before the faulting read returned */
+	bool held;	   /* dxm_check_exclusive said "held" then */
+};
+
+static void *probe_fn(void *arg)
+{
+	struct prober *pr = arg;
+	int fd = open("/proc/self/mem", O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return NULL;
+	uint64_t v;
+	while (!atomic_load(&pr->done) || !pr->seen) {
+		if (pread(fd, &v, sizeof(v), (off_t)(uintptr_t)pr->page) !=
+		    (ssize_t)sizeof(v))
+			continue;
+		pr->held = dxm_check_exclusive(pr->ctx, pr->page, PS, &pr->dev);
+		pr->early = !atomic_load(&pr->done);
+		pr->seen = true;
+		break;
+	}
+	close(fd);
+	return NULL;
+}
+
+static void given_back_before_mapped(enum mem_kind kind, unsigned window)
+{
+	setenv("DXM_INJECT", "restored=0/300", 1);
+	struct dxm_ctx_opts o = { .sz = sizeof(o), .restore_around = window };
+	struct dxm_ctx *ctx = ctx_or_skip(&o);
+	struct mem m;
+	mem_setup(ctx, kind, window * PS, &m);
+	char *p = m.base;
+	fill_index(p, window * PS, 0);
+	void *dev[16];
+	take(ctx, p, window * PS, "owner", dev);
+	struct prober pr = { .ctx = ctx, .page = p, .dev = dev[0] };
+	cr_assert(dxm_check_exclusive(ctx, p, PS, &pr.dev));
+	pthread_t th;
+	cr_assert_eq(pthread_create(&th, NULL, probe_fn, &pr), 0);
+	sleep_ms(20); /* the prober finds the page revoked first */
+	uint64_t v = rd(p + 8);
+	atomic_store(&pr.done, true);
+	pthread_join(th, NULL);
+	cr_assert_eq(v, 1000, "the device's word was lost");
+	cr_assert(pr.seen, "the prober could not read /proc/self/mem");
+	cr_assert(!pr.held,
+		  "a read of the page completed while dxm_check_exclusive "
+		  "still said it was held (%s)",
+		  pr.early ? "before the fault returned" : "after");
+	/* Adopted memory, and restore-around, wake the faulting thread only
+	 * once the restore is over: the prober read the page 300 ms before
+	 * (else the test proved nothing).  A single memfd page's
+	 * UFFDIO_CONTINUE wakes it at once. */
+	if (kind == MEM_ANON || window > 1)
+		cr_assert(pr.early, "the prober read the page only after the "
+				    "fault returned: the test proves nothing");
+	mem_teardown(&m);
+	dxm_ctx_destroy(ctx);
+}
+
+Test(inject, a_restored_page_reads_given_back_before_it_maps, .timeout = 30)
+{
+	given_back_before_mapped(MEM_MEMFD, 1);
+}
+
+Test(inject, a_restored_page_reads_given_back_before_it_maps_adopted,
+     .timeout = 30)
+{
+	given_back_before_mapped(MEM_ANON, 1);
+}
+
+Test(inject, a_restored_window_reads_given_back_before_it_maps,
+     .timeout = 30)
+{
+	given_back_before_mapped(MEM_MEMFD, 16);
+}
+
+Test(inject, a_restored_window_reads_given_back_before_it_maps_adopted,
+     .timeout = 30)
+{
+	given_back_before_mapped(MEM_ANON, 16);
+}
+
+/*
+ * So an adopted page is the CPU's (with PS_MAPPING) while it is still
+ * staged, until its move.  A raw fork in that moment gives the child a
+ * hole there (staging is MADV_DONTFORK), and the repair must copy the
+ * page from staging: it does not go by "the CPU's" alone.  Each
+ * UFFDIO_MOVE waits 300 ms before it enters the kernel ("move=0/300"):
+ * the CPU's fault gives the page back, its move waits, and the fork comes
+ * 100 ms into that wait; the other handler repairs the child.
+ */
+Test(inject, raw_fork_repair_of_a_page_given_back_before_it_moves,
+     .timeout = 60)
+{
+	struct dxm_ctx *ctx = repair_ctx_or_skip("move=0/300");
+	atomic_store(&logged_errors, 0);
+	dxm_set_print(count_errors);
+	char *a = anon_map(PS);
+	*(volatile uint64_t *)a = 42;
+	adopt_or_skip(ctx, a, PS);
+	void *dev;
+	cr_assert_eq(dxm_make_exclusive(ctx, a, PS, NULL, &dev), 1);
+	cr_assert_not_null(dev);
+	*(volatile uint64_t *)dev = 43;
+	dxm_exclusive_unlock(ctx, a, PS, &dev);
+	struct toucher t = { .p = (volatile uint64_t *)a };
+	pthread_t th;
+	cr_assert_eq(pthread_create(&th, NULL, touch_read, &t), 0);
+	sleep_ms(100);
+	cr_assert(!dxm_check_exclusive(ctx, a, PS, &dev),
+		  "the page is not given back 100 ms into its restore");
+	cr_assert(!page_present(a), "the page moved before the fork: the "
+				    "test proves nothing");
+	pid_t pid = (pid_t)syscall(SYS_fork);
+	cr_assert_neq(pid, -1, "SYS_fork: %s", strerror(errno));
+	if (pid == 0) {
+		uint64_t v = *(volatile uint64_t *)a;
+		syscall(SYS_exit_group, v == 43 ? 0 : v == 0 ? 2 : 3);
+	}
+	pthread_join(th, NULL);
+	cr_assert_eq(t.seen, 43);
+	int status;
+	cr_assert_eq(waitpid(pid, &status, 0), pid);
+	cr_assert(WIFEXITED(status), "the child was killed by signal %d",
+		  WTERMSIG(status));
+	cr_assert_eq(WEXITSTATUS(status), 0,
+		     "the child read %s where the parent's page was 43",
+		     WEXITSTATUS(status) == 2 ? "zero" : "other data");
+	cr_assert_eq(atomic_load(&logged_errors), 0, "errors were logged");
+	dxm_set_print(NULL);
+	cr_assert_eq(dxm_free(ctx, a), 0);
+	munmap(a, PS);
+	dxm_ctx_destroy(ctx);
+}
