@@ -274,6 +274,8 @@ struct dxm_stats {
 	uint64_t restore_us[DXM_STATS_HIST]; /* by the time one took,
 						notifiers included, in us */
 	uint64_t restore_pages[DXM_STATS_HIST]; /* by its pages ([1]: one) */
+	uint64_t pages_ahead; /* of restores, the pages given back ahead of a
+				 sequential reader (restore-around) */
 };
 
 int dxm_stats(struct dxm_ctx *ctx, struct dxm_stats *st, size_t size);

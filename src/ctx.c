@@ -224,6 +224,7 @@ DXM_API int dxm_stats(struct dxm_ctx *ctx, struct dxm_stats *st, size_t size)
 	s.pages_refused = atomic_load(&c->pages_refused);
 	s.cpu_faults = atomic_load(&c->cpu_faults);
 	s.restores = atomic_load(&c->restores);
+	s.pages_ahead = atomic_load(&c->pages_ahead);
 	s.deferred_faults = atomic_load(&c->deferred_faults);
 	s.notifier_calls = atomic_load(&c->notifier_calls);
 	s.notifier_ns = atomic_load(&c->notifier_ns);

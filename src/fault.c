@@ -141,11 +141,21 @@ static bool take_neighbour(struct dxm_region *r, size_t i, unsigned tag)
  * (tag 0: unknown, none), never a LOCKED one: a device still working on a
  * page keeps it.  Returns the run [*a, *b) that holds pg, every page of it
  * INVALIDATING and ours.
+ *
+ * Ahead (readahead's asynchronous window): once a forward window is whole
+ * at ctx->ra_max, the handler, after waking the reader, also gives back
+ * the next window, from the page after *b, and leaves *b exclusive: the
+ * marker, on which the reader faults once it has read this window (it
+ * reads while the handler brings the next one back).  A fault on the
+ * marker gives back the marker alone, and the window ahead of the run
+ * given back last.  So a reader that stops leaves at most one window and
+ * its marker given back early.  *ahead: the first page to give back
+ * ahead (give_back_ahead), or 0: none.
  */
 static void around(struct dxm_region *r, size_t pg, unsigned tag, size_t *a,
-		   size_t *b)
+		   size_t *b, size_t *ahead)
 {
-	*a = pg, *b = pg + 1;
+	*a = pg, *b = pg + 1, *ahead = 0;
 	unsigned max = r->ctx->ra_max;
 	if (max <= 1)
 		return;
@@ -163,9 +173,48 @@ static void around(struct dxm_region *r, size_t pg, unsigned tag, size_t *a,
 	if (tag && back)
 		while (pg + 1 - *a < win && *a > 0 && take_neighbour(r, *a - 1, tag))
 			--*a;
-	atomic_store_explicit(&r->ra.next, *b, memory_order_relaxed);
+	size_t next = *b;
+	if (tag && fwd && win == max) {
+		size_t end = atomic_load_explicit(&r->ra.ahead,
+						  memory_order_relaxed);
+		if (pg == atomic_load_explicit(&r->ra.mark,
+					       memory_order_relaxed) &&
+		    *b == pg + 1 && end > *b)
+			next = end; /* a marker: the reader reads [*b, end) */
+		if (next == end || *b - pg == win)
+			*ahead = next + 1 < r->npages ? next + 1 : 0;
+	}
+	atomic_store_explicit(&r->ra.next, next, memory_order_relaxed);
 	atomic_store_explicit(&r->ra.prev, *a, memory_order_relaxed);
 	atomic_store_explicit(&r->ra.win, win, memory_order_relaxed);
+}
+
+/*
+ * Give back, ahead of a sequential reader (around), up to ctx->ra_max
+ * pages from page `from` that are EXCLUSIVE for the same owner, the page
+ * before `from` left exclusive (the marker).  Like a fault's window:
+ * notified first (DXM_EVENT_CLEAR), then mapped in every view; nobody
+ * waits for them (a thread that faults on one meanwhile is deferred and
+ * resolved once it is mapped).  On a handler thread only, after the
+ * faulting thread was woken.
+ */
+static void give_back_ahead(struct dxm_region *r, size_t from, unsigned tag)
+{
+	struct dxm_ctx *ctx = r->ctx;
+	size_t b = from;
+	while (b - from < ctx->ra_max && b < r->npages &&
+	       take_neighbour(r, b, tag))
+		b++;
+	atomic_store_explicit(&r->ra.mark, from - 1, memory_order_relaxed);
+	atomic_store_explicit(&r->ra.ahead, b, memory_order_relaxed);
+	if (b == from)
+		return;
+	uint64_t t0 = dxmi_now_ns();
+	dxmi_notify_region_pages(r, from, b - from, DXM_EVENT_CLEAR, NULL);
+	stat_add(&ctx->c.restores, b - from);
+	stat_add(&ctx->c.pages_ahead, b - from);
+	r->kind->restore_run(r, from, b, 0);
+	count_restore(ctx, t0, b - from);
 }
 
 /*
@@ -199,8 +248,8 @@ static void resolve(struct dxm_region *r, size_t pg, uintptr_t addr,
 				continue;
 			DXM_TRACE_RESTORE_BEGIN(addr, pg);
 			uint64_t t0 = dxmi_now_ns();
-			size_t a, b;
-			around(r, pg, ps_tag(s), &a, &b);
+			size_t a, b, ahead;
+			around(r, pg, ps_tag(s), &a, &b, &ahead);
 			/* Every page is notified before its mapping returns.
 			 * A run of more than one page is restored whole
 			 * before anyone is woken (restore_span); else the
@@ -223,6 +272,12 @@ static void resolve(struct dxm_region *r, size_t pg, uintptr_t addr,
 			if (err == -EAGAIN && !requeued_restore(r, pg, addr) &&
 			    retry_later(r, addr, here, &tries))
 				continue;
+			/* The faulting thread was woken: the next window
+			 * comes back while it reads this one.  Not in the
+			 * faulting thread itself (SIGBUS mode): it would
+			 * wait for it. */
+			if (ahead && !here && !err)
+				give_back_ahead(r, ahead, ps_tag(s));
 			return;
 		default: /* LOCKED, INVALIDATING */
 			break;

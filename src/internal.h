@@ -225,6 +225,9 @@ struct dxm_region {
 	struct {
 		atomic_size_t next, prev; /* the run's end, and its start */
 		atomic_uint win;
+		/* Given back ahead (fault.c, give_back_ahead): the marker
+		 * page left exclusive before the run, and the run's end. */
+		atomic_size_t mark, ahead;
 	} ra;
 	/* Adopted memory: moves back into the CPU view begun and done
 	 * (anon_move_in), so that the raw-fork repair knows whether one
@@ -443,7 +446,7 @@ struct dxm_handler {
 
 struct dxm_counters {
 	atomic_ulong conversions, pages_converted, pages_refused;
-	atomic_ulong cpu_faults, restores, deferred_faults;
+	atomic_ulong cpu_faults, restores, deferred_faults, pages_ahead;
 	atomic_ulong notifier_calls, notifier_ns;
 	atomic_ulong events_unmap, events_remap, events_remove, forks;
 	atomic_ulong stale_device_faults, watchdog_reports;

@@ -49,8 +49,9 @@ static void usage(FILE *f)
 	fprintf(f,
 		"usage: dxm stress [--seconds N] [--threads T] [--devices D] "
 		"[--seed S]\n"
-		"                  [--regions R] [--handlers H] [--mode M] "
-		"[--churn N]\n"
+		"                  [--regions R] [--handlers H] [--around N] "
+		"[--mode M]\n"
+		"                  [--churn N]\n"
 		"                  [--huge] [--disable OP,...] [--verbose]\n"
 		"  --seconds N   run for N seconds (default 10)\n"
 		"  --threads T   CPU threads (default 2, at most %d)\n"
@@ -60,6 +61,10 @@ static void usage(FILE *f)
 		"  --regions R   region slots (default 6, 2 to %d)\n"
 		"  --handlers H  dxm fault-handler threads (default: the "
 		"library's)\n"
+		"  --around N    restore-around window, pages (default: the "
+		"library's, 2048; a\n"
+		"                small one, 4, gives back windows ahead of the "
+		"in-order readers)\n"
 		"  --mode M      fault resolution: thread (default), spin "
 		"(DXM_CTX_HANDLER_SPIN),\n"
 		"                sigbus (DXM_CTX_SIGBUS), adaptive "
@@ -109,6 +114,7 @@ static int parse(int argc, char **argv)
 		{ "seed", required_argument, NULL, 'S' },
 		{ "regions", required_argument, NULL, 'r' },
 		{ "handlers", required_argument, NULL, 'H' },
+		{ "around", required_argument, NULL, 'a' },
 		{ "mode", required_argument, NULL, 'm' },
 		{ "churn", required_argument, NULL, 'c' },
 		{ "disable", required_argument, NULL, 'x' },
@@ -120,7 +126,8 @@ static int parse(int argc, char **argv)
 	unsigned long long v;
 	optind = 0;
 	for (;;) {
-		int c = getopt_long(argc, argv, "s:t:d:S:r:H:m:c:x:vh", opts, NULL);
+		int c = getopt_long(argc, argv, "s:t:d:S:r:H:a:m:c:x:vh", opts,
+				    NULL);
 		if (c < 0)
 			break;
 		switch (c) {
@@ -153,6 +160,11 @@ static int parse(int argc, char **argv)
 			if (!parse_uint(optarg, 64, &v))
 				goto bad;
 			st.handlers = (unsigned)v;
+			break;
+		case 'a':
+			if (!parse_uint(optarg, 1u << 20, &v))
+				goto bad;
+			st.around = (unsigned)v;
 			break;
 		case 'm': {
 			/* the library's names of the resolution modes */
@@ -760,13 +772,15 @@ static void summary(double secs, const struct dxm_stats *s)
 		       (unsigned long long)o[k]);
 	printf("\n");
 	printf("stress: dxm: %llu conversions (%llu pages, %llu refused), %llu "
-	       "CPU faults, %llu restores, %llu deferred, %llu notifier calls, "
-	       "%llu unmap events, %llu remove events, %llu forks\n",
+	       "CPU faults, %llu restores (%llu ahead), %llu deferred, %llu "
+	       "notifier calls, %llu unmap events, %llu remove events, %llu "
+	       "forks\n",
 	       (unsigned long long)s->conversions,
 	       (unsigned long long)s->pages_converted,
 	       (unsigned long long)s->pages_refused,
 	       (unsigned long long)s->cpu_faults,
 	       (unsigned long long)s->restores,
+	       (unsigned long long)s->pages_ahead,
 	       (unsigned long long)s->deferred_faults,
 	       (unsigned long long)s->notifier_calls,
 	       (unsigned long long)s->events_unmap,
@@ -889,7 +903,8 @@ static int stress_run(void)
 	catch_fatal(true);
 	struct dxm_ctx_opts o = { .sz = sizeof(o),
 				  .flags = st.ctx_flags,
-				  .handler_threads = st.handlers };
+				  .handler_threads = st.handlers,
+				  .restore_around = st.around };
 	err = warm_up(&o);
 	if (err) {
 		catch_fatal(false);

@@ -203,6 +203,7 @@ struct st_listener; /* regions.c */
 struct st_global {
 	/* options */
 	unsigned seconds, nthreads, ndevices, nregions, handlers;
+	unsigned around; /* restore_around (0: the library's) */
 	unsigned churn; /* --churn: fork and re-allocation rates times this */
 	unsigned ctx_flags; /* DXM_CTX_HANDLER_SPIN or DXM_CTX_SIGBUS (--mode) */
 	uint64_t seed;

@@ -202,6 +202,72 @@ KIND_TEST(every_page_is_notified_before_it_returns)
 	mem_done(&m);
 }
 
+/*
+ * Ahead: once a forward window is whole (16 pages here), the handler also
+ * gives back the next window, leaving the page between exclusive (the
+ * marker).  Windows 2, 4, 8 from page 0 (a first fault on page 0 counts
+ * as sequential), then 16 from page 14: [14, 30), and [31, 47) ahead,
+ * page 30 left exclusive.  The fault on page 30 gives back page 30 and
+ * [48, 56) ahead (page 56 is locked: never given back); the fault on
+ * page 47, [57, 64).  Every page gets its CLEAR before its mapping;
+ * pages_ahead counts them.
+ */
+KIND_TEST(a_sequential_reader_gets_the_next_window_ahead)
+{
+	if (PS != BASE_PS)
+		cr_skip_test("SKIP: 64 huge pages (128 MiB of the pool)");
+	struct mem m;
+	struct dxm_ctx *ctx = setup(*kind, 16, 64 * PS, &m);
+	char *p = m.base;
+	void *dev[64], *dev56[1];
+	static struct recorder rec;
+	static struct first f;
+	f.base = p;
+	f.end = p + 64 * PS;
+	recorder_insert(ctx, &rec, p, 64 * PS);
+	take(ctx, p, 64 * PS, owner_a, dev);
+	cr_assert_eq(dxm_make_exclusive(ctx, p + 56 * PS, PS, owner_a, dev56),
+		     1);
+	recorder_hook(&rec, notified_first_hook, &f);
+	struct dxm_stats s0 = stats(ctx);
+	for (size_t i = 0; i < 16; i++)
+		cr_assert(page_ok(p, i), "page %zu lost its data", i);
+	/* The window ahead comes back after the reader was woken. */
+	cr_assert(WAIT_FOR(pages_present(p + 31 * PS, 16 * PS) == 16, 2000),
+		  "%zu of pages 31..46 given back ahead",
+		  pages_present(p + 31 * PS, 16 * PS));
+	cr_expect_eq(pages_present(p, 30 * PS), 30);
+	cr_expect(!page_present(p + 30 * PS), "the marker was given back");
+	cr_expect_eq(pages_present(p + 47 * PS, 17 * PS), 0,
+		     "more than one window given back ahead");
+	cr_expect_eq(stats(ctx).pages_ahead - s0.pages_ahead, 16);
+	for (size_t i = 16; i < 47; i++)
+		cr_assert(page_ok(p, i), "page %zu lost its data", i);
+	cr_assert(WAIT_FOR(pages_present(p + 48 * PS, 8 * PS) == 8, 2000));
+	cr_expect(!page_present(p + 47 * PS), "the marker was given back");
+	for (size_t i = 47; i < 56; i++)
+		cr_assert(page_ok(p, i), "page %zu lost its data", i);
+	cr_assert(WAIT_FOR(pages_present(p + 57 * PS, 7 * PS) == 7, 2000));
+	cr_expect(!page_present(p + 56 * PS), "a locked page was given back");
+	cr_expect(dxm_check_exclusive(ctx, p + 56 * PS, PS, dev56));
+	dxm_exclusive_unlock(ctx, p + 56 * PS, PS, dev56);
+	for (size_t i = 56; i < 64; i++)
+		cr_assert(page_ok(p, i), "page %zu lost its data", i);
+	recorder_hook(&rec, NULL, NULL);
+	struct dxm_stats s = stats(ctx);
+	cr_expect_eq(s.pages_ahead - s0.pages_ahead, 16 + 8 + 7);
+	cr_expect_eq(s.restores - s0.restores, 64);
+	cr_expect_eq(s.cpu_faults - s0.cpu_faults, 4 + 3,
+		     "faults on pages 0, 2, 6, 14, then 30, 47, 56");
+	cr_expect(rec_covers(&rec, DXM_EVENT_CLEAR, p, 64 * PS),
+		  "a page came back without its CLEAR");
+	cr_expect_eq(atomic_load(&f.mapped_in_cb), 0,
+		     "%d pages were mapped before their CLEAR returned",
+		     atomic_load(&f.mapped_in_cb));
+	recorder_remove(&rec);
+	mem_done(&m);
+}
+
 /* The default window grows to 2048 pages: wider than adopted memory's
  * moves of 512 pages at a time, and still one wake-up per window.  Every
  * page comes back with the device's data. */
