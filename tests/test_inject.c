@@ -475,6 +475,59 @@ static int count_errors(enum dxm_log_level level, const char *fmt, va_list ap)
 	return 0;
 }
 
+/* An adopted page that read 42, taken by a device that wrote 43 into it
+ * (still locked), on a repair context (injection spec), errors counted. */
+static char *page_of_43(const char *inject_spec, struct dxm_ctx **ctxp,
+			void **dev)
+{
+	struct dxm_ctx *ctx = repair_ctx_or_skip(inject_spec);
+	atomic_store(&logged_errors, 0);
+	dxm_set_print(count_errors);
+	char *a = anon_map(PS);
+	*(volatile uint64_t *)a = 42;
+	adopt_or_skip(ctx, a, PS);
+	cr_assert_eq(dxm_make_exclusive(ctx, a, PS, NULL, dev), 1);
+	cr_assert_not_null(*dev);
+	*(volatile uint64_t *)*dev = 43;
+	*ctxp = ctx;
+	return a;
+}
+
+/* A raw fork (no pthread_atfork handler) whose child reads page a: its
+ * exit status says what it read (0: 43, 2: zero, 3: other data).  Its
+ * page is a hole until the repair copies it (the read waits for that). */
+static pid_t raw_fork_reading(const char *a)
+{
+	pid_t pid = (pid_t)syscall(SYS_fork);
+	cr_assert_neq(pid, -1, "SYS_fork: %s", strerror(errno));
+	if (pid == 0) {
+		uint64_t v = *(volatile const uint64_t *)a;
+		syscall(SYS_exit_group, v == 43 ? 0 : v == 0 ? 2 : 3);
+	}
+	return pid;
+}
+
+/* The child of raw_fork_reading read 43, no error was logged; then the
+ * page and its context go. */
+static void child_read_43(pid_t pid, struct dxm_ctx *ctx, char *a)
+{
+	int status;
+	cr_assert_eq(waitpid(pid, &status, 0), pid);
+	cr_assert(WIFEXITED(status), "the child was killed by signal %d",
+		  WTERMSIG(status));
+	cr_assert_eq(WEXITSTATUS(status), 0,
+		     "the child read %s where the parent's page was 43",
+		     WEXITSTATUS(status) == 2 ? "zero" : "other data");
+	cr_assert_eq(stats(ctx).stale_device_faults, 0,
+		     "a handler's own read was taken for a driver's");
+	cr_assert_eq(atomic_load(&logged_errors), 0, "errors were logged");
+	dxm_set_print(NULL);
+	cr_assert_eq(dxm_free(ctx, a), 0);
+	cr_assert_eq(*(volatile uint64_t *)a, 43);
+	munmap(a, PS);
+	dxm_ctx_destroy(ctx);
+}
+
 /*
  * The window the stress tool found (stress/README.md, the run "beside" of
  * session 6): a raw fork while a device holds a page LOCKED.  The repair
@@ -491,24 +544,11 @@ static int count_errors(enum dxm_log_level level, const char *fmt, va_list ap)
 Test(inject, raw_fork_repair_of_a_locked_page_given_back_meanwhile,
      .timeout = 60)
 {
-	struct dxm_ctx *ctx = repair_ctx_or_skip("forkfix=0/400");
-	atomic_store(&logged_errors, 0);
-	dxm_set_print(count_errors);
-	char *a = anon_map(PS);
-	*(volatile uint64_t *)a = 42;
-	adopt_or_skip(ctx, a, PS);
+	struct dxm_ctx *ctx;
 	void *dev;
-	cr_assert_eq(dxm_make_exclusive(ctx, a, PS, NULL, &dev), 1);
-	cr_assert_not_null(dev);
-	*(volatile uint64_t *)dev = 43; /* locked, staged, the device's */
-	pid_t pid = (pid_t)syscall(SYS_fork);
-	cr_assert_neq(pid, -1, "SYS_fork: %s", strerror(errno));
-	if (pid == 0) {
-		/* Its page is a hole until the repair copies it (the read
-		 * waits for that). */
-		uint64_t v = *(volatile uint64_t *)a;
-		syscall(SYS_exit_group, v == 43 ? 0 : v == 0 ? 2 : 3);
-	}
+	/* Locked, staged, the device's. */
+	char *a = page_of_43("forkfix=0/400", &ctx, &dev);
+	pid_t pid = raw_fork_reading(a);
 	sleep_ms(600);
 	dxm_exclusive_unlock(ctx, a, PS, &dev);
 	struct toucher t = { .p = (volatile uint64_t *)a };
@@ -516,21 +556,7 @@ Test(inject, raw_fork_repair_of_a_locked_page_given_back_meanwhile,
 	cr_assert_eq(pthread_create(&th, NULL, touch_read, &t), 0);
 	pthread_join(th, NULL);
 	cr_assert_eq(t.seen, 43);
-	int status;
-	cr_assert_eq(waitpid(pid, &status, 0), pid);
-	cr_assert(WIFEXITED(status), "the child was killed by signal %d",
-		  WTERMSIG(status));
-	cr_assert_eq(WEXITSTATUS(status), 0,
-		     "the child read %s where the parent's page was 43",
-		     WEXITSTATUS(status) == 2 ? "zero" : "other data");
-	cr_assert_eq(stats(ctx).stale_device_faults, 0,
-		     "a handler's own read was taken for a driver's");
-	cr_assert_eq(atomic_load(&logged_errors), 0, "errors were logged");
-	dxm_set_print(NULL);
-	cr_assert_eq(dxm_free(ctx, a), 0);
-	cr_assert_eq(*(volatile uint64_t *)a, 43);
-	munmap(a, PS);
-	dxm_ctx_destroy(ctx);
+	child_read_43(pid, ctx, a);
 }
 
 struct unmapper {
@@ -700,27 +726,26 @@ static void given_back_before_mapped(enum mem_kind kind, unsigned window)
 	dxm_ctx_destroy(ctx);
 }
 
-Test(inject, a_restored_page_reads_given_back_before_it_maps, .timeout = 30)
+/* memfd and adopted memory, a fault's own page and a window of 16. */
+struct given_back_case {
+	enum mem_kind kind;
+	unsigned window;
+};
+
+ParameterizedTestParameters(inject, a_restored_page_reads_given_back_first)
 {
-	given_back_before_mapped(MEM_MEMFD, 1);
+	static struct given_back_case cases[] = {
+		{ MEM_MEMFD, 1 }, { MEM_ANON, 1 },
+		{ MEM_MEMFD, 16 }, { MEM_ANON, 16 },
+	};
+	return cr_make_param_array(struct given_back_case, cases,
+				   sizeof(cases) / sizeof(cases[0]));
 }
 
-Test(inject, a_restored_page_reads_given_back_before_it_maps_adopted,
-     .timeout = 30)
+ParameterizedTest(struct given_back_case *c, inject,
+		  a_restored_page_reads_given_back_first, .timeout = 30)
 {
-	given_back_before_mapped(MEM_ANON, 1);
-}
-
-Test(inject, a_restored_window_reads_given_back_before_it_maps,
-     .timeout = 30)
-{
-	given_back_before_mapped(MEM_MEMFD, 16);
-}
-
-Test(inject, a_restored_window_reads_given_back_before_it_maps_adopted,
-     .timeout = 30)
-{
-	given_back_before_mapped(MEM_ANON, 16);
+	given_back_before_mapped(c->kind, c->window);
 }
 
 /*
@@ -730,21 +755,17 @@ Test(inject, a_restored_window_reads_given_back_before_it_maps_adopted,
  * page from staging: it does not go by "the CPU's" alone.  Each
  * UFFDIO_MOVE waits 300 ms before it enters the kernel ("move=0/300"):
  * the CPU's fault gives the page back, its move waits, and the fork comes
- * 100 ms into that wait; the other handler repairs the child.
+ * 100 ms into that wait; the other handler repairs the child.  Two
+ * things tell the repair the page may be staged: its state (PS_MAPPING)
+ * and the move under way (r->in_begun ahead of r->in_done); this fails
+ * only without both.
  */
 Test(inject, raw_fork_repair_of_a_page_given_back_before_it_moves,
      .timeout = 60)
 {
-	struct dxm_ctx *ctx = repair_ctx_or_skip("move=0/300");
-	atomic_store(&logged_errors, 0);
-	dxm_set_print(count_errors);
-	char *a = anon_map(PS);
-	*(volatile uint64_t *)a = 42;
-	adopt_or_skip(ctx, a, PS);
+	struct dxm_ctx *ctx;
 	void *dev;
-	cr_assert_eq(dxm_make_exclusive(ctx, a, PS, NULL, &dev), 1);
-	cr_assert_not_null(dev);
-	*(volatile uint64_t *)dev = 43;
+	char *a = page_of_43("move=0/300", &ctx, &dev);
 	dxm_exclusive_unlock(ctx, a, PS, &dev);
 	struct toucher t = { .p = (volatile uint64_t *)a };
 	pthread_t th;
@@ -754,24 +775,8 @@ Test(inject, raw_fork_repair_of_a_page_given_back_before_it_moves,
 		  "the page is not given back 100 ms into its restore");
 	cr_assert(!page_present(a), "the page moved before the fork: the "
 				    "test proves nothing");
-	pid_t pid = (pid_t)syscall(SYS_fork);
-	cr_assert_neq(pid, -1, "SYS_fork: %s", strerror(errno));
-	if (pid == 0) {
-		uint64_t v = *(volatile uint64_t *)a;
-		syscall(SYS_exit_group, v == 43 ? 0 : v == 0 ? 2 : 3);
-	}
+	pid_t pid = raw_fork_reading(a);
 	pthread_join(th, NULL);
 	cr_assert_eq(t.seen, 43);
-	int status;
-	cr_assert_eq(waitpid(pid, &status, 0), pid);
-	cr_assert(WIFEXITED(status), "the child was killed by signal %d",
-		  WTERMSIG(status));
-	cr_assert_eq(WEXITSTATUS(status), 0,
-		     "the child read %s where the parent's page was 43",
-		     WEXITSTATUS(status) == 2 ? "zero" : "other data");
-	cr_assert_eq(atomic_load(&logged_errors), 0, "errors were logged");
-	dxm_set_print(NULL);
-	cr_assert_eq(dxm_free(ctx, a), 0);
-	munmap(a, PS);
-	dxm_ctx_destroy(ctx);
+	child_read_43(pid, ctx, a);
 }
