@@ -521,9 +521,12 @@ static int move_in_page(struct dxm_region *r, size_t pg, uintptr_t cpu,
 		if (got == -EAGAIN)
 			return -EAGAIN;
 		/* ENOENT (holes are allowed): the CPU view's mapping is gone,
-		 * its munmap read by a handler and not yet applied, which
-		 * drops the staged data.  Nothing to copy either. */
+		 * its munmap read by a handler and not yet applied.  The data
+		 * goes with it: dropped here, since the page is the CPU's by
+		 * the time the munmap's clean-up looks (anon_gone drops only
+		 * pages that are not).  Nothing to copy either. */
 		if (got == -ENOENT) {
+			anon_discard(r, pg, 1);
 			if (wake)
 				dxmi_uffd_wake(r->uffd, cpu, ctx->psize);
 			return 0;

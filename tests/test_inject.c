@@ -619,6 +619,45 @@ Test(inject, fork_restore_of_a_region_being_unmapped_is_quiet, .timeout = 60)
 }
 
 /*
+ * A restore that finds the CPU view's mapping gone (its munmap read, not
+ * yet applied: 300 ms here) moves nothing (ENOENT); the page's data goes
+ * with the munmap, and its staging slot must not keep it: an old version
+ * marked the page the CPU's with its data still staged, and the munmap's
+ * clean-up, which drops only pages that are not the CPU's, left it there
+ * until dxm_free (a page of memory per such race).
+ */
+Test(inject, restore_into_an_unmapped_page_leaves_no_staged_data,
+     .timeout = 60)
+{
+	setenv("DXM_INJECT", "detach=0/300", 1);
+	atomic_store(&logged_errors, 0);
+	dxm_set_print(count_errors);
+	struct dxm_ctx *ctx = ctx_or_skip(NULL);
+	char *a = anon_map(2 * PS);
+	memset(a, 5, 2 * PS);
+	adopt_or_skip(ctx, a, 2 * PS);
+	void *dev[2];
+	cr_assert_eq(dxm_make_exclusive(ctx, a, 2 * PS, NULL, dev), 2);
+	dxm_exclusive_unlock(ctx, a, 2 * PS, dev);
+	cr_assert(page_present(dev[1]), "page 1 is not in its staging slot");
+	struct unmapper u = { a + PS, PS };
+	pthread_t t;
+	cr_assert_eq(pthread_create(&t, NULL, unmap_fn, &u), 0);
+	pthread_join(t, NULL); /* returned: the event is read, not applied */
+	(void)dxm_range_fault(ctx, a + PS, PS, 0, NULL);
+	sleep_ms(400); /* the munmap is applied */
+	cr_assert(!page_present(dev[1]),
+		  "the unmapped page's data stayed in its staging slot");
+	cr_assert_eq(atomic_load(&logged_errors), 0, "errors were logged");
+	cr_assert_eq(dxm_range_fault(ctx, a, PS, 0, NULL), 1);
+	cr_assert_eq(*(volatile char *)a, 5);
+	cr_assert_eq(dxm_free(ctx, a), 0);
+	munmap(a, PS);
+	dxm_ctx_destroy(ctx);
+	dxm_set_print(NULL);
+}
+
+/*
  * Linux 6.18, when a page UFFDIO_MOVE moves is under migration (memory
  * compaction), moves it and answers EEXIST.  dxm took that answer on the
  * way out for a stray page in the staging slot and discarded it (the
