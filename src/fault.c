@@ -148,9 +148,10 @@ static bool take_neighbour(struct dxm_region *r, size_t i, unsigned tag)
  * marker, on which the reader faults once it has read this window (it
  * reads while the handler brings the next one back).  A fault on the
  * marker gives back the marker alone, and the window ahead of the run
- * given back last.  So a reader that stops leaves at most one window and
- * its marker given back early.  *ahead: the first page to give back
- * ahead (give_back_ahead), or 0: none.
+ * given back last.  So a reader that stops has at most one window more
+ * given back early than restore-around alone gives (two ahead of the
+ * page it faulted on).  *ahead: the first page to give back ahead
+ * (give_back_ahead), or 0: none.
  */
 static void around(struct dxm_region *r, size_t pg, unsigned tag, size_t *a,
 		   size_t *b, size_t *ahead)
@@ -177,11 +178,12 @@ static void around(struct dxm_region *r, size_t pg, unsigned tag, size_t *a,
 	if (tag && fwd && win == max) {
 		size_t end = atomic_load_explicit(&r->ra.ahead,
 						  memory_order_relaxed);
-		if (pg == atomic_load_explicit(&r->ra.mark,
-					       memory_order_relaxed) &&
-		    *b == pg + 1 && end > *b)
-			next = end; /* a marker: the reader reads [*b, end) */
-		if (next == end || *b - pg == win)
+		bool marker = pg == atomic_load_explicit(&r->ra.mark,
+							 memory_order_relaxed) &&
+			      *b == pg + 1 && end > *b;
+		if (marker)
+			next = end; /* the reader reads [*b, end) next */
+		if (marker || *b - pg == win)
 			*ahead = next + 1 < r->npages ? next + 1 : 0;
 	}
 	atomic_store_explicit(&r->ra.next, next, memory_order_relaxed);
