@@ -582,6 +582,34 @@ static void *unmap_fn(void *arg)
 	return NULL;
 }
 
+/* Two pages of adopted memory (5s) that a device took and unlocked, on a
+ * context whose munmaps are applied 300 ms after they are read; errors
+ * counted. */
+static struct dxm_ctx *two_pages_slow_detach(char **ap, void **dev)
+{
+	setenv("DXM_INJECT", "detach=0/300", 1);
+	atomic_store(&logged_errors, 0);
+	dxm_set_print(count_errors);
+	struct dxm_ctx *ctx = ctx_or_skip(NULL);
+	char *a = anon_map(2 * PS);
+	memset(a, 5, 2 * PS);
+	adopt_or_skip(ctx, a, 2 * PS);
+	cr_assert_eq(dxm_make_exclusive(ctx, a, 2 * PS, NULL, dev), 2);
+	dxm_exclusive_unlock(ctx, a, 2 * PS, dev);
+	*ap = a;
+	return ctx;
+}
+
+/* munmap from another thread; once it returned, the handler has read its
+ * event (and applies it 300 ms later). */
+static void unmap_read_not_applied(void *p, size_t len)
+{
+	struct unmapper u = { p, len };
+	pthread_t t;
+	cr_assert_eq(pthread_create(&t, NULL, unmap_fn, &u), 0);
+	pthread_join(t, NULL);
+}
+
 /*
  * A fork restores every adopted page first, in every region.  Here one
  * region's munmap is read by the handler (the munmap has returned) but not
@@ -591,19 +619,10 @@ static void *unmap_fn(void *arg)
  */
 Test(inject, fork_restore_of_a_region_being_unmapped_is_quiet, .timeout = 60)
 {
-	setenv("DXM_INJECT", "detach=0/300", 1);
-	dxm_set_print(count_errors);
-	struct dxm_ctx *ctx = ctx_or_skip(NULL);
-	char *a = anon_map(2 * PS);
-	memset(a, 5, 2 * PS);
-	adopt_or_skip(ctx, a, 2 * PS);
+	char *a;
 	void *dev[2];
-	cr_assert_eq(dxm_make_exclusive(ctx, a, 2 * PS, NULL, dev), 2);
-	dxm_exclusive_unlock(ctx, a, 2 * PS, dev);
-	struct unmapper u = { a, 2 * PS };
-	pthread_t t;
-	cr_assert_eq(pthread_create(&t, NULL, unmap_fn, &u), 0);
-	pthread_join(t, NULL); /* returned: the event is read, not applied */
+	struct dxm_ctx *ctx = two_pages_slow_detach(&a, dev);
+	unmap_read_not_applied(a, 2 * PS);
 	pid_t pid = fork();
 	cr_assert_neq(pid, -1);
 	if (pid == 0)
@@ -629,21 +648,11 @@ Test(inject, fork_restore_of_a_region_being_unmapped_is_quiet, .timeout = 60)
 Test(inject, restore_into_an_unmapped_page_leaves_no_staged_data,
      .timeout = 60)
 {
-	setenv("DXM_INJECT", "detach=0/300", 1);
-	atomic_store(&logged_errors, 0);
-	dxm_set_print(count_errors);
-	struct dxm_ctx *ctx = ctx_or_skip(NULL);
-	char *a = anon_map(2 * PS);
-	memset(a, 5, 2 * PS);
-	adopt_or_skip(ctx, a, 2 * PS);
+	char *a;
 	void *dev[2];
-	cr_assert_eq(dxm_make_exclusive(ctx, a, 2 * PS, NULL, dev), 2);
-	dxm_exclusive_unlock(ctx, a, 2 * PS, dev);
+	struct dxm_ctx *ctx = two_pages_slow_detach(&a, dev);
 	cr_assert(page_present(dev[1]), "page 1 is not in its staging slot");
-	struct unmapper u = { a + PS, PS };
-	pthread_t t;
-	cr_assert_eq(pthread_create(&t, NULL, unmap_fn, &u), 0);
-	pthread_join(t, NULL); /* returned: the event is read, not applied */
+	unmap_read_not_applied(a + PS, PS);
 	(void)dxm_range_fault(ctx, a + PS, PS, 0, NULL);
 	sleep_ms(400); /* the munmap is applied */
 	cr_assert(!page_present(dev[1]),
