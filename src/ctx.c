@@ -55,6 +55,20 @@ static void ctx_free(struct dxm_ctx *ctx)
 	free(ctx);
 }
 
+bool dxmi_ctx_flags_ok(unsigned flags)
+{
+	const unsigned known = DXM_CTX_REQUIRE_KERNEL_FAULTS |
+			       DXM_CTX_HANDLER_SPIN | DXM_CTX_SIGBUS |
+			       DXM_CTX_HANDLER_ADAPTIVE;
+	return !(flags & ~known) &&
+	       /* always spin, or sometimes */
+	       !((flags & DXM_CTX_HANDLER_SPIN) &&
+		 (flags & DXM_CTX_HANDLER_ADAPTIVE)) &&
+	       /* in-thread resolution cannot serve a system call's access */
+	       !((flags & DXM_CTX_SIGBUS) &&
+		 (flags & DXM_CTX_REQUIRE_KERNEL_FAULTS));
+}
+
 DXM_API int dxm_ctx_create(struct dxm_ctx **ctxp, const struct dxm_ctx_opts *opts)
 {
 	struct dxm_ctx_opts o = { .sz = sizeof(o) };
@@ -71,18 +85,7 @@ DXM_API int dxm_ctx_create(struct dxm_ctx **ctxp, const struct dxm_ctx_opts *opt
 				return -E2BIG;
 		memcpy(&o, opts, opts->sz < sizeof(o) ? opts->sz : sizeof(o));
 	}
-	const unsigned known = DXM_CTX_REQUIRE_KERNEL_FAULTS |
-			       DXM_CTX_HANDLER_SPIN | DXM_CTX_SIGBUS |
-			       DXM_CTX_HANDLER_ADAPTIVE;
-	if ((o.flags & ~known) ||
-	    /* always spin, or sometimes */
-	    ((o.flags & DXM_CTX_HANDLER_SPIN) &&
-	     (o.flags & DXM_CTX_HANDLER_ADAPTIVE)) ||
-	    /* in-thread resolution cannot serve a system call's access */
-	    ((o.flags & DXM_CTX_SIGBUS) &&
-	     (o.flags & DXM_CTX_REQUIRE_KERNEL_FAULTS)))
-		return -EINVAL;
-	if (o.handler_threads > MAX_HANDLERS)
+	if (!dxmi_ctx_flags_ok(o.flags) || o.handler_threads > MAX_HANDLERS)
 		return -EINVAL;
 
 	struct dxm_ctx *ctx = calloc(1, sizeof(*ctx));

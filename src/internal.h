@@ -407,6 +407,10 @@ void dxmi_notifier_destroy_all(struct dxm_ctx *ctx);
 #define FORK_BACKLOG 1024 /* messages read while a fork is in progress */
 #define MAX_HANDLERS 64
 
+/* Whether dxm_ctx_create takes these DXM_CTX_* flags (dxm_resolution_str
+ * names no others). */
+bool dxmi_ctx_flags_ok(unsigned flags);
+
 /*
  * The userfaultfd features a context asks for (dxm_probe asks the same).
  * Memfd regions: not UFFD_FEATURE_EVENT_REMOVE, which makes every zap on

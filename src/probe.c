@@ -121,16 +121,10 @@ DXM_API const char *dxm_uffd_mode_str(enum dxm_uffd_mode mode)
 
 DXM_API const char *dxm_resolution_str(unsigned ctx_flags)
 {
-	const unsigned known = DXM_CTX_REQUIRE_KERNEL_FAULTS |
-			       DXM_CTX_HANDLER_SPIN | DXM_CTX_SIGBUS |
-			       DXM_CTX_HANDLER_ADAPTIVE;
-	const unsigned spins = DXM_CTX_HANDLER_SPIN | DXM_CTX_HANDLER_ADAPTIVE;
-	/* what dxm_ctx_create refuses */
-	if ((ctx_flags & ~known) || (ctx_flags & spins) == spins)
+	if (!dxmi_ctx_flags_ok(ctx_flags)) /* what dxm_ctx_create refuses */
 		return "unknown";
 	if (ctx_flags & DXM_CTX_SIGBUS)
-		return ctx_flags & DXM_CTX_REQUIRE_KERNEL_FAULTS ? "unknown"
-								 : "sigbus";
+		return "sigbus";
 	return ctx_flags & DXM_CTX_HANDLER_SPIN	      ? "spin"
 	       : ctx_flags & DXM_CTX_HANDLER_ADAPTIVE ? "adaptive"
 						      : "thread";
