@@ -32,6 +32,8 @@
 #include "trace.h"
 
 static void finish_restore(struct dxm_fault *f);
+static void flush_run(struct dxm_region *r, size_t a, size_t b, bool inv,
+		      unsigned flags, enum dxm_event ev);
 
 /*
  * A kind's restore of page pg (a fault at addr) said -EAGAIN.  If the page
@@ -209,14 +211,8 @@ static void give_back_ahead(struct dxm_region *r, size_t from, unsigned tag)
 		b++;
 	atomic_store_explicit(&r->ra.mark, from - 1, memory_order_relaxed);
 	atomic_store_explicit(&r->ra.ahead, b, memory_order_relaxed);
-	if (b == from)
-		return;
-	uint64_t t0 = dxmi_now_ns();
-	dxmi_notify_region_pages(r, from, b - from, DXM_EVENT_CLEAR, NULL);
-	stat_add(&ctx->c.restores, b - from);
 	stat_add(&ctx->c.pages_ahead, b - from);
-	r->kind->restore_run(r, from, b, 0);
-	count_restore(ctx, t0, b - from);
+	flush_run(r, from, b, true, 0, DXM_EVENT_CLEAR);
 }
 
 /*
