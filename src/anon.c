@@ -745,8 +745,7 @@ static int anon_restore_span(struct dxm_region *r, size_t a, size_t b,
 	for (size_t c = a; c < b; c += SPAN_CHUNK) {
 		size_t n = b - c < SPAN_CHUNK ? b - c : SPAN_CHUNK;
 		memset(need, 1, n);
-		for (size_t i = 0; i < n; i++)
-			dxmi_ps_invalidated(r, c + i); /* before its move */
+		dxmi_ps_invalidated_run(r, c, c + n); /* before the move */
 		/* need[] is left set where no view shows a page any more,
 		 * too: as anon_restore, the faulting page is then done (its
 		 * data goes with the program's munmap), and as

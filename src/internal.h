@@ -339,6 +339,7 @@ void dxmi_ps_requeue_restore(struct dxm_region *r, size_t pg, uintptr_t addr);
 bool dxmi_ps_requeued(void);
 void dxmi_ps_mapping_done(struct dxm_region *r, size_t pg);
 void dxmi_ps_invalidated(struct dxm_region *r, size_t pg);
+void dxmi_ps_invalidated_run(struct dxm_region *r, size_t a, size_t b);
 void dxmi_ps_not_invalidated(struct dxm_region *r, size_t pg);
 void dxmi_ps_set(struct dxm_region *r, size_t pg, uint8_t to);
 

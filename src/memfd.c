@@ -192,19 +192,12 @@ int dxmi_memfd_restore(struct dxm_region *r, size_t pg, uintptr_t addr)
 	return err;
 }
 
-/* The pages of [a, b) that are ours (INVALIDATING) are the CPU's now:
- * their data never left the page cache. */
-static void invalidated_run(struct dxm_region *r, size_t a, size_t b)
-{
-	for (size_t i = a; i < b; i++)
-		if (ps_state(ps_load(&r->st[i])) == PS_INVALIDATING)
-			dxmi_ps_invalidated(r, i);
-}
-
 void dxmi_memfd_restore_run(struct dxm_region *r, size_t a, size_t b,
 			    unsigned flags)
 {
-	invalidated_run(r, a, b);
+	/* The pages ours to give back are the CPU's now: their data never
+	 * left the page cache. */
+	dxmi_ps_invalidated_run(r, a, b);
 	/* -EAGAIN: an event is unread.  With PTC_WAIT (the caller needs
 	 * the mappings: dxm_range_fault) we wait, holding no lock; a
 	 * handler (it may be the reader), or a caller for whom the mappings
@@ -233,7 +226,7 @@ int dxmi_memfd_restore_span(struct dxm_region *r, size_t a, size_t b,
 			    size_t pg, uintptr_t addr)
 {
 	(void)pg;
-	invalidated_run(r, a, b);
+	dxmi_ps_invalidated_run(r, a, b);
 	struct cont c = { .dontwake = true };
 	dxmi_region_runs(r, a, b - a, NULL, 0, cont_run, &c);
 	inject(INJ_RESTORED); /* a slow restore, in tests */

@@ -142,6 +142,15 @@ void dxmi_ps_invalidated(struct dxm_region *r, size_t pg)
 		;
 }
 
+/* dxmi_ps_invalidated() for each page of [a, b) that is INVALIDATING (the
+ * caller's: the others of the run are the CPU's, with PS_MAPPING). */
+void dxmi_ps_invalidated_run(struct dxm_region *r, size_t a, size_t b)
+{
+	for (size_t i = a; i < b; i++)
+		if (ps_state(ps_load(&r->st[i])) == PS_INVALIDATING)
+			dxmi_ps_invalidated(r, i);
+}
+
 /* CPU|MAPPING -> INVALIDATING, keeping PS_WAITERS: an adopted page given
  * back (dxmi_ps_invalidated) whose move into the CPU view the kernel
  * refused for now; its data is still staged, and it is ours again to
