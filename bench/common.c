@@ -16,17 +16,10 @@
 
 #include "harness.h"
 
-#include <linux/userfaultfd.h>
 #include <sys/ioctl.h>
 #include <sys/syscall.h>
 
-/* Newer than some installed kernel headers (the values are the ABI). */
-#ifndef UFFD_USER_MODE_ONLY
-#define UFFD_USER_MODE_ONLY 1 /* Linux 5.11 */
-#endif
-#ifndef USERFAULTFD_IOC_NEW
-#define USERFAULTFD_IOC_NEW _IO(0xAA, 0x00) /* /dev/userfaultfd, Linux 6.1 */
-#endif
+#include "compat_uffd.h" /* the library's: constants newer than the headers */
 
 size_t bn_psize = 4096;
 
