@@ -1,4 +1,5 @@
 // SPDX-License-Identifier: MIT
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <sched.h>
@@ -156,6 +157,33 @@ void anon_setup(struct anon_fix *f, size_t len)
 void anon_teardown(struct anon_fix *f)
 {
 	mem_done(&f->m);
+}
+
+size_t threads_named(const char *prefix, pid_t *tids, size_t max)
+{
+	size_t k = 0;
+	DIR *d = opendir("/proc/self/task");
+	cr_assert(d, "opendir(/proc/self/task): %s", strerror(errno));
+	struct dirent *e;
+	while ((e = readdir(d))) {
+		if (e->d_name[0] == '.')
+			continue;
+		char path[300], name[32] = "";
+		snprintf(path, sizeof(path), "/proc/self/task/%s/comm",
+			 e->d_name);
+		FILE *f = fopen(path, "r");
+		if (!f)
+			continue;
+		if (fgets(name, sizeof(name), f) &&
+		    !strncmp(name, prefix, strlen(prefix))) {
+			if (k < max)
+				tids[k] = atoi(e->d_name);
+			k++;
+		}
+		fclose(f);
+	}
+	closedir(d);
+	return k;
 }
 
 uint64_t pagemap_entry(const void *addr)

@@ -262,6 +262,9 @@ void adopt_or_skip(struct dxm_ctx *ctx, void *p, size_t len);
  * present; bits 0-54: the page frame number, 0 where the kernel hides
  * it).  The pagemap has one entry per base page, huge pages included. */
 uint64_t pagemap_entry(const void *addr);
+/* This process's threads whose name (comm) starts with prefix: how many,
+ * and the ids of the first max of them in tids (NULL if max is 0). */
+size_t threads_named(const char *prefix, pid_t *tids, size_t max);
 /* Its present bit: revocation checked from the kernel's side, not from
  * dxm's bookkeeping. */
 bool page_present(const void *addr);

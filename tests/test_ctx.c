@@ -3,7 +3,6 @@
  * Contexts, statistics and logging: creation options, the handler threads,
  * dxm_stats, dxm_set_print, and dxm_ctx_destroy with work outstanding.
  */
-#include <dirent.h>
 #include <grp.h>
 #include <errno.h>
 #include <stdio.h>
@@ -17,25 +16,7 @@
 
 static unsigned count_threads_named(const char *prefix)
 {
-	unsigned k = 0;
-	DIR *d = opendir("/proc/self/task");
-	struct dirent *e;
-	while ((e = readdir(d))) {
-		if (e->d_name[0] == '.')
-			continue;
-		char path[300], name[32] = "";
-		snprintf(path, sizeof(path), "/proc/self/task/%s/comm",
-			 e->d_name);
-		FILE *f = fopen(path, "r");
-		if (f) {
-			if (fgets(name, sizeof(name), f) &&
-			    !strncmp(name, prefix, strlen(prefix)))
-				k++;
-			fclose(f);
-		}
-	}
-	closedir(d);
-	return k;
+	return (unsigned)threads_named(prefix, NULL, 0);
 }
 
 Test(ctx, handler_threads_are_named_and_counted, .timeout = 30)

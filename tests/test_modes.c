@@ -8,7 +8,6 @@
  * seen, no lost update under contention; SIGBUS mode's documented
  * differences are checked too.
  */
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <setjmp.h>
@@ -183,22 +182,7 @@ Test(modes, bad_flag_combinations, .timeout = 30)
 static pid_t handler0_tid(void)
 {
 	pid_t tid = 0;
-	DIR *d = opendir("/proc/self/task");
-	cr_assert(d);
-	struct dirent *e;
-	while (!tid && (e = readdir(d))) {
-		char path[300], name[32] = "";
-		snprintf(path, sizeof(path), "/proc/self/task/%s/comm",
-			 e->d_name);
-		FILE *f = fopen(path, "r");
-		if (!f)
-			continue;
-		if (fgets(name, sizeof(name), f) &&
-		    !strcmp(name, "dxm-fault/0\n"))
-			tid = atoi(e->d_name);
-		fclose(f);
-	}
-	closedir(d);
+	threads_named("dxm-fault/0\n", &tid, 1);
 	cr_assert(tid, "no thread dxm-fault/0");
 	return tid;
 }
